@@ -1,0 +1,53 @@
+"""Builds the optional extension `fastdistill._C` from csrc/.
+
+CPU kernels are always built. CUDA kernels are added when a CUDA toolkit and a CUDA
+build of torch are present, or when FASTDISTILL_FORCE_CUDA=1. The package works without
+the extension (reference path), so a failed compiler is reported, not fatal, unless
+FASTDISTILL_REQUIRE_EXT=1.
+"""
+import glob
+import os
+
+from setuptools import setup
+
+
+def _extensions():
+    import torch
+    from torch.utils import cpp_extension
+
+    if os.environ.get("CUDA_HOME") is None and os.path.isdir("/usr/local/cuda"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+        cpp_extension.CUDA_HOME = "/usr/local/cuda"
+    cuda_home = cpp_extension.CUDA_HOME
+    force_cuda = os.environ.get("FASTDISTILL_FORCE_CUDA") == "1"
+    with_cuda = force_cuda or (cuda_home is not None and torch.version.cuda is not None)
+
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    extra = {"cxx": cxx_flags}
+    if with_cuda:
+        if not torch.cuda.is_available() and "TORCH_CUDA_ARCH_LIST" not in os.environ:
+            # No device to query: one modern architecture plus PTX keeps the build quick
+            # and still runs on every GPU from Ampere on (the PTX is JIT-compiled).
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0+PTX"
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        extra["cxx"] = cxx_flags + ["-DFASTDISTILL_WITH_CUDA"]
+        extra["nvcc"] = ["-O3", "--use_fast_math", "-DFASTDISTILL_WITH_CUDA", "-std=c++17"]
+        ext_cls = cpp_extension.CUDAExtension
+        library_dirs = [os.path.join(cuda_home, d) for d in ("lib", "lib64") if os.path.isdir(os.path.join(cuda_home, d))]
+    else:
+        ext_cls = cpp_extension.CppExtension
+        library_dirs = []
+    ext = ext_cls(
+        name="fastdistill._C",
+        sources=sources,
+        include_dirs=[os.path.abspath("csrc")],
+        extra_compile_args=extra,
+        extra_link_args=["-fopenmp"],
+        library_dirs=library_dirs,
+    )
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True)}
+
+
+ext_modules, cmdclass = _extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
