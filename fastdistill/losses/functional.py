@@ -1,0 +1,171 @@
+"""Functional score-distillation losses: validate, pick a backend, reduce.
+
+Each function returns `loss_scale * mean_b(l_b)` (reduction="mean"), `loss_scale * sum_b(l_b)`
+("sum") or the per-sample `loss_scale * l_b` ("none"). The reduction factor is folded into
+the fused kernel's output, so the common `loss.backward()` hands the op an upstream gradient
+of ones and the backward pass returns the kernel's gradients without touching them again.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional, Union
+
+import torch
+
+from ..ops import registry
+
+REDUCTIONS = ("none", "mean", "sum")
+WeightArg = Union[str, torch.Tensor]
+
+if not registry.EXTENSION_AVAILABLE:
+    warnings.warn(f"fastdistill: fused kernels unavailable, using the reference path. {registry.EXTENSION_REASON}", stacklevel=2)
+
+
+def _check_tensors(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) -> None:
+    first_name, first = names[0], tensors[0]
+    for name, t in zip(names, tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+        if t.dim() < 1:
+            raise ValueError(f"{name} needs a leading batch dimension, got a 0-d tensor")
+        if t.shape != first.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but {first_name} has {tuple(first.shape)}")
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}")
+        if t.dtype != first.dtype:
+            raise TypeError(f"{name} is {t.dtype} but {first_name} is {first.dtype}")
+    if first.shape[0] == 0:
+        raise ValueError(f"{first_name} has an empty batch (shape {tuple(first.shape)})")
+
+
+def _check_finite(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _scale(reduction: str, loss_scale: float, batch: int) -> float:
+    _check_choice("reduction", reduction, REDUCTIONS)
+    loss_scale = _check_finite("loss_scale", loss_scale)
+    return loss_scale / batch if reduction == "mean" else loss_scale
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    return per_sample if reduction == "none" else per_sample.sum()
+
+
+def _weight(weight: WeightArg, y: torch.Tensor, choices: tuple[str, ...], name: str = "weight") -> Optional[torch.Tensor]:
+    """None asks the op for SiD's mean_abs weight; "none" is a weight of ones; a tensor is used as given."""
+    if isinstance(weight, torch.Tensor):
+        batch = y.shape[0]
+        if weight.shape not in ((batch,), (batch, *([1] * (y.dim() - 1)))):
+            raise ValueError(f"{name} must have shape ({batch},), got {tuple(weight.shape)}")
+        if weight.device != y.device or not weight.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor on {y.device}")
+        return weight.detach().reshape(batch).to(registry._acc_dtype(y.dtype))
+    _check_choice(name, weight, choices)
+    if weight == "mean_abs":
+        return None
+    return torch.ones(y.shape[0], dtype=registry._acc_dtype(y.dtype), device=y.device)
+
+
+def sid_loss(
+    y: torch.Tensor,
+    y_real: torch.Tensor,
+    y_fake: torch.Tensor,
+    alpha: float = 1.2,
+    weight: WeightArg = "mean_abs",
+    reduction: str = "mean",
+    loss_scale: float = 1.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """SiD generator loss (ALGORITHMS.md section 2).
+
+    y: generator output x_g; y_real / y_fake: teacher and fake-network denoisings of the
+    same x_t. weight: "mean_abs" (SiD's stop-gradient `max(mean|y - y_real|, 1e-5)`),
+    "none", or a (B,) tensor.
+    """
+    _check_tensors(("y", "y_real", "y_fake"), (y, y_real, y_fake))
+    alpha = _check_finite("alpha", alpha)
+    w = _weight(weight, y, ("mean_abs", "none"))
+    scale = _scale(reduction, loss_scale, y.shape[0])
+    op = registry.resolve_backend(backend, y.device.type).sid
+    return _reduce(op(y, y_real, y_fake, w, alpha, scale), reduction)
+
+
+def sim_loss(
+    y: torch.Tensor,
+    y_real: torch.Tensor,
+    y_fake: torch.Tensor,
+    distance: str = "pseudo_huber",
+    c: float = 1e-3,
+    weight: WeightArg = "none",
+    reduction: str = "mean",
+    loss_scale: float = 1.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """SIM generator loss (ALGORITHMS.md section 3): `S/N` with the pseudo-Huber norm N, or `S` for "l2"."""
+    _check_tensors(("y", "y_real", "y_fake"), (y, y_real, y_fake))
+    _check_choice("distance", distance, ("pseudo_huber", "l2"))
+    c = _check_finite("c", c)
+    if distance == "pseudo_huber" and c <= 0:
+        raise ValueError(f"c must be positive for the pseudo_huber distance, got {c}")
+    w = _weight(weight, y, ("none", "mean_abs"))
+    scale = _scale(reduction, loss_scale, y.shape[0])
+    op = registry.resolve_backend(backend, y.device.type).sim
+    return _reduce(op(y, y_real, y_fake, w, c, distance == "pseudo_huber", scale), reduction)
+
+
+def dmd_loss(
+    y: torch.Tensor,
+    y_real: torch.Tensor,
+    y_fake: torch.Tensor,
+    normalize: WeightArg = "mean_abs",
+    reduction: str = "mean",
+    loss_scale: float = 1.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """DMD2 loss (ALGORITHMS.md section 4); gradient only into y. normalize="none" is Diff-Instruct's KL direction."""
+    _check_tensors(("y", "y_real", "y_fake"), (y, y_real, y_fake))
+    w = _weight(normalize, y, ("mean_abs", "none"), name="normalize")
+    scale = _scale(reduction, loss_scale, y.shape[0])
+    op = registry.resolve_backend(backend, y.device.type).dmd
+    return _reduce(op(y, y_real, y_fake, w, scale), reduction)
+
+
+def dsm_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    sigma: Union[torch.Tensor, float],
+    sigma_data: float = 0.5,
+    reduction: str = "mean",
+    loss_scale: float = 1.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Fake-score denoising loss `lambda(sigma) sum_i (pred - target)^2` (ALGORITHMS.md section 1).
+
+    sigma: a number, or a tensor with one value per sample ((B,) or (B, 1, ..., 1)).
+    """
+    _check_tensors(("pred", "target"), (pred, target))
+    sigma_data = _check_finite("sigma_data", sigma_data)
+    if sigma_data <= 0:
+        raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+    batch, acc = pred.shape[0], registry._acc_dtype(pred.dtype)
+    if isinstance(sigma, torch.Tensor):
+        if sigma.numel() != batch or sigma.device != pred.device:
+            raise ValueError(f"sigma must hold one value per sample ({batch}) on {pred.device}, got shape {tuple(sigma.shape)} on {sigma.device}")
+        sigma = sigma.detach().reshape(batch).to(acc)
+    else:
+        sigma = torch.full((batch,), _check_finite("sigma", sigma), dtype=acc, device=pred.device)
+    scale = _scale(reduction, loss_scale, batch)
+    op = registry.resolve_backend(backend, pred.device.type).dsm
+    return _reduce(op(pred, target, sigma, sigma_data, scale), reduction)

@@ -1,0 +1,314 @@
+"""Every loss backend against the reference oracle, the official SiD vectors, and torch.library checks."""
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fastdistill.losses import DMDLoss, DSMLoss, SiDLoss, SIMLoss, dmd_loss, dsm_loss, sid_loss, sim_loss
+from fastdistill.ops import backend_status
+
+from .conftest import required_backends
+
+FUSED = ["cpp", "triton"]
+
+# (loss name, function, keyword arguments): every option of every loss.
+CASES = [
+    ("sid", sid_loss, dict(alpha=1.2)),
+    ("sid", sid_loss, dict(alpha=0.5, weight="none")),
+    ("sim", sim_loss, dict()),
+    ("sim", sim_loss, dict(distance="l2", weight="mean_abs")),
+    ("sim", sim_loss, dict(c=0.5, weight="mean_abs")),
+    ("dmd", dmd_loss, dict()),
+    ("dmd", dmd_loss, dict(normalize="none")),
+    ("dsm", dsm_loss, dict()),
+    ("dsm", dsm_loss, dict(sigma_data=1.0)),
+]
+CASE_IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for name, _, kw in CASES]
+
+
+def use_backend(name: str) -> str:
+    ok, reason = backend_status(name, "cpu")
+    if not ok:
+        if name in required_backends():
+            pytest.fail(f"backend {name} is required here but unavailable: {reason}")
+        pytest.skip(f"backend {name} unavailable: {reason}")
+    return name
+
+
+def make_inputs(loss: str, shape, dtype=torch.float32, seed=0, permuted=False):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand():
+        if permuted:  # same values, non-contiguous memory: a permuted view of another layout
+            t = torch.randn(shape[0], *shape[1:][::-1], generator=g, dtype=torch.float64)
+            return t.permute(0, *range(len(shape) - 1, 0, -1)).to(dtype)
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+    if loss == "dsm":
+        sigma = torch.exp(torch.randn(shape[0], generator=g, dtype=torch.float64) * 1.2 - 1.2)
+        return [rand(), rand(), sigma.to(dtype)]
+    y = rand()
+    # y_real close to y, y_fake between: the regime a distillation run lives in.
+    return [y, (y.double() + 0.3 * rand().double()).to(dtype), (y.double() + 0.2 * rand().double()).to(dtype)]
+
+
+def run(fn, inputs, backend, upstream=None, **kwargs):
+    """Per-sample loss and the input gradients of sum(loss * upstream)."""
+    leaves = [t.detach().clone().requires_grad_(i < 2 or t.dim() > 1) for i, t in enumerate(inputs)]
+    if leaves[-1].dim() == 1:  # dsm sigma takes no gradient
+        leaves[-1].requires_grad_(False)
+    out = fn(*leaves, reduction="none", backend=backend, **kwargs)
+    weight = torch.ones_like(out) if upstream is None else upstream
+    (out * weight).sum().backward()
+    return out.detach(), [leaf.grad for leaf in leaves]
+
+
+def tolerances(dtype):
+    return {
+        torch.float64: dict(rtol=1e-10, atol=1e-10),
+        torch.float32: dict(rtol=1e-4, atol=1e-5),
+        torch.float16: dict(rtol=2e-3, atol=2e-3),
+        torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+    }[dtype]
+
+
+def assert_matches(got, want, dtype):
+    out_g, grads_g = got
+    out_w, grads_w = want
+    tol = tolerances(dtype)
+    scale = out_w.abs().max().clamp_min(1.0)
+    torch.testing.assert_close(out_g, out_w, rtol=tol["rtol"], atol=tol["atol"] * scale.item(), check_dtype=True)
+    for i, (a, b) in enumerate(zip(grads_g, grads_w)):
+        assert (a is None) == (b is None), f"gradient {i}: one backend returns None"
+        if a is not None:
+            assert a.dtype == b.dtype and a.shape == b.shape
+            gscale = b.abs().max().clamp_min(1e-3).item()
+            torch.testing.assert_close(a.double(), b.double(), rtol=tol["rtol"], atol=tol["atol"] * gscale, msg=f"gradient {i}")
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("name,fn,kwargs", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("shape", [(4, 3, 8, 8), (3, 5, 7), (1, 1), (2, 3, 1, 17)])
+def test_fused_matches_reference(backend, name, fn, kwargs, shape):
+    use_backend(backend)
+    inputs = make_inputs(name, shape)
+    upstream = torch.linspace(-1.5, 2.0, shape[0])
+    assert_matches(run(fn, inputs, backend, upstream, loss_scale=3.0, **kwargs), run(fn, inputs, "reference", upstream, loss_scale=3.0, **kwargs), torch.float32)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("name,fn,kwargs", CASES[::2], ids=CASE_IDS[::2])
+def test_fused_dtypes(backend, dtype, name, fn, kwargs):
+    use_backend(backend)
+    inputs = make_inputs(name, (3, 2, 5, 6), dtype)
+    got, want = run(fn, inputs, backend, **kwargs), run(fn, inputs, "reference", **kwargs)
+    assert got[0].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_matches(got, want, dtype)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("name,fn,kwargs", CASES[::2], ids=CASE_IDS[::2])
+def test_fused_non_contiguous(backend, name, fn, kwargs):
+    use_backend(backend)
+    inputs = make_inputs(name, (3, 2, 5, 4), permuted=True)
+    assert not inputs[0].is_contiguous()
+    upstream = torch.tensor([0.5, -2.0, 1.0])
+    assert_matches(run(fn, inputs, backend, upstream, **kwargs), run(fn, inputs, "reference", upstream, **kwargs), torch.float32)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FUSED)
+@pytest.mark.parametrize("name,fn,kwargs", CASES[::2], ids=CASE_IDS[::2])
+@pytest.mark.parametrize("nan_input", [0, 1])
+def test_nan_samples_are_dropped(backend, name, fn, kwargs, nan_input):
+    """A NaN anywhere in a sample zeroes its loss and gradients; the other samples are untouched."""
+    use_backend(backend)
+    inputs = make_inputs(name, (4, 3, 5, 5))
+    poisoned = [t.clone() for t in inputs]
+    poisoned[nan_input][2].view(-1)[7] = float("nan")
+    out, grads = run(fn, poisoned, backend, **kwargs)
+    keep = [0, 1, 3]
+    clean_out, clean_grads = run(fn, [t[keep] for t in inputs], "reference", **kwargs)
+    assert out[2] == 0
+    torch.testing.assert_close(out[keep], clean_out, rtol=1e-4, atol=1e-5)
+    for g, cg in zip(grads, clean_grads):
+        if g is None:
+            continue
+        assert torch.all(g[2] == 0), "the NaN sample must get a zero gradient"
+        torch.testing.assert_close(g[keep], cg, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FUSED)
+def test_official_sid_vectors(backend, testvectors):
+    use_backend(backend)
+    vectors = load_file(str(testvectors / "sid_official_loss.safetensors"))
+    prefixes = sorted(k[: -len(".y")] for k in vectors if k.startswith("sid.") and k.endswith(".y"))
+    assert len(prefixes) == 6
+    for prefix in prefixes:
+        alpha = float(prefix[len("sid.a") :].rsplit(".", 1)[0])
+        v = {name: vectors[f"{prefix}.{name}"] for name in ("y", "y_real", "y_fake", "loss", "grad_out", "grad_y", "grad_y_real", "grad_y_fake")}
+        out, grads = run(sid_loss, [v["y"], v["y_real"], v["y_fake"]], backend, v["grad_out"], alpha=alpha)
+        torch.testing.assert_close(out, v["loss"], rtol=1e-10, atol=1e-9, msg=prefix)
+        for got, key in zip(grads, ("grad_y", "grad_y_real", "grad_y_fake")):
+            torch.testing.assert_close(got, v[key], rtol=1e-10, atol=1e-12, msg=f"{prefix}.{key}")
+    out = dsm_loss(vectors["dsm.pred"], vectors["dsm.target"], vectors["dsm.sigma"], reduction="none", backend=backend)
+    torch.testing.assert_close(out, vectors["dsm.loss"], rtol=1e-10, atol=1e-8)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("name,fn,kwargs", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_gradcheck_float64(backend, name, fn, kwargs, reduction):
+    """Numerical against analytic gradients; the stop-gradient weight is passed explicitly."""
+    use_backend(backend)
+    inputs = make_inputs(name, (2, 3, 4), torch.float64)
+    kwargs = dict(kwargs)
+    weight_key = {"sid": "weight", "sim": "weight", "dmd": "normalize"}.get(name)
+    if weight_key:
+        kwargs[weight_key] = torch.tensor([0.7, 1.3], dtype=torch.float64)
+    n_diff = 1 if name == "dmd" else 2 if name == "dsm" else 3
+    tensors = [t.clone().requires_grad_(i < n_diff) for i, t in enumerate(inputs)]
+
+    def f(*xs):
+        return fn(*xs, reduction=reduction, loss_scale=2.0, backend=backend, **kwargs)
+
+    assert torch.autograd.gradcheck(f, tensors, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("name", ["sid", "sim", "dmd", "dsm"])
+def test_opcheck(backend, name):
+    use_backend(backend)
+    inputs = [t.requires_grad_(i < 2) for i, t in enumerate(make_inputs(name, (2, 3, 4)))]
+    suffix = "_triton" if backend == "triton" else ""
+    op = getattr(torch.ops.fastdistill, f"{name}_fused{suffix}").default
+    weight = torch.tensor([0.5, 2.0])
+    args = {
+        "sid": (inputs[0], inputs[1], inputs[2], weight, 1.2, 0.5),
+        "sim": (inputs[0], inputs[1], inputs[2], None, 1e-3, True, 0.5),
+        "dmd": (inputs[0], inputs[1].detach(), inputs[2].detach(), weight, 0.5),
+        "dsm": (inputs[0], inputs[1], inputs[2].detach(), 0.5, 0.5),
+    }[name]
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FUSED)
+def test_compile_fullgraph_no_graph_break(backend):
+    use_backend(backend)
+    y, yr, yf = make_inputs("sid", (2, 3, 4, 4))
+
+    def generator_and_fake_losses(y, yr, yf):
+        return sid_loss(y, yr, yf, backend=backend, loss_scale=100.0) + sim_loss(y, yr, yf, backend=backend) + dsm_loss(yf, y, 0.7, backend=backend)
+
+    compiled = torch.compile(generator_and_fake_losses, fullgraph=True, backend="aot_eager")
+    leaves = [t.clone().requires_grad_() for t in (y, yr, yf)]
+    eager_leaves = [t.clone().requires_grad_() for t in (y, yr, yf)]
+    compiled(*leaves).backward()
+    generator_and_fake_losses(*eager_leaves).backward()
+    for a, b in zip(leaves, eager_leaves):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_compile_inductor_cpp():
+    use_backend("cpp")
+    y, yr, yf = make_inputs("sid", (3, 2, 4, 4))
+    leaves = [t.clone().requires_grad_() for t in (y, yr, yf)]
+    out = torch.compile(lambda *xs: sid_loss(*xs, backend="cpp"), fullgraph=True)(*leaves)
+    out.backward()
+    want, want_grads = run(sid_loss, [y, yr, yf], "reference")
+    torch.testing.assert_close(out.detach(), want.mean())
+    for g, w in zip((leaf.grad for leaf in leaves), want_grads):
+        torch.testing.assert_close(g, w / 3)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + FUSED)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reductions_and_loss_scale(backend, reduction):
+    use_backend(backend)
+    y, yr, yf = make_inputs("sid", (5, 3, 4, 4))
+    per_sample = sid_loss(y, yr, yf, reduction="none", backend="reference")
+    want = per_sample.mean() if reduction == "mean" else per_sample.sum()
+    got = sid_loss(y, yr, yf, reduction=reduction, loss_scale=100.0, backend=backend)
+    torch.testing.assert_close(got, 100.0 * want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_retained_graph_gives_same_gradients_twice(backend):
+    use_backend(backend)
+    leaves = [t.requires_grad_() for t in make_inputs("sid", (3, 2, 4))]
+    loss = sid_loss(*leaves, backend=backend)
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    first = [g.clone() for g in first]
+    loss.backward(retain_graph=True)
+    loss.backward()
+    for f, leaf in zip(first, leaves):
+        torch.testing.assert_close(leaf.grad, 2 * f)
+
+
+def test_modules_wrap_functional():
+    y, yr, yf = make_inputs("sid", (3, 2, 4))
+    sigma = torch.tensor([0.1, 1.0, 10.0])
+    assert torch.equal(SiDLoss(alpha=0.5, backend="reference")(y, yr, yf), sid_loss(y, yr, yf, alpha=0.5, backend="reference"))
+    assert torch.equal(SIMLoss(distance="l2", backend="reference")(y, yr, yf), sim_loss(y, yr, yf, distance="l2", backend="reference"))
+    assert torch.equal(DMDLoss(backend="reference")(y, yr, yf), dmd_loss(y, yr, yf, backend="reference"))
+    assert torch.equal(DSMLoss(backend="reference")(y, yr, sigma), dsm_loss(y, yr, sigma, backend="reference"))
+
+
+def test_sim_l2_is_sid_with_alpha_one():
+    y, yr, yf = make_inputs("sid", (4, 3, 5, 5))
+    torch.testing.assert_close(
+        sim_loss(y, yr, yf, distance="l2", weight="mean_abs", backend="reference"), sid_loss(y, yr, yf, alpha=1.0, backend="reference")
+    )
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+GOOD = make_inputs("sid", (2, 3, 4))
+
+
+@pytest.mark.parametrize(
+    "args,kwargs,error,match",
+    [
+        ((GOOD[0], GOOD[1][:, :2], GOOD[2]), {}, ValueError, "y_real has shape"),
+        ((GOOD[0], GOOD[1], GOOD[2].double()), {}, TypeError, "y_fake is torch.float64"),
+        ((GOOD[0], GOOD[1], GOOD[2].to("meta")), {}, ValueError, "y_fake is on meta"),
+        ((GOOD[0].long(), GOOD[1].long(), GOOD[2].long()), {}, TypeError, "y must be a floating-point"),
+        ((torch.tensor(1.0), torch.tensor(1.0), torch.tensor(1.0)), {}, ValueError, "leading batch dimension"),
+        ((GOOD[0][:0], GOOD[1][:0], GOOD[2][:0]), {}, ValueError, "empty batch"),
+        (tuple(GOOD), {"alpha": float("nan")}, ValueError, "alpha must be a finite"),
+        (tuple(GOOD), {"alpha": float("inf")}, ValueError, "alpha must be a finite"),
+        (tuple(GOOD), {"weight": "median"}, ValueError, "weight must be one of"),
+        (tuple(GOOD), {"weight": torch.ones(3)}, ValueError, r"weight must have shape \(2,\)"),
+        (tuple(GOOD), {"reduction": "avg"}, ValueError, "reduction must be one of"),
+        (tuple(GOOD), {"backend": "fortran"}, ValueError, "unknown backend 'fortran'"),
+        (tuple(GOOD), {"backend": "cuda"}, RuntimeError, "backend 'cuda' is not available for cpu"),
+    ],
+)
+def test_sid_bad_input(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        sid_loss(*args, **kwargs)
+
+
+@pytest.mark.parametrize("c", [float("nan"), float("inf"), 0.0, -1.0])
+def test_sim_bad_c(c):
+    with pytest.raises(ValueError, match="c must be"):
+        sim_loss(*GOOD, c=c)
+
+
+def test_dsm_bad_sigma():
+    with pytest.raises(ValueError, match="sigma must hold one value per sample"):
+        dsm_loss(GOOD[0], GOOD[1], torch.ones(3))
+    with pytest.raises(ValueError, match="sigma must be a finite"):
+        dsm_loss(GOOD[0], GOOD[1], math.nan)
+
+
+def test_backend_env_override(monkeypatch):
+    monkeypatch.setenv("FASTDISTILL_BACKEND", "reference")
+    from fastdistill.ops import resolve_backend
+
+    assert resolve_backend("auto", "cpu").name == "reference"
+    monkeypatch.setenv("FASTDISTILL_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="unknown backend 'nonsense'"):
+        resolve_backend("auto", "cpu")
+    assert resolve_backend("reference", "cpu").name == "reference"
