@@ -79,11 +79,12 @@ def assert_matches(got, want, dtype):
     tol = tolerances(dtype)
     scale = out_w.abs().max().clamp_min(1.0)
     torch.testing.assert_close(out_g, out_w, rtol=tol["rtol"], atol=tol["atol"] * scale.item(), check_dtype=True)
+    # Gradients that nearly cancel (SIM's r/N - S delta/N^3) are judged on the scale of the largest one.
+    gscale = max(b.abs().max().item() for b in grads_w if b is not None)
     for i, (a, b) in enumerate(zip(grads_g, grads_w)):
         assert (a is None) == (b is None), f"gradient {i}: one backend returns None"
         if a is not None:
             assert a.dtype == b.dtype and a.shape == b.shape
-            gscale = b.abs().max().clamp_min(1e-3).item()
             torch.testing.assert_close(a.double(), b.double(), rtol=tol["rtol"], atol=tol["atol"] * gscale, msg=f"gradient {i}")
 
 
@@ -156,18 +157,22 @@ def test_official_sid_vectors(backend, testvectors):
     torch.testing.assert_close(out, vectors["dsm.loss"], rtol=1e-10, atol=1e-8)
 
 
+# DMD's loss value 0.5|y - sg(y - g)|^2 = 0.5|g|^2 does not move with y (its gradient is the
+# surrogate direction g), so finite differences cannot check it; it is checked against the reference.
+GRADCHECK_CASES = [case for case in CASES if case[0] != "dmd"]
+
+
 @pytest.mark.parametrize("backend", FUSED)
-@pytest.mark.parametrize("name,fn,kwargs", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("name,fn,kwargs", GRADCHECK_CASES, ids=[i for i, c in zip(CASE_IDS, CASES) if c[0] != "dmd"])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_gradcheck_float64(backend, name, fn, kwargs, reduction):
     """Numerical against analytic gradients; the stop-gradient weight is passed explicitly."""
     use_backend(backend)
     inputs = make_inputs(name, (2, 3, 4), torch.float64)
     kwargs = dict(kwargs)
-    weight_key = {"sid": "weight", "sim": "weight", "dmd": "normalize"}.get(name)
-    if weight_key:
-        kwargs[weight_key] = torch.tensor([0.7, 1.3], dtype=torch.float64)
-    n_diff = 1 if name == "dmd" else 2 if name == "dsm" else 3
+    if name != "dsm":
+        kwargs["weight"] = torch.tensor([0.7, 1.3], dtype=torch.float64)
+    n_diff = 2 if name == "dsm" else 3
     tensors = [t.clone().requires_grad_(i < n_diff) for i, t in enumerate(inputs)]
 
     def f(*xs):

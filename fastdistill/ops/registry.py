@@ -60,10 +60,13 @@ def _make_fake(spec: OpSpec) -> Callable:
 def _scale_by_upstream(grad_loss: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
     """`saved * grad_loss[b]` per sample; returns `saved` itself when the upstream is all ones.
 
-    The ones check is a cheap host-side test on B values, done only in eager mode on CPU (on
-    CUDA it would force a device sync, under compile it would break the graph).
+    The ones check is a cheap host-side test on B values, done only on plain CPU tensors in
+    eager mode: on CUDA it would force a device sync, and while tracing (torch.compile, AOT
+    autograd, make_fx: subclass tensors or an active dispatch mode) it would bake a
+    data-dependent branch into the graph.
     """
-    if grad_loss.device.type == "cpu" and not torch.compiler.is_compiling() and bool((grad_loss == 1).all()):
+    eager = type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+    if eager and grad_loss.device.type == "cpu" and bool((grad_loss == 1).all()):
         return saved
     return saved * grad_loss.reshape(-1, *([1] * (saved.dim() - 1))).to(saved.dtype)
 
@@ -118,9 +121,9 @@ def _triton_module():
     return importlib.import_module("fastdistill.ops.triton_kernels")
 
 
-def triton_status() -> tuple[bool, str]:
+def triton_status(device_type: str) -> tuple[bool, str]:
     try:
-        return _triton_module().is_available()
+        return _triton_module().is_available(device_type)
     except ImportError as exc:
         return False, f"triton kernels unavailable ({exc})"
 
@@ -213,7 +216,7 @@ def backend_status(name: str, device_type: str) -> tuple[bool, str]:
             return False, reason
         return True, "fused CUDA kernel"
     if name == "triton":
-        return triton_status() if device_type in ("cuda", "cpu") else (False, f"no triton for {device_type}")
+        return triton_status(device_type) if device_type in ("cuda", "cpu") else (False, f"no triton for {device_type}")
     raise ValueError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)} or 'auto'")
 
 
@@ -226,13 +229,20 @@ def resolve_backend(requested: str, device_type: str) -> Backend:
     'auto' means `$FASTDISTILL_BACKEND` when set, else the fastest available backend for
     the device. A named backend that cannot run here is an error that says why.
     """
+    return BACKENDS[_resolve_backend_name(requested, device_type)]
+
+
+@torch.compiler.assume_constant_result
+def _resolve_backend_name(requested: str, device_type: str) -> str:
+    # A compile-time constant: torch.compile evaluates it once instead of tracing the
+    # environment lookups and lazy imports inside.
     if requested == "auto":
         requested = os.environ.get("FASTDISTILL_BACKEND", "auto") or "auto"
     if requested == "auto":
         for name in AUTO_ORDER.get(device_type, ("reference",)):
             if backend_status(name, device_type)[0]:
-                return BACKENDS[name]
+                return name
     ok, reason = backend_status(requested, device_type)
     if not ok:
         raise RuntimeError(f"backend {requested!r} is not available for {device_type} tensors: {reason}")
-    return BACKENDS[requested]
+    return requested
