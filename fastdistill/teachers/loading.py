@@ -1,0 +1,114 @@
+"""``load_teacher(path)``: one entry point for every teacher checkpoint fastdistill reads.
+
+Dispatch is on what the path *is* (content first, extension only for messages):
+
+- a file starting like a pickle (``b'\\x80'``): an EDM / SiD network pickle, read by the
+  restricted unpickler of :mod:`.edm_pickle` (its ``ema`` entry);
+- a safetensors file: fastdistill's format, or the test-vector layout (``state.*`` +
+  ``network_kwargs``), see :mod:`.checkpoint`;
+- a directory with ``fastdistill_teacher.json``: fastdistill's directory format;
+- a directory that looks like a diffusers model/pipeline (``model_index.json``,
+  ``config.json``, ``unet/``): handed to ``fastdistill.teachers.diffusers_adapter``.
+
+The result is an ``nn.Module`` satisfying the Denoiser protocol, in eval mode with
+``requires_grad=False`` (a frozen teacher; copy it and re-enable gradients for a generator).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import struct
+
+from torch import nn
+
+from .checkpoint import (CheckpointError, is_fastdistill_checkpoint_dir, load_safetensors_teacher,
+                         load_teacher_checkpoint)
+from .edm_pickle import load_edm_pickle
+
+__all__ = ["load_teacher", "sniff_format"]
+
+
+def _looks_like_safetensors(head: bytes, file_size: int) -> bool:
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= file_size - 8 and head[8:9] == b"{"
+
+
+def sniff_format(path: "str | os.PathLike") -> str:
+    """``'edm_pickle' | 'safetensors' | 'fastdistill_dir' | 'diffusers_dir'``; raises
+    :class:`CheckpointError` for anything else (with what the file appears to be)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"teacher checkpoint not found: {path}")
+    if os.path.isdir(path):
+        if is_fastdistill_checkpoint_dir(path):
+            return "fastdistill_dir"
+        names = set(os.listdir(path))
+        if names & {"model_index.json", "config.json"} or os.path.isdir(os.path.join(path, "unet")):
+            return "diffusers_dir"
+        raise CheckpointError(f"{path}: directory is neither a fastdistill teacher "
+                              f"(fastdistill_teacher.json) nor a diffusers model (config.json / "
+                              f"model_index.json)")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if size == 0:
+        raise CheckpointError(f"{path}: file is empty")
+    # safetensors first: its little-endian header length may itself start with byte 0x80.
+    if _looks_like_safetensors(head, size):
+        return "safetensors"
+    if head[:1] == b"\x80" and (size < 2 or head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return "edm_pickle"  # (a 1-byte file is reported as a truncated pickle by the loader)
+    if len(head) >= 9 and head[8:9] == b"{":
+        (n,) = struct.unpack("<Q", head[:8])
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file (header of {n} bytes "
+                              f"announced, file has {size} bytes)")
+    if head.startswith(b"PK\x03\x04"):
+        what = "a zip archive (torch.save / .pt checkpoint?)"
+    elif head.startswith(b"\x89PNG"):
+        what = "a PNG image"
+    elif head.startswith(b"\x89HDF"):
+        what = "an HDF5 file"
+    elif head.lstrip()[:1] in (b"{", b"["):
+        what = "a JSON/text file"
+    else:
+        what = f"an unknown format (starts with {head[:8]!r})"
+    raise CheckpointError(
+        f"{path}: cannot load a teacher from {what}; supported: EDM/SiD network pickles (.pkl), "
+        f"safetensors teachers (.safetensors), fastdistill or diffusers directories")
+
+
+def _load_diffusers(path: str, device):
+    try:
+        mod = importlib.import_module("fastdistill.teachers.diffusers_adapter")
+    except ModuleNotFoundError as e:
+        if e.name in ("fastdistill.teachers.diffusers_adapter",):
+            raise CheckpointError(f"{path}: looks like a diffusers model, but the diffusers adapter "
+                                  f"(fastdistill.teachers.diffusers_adapter) is not available") from e
+        raise
+    fn = getattr(mod, "load_diffusers_teacher", None)
+    if fn is None:
+        raise CheckpointError(f"{path}: fastdistill.teachers.diffusers_adapter has no load_diffusers_teacher")
+    try:
+        accepts_device = "device" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        accepts_device = False
+    net = fn(path, device=device) if accepts_device else fn(path)
+    if isinstance(net, nn.Module):
+        net = net.to(device).eval().requires_grad_(False)
+    return net
+
+
+def load_teacher(path: "str | os.PathLike", device="cpu") -> nn.Module:
+    """Load a teacher denoiser from ``path`` (see module docstring for what is accepted)."""
+    path = os.fspath(path)
+    kind = sniff_format(path)
+    if kind == "edm_pickle":
+        return load_edm_pickle(path, device=device)
+    if kind == "safetensors":
+        return load_safetensors_teacher(path, device=device)
+    if kind == "fastdistill_dir":
+        return load_teacher_checkpoint(path, device=device)
+    return _load_diffusers(path, device)
