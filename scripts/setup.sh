@@ -9,6 +9,6 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" --upgrade pip
 # torch first: the extension is compiled against the installed torch (--no-build-isolation).
 "${pip[@]}" torch==2.14.1 torchvision==0.29.1
-"${pip[@]}" "setuptools>=68" wheel ninja
+"${pip[@]}" "setuptools>=77" wheel ninja
 echo "building fastdistill (C++ extension; CUDA sources too when nvcc is present: a few minutes)..." >&2
 "${pip[@]}" --no-build-isolation -e ".[test]"
