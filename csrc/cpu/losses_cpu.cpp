@@ -3,9 +3,9 @@
 // Per sample, two passes while the sample stays in the core's cache:
 //   pass 1 reads every input once and accumulates the per-sample sums (loss_math.h `accumulate`),
 //   pass 2 re-reads the inputs (now cache hits) and writes the gradients (`grads`).
-// Parallelism: at::parallel_for over samples; when there are fewer samples than the work can
-// balance (B small against the thread count), each sample is split across threads instead
-// (parallel reduction for pass 1, parallel_for for pass 2).
+// Parallelism: samples are handed to the at::parallel_for threads dynamically; when there are
+// fewer samples than the work can balance (B small against the thread count), each sample is
+// split across threads instead (parallel reduction for pass 1, parallel_for for pass 2).
 // Inner loops use at::vec::Vectorized of the math type (float, or double for fp64 inputs);
 // fp16 / bf16 are converted to float on load and back on store. Pass-1 sums use float vector
 // lanes over short chunks, folded into double per chunk (accurate and fast).
@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <atomic>
 #include <type_traits>
 
 #include "loss_math.h"
@@ -185,10 +186,25 @@ struct CpuLoss {
     constexpr int64_t kMinSplit = 8192;  // elements per thread worth a barrier
     const bool split = nt > 1 && N >= 2 * kMinSplit && (B < nt || (B % nt != 0 && B < 8 * nt));
     if (!split) {
-      // Enough samples per task to amortise a thread hand-off (~32K elements).
-      const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(N, 1));
-      at::parallel_for(0, B, grain, [&](int64_t lo, int64_t hi) {
-        for (int64_t b = lo; b < hi; ++b) run_sample(b);
+      // Samples are handed out dynamically (an atomic counter), `chunk` at a time (~16K
+      // elements), rather than as one static block per thread: on a shared machine a thread
+      // that gets preempted holds up only its current chunk, the others take the rest.
+      const int64_t chunk = std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1));
+      const int64_t tasks = (B + chunk - 1) / chunk;
+      const int64_t workers = std::min<int64_t>(nt, tasks);
+      if (workers <= 1 || B * N < 65536) {
+        for (int64_t b = 0; b < B; ++b) run_sample(b);
+        return;
+      }
+      std::atomic<int64_t> next{0};
+      at::parallel_for(0, workers, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t w = lo; w < hi; ++w) {
+          for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
+               t = next.fetch_add(1, std::memory_order_relaxed)) {
+            const int64_t end = std::min(B, (t + 1) * chunk);
+            for (int64_t b = t * chunk; b < end; ++b) run_sample(b);
+          }
+        }
       });
       return;
     }

@@ -74,10 +74,15 @@ def _scale_by_upstream(grad_loss: torch.Tensor, saved: torch.Tensor) -> torch.Te
 def _make_autograd(spec: OpSpec) -> tuple[Callable, Callable]:
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*output[1:])
+        # The gradient outputs are never differentiated: without this, autograd would fill
+        # (and write) a full-size zero tensor for each of them on every backward.
+        ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_loss, *unused_grads_of_grads):
-        saved = ctx.saved_tensors
         grads: list[Optional[torch.Tensor]] = [None] * len(ctx.needs_input_grad)
+        if grad_loss is None:
+            return tuple(grads)
+        saved = ctx.saved_tensors
         for slot, index in enumerate(spec.grad_inputs):
             if ctx.needs_input_grad[index]:
                 grads[index] = _scale_by_upstream(grad_loss, saved[slot])

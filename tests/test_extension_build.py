@@ -1,0 +1,118 @@
+"""The compiled extension fastdistill._C: op schemas, kernel registration, and the raw ops
+against reference.py (float64, odd shapes, NaN samples). The public API is tested in
+test_losses.py; this file checks the C++ contract directly."""
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+from fastdistill.ops import reference
+
+_C = pytest.importorskip("fastdistill._C", reason="extension not built (pip install --no-build-isolation -e .)")
+OPS = torch.ops.fastdistill
+
+SCHEMAS = {
+    "sid_fused": "fastdistill::sid_fused(Tensor y, Tensor y_real, Tensor y_fake, Tensor? weight, float alpha, float scale) -> (Tensor, Tensor, Tensor, Tensor)",
+    "sim_fused": "fastdistill::sim_fused(Tensor y, Tensor y_real, Tensor y_fake, Tensor? weight, float c, bool pseudo_huber, float scale) -> (Tensor, Tensor, Tensor, Tensor)",
+    "dmd_fused": "fastdistill::dmd_fused(Tensor y, Tensor y_real, Tensor y_fake, Tensor? weight, float scale) -> (Tensor, Tensor)",
+    "dsm_fused": "fastdistill::dsm_fused(Tensor pred, Tensor target, Tensor sigma, float sigma_data, float scale) -> (Tensor, Tensor)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_schema_and_cpu_kernel(name):
+    op = getattr(OPS, name).default
+    assert str(op._schema) == SCHEMAS[name]
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastdistill::{name}", "CPU")
+
+
+def _reference(name, xs, kw):
+    """Per-sample loss and the gradients the op returns, by autograd through reference.py."""
+    diff = {"sid": 3, "sim": 3, "dmd": 1, "dsm": 1}[name]
+    leaves = [x.detach().clone().requires_grad_(i < diff) for i, x in enumerate(xs)]
+    loss = getattr(reference, name)(*leaves, **kw)
+    grads = torch.autograd.grad(loss.sum(), leaves[:diff])
+    return loss.detach(), grads
+
+
+def _fused(name, xs, kw):
+    if name == "dsm":
+        return OPS.dsm_fused(*xs, kw["sigma_data"], kw["scale"])
+    if name == "sid":
+        return OPS.sid_fused(*xs, kw["weight"], kw["alpha"], kw["scale"])
+    if name == "sim":
+        return OPS.sim_fused(*xs, kw["weight"], kw["c"], kw["pseudo_huber"], kw["scale"])
+    return OPS.dmd_fused(*xs, kw["weight"], kw["scale"])
+
+
+def _case(name, shape, dtype, given_weight, nan_rows=()):
+    g = torch.Generator().manual_seed(zlib.crc32(repr((name, shape)).encode()))
+    n = 2 if name == "dsm" else 3
+    xs = [torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for _ in range(n)]
+    for r in nan_rows:
+        xs[r % n].view(shape[0], -1)[r, -1] = float("nan")
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    if name == "dsm":
+        xs.append(torch.exp(torch.randn(shape[0], generator=g, dtype=torch.float64) - 1.2).to(acc))
+        return xs, {"sigma_data": 0.5, "scale": 0.3}
+    kw = {"weight": (torch.rand(shape[0], generator=g, dtype=torch.float64) + 0.5).to(acc) if given_weight else None, "scale": 0.3}
+    if name == "sid":
+        kw["alpha"] = 1.2
+    if name == "sim":
+        kw.update(c=1e-3, pseudo_huber=True)
+    return xs, kw
+
+
+@pytest.mark.parametrize("name", ["sid", "sim", "dmd", "dsm"])
+@pytest.mark.parametrize("shape", [(3, 5, 7), (1, 1), (1, 3, 16, 16), (5, 2, 33), (3, 40000)])
+@pytest.mark.parametrize("given_weight", [False, True])
+def test_matches_reference_float64(name, shape, given_weight):
+    if name == "dsm" and given_weight:
+        pytest.skip("dsm has no weight")
+    nan_rows = (1,) if shape[0] > 2 else ()
+    xs, kw = _case(name, shape, torch.float64, given_weight, nan_rows)
+    ref_loss, ref_grads = _reference(name, xs, kw)
+    out = _fused(name, xs, kw)
+    assert out[0].dtype == torch.float64 and out[0].shape == (shape[0],)
+    torch.testing.assert_close(out[0], ref_loss, rtol=1e-10, atol=1e-10)
+    assert len(out) - 1 == len(ref_grads)
+    for got, want in zip(out[1:], ref_grads):
+        assert got.dtype == torch.float64 and got.shape == want.shape and got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for r in nan_rows:
+        assert out[0][r] == 0 and all(bool((g.view(shape[0], -1)[r] == 0).all()) for g in out[1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["sid", "sim", "dmd", "dsm"])
+def test_low_precision_dtypes(name, dtype):
+    xs, kw = _case(name, (4, 3, 8, 8), dtype, False, nan_rows=(2,))
+    ref_loss, ref_grads = _reference(name, xs, kw)
+    out = _fused(name, xs, kw)
+    tol = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
+    assert out[0].dtype == torch.float32
+    torch.testing.assert_close(out[0], ref_loss, rtol=tol, atol=tol * ref_loss.abs().max().item())
+    for got, want in zip(out[1:], ref_grads):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * want.abs().max().item())
+
+
+def test_shape_mismatch_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="same shape"):
+        OPS.sid_fused(torch.randn(2, 3), torch.randn(2, 4), torch.randn(2, 3), None, 1.2, 1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["sid", "sim", "dmd", "dsm"])
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 3, 64, 64), (300, 3, 8, 8)])
+def test_cuda_matches_cpu(name, shape):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastdistill::{name}_fused", "CUDA")
+    xs, kw = _case(name, shape, torch.float64, False, nan_rows=(1,))
+    cpu = _fused(name, xs, kw)
+    kw_cuda = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    gpu = _fused(name, [x.cuda() for x in xs], kw_cuda)
+    for a, b in zip(cpu, gpu):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-10, atol=1e-12)
