@@ -7,9 +7,10 @@ them (fast CPU-only builds).
 The CPU kernels use at::vec::Vectorized, whose instruction set is fixed at compile time.
 By default the build targets the instruction set torch detects on the building machine
 (torch.backends.cpu.get_cpu_capability(): AVX512 / AVX2 / DEFAULT), like -march=native for
-source installs. For a portable binary set FASTDISTILL_CPU_CAPABILITY=default (or avx2). The package works without
-the extension (reference path), so a failed compiler is reported, not fatal, unless
-FASTDISTILL_REQUIRE_EXT=1.
+source installs. For a portable binary set FASTDISTILL_CPU_CAPABILITY=default (or avx2).
+
+A failed compile fails the install. The package itself also imports without `_C` (a copy of
+the sources, say) and then runs on the reference path, saying so once.
 """
 import glob
 import os
