@@ -43,10 +43,49 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    from .engine import distill_command
+
+    overrides = list(args.overrides)
+    if args.teacher:
+        overrides += ["teacher.kind=checkpoint", f"teacher.path={args.teacher}"]
+    return distill_command(args.config, overrides, args.preset)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .engine import sample_command
+
+    return sample_command(args.checkpoint, n=args.n, seed=args.seed, out=args.out, which=args.which, device=args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .engine import PRESETS
+
     parser = argparse.ArgumentParser(prog="fastdistill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="versions, devices and available loss backends").set_defaults(func=_doctor)
+
+    distill = sub.add_parser(
+        "distill",
+        help="distil a teacher into a one-step generator (default: the embedded 2-D toy)",
+        description="Distil a teacher into a one-step generator. Settings come from a preset or a "
+        "JSON/TOML config file, then from key=value overrides (e.g. method.name=sim optim.lr=1e-4); "
+        "an unknown key is an error that lists the valid ones.",
+    )
+    distill.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    distill.add_argument("--config", help="JSON or TOML config file")
+    distill.add_argument("--preset", choices=sorted(PRESETS), help="built-in configuration (default: toy)")
+    distill.add_argument("--teacher", help="teacher checkpoint: EDM/SiD pickle, fastdistill safetensors, or a diffusers folder")
+    distill.set_defaults(func=_distill)
+
+    sample = sub.add_parser("sample", help="one-step samples from a distillation checkpoint (PNG grid + .npz)")
+    sample.add_argument("checkpoint", help="checkpoint directory written by `fastdistill distill`")
+    sample.add_argument("-n", type=int, default=64, help="number of samples")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", help="output path stem (default: <checkpoint>/samples-seed<seed>)")
+    sample.add_argument("--which", choices=("ema", "generator"), default="ema", help="EMA or raw generator weights")
+    sample.add_argument("--device", default="cpu")
+    sample.set_defaults(func=_sample)
     return parser
 
 

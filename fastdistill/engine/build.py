@@ -1,0 +1,150 @@
+"""Building the networks of a run: the teacher, and the network the generator / fake net start from.
+
+- ``teacher.kind=checkpoint``: ``fastdistill.teachers.loading.load_teacher(path)``; the
+  generator, fake network and EMA are copies of it (SiD's set-up).
+- ``teacher.kind=analytic``: an exact Gaussian-mixture denoiser (``teacher.name``: ring8,
+  grid25, ...). It has no weights to copy, so the generator and fake network start from a
+  small EDM-preconditioned MLP fitted to the teacher's denoiser by regression
+  (``teacher.init=fit``): ``min E lambda(sigma) |D_mlp(x0 + sigma n; sigma) - D_teacher(...)|^2``.
+- ``teacher.kind=network``: a Denoiser object handed to :func:`run_distillation`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Optional
+
+import torch
+
+
+def build_analytic_teacher(name: str):
+    from ..teachers import analytic
+
+    table = {
+        "ring8": lambda: analytic.eight_gaussians(),
+        "8gaussians": lambda: analytic.eight_gaussians(),
+        "grid25": lambda: analytic.grid_of_gaussians(5),
+        "25gaussians": lambda: analytic.grid_of_gaussians(5),
+        "gaussian": lambda: analytic.single_gaussian([0.0, 0.0], [[1.0, 0.6], [0.6, 0.5]]),
+    }
+    if name.startswith("ring") and name[4:].isdigit():
+        n = int(name[4:])
+        return analytic.ring_of_gaussians(n)
+    if name not in table:
+        raise ValueError(f"unknown analytic teacher {name!r}; available: ringN (e.g. ring8), {', '.join(table)}")
+    return table[name]()
+
+
+def build_teacher(cfg, teacher=None):
+    t = cfg.teacher
+    if t.kind == "network":
+        if teacher is None:
+            raise ValueError("teacher.kind=network needs a Denoiser object passed to run_distillation(config, teacher=...)")
+        return teacher
+    if teacher is not None:
+        return teacher
+    if t.kind == "analytic":
+        return build_analytic_teacher(t.name)
+    from ..teachers.loading import load_teacher
+
+    return load_teacher(t.path)
+
+
+def has_weights(net) -> bool:
+    return isinstance(net, torch.nn.Module) and any(p.numel() for p in net.parameters())
+
+
+def resolve_init(cfg, teacher) -> str:
+    init = cfg.teacher.init
+    if init == "auto":
+        init = "teacher" if has_weights(teacher) else "fit"
+    if init == "teacher" and not has_weights(teacher):
+        raise ValueError("the teacher has no weights to copy; use teacher.init=fit")
+    return init
+
+
+def mlp_arch(cfg, teacher) -> dict:
+    from ..sampling import data_shape_of
+
+    shape = data_shape_of(teacher)
+    return dict(dim=int(math.prod(shape)), data_shape=list(shape), hidden=cfg.teacher.mlp_hidden,
+                layers=cfg.teacher.mlp_layers, sigma_data=float(teacher.sigma_data),
+                label_dim=int(getattr(teacher, "label_dim", 0) or 0))
+
+
+def make_mlp(arch: dict) -> torch.nn.Module:
+    """The EDM-preconditioned MLP denoiser of ``fastdistill.teachers.mlp``."""
+    from ..teachers.mlp import MLPDenoiser
+
+    return MLPDenoiser(**_mlp_kwargs(arch))
+
+
+def _mlp_kwargs(arch: dict) -> dict:
+    import inspect
+
+    from ..teachers.mlp import MLPDenoiser
+
+    params = inspect.signature(MLPDenoiser).parameters
+    mapping = {
+        "dim": arch["dim"], "data_dim": arch["dim"], "data_shape": tuple(arch["data_shape"]),
+        "hidden": arch["hidden"], "hidden_dim": arch["hidden"], "width": arch["hidden"],
+        "layers": arch["layers"], "num_layers": arch["layers"], "depth": arch["layers"],
+        "sigma_data": arch["sigma_data"], "label_dim": arch["label_dim"],
+    }
+    return {k: v for k, v in mapping.items() if k in params}
+
+
+def fit_denoiser(net: torch.nn.Module, teacher, steps: int, batch: int, lr: float, seed: int,
+                 device: torch.device, progress: bool = False, p_mean: float = -1.2, p_std: float = 1.2) -> list[float]:
+    """Regress ``net`` onto the teacher's denoiser over the noise levels distillation visits.
+
+    Half the batch has ln sigma ~ N(p_mean, p_std^2) (the DSM range), half ln sigma uniform on
+    [ln 0.002, ln 80] (the generator input 2.5 and the generator-step range). Targets are the
+    teacher's outputs at the same noisy points: far less variance than plain DSM, so a few
+    thousand steps give an accurate initial generator and fake network. Needs ``teacher.sample``.
+    """
+    if not hasattr(teacher, "sample"):
+        raise ValueError("teacher.init=fit needs a teacher with sample(n, generator) (e.g. an analytic teacher)")
+    from ..sampling import data_shape_of
+
+    g = torch.Generator().manual_seed(seed + 12345)
+    shape = data_shape_of(teacher)
+    sd = float(teacher.sigma_data)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 100) * (0.5 * (1 + math.cos(math.pi * i / max(steps, 1)))) + 0.02)
+    net.train()
+    losses = []
+    it = range(steps)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = it = tqdm(it, desc="fitting initial network", unit="it", dynamic_ncols=True)
+    half = batch // 2
+    lo, hi = math.log(0.002), math.log(80.0)
+    for _ in it:
+        x0 = teacher.sample(batch, generator=g).reshape(batch, *shape).float()
+        ln_s = torch.cat([torch.randn(half, generator=g) * p_std + p_mean,
+                          torch.rand(batch - half, generator=g) * (hi - lo) + lo])
+        sigma = ln_s.exp()
+        x = x0 + sigma.reshape(-1, *([1] * len(shape))) * torch.randn(x0.shape, generator=g)
+        x, sigma = x.to(device), sigma.to(device)
+        with torch.no_grad():
+            target = teacher(x, sigma).float()
+        pred = net(x, sigma)
+        lam = (sigma**2 + sd**2) / (sigma * sd) ** 2
+        loss = (lam * ((pred - target) ** 2).reshape(batch, -1).sum(1)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if bar is not None and len(losses) % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
+    if bar is not None:
+        bar.close()
+    return losses
+
+
+def copy_net(net: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(net)

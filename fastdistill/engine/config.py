@@ -1,0 +1,397 @@
+"""Distillation configuration: nested dataclasses, validation, presets, dotted overrides.
+
+Every hyper-parameter lives here with the official SiD default (ALGORITHMS.md section 7).
+``DistillConfig.from_dict`` / ``from_file`` (JSON or TOML) / ``with_overrides(["optim.lr=1e-4"])``
+reject unknown keys with the list of valid ones, and :meth:`DistillConfig.validate` turns
+out-of-range values into clear errors before any work starts.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid."""
+
+
+@dataclass
+class TeacherConfig:
+    """Where the teacher comes from and what the generator / fake network start as."""
+
+    kind: str = "analytic"  # analytic (exact Gaussian-mixture denoiser) | checkpoint (load_teacher(path)) | network (a Denoiser object passed in Python)
+    name: str = "ring8"  # analytic / toy distribution name
+    path: str = ""  # checkpoint path for kind=checkpoint (EDM pickle, safetensors+JSON, diffusers folder)
+    init: str = "auto"  # teacher: generator/fake/EMA are copies of the teacher | fit: an MLP fitted to the teacher's denoiser (needed for analytic teachers) | auto
+    mlp_hidden: int = 128  # width of the fitted MLP (init=fit)
+    mlp_layers: int = 3  # hidden layers of the fitted MLP
+    fit_steps: int = 2000  # denoiser-regression steps for init=fit
+    fit_batch: int = 512
+    fit_lr: float = 2e-3
+
+
+@dataclass
+class MethodConfig:
+    """The method and every loss / noise hyper-parameter (official SiD defaults)."""
+
+    name: str = "sid"  # sid | sim | dmd (any registered method)
+    alpha: float = 1.2  # SiD alpha
+    weight: str = "mean_abs"  # SiD per-sample weight: mean_abs | none
+    distance: str = "pseudo_huber"  # SIM distance: pseudo_huber | l2
+    c: float = 1e-3  # SIM pseudo-Huber c
+    sim_weight: str = "none"  # SIM per-sample weight: none | mean_abs
+    normalize: str = "mean_abs"  # DMD normalisation: mean_abs | none (Diff-Instruct)
+    sigma_init: float = 2.5  # generator input noise level
+    t_max: float = 800.0  # generator-step u ~ U(0, t_max/1000)
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    fake_p_mean: float = -1.2  # fake-step ln sigma ~ N(p_mean, p_std^2)
+    fake_p_std: float = 1.2
+    generator_loss_scale: float = 100.0
+    fake_loss_scale: float = 1.0
+    backend: str = "auto"  # loss backend: auto | reference | cpp | triton | cuda
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5  # generator learning rate (constant)
+    fake_lr: float = 0.0  # fake-network learning rate; 0 = same as lr
+    beta1: float = 0.0
+    beta2: float = 0.999
+    eps: float = 0.0  # 0 = 1e-8 (1e-6 with fp16)
+    impl: str = "auto"  # auto (fused where supported, else foreach) | fused | foreach | plain
+    grad_accum: int = 1  # micro-batches per step (per rank)
+
+
+@dataclass
+class EMAConfig:
+    halflife_kimg: float = 500.0  # generator EMA half-life in thousands of images
+    rampup: float = 0.05  # half-life = min(halflife, rampup * images seen); 0 disables ramp-up
+
+
+@dataclass
+class DistributedConfig:
+    fsdp_teacher: bool = False  # shard the frozen teacher with FSDP2 (fully_shard)
+    backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+    rng: str = "rank"  # rank: per-rank seeded noise | global: every rank draws the global batch and keeps its slice (layout-independent, for equivalence checks)
+
+
+@dataclass
+class DistillConfig:
+    """Everything one distillation run needs."""
+
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    out_dir: str = "runs/distill"
+    seed: int = 0
+    batch_size: int = 256  # global batch (all ranks, all micro-batches)
+    steps: int = 1000  # iterations; one = one fake step + one generator step
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast of the network forwards; fp32 master weights)
+    compile: bool = False  # torch.compile the networks
+    activation_checkpointing: bool = False
+    threads: int = 0  # torch CPU threads; 0 = leave as is
+    resume: str = "auto"  # auto (latest checkpoint in out_dir) | none | <checkpoint dir>
+    ckpt_every: int = 500  # steps between checkpoints (0 = only at the end)
+    keep_last: int = 3  # checkpoints kept
+    log_every: int = 50  # steps between JSONL metric lines
+    sample_every: int = 0  # steps between sample pictures (0 = only at the end)
+    eval_every: int = 0  # steps between quality evaluations (vector data; 0 = start and end)
+    eval_samples: int = 4096  # samples per quality evaluation
+    max_nan_steps: int = 20  # stop after this many consecutive non-finite steps
+    max_nan_fraction: float = 0.5  # a step whose loss is non-finite, or with more NaN samples than this fraction, is skipped (NaN samples below it just contribute zero, as in SiD)
+    progress: bool = True  # tqdm progress bar
+    nvtx: bool = True  # NVTX ranges around phases (free without a profiler)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, d: dict) -> "DistillConfig":
+        return _from_dict(cls, d, "")
+
+    @classmethod
+    def from_file(cls, path) -> "DistillConfig":
+        path = Path(path)
+        text = path.read_text()
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            d = tomllib.loads(text)
+        else:
+            d = json.loads(text)
+        preset = d.pop("preset", None)
+        base = preset_config(preset) if preset else cls()
+        return base.merged(d)
+
+    def merged(self, d: dict) -> "DistillConfig":
+        """A copy with the (possibly partial, nested) dict ``d`` applied on top."""
+        out = copy.deepcopy(self)
+        _apply_dict(out, d, "")
+        return out
+
+    def with_overrides(self, overrides) -> "DistillConfig":
+        """Apply ``["key=value", "optim.lr=1e-4", ...]``; values parse as JSON, else as strings."""
+        out = copy.deepcopy(self)
+        for item in overrides or ():
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            key, raw = item.split("=", 1)
+            set_dotted(out, key.strip(), _parse_value(raw.strip()))
+        return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "DistillConfig":
+        from ..methods import available_methods
+
+        def need(cond, msg):
+            if not cond:
+                raise ConfigError(msg)
+
+        def choice(name, v, options):
+            need(v in options, f"{name} must be one of {list(options)}, got {v!r}")
+
+        def positive(name, v, allow_zero=False):
+            ok = isinstance(v, (int, float)) and math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
+            need(ok, f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+
+        t, m, o, e, dd = self.teacher, self.method, self.optim, self.ema, self.distributed
+        choice("teacher.kind", t.kind, ("analytic", "checkpoint", "network"))
+        choice("teacher.init", t.init, ("auto", "teacher", "fit"))
+        need(t.kind != "checkpoint" or t.path, "teacher.path is required with teacher.kind=checkpoint")
+        need(not (t.kind == "analytic" and t.init == "teacher"),
+             "an analytic teacher has no network to copy: use teacher.init=fit (or auto)")
+        for k in ("mlp_hidden", "mlp_layers", "fit_batch", "fit_lr"):
+            positive(f"teacher.{k}", getattr(t, k))
+        positive("teacher.fit_steps", t.fit_steps, allow_zero=True)
+        choice("method.name", m.name, available_methods())
+        choice("method.weight", m.weight, ("mean_abs", "none"))
+        choice("method.distance", m.distance, ("pseudo_huber", "l2"))
+        choice("method.sim_weight", m.sim_weight, ("none", "mean_abs"))
+        choice("method.normalize", m.normalize, ("mean_abs", "none"))
+        choice("method.backend", m.backend, ("auto", "reference", "cpp", "triton", "cuda"))
+        need(isinstance(m.alpha, (int, float)) and math.isfinite(m.alpha), f"method.alpha must be finite, got {m.alpha!r}")
+        for k in ("c", "sigma_init", "sigma_min", "sigma_max", "rho", "fake_p_std", "generator_loss_scale", "fake_loss_scale"):
+            positive(f"method.{k}", getattr(m, k))
+        need(0 < m.t_max <= 1000, f"method.t_max must be in (0, 1000], got {m.t_max!r}")
+        need(m.sigma_min < m.sigma_max, f"method.sigma_min ({m.sigma_min}) must be below sigma_max ({m.sigma_max})")
+        need(math.isfinite(m.fake_p_mean), "method.fake_p_mean must be finite")
+        positive("optim.lr", o.lr)
+        positive("optim.fake_lr", o.fake_lr, allow_zero=True)
+        need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"optim.beta1/beta2 must be in [0, 1), got {o.beta1}, {o.beta2}")
+        positive("optim.eps", o.eps, allow_zero=True)
+        choice("optim.impl", o.impl, ("auto", "fused", "foreach", "plain"))
+        need(isinstance(o.grad_accum, int) and o.grad_accum >= 1, f"optim.grad_accum must be an integer >= 1, got {o.grad_accum!r}")
+        positive("ema.halflife_kimg", e.halflife_kimg)
+        positive("ema.rampup", e.rampup, allow_zero=True)
+        choice("distributed.backend", dd.backend, ("auto", "nccl", "gloo"))
+        choice("distributed.rng", dd.rng, ("rank", "global"))
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        need(isinstance(self.steps, int) and self.steps >= 0, f"steps must be an integer >= 0, got {self.steps!r}")
+        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        choice("precision", self.precision, ("fp32", "bf16", "fp16"))
+        need(isinstance(self.resume, str) and self.resume != "", "resume must be auto, none or a checkpoint path")
+        for k in ("ckpt_every", "log_every", "sample_every", "eval_every", "threads"):
+            need(isinstance(getattr(self, k), int) and getattr(self, k) >= 0, f"{k} must be an integer >= 0, got {getattr(self, k)!r}")
+        need(isinstance(self.keep_last, int) and self.keep_last >= 1, f"keep_last must be an integer >= 1, got {self.keep_last!r}")
+        need(isinstance(self.max_nan_steps, int) and self.max_nan_steps >= 1, f"max_nan_steps must be >= 1, got {self.max_nan_steps!r}")
+        need(0 <= self.max_nan_fraction < 1, f"max_nan_fraction must be in [0, 1), got {self.max_nan_fraction!r}")
+        need(isinstance(self.eval_samples, int) and self.eval_samples >= 16, f"eval_samples must be >= 16, got {self.eval_samples!r}")
+        return self
+
+
+# ---------------------------------------------------------------------- dict plumbing
+def valid_keys(obj=None, prefix: str = "") -> list[str]:
+    """All dotted keys of a config (``optim.lr``, ``method.alpha``, ...)."""
+    obj = obj if obj is not None else DistillConfig()
+    keys = []
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if is_dataclass(v):
+            keys += valid_keys(v, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown(key: str, obj, prefix: str) -> ConfigError:
+    import difflib
+
+    valid = valid_keys(obj, prefix)
+    close = difflib.get_close_matches(prefix + key, valid, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key {prefix + key!r}.{hint} Valid keys: {', '.join(valid)}")
+
+
+def _coerce(value, typ, key: str):
+    if typ in ("bool", bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if typ in ("int", int):
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if typ in ("float", float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if typ in ("str", str):
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _field_types(obj) -> dict:
+    return get_type_hints(type(obj))
+
+
+def _apply_dict(obj, d: dict, prefix: str) -> None:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table/dict, got {d!r}")
+    names = {f.name for f in fields(obj)}
+    types = _field_types(obj)
+    for k, v in d.items():
+        if k not in names:
+            raise _unknown(k, obj, prefix)
+        cur = getattr(obj, k)
+        if is_dataclass(cur):
+            _apply_dict(cur, v, f"{prefix}{k}.")
+        else:
+            setattr(obj, k, _coerce(v, types[k], prefix + k))
+
+
+def _from_dict(cls, d: dict, prefix: str):
+    obj = cls()
+    _apply_dict(obj, d, prefix)
+    return obj
+
+
+def set_dotted(cfg, key: str, value) -> None:
+    parts = key.split(".")
+    obj, prefix = cfg, ""
+    for p in parts[:-1]:
+        if not hasattr(obj, p) or not is_dataclass(getattr(obj, p)):
+            raise _unknown(p, obj, prefix)
+        obj, prefix = getattr(obj, p), f"{prefix}{p}."
+    leaf = parts[-1]
+    if leaf not in {f.name for f in fields(obj)} or is_dataclass(getattr(obj, leaf)):
+        raise _unknown(leaf, obj, prefix)
+    setattr(obj, leaf, _coerce(value, _field_types(obj)[leaf], key))
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        low = raw.lower()
+        if low in ("true", "false"):
+            return low == "true"
+        return raw
+
+
+# ---------------------------------------------------------------------- presets
+def _toy() -> DistillConfig:
+    """The embedded default: 8-Gaussian ring, exact analytic teacher, a few minutes on 2 CPU cores.
+
+    The generator and fake network start from an MLP denoiser fitted to the teacher (the
+    analytic teacher has no weights to copy). DMD is the default method here because it reaches
+    the teacher's quality on this toy within ~1000 iterations; SiD needs several times more
+    iterations on these sharp, well-separated modes (``preset=toy-sid``).
+    """
+    cfg = DistillConfig()
+    cfg.teacher = TeacherConfig(kind="analytic", name="ring8", init="fit", fit_steps=1000, fit_batch=512)
+    cfg.method.name = "dmd"
+    cfg.optim.lr = 1e-4
+    cfg.optim.fake_lr = 1e-3
+    cfg.ema.halflife_kimg = 20.0
+    cfg.batch_size = 256
+    cfg.steps = 1500
+    cfg.threads = 1
+    cfg.ckpt_every = 500
+    cfg.log_every = 50
+    cfg.eval_every = 250
+    cfg.out_dir = "runs/toy"
+    return cfg
+
+
+def _toy_sid() -> DistillConfig:
+    """The toy with SiD (official loss and schedule): slower on this toy; 6000 iterations."""
+    cfg = _toy()
+    cfg.method.name = "sid"
+    cfg.steps = 6000
+    cfg.eval_every = 500
+    cfg.out_dir = "runs/toy-sid"
+    return cfg
+
+
+def _cifar10() -> DistillConfig:
+    """Official SiD CIFAR-10 settings (teacher.path must point at the EDM checkpoint)."""
+    cfg = DistillConfig()
+    cfg.teacher = TeacherConfig(kind="checkpoint", path="", init="teacher")
+    cfg.optim.lr = 1e-5
+    cfg.batch_size = 256
+    cfg.steps = 400_000
+    cfg.ema.halflife_kimg = 500.0
+    cfg.ckpt_every = 2000
+    cfg.log_every = 100
+    cfg.sample_every = 2000
+    cfg.out_dir = "runs/cifar10"
+    return cfg
+
+
+def _ffhq64() -> DistillConfig:
+    cfg = _cifar10()
+    cfg.batch_size = 512
+    cfg.out_dir = "runs/ffhq64"
+    return cfg
+
+
+def _afhq64() -> DistillConfig:
+    cfg = _ffhq64()
+    cfg.optim.lr = 5e-6
+    cfg.out_dir = "runs/afhq64"
+    return cfg
+
+
+def _imagenet64() -> DistillConfig:
+    cfg = _cifar10()
+    cfg.optim.lr = 4e-6
+    cfg.batch_size = 8192
+    cfg.precision = "bf16"
+    cfg.out_dir = "runs/imagenet64"
+    return cfg
+
+
+PRESETS = {"toy": _toy, "toy-sid": _toy_sid, "cifar10": _cifar10, "ffhq64": _ffhq64, "afhq64": _afhq64, "imagenet64": _imagenet64}
+
+
+def preset_config(name: Optional[str] = "toy") -> DistillConfig:
+    """A named preset (``toy`` is the default run of the README)."""
+    name = name or "toy"
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def default_config() -> DistillConfig:
+    return preset_config("toy")
