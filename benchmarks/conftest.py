@@ -32,15 +32,11 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
     # One compiled graph per (op, shape) with dynamic=False: more than dynamo's default
     # recompile limit for one function.
-    try:
-        import torch._dynamo
+    import torch._dynamo as dynamo  # a plain `import torch._dynamo` here would shadow the global torch
 
-        cfg = torch._dynamo.config
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(cfg, name):
-                setattr(cfg, name, max(getattr(cfg, name), 64))
-    except Exception:  # pragma: no cover - dynamo missing
-        pass
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
+        if hasattr(dynamo.config, name):
+            setattr(dynamo.config, name, max(getattr(dynamo.config, name), 64))
 
 
 def pytest_collection_modifyitems(session, config, items):
