@@ -60,6 +60,10 @@ def _sample(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .engine import PRESETS
+    from .engine.digits import add_digits_report_parser
+    from .evaluation import add_eval_parser
+    from .projection import add_project_parser
+    from .teachers.digits import add_train_teacher_parser
 
     parser = argparse.ArgumentParser(prog="fastdistill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--which", choices=("ema", "generator"), default="ema", help="EMA or raw generator weights")
     sample.add_argument("--device", default="cpu")
     sample.set_defaults(func=_sample)
+
+    add_train_teacher_parser(sub)
+    add_eval_parser(sub)
+    add_digits_report_parser(sub)
+    add_project_parser(sub)
     return parser
 
 

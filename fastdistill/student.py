@@ -1,8 +1,18 @@
-"""One-step sampling from a distilled generator: ``sample(checkpoint, n, seed) -> tensor``.
+"""Sampling from a distilled generator: ``sample(checkpoint, n, seed, steps=1) -> tensor``.
 
 ``x = G(z) = D_theta(sigma_init z; sigma_init, c)`` with ``z ~ N(0, I)`` drawn on the CPU from
 ``seed`` (so a seed gives the same samples on every device). ``checkpoint`` is a checkpoint
 directory written by the engine, or a run directory (its latest checkpoint is used).
+
+Multi-step sampling (idempotent students: SIGN / IGN, ALGORITHMS.md section 5) treats the
+generator as the time-free map ``f(x) = D_theta(x; sigma_init)``:
+
+- ``schedule="karras"`` (or a list of noise levels): ``x_1 = f(sigma_init z)``, then
+  ``x_k = f(x_{k-1} + sigma_k eps_k)`` for a decreasing schedule ``sigma_2 > ... > sigma_K``;
+- ``schedule="reapply"``: pure re-application ``x_k = f(x_{k-1})`` (IGN's mode).
+
+``steps=1`` is the one-step generator, unchanged. The noises ``eps_k`` are drawn on the CPU
+after ``z`` from the same seed.
 """
 from __future__ import annotations
 
@@ -66,10 +76,72 @@ def load_student(checkpoint, which: str = "ema", network: Optional[torch.nn.Modu
     return net.to(device).eval().requires_grad_(False), state
 
 
+def multistep_schedule(steps: int, sigma_s: float = 2.5, schedule="karras", sigma_end: float = 0.05,
+                       rho: float = 7.0) -> list:
+    """The noise levels ``sigma_2 > ... > sigma_K`` added before applications 2..K (``K = steps``).
+
+    ``karras``: a Karras grid of ``steps`` levels from ``sigma_s`` down to ``sigma_end`` with
+    ``rho``, without its first level ``sigma_s``; for sigma_s 2.5, sigma_end 0.05:
+    2 steps -> [0.05], 3 -> [0.46, 0.05], 4 -> [0.85, 0.24, 0.05]. ``reapply``: zeros (pure
+    re-application).
+    A list / tuple: used as given (length steps - 1, non-negative).
+    """
+    steps = int(steps)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if isinstance(schedule, str):
+        if schedule == "reapply":
+            return [0.0] * (steps - 1)
+        if schedule != "karras":
+            raise ValueError(f"schedule must be 'karras', 'reapply' or a list of noise levels, got {schedule!r}")
+        if steps == 1:
+            return []
+        if not 0 < sigma_end < sigma_s:
+            raise ValueError(f"need 0 < sigma_end < sigma_s, got {sigma_end}, {sigma_s}")
+        from .sampling import karras_sigmas
+
+        grid = karras_sigmas(steps, sigma_end, sigma_s, rho, append_zero=False).tolist()
+        return grid[1:]
+    levels = [float(v) for v in schedule]
+    if len(levels) != steps - 1:
+        raise ValueError(f"an explicit schedule needs steps - 1 = {steps - 1} noise levels, got {len(levels)}")
+    if any(not (v >= 0) for v in levels):
+        raise ValueError(f"noise levels must be non-negative, got {levels}")
+    return levels
+
+
+@torch.no_grad()
+def generate(net, z: torch.Tensor, sigma_s: float, labels: Optional[torch.Tensor] = None, steps: int = 1,
+             schedule="karras", generator: Optional[torch.Generator] = None, sigma_end: float = 0.05,
+             rho: float = 7.0) -> torch.Tensor:
+    """``x_1 = f(sigma_s z)``; then ``x_k = f(x_{k-1} + sigma_k eps_k)`` (see :func:`multistep_schedule`).
+
+    ``f(x) = net(x, sigma_s, labels)``. ``eps_k`` come from ``generator`` (CPU), else from torch's global RNG.
+    """
+    levels = multistep_schedule(steps, sigma_s, schedule, sigma_end, rho)
+    sig = torch.full((z.shape[0],), float(sigma_s), device=z.device)
+    x = net(z * sigma_s, sig, labels).float()
+    for lv in levels:
+        if lv > 0:
+            eps = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
+            x = x + lv * eps
+        x = net(x, sig, labels).float()
+    return x
+
+
+@torch.no_grad()
+def idempotence_error(net, x: torch.Tensor, sigma_s: float, labels: Optional[torch.Tensor] = None) -> float:
+    """``mean |f(f(x)) - f(x)|`` for the time-free map ``f(x) = net(x, sigma_s, labels)``."""
+    sig = torch.full((x.shape[0],), float(sigma_s), device=x.device)
+    fx = net(x, sig, labels).float()
+    return float((net(fx, sig, labels).float() - fx).abs().mean())
+
+
 @torch.no_grad()
 def sample(checkpoint, n: int, seed: int = 0, class_labels=None, which: str = "ema",
-           batch_size: int = 1024, device="cpu", network: Optional[torch.nn.Module] = None) -> torch.Tensor:
-    """``n`` one-step samples, float32, shape (n, *data_shape), on the CPU."""
+           batch_size: int = 1024, device="cpu", network: Optional[torch.nn.Module] = None,
+           steps: int = 1, schedule="karras", sigma_end: float = 0.05) -> torch.Tensor:
+    """``n`` samples, float32, shape (n, *data_shape), on the CPU; ``steps`` > 1: multi-step (see the module doc)."""
     net, state = load_student(checkpoint, which, network, device)
     n = int(n)
     if n < 0:
@@ -86,12 +158,17 @@ def sample(checkpoint, n: int, seed: int = 0, class_labels=None, which: str = "e
             idx = torch.as_tensor(class_labels).long().reshape(-1).expand(n)
         labels = torch.nn.functional.one_hot(idx, label_dim).float()
     z = torch.randn((n, *shape), generator=g)
+    levels = multistep_schedule(steps, s, schedule, sigma_end)
+    noises = [torch.randn((n, *shape), generator=g) * lv for lv in levels]  # drawn after z: one-step unchanged
     out = []
     for i in range(0, n, batch_size):
         zi = z[i:i + batch_size].to(device)
         li = None if labels is None else labels[i:i + batch_size].to(device)
         sig = torch.full((zi.shape[0],), s, device=device)
-        out.append(net(zi * s, sig, li).float().cpu())
+        x = net(zi * s, sig, li).float()
+        for e in noises:
+            x = net(x + e[i:i + batch_size].to(device), sig, li).float()
+        out.append(x.cpu())
     return torch.cat(out) if out else torch.zeros((0, *shape))
 
 

@@ -45,9 +45,40 @@ def build_teacher(cfg, teacher=None):
         return teacher
     if t.kind == "analytic":
         return build_analytic_teacher(t.name)
+    if t.path == "digits":  # the shipped digits teacher
+        from ..teachers.digits import load_digits_teacher
+
+        return load_digits_teacher()
     from ..teachers.loading import load_teacher
 
     return load_teacher(t.path)
+
+
+def build_data(cfg, teacher, shape, label_dim: int):
+    """Real data for methods that use it: ``data(n, generator) -> (x, one-hot labels or None)`` on the CPU.
+
+    ``cfg.data`` names a dataset (``fastdistill.data.load_dataset``); empty: the teacher's exact
+    samples when it has ``sample`` (analytic teachers, unconditional), else ``None`` (the method
+    falls back to teacher samples of its own).
+    """
+    if cfg.data:
+        from ..data import load_dataset
+
+        ds = load_dataset(cfg.data)
+        if tuple(ds.data_shape) != tuple(shape):
+            raise ValueError(f"data {cfg.data!r} has sample shape {tuple(ds.data_shape)}, the teacher {tuple(shape)}")
+        if label_dim and ds.label_dim != label_dim:
+            raise ValueError(f"the teacher is class-conditional with label_dim {label_dim}; data {cfg.data!r} has "
+                             f"label_dim {ds.label_dim}")
+
+        def data(n, g):
+            x, lab = ds.sample(n, g)
+            return x.float(), (lab if label_dim else None)
+
+        return data
+    if hasattr(teacher, "sample") and not label_dim:
+        return lambda n, g: (teacher.sample(n, generator=g).float().cpu(), None)
+    return None
 
 
 def has_weights(net) -> bool:

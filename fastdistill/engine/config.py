@@ -56,6 +56,22 @@ class MethodConfig:
     generator_loss_scale: float = 100.0
     fake_loss_scale: float = 1.0
     backend: str = "auto"  # loss backend: auto | reference | cpp | triton | cuda
+    # --- SIGN (ALGORITHMS.md section 5, reconstructed); the student is D_theta(x; sigma_init) ---
+    sign_dist: str = "sid"  # L_dist on x_g = f(sigma_init z): sid | dmd | none
+    l_idem: float = 1.0  # weight of L_idem = d(f'(f(x_src)), f(x_src)), f' = frozen current weights
+    l_rec: float = 1.0  # weight of L_rec = d(f(x), x) on real data (else teacher samples)
+    l_flow: float = 1.0  # weight of L_flow = d(f(x_hi), sg(f_ema(x_lo))), one teacher Euler step
+    l_reg: float = 0.0  # weight of L_reg = d(f(sigma_init z), y*) against a bank of teacher ODE pairs
+    idem_distance: str = "auto"  # d of the idempotent terms: pseudo_huber | l1 | l2 | auto (sign: pseudo_huber, ign: l1)
+    idem_c: float = 0.01  # pseudo-Huber c, in RMS units: d = sqrt(mean_i (a-b)_i^2 + c^2) - c
+    flow_levels: int = 18  # Karras grid (method.sigma_min..sigma_max, method.rho) whose adjacent levels L_flow uses
+    bank_size: int = 1024  # teacher ODE pairs (z, y*) for L_reg, and teacher samples when there is no data
+    bank_steps: int = 18  # Heun steps of the bank's teacher sampler (2N-1 evaluations)
+    # --- IGN baseline (adversarial idempotent network; official weights) ---
+    ign_rec: float = 20.0
+    ign_idem: float = 20.0
+    ign_tight: float = 2.5
+    ign_clamp: float = 1.5  # tightness clamp a: L_tight = -tanh(L~/(a R)) a R, R = sg(L_rec)
 
 
 @dataclass
@@ -91,6 +107,7 @@ class DistillConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    data: str = ""  # real data for methods that use it (sign, ign): a load_dataset name or path; "" = the analytic teacher's exact samples, else (sign) a bank of teacher samples
     out_dir: str = "runs/distill"
     seed: int = 0
     batch_size: int = 256  # global batch (all ranks, all micro-batches)
@@ -105,8 +122,9 @@ class DistillConfig:
     keep_last: int = 3  # checkpoints kept
     log_every: int = 50  # steps between JSONL metric lines
     sample_every: int = 0  # steps between sample pictures (0 = only at the end)
-    eval_every: int = 0  # steps between quality evaluations (vector data; 0 = start and end)
-    eval_samples: int = 4096  # samples per quality evaluation
+    eval_every: int = 0  # steps between quality evaluations (0 = start and end): SW2 on vector data, FID on images with eval data
+    eval_samples: int = 4096  # samples per quality evaluation (images: capped at the held-out half of the data, 898 on digits)
+    eval_data: str = ""  # images: reference data for FID tracking (digits features); "" = `data`, else digits for the digits teacher; "none" = off
     max_nan_steps: int = 20  # stop after this many consecutive non-finite steps
     max_nan_fraction: float = 0.5  # a step whose loss is non-finite, or with more NaN samples than this fraction, is skipped (NaN samples below it just contribute zero, as in SiD)
     progress: bool = True  # tqdm progress bar
@@ -186,6 +204,17 @@ class DistillConfig:
         need(isinstance(m.alpha, (int, float)) and math.isfinite(m.alpha), f"method.alpha must be finite, got {m.alpha!r}")
         for k in ("c", "sigma_init", "sigma_min", "sigma_max", "rho", "fake_p_std", "generator_loss_scale", "fake_loss_scale"):
             positive(f"method.{k}", getattr(m, k))
+        choice("method.sign_dist", m.sign_dist, ("sid", "dmd", "none"))
+        choice("method.idem_distance", m.idem_distance, ("auto", "pseudo_huber", "l1", "l2"))
+        for k in ("l_idem", "l_rec", "l_flow", "l_reg", "ign_rec", "ign_idem", "ign_tight"):
+            positive(f"method.{k}", getattr(m, k), allow_zero=True)
+        positive("method.idem_c", m.idem_c)
+        positive("method.ign_clamp", m.ign_clamp)
+        need(isinstance(m.flow_levels, int) and m.flow_levels >= 2, f"method.flow_levels must be an integer >= 2, got {m.flow_levels!r}")
+        need(isinstance(m.bank_size, int) and m.bank_size >= 1, f"method.bank_size must be an integer >= 1, got {m.bank_size!r}")
+        need(isinstance(m.bank_steps, int) and m.bank_steps >= 2, f"method.bank_steps must be an integer >= 2, got {m.bank_steps!r}")
+        need(m.name != "ign" or self.teacher.kind == "analytic" or self.data,
+             "method.name=ign needs real data: set data=<dataset name or path> (or use an analytic teacher)")
         need(0 < m.t_max <= 1000, f"method.t_max must be in (0, 1000], got {m.t_max!r}")
         need(m.sigma_min < m.sigma_max, f"method.sigma_min ({m.sigma_min}) must be below sigma_max ({m.sigma_max})")
         need(math.isfinite(m.fake_p_mean), "method.fake_p_mean must be finite")
@@ -344,6 +373,92 @@ def _toy_sid() -> DistillConfig:
     return cfg
 
 
+def _toy_sign() -> DistillConfig:
+    """SIGN (reconstruction, ALGORITHMS.md section 5) on the 2-D toy: time-free student
+    ``f(x) = D_theta(x; 2.5)`` from the fitted teacher, DMD as L_dist on this toy (fast here, as
+    for ``toy``), idempotence / reconstruction / flow terms on the exact data."""
+    cfg = _toy()
+    cfg.method.name = "sign"
+    cfg.method.sign_dist = "dmd"
+    cfg.out_dir = "runs/toy-sign"
+    return cfg
+
+
+def _toy_ign() -> DistillConfig:
+    """The IGN baseline on the 2-D toy with its official optimiser (Adam lr 1e-4, betas (0.5, 0.999))."""
+    cfg = _toy()
+    cfg.method.name = "ign"
+    cfg.optim.lr = 1e-4
+    cfg.optim.beta1, cfg.optim.beta2 = 0.5, 0.999
+    cfg.out_dir = "runs/toy-ign"
+    return cfg
+
+
+def _digits_sign() -> DistillConfig:
+    """SIGN on scikit-learn's 8x8 digits with the shipped digits teacher (``teacher.path=digits``
+    resolves to ``fastdistill/teachers/digits.py``'s asset) and the real digits as data."""
+    cfg = DistillConfig()
+    cfg.teacher = TeacherConfig(kind="checkpoint", path="digits", init="teacher")
+    cfg.data = "digits"
+    cfg.method.name = "sign"
+    cfg.method.sign_dist = "sid"
+    cfg.optim.lr = 1e-4
+    cfg.optim.fake_lr = 1e-4
+    cfg.ema.halflife_kimg = 20.0
+    cfg.batch_size = 64
+    cfg.steps = 2000
+    cfg.threads = 1
+    cfg.ckpt_every = 500
+    cfg.log_every = 50
+    cfg.sample_every = 500
+    cfg.out_dir = "runs/digits-sign"
+    return cfg
+
+
+def _digits() -> DistillConfig:
+    """SiD on scikit-learn's 8x8 digits with the shipped digits teacher (``teacher.path=digits``).
+
+    Budgeted for the digits report (``fastdistill.engine.digits``): SiD, SIM and DMD back to
+    back in under 10 minutes on 2 CPU cores. Generator, fake network and EMA start as copies of
+    the teacher (SiD's set-up); FID in the digits classifier's features is logged every
+    ``eval_every`` steps (``eval_data=digits``) and drawn in ``fid_vs_iterations.png``.
+    """
+    cfg = DistillConfig()
+    cfg.teacher = TeacherConfig(kind="checkpoint", path="digits", init="teacher")
+    cfg.eval_data = "digits"
+    cfg.method.name = "sid"
+    cfg.optim.lr = 1e-4
+    cfg.optim.fake_lr = 3e-4  # the fake network tracks the moving generator faster (measured: smoother FID curves)
+    cfg.ema.halflife_kimg = 5.0
+    cfg.ema.rampup = 0.5  # longer EMA early on: the 1e-4 generator oscillates, its EMA falls monotonically
+    cfg.batch_size = 32
+    cfg.steps = 800
+    cfg.threads = 1
+    cfg.ckpt_every = 0
+    cfg.log_every = 50
+    cfg.eval_every = 100
+    cfg.eval_samples = 898
+    cfg.progress = False
+    cfg.out_dir = "runs/digits"
+    return cfg
+
+
+def _digits_sim() -> DistillConfig:
+    """SIM (pseudo-Huber, c=1e-3) on digits with the settings of ``digits``."""
+    cfg = _digits()
+    cfg.method.name = "sim"
+    cfg.out_dir = "runs/digits-sim"
+    return cfg
+
+
+def _digits_dmd() -> DistillConfig:
+    """DMD on digits with the settings of ``digits`` (cheaper per step: no gradient through the scores)."""
+    cfg = _digits()
+    cfg.method.name = "dmd"
+    cfg.out_dir = "runs/digits-dmd"
+    return cfg
+
+
 def _cifar10() -> DistillConfig:
     """Official SiD CIFAR-10 settings (teacher.path must point at the EDM checkpoint)."""
     cfg = DistillConfig()
@@ -382,7 +497,7 @@ def _imagenet64() -> DistillConfig:
     return cfg
 
 
-PRESETS = {"toy": _toy, "toy-sid": _toy_sid, "cifar10": _cifar10, "ffhq64": _ffhq64, "afhq64": _afhq64, "imagenet64": _imagenet64}
+PRESETS = {"toy": _toy, "toy-sid": _toy_sid, "toy-sign": _toy_sign, "toy-ign": _toy_ign, "digits-sign": _digits_sign, "digits": _digits, "digits-sim": _digits_sim, "digits-dmd": _digits_dmd, "cifar10": _cifar10, "ffhq64": _ffhq64, "afhq64": _afhq64, "imagenet64": _imagenet64}
 
 
 def preset_config(name: Optional[str] = "toy") -> DistillConfig:

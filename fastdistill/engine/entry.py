@@ -31,14 +31,22 @@ def format_summary(result) -> str:
     lines = [f"distilled {result.step} steps ({result.images_seen / 1000:.1f} kimg) in {result.elapsed_s:.0f} s"
              + (f", {result.nan_steps} non-finite steps skipped" if result.nan_steps else "")]
     if m:
-        lines.append("sample quality: sliced Wasserstein-2 distance to the data (lower is better)")
-        rows = [("data vs data (sampling noise floor)", m.get("sw_data_vs_data")),
-                ("teacher, Heun sampler, 35 evaluations", m.get("sw_teacher_heun35")),
-                ("generator before distillation, 1 evaluation", m.get("sw_initial")),
-                ("student (EMA), 1 evaluation", m.get("sw_student"))]
+        if "fid_student" in m or "fid_initial" in m:
+            lines.append("sample quality: FID in the digits classifier's features, same n for all (lower is better)")
+            q, fmt, floor = "fid", "{:.3f}", "data vs data (held-out half, same n)"
+        else:
+            lines.append("sample quality: sliced Wasserstein-2 distance to the data (lower is better)")
+            q, fmt, floor = "sw", "{:.4f}", "data vs data (sampling noise floor)"
+        rows = [(floor, m.get(f"{q}_data_vs_data")),
+                ("teacher, Heun sampler, 35 evaluations", m.get(f"{q}_teacher_heun35")),
+                ("generator before distillation, 1 evaluation", m.get(f"{q}_initial")),
+                ("student (EMA), 1 evaluation", m.get(f"{q}_student"))]
         for name, v in rows:
             if v is not None:
-                lines.append(f"  {name:<46} {v:.4f}")
+                lines.append(f"  {name:<46} " + fmt.format(v))
+    curve = Path(result.out_dir) / ("fid_vs_iterations.png" if "fid_student" in m else "sw_vs_iterations.png")
+    if m and curve.is_file():
+        lines.append(f"curve:      {curve}")
     if result.picture:
         lines.append(f"picture:    {result.picture}")
     if result.samples:

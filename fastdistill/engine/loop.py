@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from ..methods import get_method
-from ..methods.base import FakeNoise, GeneratorNoise
+from ..methods.base import FakeNoise, GeneratorNoise, MethodContext
 from . import checkpoint as ckpt
 from . import distributed as D
-from .build import build_teacher, copy_net, fit_denoiser, make_mlp, mlp_arch, resolve_init
+from .build import build_data, build_teacher, copy_net, fit_denoiser, make_mlp, mlp_arch, resolve_init
 from .config import ConfigError, DistillConfig
 from .ema import EMA, ema_beta
 from .monitor import NVTX, JSONLLogger, progress_bar
@@ -47,7 +47,7 @@ class DistillResult:
     elapsed_s: float
     nan_steps: int
     interrupted: bool = False
-    metrics: dict = field(default_factory=dict)  # quality numbers (vector data): sw_student, sw_teacher, ...
+    metrics: dict = field(default_factory=dict)  # quality numbers: sw_* (vector data) or fid_* (images with eval data)
     picture: Optional[str] = None
     samples: Optional[str] = None
 
@@ -183,6 +183,14 @@ class Distiller:
         # noise generators (per rank, or shared for rng=global)
         noise_seed = cfg.seed * 7919 + 17 + (0 if cfg.distributed.rng == "global" else 104729 * self.rank)
         self.gen = torch.Generator(device=self.device).manual_seed(noise_seed)
+        # real-data batches (methods that declare needs "data") are drawn on the CPU from their own stream
+        self.data_gen = torch.Generator().manual_seed(noise_seed + 1)
+        if self.method.needs:
+            self.method.bind(MethodContext(
+                teacher=self.t_call, net=self.G, ema=self.ema.module,
+                data=build_data(cfg, self.teacher, self.shape, self.label_dim) if "data" in self.method.needs else None,
+                data_generator=self.data_gen, shape=tuple(self.shape), label_dim=self.label_dim,
+                device=self.device, seed=cfg.seed, progress=cfg.progress and self.main))
 
         self.step = 0
         self.images_seen = 0
@@ -218,7 +226,7 @@ class Distiller:
 
     def save(self) -> Optional[Path]:
         """Checkpoint (collective: every rank contributes its RNG state; rank 0 writes)."""
-        rngs = D.all_gather_object(ckpt.rng_state({"noise": self.gen}))
+        rngs = D.all_gather_object(ckpt.rng_state({"noise": self.gen, "data": self.data_gen}))
         path = None
         if self.main:
             with self.nvtx("checkpoint"):
@@ -253,7 +261,7 @@ class Distiller:
             self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
         if len(rngs) == self.world:
-            ckpt.set_rng_state(rngs[self.rank], {"noise": self.gen})
+            ckpt.set_rng_state(rngs[self.rank], {"noise": self.gen, "data": self.data_gen})
         elif self.main:
             print(f"fastdistill: checkpoint written by {len(rngs)} ranks, resuming on {self.world}: RNG streams reseeded")
         self.resumed_from = str(path)
@@ -316,8 +324,11 @@ class Distiller:
         return loss_mean, nan_samples, ok
 
     def train_step(self) -> dict:
-        with self.nvtx("fake_step"):
-            loss_f, nan_f, ok_f = self._phase("fake")
+        if self.method.uses_fake:
+            with self.nvtx("fake_step"):
+                loss_f, nan_f, ok_f = self._phase("fake")
+        else:  # e.g. IGN: no fake-score network
+            loss_f, nan_f, ok_f = 0.0, 0, True
         with self.nvtx("generator_step"):
             loss_g, nan_g, ok_g = self._phase("generator")
         with self.nvtx("ema"):
@@ -336,7 +347,7 @@ class Distiller:
                     f"({self.nan_steps} in total). Lower optim.lr, try precision=fp32, or check the teacher; "
                     f"the last good checkpoint is in {ckpt.ckpt_root(self.out_dir)}")
         return dict(loss_fake=loss_f, loss_gen=loss_g, nan_samples=nan_f + nan_g, ema_beta=beta,
-                    skipped=int(not (ok_f and ok_g)))
+                    skipped=int(not (ok_f and ok_g)), **self.method.log_terms())
 
     # ------------------------------------------------------------------ evaluation / pictures
     @torch.no_grad()
@@ -354,6 +365,28 @@ class Distiller:
                          for i in range(0, n, 1024)])
         net.train(was)
         return out.cpu()
+
+    def _image_evaluator(self):
+        """FID tracking for image runs (``eval_data``, else ``data``, else digits for the digits teacher)."""
+        if not hasattr(self, "_img_eval"):
+            self._img_eval = None
+            name = self.cfg.eval_data or self.cfg.data or ("digits" if self.cfg.teacher.path == "digits" else "")
+            if len(self.shape) == 3 and name and name != "none":
+                from ..evaluation import LoopEvaluator
+
+                try:
+                    import torch_fidelity  # noqa: F401
+                except ImportError:
+                    print("fastdistill: FID tracking off (needs torch-fidelity: pip install 'fastdistill[eval]')")
+                    return None
+                self._img_eval = LoopEvaluator(name, self.cfg.eval_samples, self.teacher)
+                if self._img_eval.ref.data_shape != tuple(self.shape):
+                    raise ConfigError(f"eval_data {name!r} has sample shape {self._img_eval.ref.data_shape}, "
+                                      f"the teacher {tuple(self.shape)}")
+        return self._img_eval
+
+    def _evaluates(self) -> bool:
+        return self._vector_data() or self._image_evaluator() is not None
 
     def _vector_data(self) -> bool:
         return len(self.shape) == 1 and hasattr(self.teacher, "sample")
@@ -379,6 +412,10 @@ class Distiller:
 
     @torch.no_grad()
     def evaluate(self, net=None) -> dict:
+        ev = self._image_evaluator() if not self._vector_data() else None
+        if ev is not None:
+            x = self.student_samples(ev.n, seed=9_000_003, net=net)
+            return {**ev.baselines(), "fid_student": ev(x)}
         if not self._vector_data():
             return {}
         from ..metrics import sliced_wasserstein
@@ -442,9 +479,10 @@ class Distiller:
         metrics: dict = {}
         interrupted = False
         try:
-            if self.main and self._vector_data() and self.step == 0:
+            if self.main and self._evaluates() and self.step == 0:
                 metrics = self.evaluate(net=self.G)
-                metrics = {"sw_initial": metrics.pop("sw_student"), **metrics}
+                q = "fid" if "fid_student" in metrics else "sw"
+                metrics = {f"{q}_initial": metrics.pop(f"{q}_student"), **metrics}
                 self.initial_metrics = dict(metrics)
                 logger.log(step=0, kimg=0.0, **metrics)
             tick, tick_step = time.time(), self.step
@@ -460,7 +498,7 @@ class Distiller:
                     rate = (self.step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
                     tick, tick_step = now, self.step
                     rec = dict(step=self.step, kimg=self.images_seen / 1000, img_per_s=rate, nan_steps=self.nan_steps, **row)
-                    if self._vector_data() and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
+                    if self._evaluates() and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
                         rec.update(self.evaluate())
                         metrics.update(rec)
                     logger.log(**rec)
@@ -469,6 +507,8 @@ class Distiller:
                         post = dict(gen=f"{row['loss_gen']:.3g}", fake=f"{row['loss_fake']:.3g}", img_s=f"{rate:.0f}")
                         if "sw_student" in rec:
                             post["sw"] = f"{rec['sw_student']:.4f}"
+                        if "fid_student" in rec:
+                            post["fid"] = f"{rec['fid_student']:.3g}"
                         bar.set_postfix(post)
                 if self.main and cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.save_picture(self.out_dir / f"samples-{self.step:08d}.png")
@@ -497,8 +537,14 @@ class Distiller:
             np.savez(samples, samples=x.numpy())
             self.export_student(self.out_dir / "student.safetensors")
         if hasattr(self, "initial_metrics"):
-            metrics.setdefault("sw_initial", self.initial_metrics.get("sw_initial"))
-        quality = {k: v for k, v in metrics.items() if k.startswith("sw_")}
+            for k in ("sw_initial", "fid_initial"):
+                if k in self.initial_metrics:
+                    metrics.setdefault(k, self.initial_metrics[k])
+        quality = {k: v for k, v in metrics.items() if k.startswith(("sw_", "fid_"))}
+        if self.main and not interrupted and quality:
+            from ..evaluation import plot_run_curve
+
+            plot_run_curve(self.out_dir, quality)
         return DistillResult(out_dir=str(self.out_dir), step=self.step, images_seen=self.images_seen,
                              checkpoint=str(last_ckpt) if last_ckpt else None, elapsed_s=time.time() - t0,
                              nan_steps=self.nan_steps, interrupted=interrupted, metrics=quality,

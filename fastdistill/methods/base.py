@@ -13,6 +13,12 @@ Everything random enters as an explicit tensor (``draw_*`` make them from a
 ``torch.Generator``), so a hand-written reference step can be fed the very same noise.
 A new method subclasses :class:`DistillMethod`, implements :meth:`loss` and registers itself
 with :func:`register_method`; that is the whole contract.
+
+Methods that need more than (G, teacher, fake network, noise) -- real data, the generator's EMA,
+the raw (un-wrapped) generator module -- declare it in :attr:`DistillMethod.needs`; the loop then
+hands them a :class:`MethodContext` once, through :meth:`DistillMethod.bind`, before training.
+A method that does not use the fake-score network sets ``uses_fake = False`` and the loop skips
+the fake (DSM) phase.
 """
 from __future__ import annotations
 
@@ -80,6 +86,30 @@ class FakeNoise:
     labels: Optional[torch.Tensor]
 
 
+@dataclass
+class MethodContext:
+    """What the loop gives a method that declares :attr:`DistillMethod.needs` (once, via ``bind``).
+
+    ``data`` is ``None`` or a callable ``data(n, generator) -> (x, one-hot labels or None)`` on
+    the CPU (real data: ``cfg.data``, or the analytic teacher's exact samples); ``data_generator``
+    is the CPU generator to draw it with (checkpointed by the loop, so resume is exact).
+    ``net`` is the raw generator module (not DDP-wrapped, not compiled): use it for frozen
+    applications through ``torch.func.functional_call``. ``ema`` is the generator's EMA module,
+    updated in place by the loop.
+    """
+
+    teacher: object
+    net: torch.nn.Module
+    ema: Optional[torch.nn.Module]
+    data: Optional[Callable]
+    data_generator: Optional[torch.Generator]
+    shape: tuple
+    label_dim: int
+    device: torch.device
+    seed: int = 0
+    progress: bool = False
+
+
 class DistillMethod:
     """Base class: shared generator / noise / DSM pieces; subclasses define :meth:`loss`."""
 
@@ -87,12 +117,26 @@ class DistillMethod:
     #: SiD and SIM back-propagate through the teacher and fake network into x_g (their
     #: parameters frozen); DMD evaluates them without gradient.
     scores_need_grad: ClassVar[bool] = True
+    #: what the method needs from the loop besides the networks: a subset of
+    #: {"data", "ema", "net"}; non-empty means the loop calls :meth:`bind` with a MethodContext.
+    needs: ClassVar[frozenset] = frozenset()
+    #: False: the method does not use the fake-score network (the loop skips the DSM phase).
+    uses_fake: ClassVar[bool] = True
 
     def __init__(self, cfg, backend: str = "auto"):
         self.cfg = cfg
         self.backend = backend
+        self.ctx: Optional[MethodContext] = None
         #: zero-argument callable returning the autocast context for network forwards
         self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+    def bind(self, ctx: MethodContext) -> None:
+        """Receive the loop's context (called once, before the first step, when ``needs`` is set)."""
+        self.ctx = ctx
+
+    def log_terms(self) -> dict:
+        """Extra scalars for the metrics log (e.g. the value of each loss term of the last step)."""
+        return {}
 
     # ----------------------------------------------------------------- the one thing to write
     def loss(self, y: torch.Tensor, y_real: torch.Tensor, y_fake: torch.Tensor) -> torch.Tensor:

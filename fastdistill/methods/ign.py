@@ -1,0 +1,105 @@
+"""IGN: idempotent generative network (Shocher et al., 2023), as a baseline for SIGN.
+
+No teacher scores and no fake network: the network ``f`` is trained adversarially *against
+itself* with three terms on a data batch ``x`` and source noise ``z``:
+
+- reconstruction ``L_rec = d(f(x), x)``;
+- idempotence ``L_idem = d(f'(f(z)), f(z))``: gradient through the inner application only;
+- tightness ``L~_tight = d(f(f'(z)), f'(z))``: gradient through the outer application only
+  (its input ``f'(z)`` is frozen); it is *maximised*, clamped by the reconstruction error:
+  ``L_tight = -tanh(L~_tight / (a R)) a R`` with ``R = sg(L_rec)`` (batch mean), ``a = ign_clamp``.
+
+``f'`` is the current weights without gradient (``torch.func.functional_call`` on detached
+parameters). Official choices: ``d`` = L1, weights rec/idem/tight = 20/20/2.5
+(``method.ign_rec/ign_idem/ign_tight``), Adam lr 1e-4, betas (0.5, 0.999) (set in the
+``toy-ign`` preset through ``optim.*``). On this engine ``f(x) = D_theta(x; sigma_init)`` (the
+same time-free network as SIGN) and the source is ``z_src = sigma_init z``; the network starts
+from the same initialisation as the other methods (the teacher / fitted denoiser), which keeps
+the SIGN-vs-IGN comparison at equal budget and equal start.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..ops.reference import nan_sample_mask
+from .base import DistillMethod, GeneratorNoise, register_method
+from .sign import _DataMixin, frozen_apply, idem_distance, student_apply, _cat_labels
+
+__all__ = ["IGN", "IGNNoise", "tightness"]
+
+
+def tightness(raw: torch.Tensor, rec: torch.Tensor, a: float = 1.5) -> torch.Tensor:
+    """IGN's clamped tightness ``-tanh(raw / (a R)) a R`` per sample, ``R = sg(rec)`` (a scalar or (B,))."""
+    r = (a * rec.detach()).clamp_min(1e-12)
+    return -torch.tanh(raw / r) * r
+
+
+@dataclass
+class IGNNoise(GeneratorNoise):
+    x_data: torch.Tensor
+    data_labels: Optional[torch.Tensor]
+
+
+@register_method("ign")
+class IGN(_DataMixin, DistillMethod):
+    """Adversarial idempotent network (rec + idem + clamped tightness); data required."""
+
+    needs = frozenset({"data", "net"})
+    uses_fake = False
+    scores_need_grad = False
+
+    def __init__(self, cfg, backend: str = "auto"):
+        super().__init__(cfg, backend)
+        self.last_terms: dict = {}
+
+    @property
+    def distance_kind(self) -> str:
+        k = self.cfg.idem_distance
+        return "l1" if k == "auto" else k
+
+    def d(self, a, b) -> torch.Tensor:
+        return idem_distance(a, b, self.distance_kind, self.cfg.idem_c)
+
+    def bind(self, ctx) -> None:
+        super().bind(ctx)
+        if ctx.data is None and ctx.label_dim == 0 and hasattr(ctx.teacher, "sample"):
+            ctx.data = lambda n, g: (ctx.teacher.sample(n, generator=g), None)
+        if ctx.data is None:
+            raise ValueError("method ign needs real data: set data=<dataset name or path>")
+
+    def log_terms(self) -> dict:
+        return dict(self.last_terms)
+
+    def draw_generator_noise(self, n, shape, label_dim, gen, device) -> IGNNoise:
+        base = super().draw_generator_noise(n, shape, label_dim, gen, device)
+        x, lab = self.data_batch(n, device)
+        return IGNNoise(base.z, base.sigma, base.eps, base.labels, x, lab)
+
+    def generator_loss(self, G, teacher, fake, noise: IGNNoise):
+        c, ctx = self.cfg, self._need_ctx()
+        s = c.sigma_init
+        B = noise.z.shape[0]
+        z_src = noise.z * s
+        with torch.no_grad(), self.autocast():
+            fz_frozen = frozen_apply(ctx.net, z_src, s, noise.labels)  # f'(z)
+        with self.autocast():
+            out = student_apply(G, torch.cat([noise.x_data, z_src, fz_frozen]), s,
+                                _cat_labels([noise.data_labels, noise.labels, noise.labels]))
+        f_x, f_z, f_fz = out.split(B)
+        rec = self.d(f_x, noise.x_data)
+        with self.autocast():
+            idem = self.d(frozen_apply(ctx.net, f_z, s, noise.labels), f_z)
+        tight_raw = self.d(f_fz, fz_frozen)
+        tight = tightness(tight_raw, rec.mean(), c.ign_clamp)
+        total = (c.ign_rec * rec + c.ign_idem * idem + c.ign_tight * tight).mean()
+        self.last_terms = {"ign_rec": float(rec.mean().detach()), "ign_idem": float(idem.mean().detach()),
+                           "ign_tight_raw": float(tight_raw.mean().detach())}
+        with torch.no_grad():
+            nan = nan_sample_mask(f_x, f_z).sum()
+        return total, nan
+
+    def fake_loss(self, G, fake, noise):  # pragma: no cover - the loop skips the fake phase
+        raise RuntimeError("IGN has no fake-score network (uses_fake = False)")

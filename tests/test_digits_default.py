@@ -1,0 +1,77 @@
+"""The digits default: presets distilling the shipped digits teacher, a short convergence
+check (CI), and the full report (slow)."""
+import json
+import math
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("torch_fidelity")
+
+from fastdistill.engine.config import preset_config  # noqa: E402
+from fastdistill.teachers.digits import digits_teacher_path  # noqa: E402
+
+needs_teacher = pytest.mark.skipif(not digits_teacher_path().is_file(), reason="shipped digits teacher not present")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("name,method", [("digits", "sid"), ("digits-sim", "sim"), ("digits-dmd", "dmd")])
+def test_digits_presets(name, method):
+    cfg = preset_config(name).validate()
+    assert cfg.method.name == method
+    assert cfg.teacher.kind == "checkpoint" and cfg.teacher.path == "digits" and cfg.teacher.init == "teacher"
+    assert cfg.eval_data == "digits" and cfg.eval_every > 0 and cfg.threads == 1
+
+
+def test_report_rejects_unknown_method(tmp_path):
+    from fastdistill.engine.digits import digits_report
+
+    with pytest.raises(ValueError, match="unknown method"):
+        digits_report(tmp_path, methods=["gan"], log=None)
+
+
+@needs_teacher
+def test_short_digits_distillation_improves_fid(tmp_path):
+    """A few hundred SiD steps with the shipped teacher: the one-step student's FID falls well
+    below the initial generator's (the teacher's one-step denoiser at sigma_init)."""
+    from fastdistill.engine.loop import run_distillation
+    from fastdistill.evaluation import read_jsonl
+
+    t0 = time.time()
+    res = run_distillation("digits", overrides=[f"out_dir={tmp_path}", "steps=150", "batch_size=16",
+                                                 "eval_every=150", "eval_samples=256", "log_every=50"])
+    elapsed = time.time() - t0
+    m = res.metrics
+    assert math.isfinite(m["fid_initial"]) and math.isfinite(m["fid_student"])
+    assert m["fid_student"] < 0.5 * m["fid_initial"], m
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert "fid_initial" in rows[0] and rows[-1]["step"] == 150 and "fid_student" in rows[-1]
+    assert (tmp_path / "fid_vs_iterations.png").is_file()
+    print(f"digits SiD 150 steps: FID {m['fid_initial']:.3f} -> {m['fid_student']:.3f} in {elapsed:.0f} s")
+
+
+@needs_teacher
+@pytest.mark.slow
+def test_digits_report(tmp_path):
+    """The full report (about 10 minutes on 2 CPU cores): table, JSON and pictures."""
+    from fastdistill.engine.digits import digits_report, format_report
+
+    rep = digits_report(tmp_path, log=None)
+    text = format_report(rep)
+    print(text)
+    d = json.loads((tmp_path / "report.json").read_text())
+    assert {r["method"] for r in d["student_rows"]} == {"sid", "sim", "dmd"}
+    assert {(r["solver"], r["steps"]) for r in d["teacher_rows"]} >= {("heun", k) for k in (1, 2, 4, 8, 18)}
+    for k in ("teacher_samples", "samples", "fid_vs_iterations"):
+        assert (tmp_path / f"{k}.png").is_file()
+    for r in d["student_rows"]:
+        assert r["fid"] < r["fid_initial"]
+    assert rep.elapsed_s < 900
