@@ -36,12 +36,6 @@ def _resolve(checkpoint) -> Path:
     return latest
 
 
-def _decode(kwargs):
-    from .teachers import checkpoint as tc
-
-    return tc._decode(kwargs) if hasattr(tc, "_decode") else kwargs
-
-
 def load_student(checkpoint, which: str = "ema", network: Optional[torch.nn.Module] = None,
                  device="cpu") -> tuple[torch.nn.Module, dict]:
     """The generator network (``which``: ema | generator) and the checkpoint's state dict.
@@ -59,7 +53,7 @@ def load_student(checkpoint, which: str = "ema", network: Optional[torch.nn.Modu
 
         net = copy.deepcopy(network)
     elif state.get("arch_config"):
-        from .teachers.checkpoint import build_teacher
+        from .teachers.checkpoint import _decode, build_teacher
 
         net = build_teacher(state["arch_config"]["class_name"], _decode(state["arch_config"]["init_kwargs"]))
     elif state.get("arch"):

@@ -182,6 +182,15 @@ class DistillMethod:
             y_fake = fake(x_t, sigma, labels)
         return y_real.float(), y_fake.float()
 
+    def scores_at_noised(self, teacher, fake, x_g: torch.Tensor, noise: "GeneratorNoise"):
+        """Teacher and fake denoisings of the one shared ``x_t = x_g + sigma eps``: through x_t
+        into x_g when the method back-propagates through the scores, else without gradient."""
+        x_t = x_g + _bcast(noise.sigma, x_g) * noise.eps
+        if self.scores_need_grad:
+            return self._scores(teacher, fake, x_t, noise.sigma, noise.labels)
+        with torch.no_grad():
+            return self._scores(teacher, fake, x_t.detach(), noise.sigma, noise.labels)
+
     def generator_loss(self, G, teacher, fake, noise: GeneratorNoise):
         """Generator-step loss. Returns ``(loss, nan_samples)``: the scalar loss and the number of
         samples with a NaN in x_g, D_teacher(x_t) or D_fake(x_t) (they contribute zero loss).
@@ -190,12 +199,7 @@ class DistillMethod:
         x_t is not detached, so gradients reach x_g through both score networks.
         """
         x_g = self.generate(G, noise.z, noise.labels)
-        x_t = x_g + _bcast(noise.sigma, x_g) * noise.eps
-        if self.scores_need_grad:
-            y_real, y_fake = self._scores(teacher, fake, x_t, noise.sigma, noise.labels)
-        else:
-            with torch.no_grad():
-                y_real, y_fake = self._scores(teacher, fake, x_t.detach(), noise.sigma, noise.labels)
+        y_real, y_fake = self.scores_at_noised(teacher, fake, x_g, noise)
         with torch.no_grad():
             nan = nan_sample_mask(x_g, y_real, y_fake).sum()
         return self.loss(x_g, y_real, y_fake), nan

@@ -226,12 +226,7 @@ class SIGN(_DataMixin, DistillMethod):
         # L_dist (SiD or DMD) on x_g, with the shared x_t
         y_real = y_fake = None
         if c.sign_dist != "none":
-            x_t = x_g + _bcast(noise.sigma, x_g) * noise.eps
-            if self.scores_need_grad:
-                y_real, y_fake = self._scores(teacher, fake, x_t, noise.sigma, noise.labels)
-            else:
-                with torch.no_grad():
-                    y_real, y_fake = self._scores(teacher, fake, x_t.detach(), noise.sigma, noise.labels)
+            y_real, y_fake = self.scores_at_noised(teacher, fake, x_g, noise)
             if c.sign_dist == "sid":
                 l_dist = sid_loss(x_g, y_real, y_fake, alpha=c.alpha, weight=c.weight,
                                   loss_scale=c.generator_loss_scale, backend=self.backend)

@@ -20,7 +20,7 @@ float16. Other presets: "digits-tiny" (68 k parameters, for tests), "digits-medi
 for longer runs; ships nothing).
 
 Reproduce the shipped weights (one CPU thread; 2500 steps took 15 min 20 s wall on a shared
-2-core machine; `python -m fastdistill.teachers.digits train-teacher ...` is the same command):
+2-core machine):
 
     fastdistill train-teacher --data digits --arch digits-small \
         --out fastdistill/assets/digits_teacher.safetensors \
@@ -333,16 +333,3 @@ def add_train_teacher_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_teacher_cmd)
     return p
-
-
-def main(argv=None) -> int:
-    """``python -m fastdistill.teachers.digits train-teacher ...`` (same as the CLI subcommand)."""
-    parser = argparse.ArgumentParser(prog="python -m fastdistill.teachers.digits")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_train_teacher_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
