@@ -38,6 +38,43 @@ def test_report_rejects_unknown_method(tmp_path):
         digits_report(tmp_path, methods=["gan"], log=None)
 
 
+def test_report_rejects_bad_overrides_before_any_work(tmp_path):
+    from fastdistill.engine.config import ConfigError
+    from fastdistill.engine.digits import digits_report
+
+    with pytest.raises(ConfigError, match="no_such_key"):
+        digits_report(tmp_path, overrides=["no_such_key=1"], log=None)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_distill_cli_default_is_the_report_and_report_flags_need_it(capsys):
+    from fastdistill.cli import main
+
+    assert main(["distill", "--preset", "toy", "--methods", "sid"]) == 2
+    assert "--methods" in capsys.readouterr().err
+    assert main(["distill", "--methods", "gan"]) == 2  # the default: the report, which names the bad method
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["distill", "--draws", "0"]) == 2
+    assert "draws" in capsys.readouterr().err
+
+
+def test_draws_merge_and_verdict():
+    from fastdistill.engine.digits import _merge_draws, _verdict
+
+    t = _merge_draws([dict(draw=1, fid=0.12), dict(draw=0, fid=0.10, kid_mean=0.01, label="teacher"), dict(draw=2, fid=0.11)])
+    assert t["fid_draws"] == [0.10, 0.12, 0.11] and t["kid_mean"] == 0.01 and "draw" not in t
+    assert t["fid"] == pytest.approx(0.11) and t["fid_std"] == pytest.approx(0.01)
+    better = _merge_draws([dict(draw=k, fid=f, label="SiD student, 1 step") for k, f in enumerate((0.09, 0.10, 0.08))])
+    assert "at or below the teacher" in _verdict(better, t) and better["meets_target"]
+    close = _merge_draws([dict(draw=k, fid=f, label="SIM student, 1 step") for k, f in enumerate((0.115, 0.125, 0.12))])
+    text = _verdict(close, t)
+    assert not close["meets_target"] and "above the teacher by 0.010" in text and "within draw noise" in text
+    far = _merge_draws([dict(draw=k, fid=f, label="DMD student, 1 step") for k, f in enumerate((0.30, 0.31, 0.29))])
+    assert "within draw noise" not in _verdict(far, t)
+    single = _merge_draws([dict(fid=0.2)])
+    assert single["fid_std"] is None and single["fid_draws"] == [0.2]
+
+
 @needs_teacher
 def test_short_digits_distillation_improves_fid(tmp_path):
     """A few hundred SiD steps with the shipped teacher: the one-step student's FID falls well

@@ -151,3 +151,32 @@ def test_line_plot_handles_curves_and_bad_values(tmp_path):
     from PIL import Image
 
     assert Image.open(p).size == (720, 440)
+
+
+def test_eval_draw_balances_labels_and_is_seeded():
+    from fastdistill.evaluation import eval_draw
+
+    z, labels = eval_draw(898, (1, 8, 8), 10, seed=3)
+    counts = labels.sum(0)
+    assert z.shape == (898, 1, 8, 8) and labels.shape == (898, 10)
+    assert counts.max() - counts.min() <= 1 and int(counts.sum()) == 898
+    z2, labels2 = eval_draw(898, (1, 8, 8), 10, seed=3)
+    assert torch.equal(z, z2) and torch.equal(labels, labels2)
+    z3, labels3 = eval_draw(898, (1, 8, 8), 10, seed=4)
+    assert not torch.equal(z, z3) and not torch.equal(labels, labels3)
+    assert eval_draw(5, (2,), 0, seed=0)[1] is None
+
+
+def test_trainer_and_eval_draw_the_same_student_samples(tiny_run):
+    """The loop's FID tracking and `fastdistill eval` use one draw per seed: same samples."""
+    from fastdistill.engine.config import DistillConfig
+    from fastdistill.engine.loop import Distiller
+    from fastdistill.evaluation import load_student_generator, student_samples
+
+    _, res = tiny_run
+    net, info = load_student_generator(res.out_dir)
+    x_eval, _ = student_samples(net, info, 20, seed=11)
+    cfg = DistillConfig.from_file(f"{res.out_dir}/config.json").with_overrides([f"out_dir={res.out_dir}/again", "resume=none"])
+    d = Distiller(cfg.validate())
+    x_loop = d.student_samples(20, seed=11, net=net)
+    assert torch.allclose(x_eval, x_loop, atol=1e-6)

@@ -3,8 +3,8 @@
     distill_command(config=None, overrides=[], preset=None) -> exit code
     sample_command(checkpoint, n, seed, out, ...) -> exit code
 
-``config`` is a JSON/TOML file (it may name a ``preset``); with neither config nor preset the
-embedded default (the 2-D toy) runs. Errors in the configuration are printed with the list of
+``config`` is a JSON/TOML file (it may name a ``preset``); with neither, the ``toy`` preset
+(the CLI's default without either is the digits report, ``fastdistill.engine.digits``). Errors in the configuration are printed with the list of
 valid keys and give exit code 2.
 """
 from __future__ import annotations

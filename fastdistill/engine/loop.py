@@ -353,12 +353,10 @@ class Distiller:
     @torch.no_grad()
     def student_samples(self, n: int, seed: int, net=None) -> torch.Tensor:
         net = net if net is not None else self.ema.module
-        g = torch.Generator().manual_seed(seed)
-        z = torch.randn((n, *self.shape), generator=g).to(self.device)
-        labels = None
-        if self.label_dim:
-            idx = torch.randint(0, self.label_dim, (n,), generator=g)
-            labels = torch.nn.functional.one_hot(idx, self.label_dim).float().to(self.device)
+        from ..evaluation import eval_draw
+
+        z, labels = eval_draw(n, self.shape, self.label_dim, seed)
+        z, labels = z.to(self.device), None if labels is None else labels.to(self.device)
         was = net.training
         net.eval()
         out = torch.cat([self.method.generate(net, z[i:i + 1024], None if labels is None else labels[i:i + 1024])
