@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--teacher", help="teacher checkpoint: EDM/SiD pickle, fastdistill safetensors, or a diffusers folder")
     report = distill.add_argument_group("digits default only")
     report.add_argument("--methods", help="comma-separated subset of sid,sim,dmd (default: all three)")
-    report.add_argument("--budget", type=float, help="wall-clock cap in seconds (default 600)")
+    report.add_argument("--budget", type=float, help="wall-clock cap in seconds (default 570)")
     report.add_argument("--workers", type=int, help="concurrent student runs, one thread each (default 3)")
     report.add_argument("--draws", type=int, help="sample draws averaged for the teacher at 35 NFE and each student (default 3)")
     distill.set_defaults(func=_distill)

@@ -112,3 +112,35 @@ def test_digits_report(tmp_path):
     for r in d["student_rows"]:
         assert r["fid"] < r["fid_initial"]
     assert rep.elapsed_s < 900
+
+
+def test_progress_line_reads_the_run_log(tmp_path):
+    from fastdistill.engine.digits import _progress
+
+    assert _progress("sid", tmp_path) == "sid step 0"
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "fid_initial": 1.7}\n{"step": 100, "fid_student": 0.25}\n'
+                                           '{"step": 150, "loss_gen": 1.0}\n')
+    assert _progress("sid", tmp_path) == "sid step 150 FID 0.250"
+
+
+@needs_teacher
+def test_small_report_end_to_end(tmp_path):
+    """The main job's plumbing at toy size: teacher rows with draws, a student run, table, JSON, pictures."""
+    from fastdistill.engine.digits import digits_report, format_report
+
+    lines = []
+    rep = digits_report(tmp_path, methods=["dmd"], n=64, draws=2, teacher_steps=(1,), solvers=("euler",), workers=1,
+                        overrides=["steps=4", "batch_size=8", "eval_every=2", "log_every=2"], log=lines.append,
+                        progress_every=1.0)
+    d = json.loads((tmp_path / "report.json").read_text())
+    assert {(r["solver"], r["steps"]) for r in d["teacher_rows"]} == {("euler", 1), ("heun", 18)}
+    head = next(r for r in d["teacher_rows"] if r["steps"] == 18)
+    assert len(head["fid_draws"]) == 2 and head["fid_std"] is not None
+    (s,) = d["student_rows"]
+    assert s["method"] == "dmd" and s["train_steps"] == 4 and len(s["fid_draws"]) == 2 and s["ms_per_sample"] > 0
+    assert isinstance(s["meets_target"], bool) and len(d["verdicts"]) == 1
+    for k in ("teacher_samples", "samples", "fid_vs_iterations"):
+        assert (tmp_path / f"{k}.png").is_file()
+    text = format_report(rep)
+    assert "DMD student" in text and "teacher Heun 18 steps" in text and "(2)" in text
+    assert any("distilling dmd" in line for line in lines)

@@ -25,7 +25,7 @@ is the data-vs-data FID at that n (held-out half vs reference half): the floor o
 FID at this n moves by a few hundredths between sample draws, as much as the gaps that matter,
 so the rows that decide the verdict (teacher at 35 NFE, each student) are the mean and spread
 of ``draws`` independent draws, and the verdict compares the means against that spread.
-A wall-clock ``budget_s`` (default 600 s) caps the whole report: a run still going when its
+A wall-clock ``budget_s`` (default 570 s, so the command with its start-up stays within 10 minutes) caps the whole report: a run still going when its
 share of the budget is spent stops and is evaluated from its last state (the report says so).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ import math
 import multiprocessing as mp
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -101,6 +101,14 @@ def _student_quality(sample_fn, n: int, draws: int, ref) -> dict:
     return _merge_draws([dict(draw=k, **quality(sample_fn(n, REPORT_SEED + k), ref, full=k == 0)) for k in range(draws)])
 
 
+def _progress(method: str, run_dir: Path) -> str:
+    """``sid step 300 FID 0.21``: the latest step and FID a run has logged (its JSONL file)."""
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    step = max((r.get("step", 0) for r in rows), default=0)
+    fid = next((r["fid_student"] for r in reversed(rows) if "fid_student" in r), None)
+    return f"{method} step {step}" + (f" FID {fid:.3f}" if fid is not None else "")
+
+
 def _student_task(method: str, run_dir: str, teacher_spec, n: int, draws: int, deadline: float,
                   overrides: Sequence[str]) -> dict:
     from .config import preset_config
@@ -160,17 +168,18 @@ def _pool(workers: int, cache_dir: str) -> ProcessPoolExecutor:
                                initializer=_init_worker, initargs=(cache_dir,))
 
 
-def digits_report(out_dir=DEFAULT_OUT, budget_s: float = 600.0, *, methods: Sequence[str] = ("sid", "sim", "dmd"),
+def digits_report(out_dir=DEFAULT_OUT, budget_s: float = 570.0, *, methods: Sequence[str] = ("sid", "sim", "dmd"),
                   teacher="digits", n: int = DIGITS_N, draws: int = 3, teacher_steps: Sequence[int] = TEACHER_STEPS,
                   solvers: Sequence[str] = SOLVERS, workers: int = 3, overrides: Sequence[str] = (),
-                  log=print) -> DigitsReport:
+                  log=print, progress_every: float = 30.0) -> DigitsReport:
     """Run the digits report (see the module docstring); returns a :class:`DigitsReport`.
 
     ``budget_s``: wall-clock cap of the whole report. ``draws``: sample draws averaged for the
     teacher at 35 NFE and for each student. ``workers``: concurrent student runs (one torch
     thread each; the teacher table uses ``min(workers, 2)`` processes so its timings are one
     core each). ``overrides``: config overrides applied to every student run (e.g.
-    ``["steps=200"]``; checked before any work starts). ``log``: progress messages (None: silent).
+    ``["steps=200"]``; checked before any work starts). ``log``: progress messages (None:
+    silent), with each student's step and latest FID every ``progress_every`` seconds.
     """
     log = log or (lambda *a, **k: None)
     t_start = time.time()
@@ -216,6 +225,11 @@ def digits_report(out_dir=DEFAULT_OUT, budget_s: float = 600.0, *, methods: Sequ
         with _pool(max(1, min(workers, len(methods))), str(cache)) as pool:
             futs = {m: pool.submit(_student_task, m, str(out / m), teacher, n, draws, deadline, tuple(overrides))
                     for m in methods}
+            pending = set(futs.values())
+            while pending:
+                pending = wait(pending, timeout=progress_every).not_done
+                if pending:
+                    log(f"  {time.time() - t2:4.0f} s  " + "   ".join(_progress(m, out / m) for m in methods))
             srows = {m: f.result() for m, f in futs.items()}
         rep.phases_s["students"] = time.time() - t2
         # 3. time per sample of each student alone (one thread), pictures
@@ -326,7 +340,7 @@ def format_report(rep: DigitsReport) -> str:
 
 
 def report_command(overrides: Sequence[str] = (), teacher: Optional[str] = None, methods: str = "sid,sim,dmd",
-                   budget_s: float = 600.0, workers: int = 3, draws: int = 3) -> int:
+                   budget_s: float = 570.0, workers: int = 3, draws: int = 3) -> int:
     """``fastdistill distill`` with no preset or config file: the digits report.
 
     ``out_dir=DIR`` among the overrides is the report's directory (default ``runs/digits``);
