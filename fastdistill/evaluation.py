@@ -197,7 +197,7 @@ def eval_draw(n: int, shape: tuple, label_dim: int, seed: int) -> tuple[torch.Te
     Every evaluation draw (teacher samplers, students, the training loop's FID) uses this, so a
     seed means the same labels everywhere. Balanced rather than random because FID in
     class-discriminative features reacts strongly to class proportions: on digits, random labels
-    made the teacher's FID over four draws 0.150 +- 0.033, balanced ones 0.118 +- 0.018.
+    made the teacher's FID (Heun, 15 NFE) over four draws 0.150 +- 0.033, balanced ones 0.118 +- 0.018.
     """
     g = torch.Generator().manual_seed(int(seed))
     labels = None

@@ -54,7 +54,7 @@ def test_distill_cli_default_is_the_report_and_report_flags_need_it(capsys):
     assert "--methods" in capsys.readouterr().err
     assert main(["distill", "--methods", "gan"]) == 2  # the default: the report, which names the bad method
     assert "unknown method" in capsys.readouterr().err
-    assert main(["distill", "--draws", "0"]) == 2
+    assert main(["distill", "--draws", "0", "--budget", "60", "--workers", "1"]) == 2
     assert "draws" in capsys.readouterr().err
 
 

@@ -340,7 +340,7 @@ def format_report(rep: DigitsReport) -> str:
 
 
 def report_command(overrides: Sequence[str] = (), teacher: Optional[str] = None, methods: str = "sid,sim,dmd",
-                   budget_s: float = 570.0, workers: int = 3, draws: int = 3) -> int:
+                   budget: float = 570.0, workers: int = 3, draws: int = 3) -> int:
     """``fastdistill distill`` with no preset or config file: the digits report.
 
     ``out_dir=DIR`` among the overrides is the report's directory (default ``runs/digits``);
@@ -358,7 +358,7 @@ def report_command(overrides: Sequence[str] = (), teacher: Optional[str] = None,
         else:
             rest.append(o)
     try:
-        rep = digits_report(out, budget_s, methods=[m for m in methods.split(",") if m], teacher=teacher or "digits",
+        rep = digits_report(out, budget, methods=[m for m in methods.split(",") if m], teacher=teacher or "digits",
                             workers=workers, draws=draws, overrides=rest)
     except (ConfigError, EvalError, FileNotFoundError, ValueError) as exc:
         print(f"fastdistill distill: {exc}", file=sys.stderr)
