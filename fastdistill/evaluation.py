@@ -276,7 +276,7 @@ def load_student_generator(path, device="cpu"):
     cfg = state.get("config", {})
     info = dict(data_shape=tuple(state["data_shape"]), label_dim=int(state.get("label_dim", 0)),
                 sigma_init=float(state["sigma_init"]), method=cfg.get("method", {}).get("name", "?"),
-                step=state.get("step"), teacher_path=cfg.get("teacher", {}).get("path") or None,
+                sigma_end=float(cfg.get("method", {}).get("sign_sigma_end", 0.05)), step=state.get("step"), teacher_path=cfg.get("teacher", {}).get("path") or None,
                 teacher_kind=cfg.get("teacher", {}).get("kind"), teacher_name=cfg.get("teacher", {}).get("name"))
     return net, info
 
@@ -291,14 +291,15 @@ def student_samples(net, info: dict, n: int, steps: int = 1, seed: int = SAMPLE_
 
     One step: ``x = D_theta(sigma_init z; sigma_init, c)``. k > 1 steps (methods that were
     trained for it, sign/ign): ``x_{j+1} = D_theta(x_j + sigma_j eps_j; sigma_init)`` with the
-    decreasing Karras levels of ``fastdistill.student.multistep_schedule`` (ALGORITHMS.md section 5).
+    decreasing Karras levels of ``fastdistill.student.multistep_schedule`` down to the student's
+    trained ``method.sign_sigma_end`` (ALGORITHMS.md section 5).
     """
     steps = int(steps)
     if steps < 1:
         raise EvalError(f"student steps must be >= 1, got {steps}")
     from .student import multistep_schedule
 
-    levels = multistep_schedule(steps, float(info["sigma_init"]))
+    levels = multistep_schedule(steps, float(info["sigma_init"]), sigma_end=float(info.get("sigma_end", 0.05)))
     if steps > 1 and info.get("method") not in MULTISTEP_METHODS:
         raise EvalError(f"a {info.get('method')!r} student is a one-step generator; multi-step sampling is for "
                         f"{', '.join(MULTISTEP_METHODS)} students")

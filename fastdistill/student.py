@@ -8,7 +8,10 @@ Multi-step sampling (idempotent students: SIGN / IGN, ALGORITHMS.md section 5) t
 generator as the time-free map ``f(x) = D_theta(x; sigma_init)``:
 
 - ``schedule="karras"`` (or a list of noise levels): ``x_1 = f(sigma_init z)``, then
-  ``x_k = f(x_{k-1} + sigma_k eps_k)`` for a decreasing schedule ``sigma_2 > ... > sigma_K``;
+  ``x_k = f(x_{k-1} + sigma_k eps_k)`` for a decreasing schedule ``sigma_2 > ... > sigma_K``:
+  the consistency-model sampler (re-noise the current estimate to the next level, apply f).
+  SIGN trains every application of the ``method.sign_steps``-step sampler (its inputs are built
+  by :func:`fastdistill.methods.sign.chain_inputs`, the same recursion);
 - ``schedule="reapply"``: pure re-application ``x_k = f(x_{k-1})`` (IGN's mode).
 
 ``steps=1`` is the one-step generator, unchanged. The noises ``eps_k`` are drawn on the CPU
@@ -134,9 +137,15 @@ def idempotence_error(net, x: torch.Tensor, sigma_s: float, labels: Optional[tor
 @torch.no_grad()
 def sample(checkpoint, n: int, seed: int = 0, class_labels=None, which: str = "ema",
            batch_size: int = 1024, device="cpu", network: Optional[torch.nn.Module] = None,
-           steps: int = 1, schedule="karras", sigma_end: float = 0.05) -> torch.Tensor:
-    """``n`` samples, float32, shape (n, *data_shape), on the CPU; ``steps`` > 1: multi-step (see the module doc)."""
+           steps: int = 1, schedule="karras", sigma_end: Optional[float] = None) -> torch.Tensor:
+    """``n`` samples, float32, shape (n, *data_shape), on the CPU; ``steps`` > 1: multi-step (see the module doc).
+
+    ``sigma_end`` (the Karras schedule's last level): default, the one the student was trained
+    with (``method.sign_sigma_end`` of its config; 0.05 for checkpoints without it).
+    """
     net, state = load_student(checkpoint, which, network, device)
+    if sigma_end is None:
+        sigma_end = float(state["config"]["method"].get("sign_sigma_end", 0.05))
     n = int(n)
     if n < 0:
         raise ValueError("n must be non-negative")

@@ -1,13 +1,20 @@
-"""SIGN vs IGN on the 2-D toy (and optionally digits): the numbers and the picture of the README.
+"""SIGN vs IGN on the 2-D toy and on digits: the numbers and the pictures of the README.
 
-    .venv/bin/python scripts/sign_results.py [--steps 1500] [--out runs/sign-results] [--digits]
+    .venv/bin/python scripts/sign_results.py [--toy-steps 1000] [--out runs/sign-results] [--part toy|digits|all]
 
-Trains ``toy-sign`` and ``toy-ign`` for the same number of iterations and batch (the same
+Toy: trains ``toy-sign`` and ``toy-ign`` for the same number of iterations and batch (the same
 budget of generator updates; IGN has no fake-network step, so SIGN costs more per iteration),
-then measures on 4096 samples: sliced Wasserstein-2 distance to the data at 1/2/4 steps (Karras
-re-noising schedule) and with pure re-application, the idempotence error mean|f(f(x)) - f(x)|
-on generated and on data points before and after training, and projection of corrupted
-points. Writes ``results.json`` and ``sign_vs_ign.png`` under ``--out``.
+then measures on 4096 samples: sliced Wasserstein-2 distance to the data at 1/2/4 steps (the
+Karras re-noising schedule the student was trained on) and with pure re-application, the
+idempotence error mean|f(f(x)) - f(x)| on generated and on data points before and after
+training, and projection of corrupted points. Writes ``toy.json`` and ``sign_vs_ign_toy.png``.
+
+Digits: trains ``digits-sign`` (shipped teacher, ~10 min on one thread) and IGN from the same
+start with the same budget, then measures FID (digits-classifier features, n = 898 against the
+reference half) at 1/2/4 steps and 4x re-application, mean +- std over three sample seeds; the
+idempotence error on the held-out real digits before and after training; and projection of
+noisy / masked / shifted held-out digits: FID and per-pixel MSE to the clean digits, of the
+corrupted inputs and of their projections. Writes ``digits.json`` and ``sign_digits.png``.
 """
 from __future__ import annotations
 
@@ -21,20 +28,32 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+SEEDS = (0, 1, 2)  # sample seeds of the digits FIDs
 
+
+def _common(out: Path, name: str, steps: int, seed: int) -> list:
+    return [f"steps={steps}", f"out_dir={out / name}", "resume=none", "progress=false", f"seed={seed}",
+            "eval_every=0", "ckpt_every=0", "sample_every=0"]
+
+
+def _sigma_end(d) -> float:
+    return d.cfg.method.sign_sigma_end
+
+
+# ------------------------------------------------------------------------------ toy
 def toy_measure(distiller, n: int = 4096) -> dict:
     from fastdistill.metrics import sliced_wasserstein
     from fastdistill.projection import project
     from fastdistill.student import generate, idempotence_error
 
     net = distiller.ema.module.eval()
-    s = distiller.cfg.method.sigma_init
+    s, se = distiller.cfg.method.sigma_init, _sigma_end(distiller)
     data = distiller.teacher.sample(n, generator=torch.Generator().manual_seed(1)).float()
     g = torch.Generator().manual_seed(2)
     z = torch.randn((n, *distiller.shape), generator=g)
     out = {}
     for steps in (1, 2, 4):
-        x = generate(net, z, s, steps=steps, generator=torch.Generator().manual_seed(3))
+        x = generate(net, z, s, steps=steps, generator=torch.Generator().manual_seed(3), sigma_end=se)
         out[f"sw_{steps}step"] = float(sliced_wasserstein(x, data, seed=1))
     x = generate(net, z, s, steps=4, schedule="reapply")
     out["sw_4step_reapply"] = float(sliced_wasserstein(x, data, seed=1))
@@ -49,23 +68,21 @@ def toy_measure(distiller, n: int = 4096) -> dict:
     return out
 
 
-def train(preset: str, steps: int, out: Path, seed: int = 0, overrides=()):
-    from fastdistill.engine import DistillConfig, Distiller, preset_config
+def train(preset: str, out: Path, name: str, overrides=(), measure=toy_measure):
+    from fastdistill.engine import Distiller, preset_config
 
-    cfg = preset_config(preset).with_overrides([f"steps={steps}", f"out_dir={out / preset}", "resume=none",
-                                                "progress=false", f"seed={seed}", "eval_every=0",
-                                                "ckpt_every=0", *overrides])
+    cfg = preset_config(preset).with_overrides(list(overrides))
     d = Distiller(cfg)
-    before = toy_measure(d)
+    before = measure(d)
     t0 = time.time()
     res = d.run()
-    after = toy_measure(d)
-    return d, {"before": before, "after": after, "train_s": time.time() - t0, "checkpoint": res.checkpoint,
-               "teacher_sw_heun35": res.metrics.get("sw_teacher_heun35"),
-               "sw_data_vs_data": res.metrics.get("sw_data_vs_data")}
+    train_s = time.time() - t0
+    after = measure(d)
+    return d, {"before": before, "after": after, "train_s": train_s, "checkpoint": res.checkpoint,
+               "metrics": {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}}
 
 
-def picture(dists: dict, path: Path) -> Path:
+def toy_picture(dists: dict, path: Path) -> Path:
     from fastdistill.engine.visual import scatter_panels
     from fastdistill.student import generate
 
@@ -79,26 +96,200 @@ def picture(dists: dict, path: Path) -> Path:
         net = d.ema.module.eval()
         for steps in (1, 4):
             panels.append((f"{name} {steps} step{'s' if steps > 1 else ''}",
-                           generate(net, z, s, steps=steps, generator=torch.Generator().manual_seed(3))))
+                           generate(net, z, s, steps=steps, generator=torch.Generator().manual_seed(3),
+                                    sigma_end=_sigma_end(d))))
     return scatter_panels(panels, path, size=240)
+
+
+def run_toy(out: Path, steps: int, seed: int, sign_set=()) -> dict:
+    results, dists = {}, {}
+    for name, preset, extra in (("SIGN", "toy-sign", list(sign_set)), ("IGN", "toy-ign", [])):
+        d, r = train(preset, out, name, _common(out, preset, steps, seed) + extra)
+        results[name], dists[name] = r, d
+        print(name, json.dumps(r, indent=1), flush=True)
+    (out / "toy.json").write_text(json.dumps(results, indent=2))
+    print("picture:", toy_picture(dists, out / "sign_vs_ign_toy.png"))
+    return results
+
+
+# ------------------------------------------------------------------------------ digits
+def heldout_digits():
+    """The held-out half of the digits (the FID baseline set) and its integer labels."""
+    from fastdistill.data import load_dataset
+    from fastdistill.evaluation import SPLIT_SEED, reference_data
+
+    ref = reference_data("digits")
+    src = load_dataset("digits")
+    perm = torch.randperm(src.data.shape[0], generator=torch.Generator().manual_seed(SPLIT_SEED))
+    idx = perm[(src.data.shape[0] + 1) // 2:]
+    x, labels = src.data[idx].float(), src.labels[idx]
+    assert torch.equal(x, ref.heldout)
+    return ref, x, labels
+
+
+def corruptions(x: torch.Tensor) -> dict:
+    """Noisy (Gaussian, std 0.4, clipped), masked (bottom half blanked), shifted (2 pixels right)."""
+    noisy = (x + 0.4 * torch.randn(x.shape, generator=torch.Generator().manual_seed(7))).clamp(-1, 1)
+    masked = x.clone()
+    masked[:, :, 4:, :] = -1.0
+    shifted = torch.full_like(x, -1.0)
+    shifted[..., 2:] = x[..., :-2]
+    return {"noisy": noisy, "masked": masked, "shifted": shifted}
+
+
+def _labels(n: int, seed: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(seed)), 10).float()
+
+
+def digits_samples(net, s: float, sigma_end: float, steps, seed: int, n: int = 898) -> torch.Tensor:
+    from fastdistill.student import generate
+
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn((n, 1, 8, 8), generator=g)
+    labels = _labels(n, seed + 1000)
+    sched = "reapply" if steps == "reapply" else "karras"
+    k = 4 if steps == "reapply" else steps
+    return generate(net, z, s, labels, steps=k, schedule=sched, generator=g, sigma_end=sigma_end)
+
+
+def digits_measure(distiller) -> dict:
+    from fastdistill.evaluation import quality
+    from fastdistill.projection import project
+    from fastdistill.student import idempotence_error
+
+    net = distiller.ema.module.eval()
+    s, se = distiller.cfg.method.sigma_init, _sigma_end(distiller)
+    ref, x, lab = heldout_digits()
+    onehot = torch.nn.functional.one_hot(lab, 10).float()
+    out = {}
+    for steps in (1, 2, 4, "reapply"):
+        fids = [quality(digits_samples(net, s, se, steps, seed), ref, full=False)["fid"] for seed in SEEDS]
+        t = torch.tensor(fids)
+        out[f"fid_{steps}"] = {"mean": float(t.mean()), "std": float(t.std()), "all": fids}
+    out["idem_err_data"] = idempotence_error(net, x, s, onehot)
+    x1 = digits_samples(net, s, se, 1, SEEDS[0])
+    out["idem_err_generated"] = idempotence_error(net, x1, s, _labels(x1.shape[0], SEEDS[0] + 1000))
+    for name, bad in corruptions(x).items():
+        row = {"fid_input": quality(bad, ref, full=False)["fid"], "mse_input": float((bad - x).square().mean())}
+        for sigma in (0.0, 0.3):
+            p = project(net, bad, sigma=sigma, class_labels=lab, seed=0, sigma_s=s)
+            row[f"fid_proj_{sigma}"] = quality(p, ref, full=False)["fid"]
+            row[f"mse_proj_{sigma}"] = float((p - x).square().mean())
+        out[f"proj_{name}"] = row
+    return out
+
+
+def digits_picture(d, path: Path, n: int = 12) -> Path:
+    """Rows: each corruption and its projection (sigma 0.3); samples at 1, 2 and 4 steps (same z)."""
+    from PIL import Image, ImageDraw
+
+    from fastdistill.projection import project
+
+    net = d.ema.module.eval()
+    s, se = d.cfg.method.sigma_init, _sigma_end(d)
+    _, x, lab = heldout_digits()
+    x, lab = x[:n], lab[:n]
+    rows = []
+    for name, bad in corruptions(x).items():
+        rows += [(name, bad), ("projected", project(net, bad, sigma=0.3, class_labels=lab, seed=0, sigma_s=s))]
+    for k in (1, 2, 4):
+        rows.append((f"{k} step{'s' if k > 1 else ''}", digits_samples(net, s, se, k, seed=0, n=n)))
+    cell, pad, left = 32, 2, 90
+    img = Image.new("L", (left + n * (cell + pad), len(rows) * (cell + pad)), 255)
+    draw = ImageDraw.Draw(img)
+    for r, (label, batch) in enumerate(rows):
+        y0 = r * (cell + pad)
+        draw.text((4, y0 + cell // 2 - 5), label, fill=0)
+        arr = ((batch.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy()
+        for i in range(n):
+            tile = Image.fromarray(arr[i]).resize((cell, cell), Image.NEAREST)
+            img.paste(tile, (left + i * (cell + pad), y0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def run_digits(out: Path, steps: int, seed: int, ign: bool, sign_set=()) -> dict:
+    results = {}
+    runs = [("SIGN", list(sign_set))]
+    if ign:  # same start, data, batch and number of generator updates; IGN's official optimiser
+        runs.append(("IGN", ["method.name=ign", "optim.beta1=0.5", "optim.beta2=0.999"]))
+    dists = {}
+    for name, extra in runs:
+        d, r = train("digits-sign", out, name, _common(out, f"digits-{name.lower()}", steps, seed) + extra,
+                     measure=digits_measure)
+        results[name], dists[name] = r, d
+        print(name, json.dumps(r, indent=1), flush=True)
+        (out / "digits.json").write_text(json.dumps(results, indent=2))
+    print("picture:", digits_picture(dists["SIGN"], out / "sign_digits.png"))
+    return results
+
+
+def toy_table(results: dict) -> str:
+    rows = ["| | 1 step | 2 steps | 4 steps | 4x re-apply | idempotence error on data | projection of noisy points |",
+            "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        a, b = r["after"], r["before"]
+        rows.append(f"| {name} | {a['sw_1step']:.3f} | {a['sw_2step']:.3f} | {a['sw_4step']:.3f} | "
+                    f"{a['sw_4step_reapply']:.3f} | {b['idem_err_data']:.3f} -> {a['idem_err_data']:.3f} | "
+                    f"{a['proj_sw_input']:.3f} -> {a['proj_sw_output']:.3f} |")
+    return "\n".join(rows)
+
+
+def digits_table(results: dict) -> str:
+    def fid(m, k):
+        return f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}"
+
+    def idem(m):
+        return f"{m['idem_err_data']:.4f} / {m['idem_err_generated']:.4f}" if "idem_err_generated" in m else \
+            f"{m['idem_err_data']:.4f} / -"
+
+    rows = ["| | 1 step | 2 steps | 4 steps | 4x re-apply | idempotence error, real digits / 1-step samples |",
+            "|---|---|---|---|---|---|"]
+    first = next(iter(results.values()))["before"]
+    rows.append(f"| start (teacher D(x; 2.5)) | {fid(first, 'fid_1')} | {fid(first, 'fid_2')} | {fid(first, 'fid_4')} | "
+                f"{fid(first, 'fid_reapply')} | {idem(first)} |")
+    for name, r in results.items():
+        a = r["after"]
+        rows.append(f"| {name} ({r['train_s']:.0f} s) | {fid(a, 'fid_1')} | {fid(a, 'fid_2')} | {fid(a, 'fid_4')} | "
+                    f"{fid(a, 'fid_reapply')} | {idem(a)} |")
+    rows += ["", "| projection (sigma 0 / 0.3), FID and MSE to the clean digits | noisy | masked | shifted |",
+             "|---|---|---|---|"]
+    cols = ("noisy", "masked", "shifted")
+    rows.append("| corrupted input | " + " | ".join(
+        f"{first[f'proj_{c}']['fid_input']:.2f} / mse {first[f'proj_{c}']['mse_input']:.3f}" for c in cols) + " |")
+    named = [("start", first)] + [(n, r["after"]) for n, r in results.items()]
+    for name, m in named:
+        rows.append(f"| {name} | " + " | ".join(
+            f"{m[f'proj_{c}']['fid_proj_0.0']:.2f} / {m[f'proj_{c}']['fid_proj_0.3']:.2f}, "
+            f"mse {m[f'proj_{c}']['mse_proj_0.0']:.3f} / {m[f'proj_{c}']['mse_proj_0.3']:.3f}" for c in cols) + " |")
+    return "\n".join(rows)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--part", choices=("toy", "digits", "all"), default="all")
+    ap.add_argument("--toy-steps", type=int, default=1000)
+    ap.add_argument("--digits-steps", type=int, default=500)
+    ap.add_argument("--no-digits-ign", action="store_true", help="skip the IGN run on digits")
     ap.add_argument("--out", default="runs/sign-results")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--table", action="store_true", help="only print the tables of the results already in --out")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for the SIGN runs (e.g. method.sign_steps=1 for the one-step-only ablation)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, dists = {}, {}
-    for name, preset in (("SIGN", "toy-sign"), ("IGN", "toy-ign")):
-        d, r = train(preset, args.steps, out, args.seed)
-        results[name], dists[name] = r, d
-        print(name, json.dumps(r, indent=1), flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    print("picture:", picture(dists, out / "sign_vs_ign.png"))
+    if args.table:
+        for f, fmt in (("toy.json", toy_table), ("digits.json", digits_table)):
+            if (out / f).is_file():
+                print(fmt(json.loads((out / f).read_text())))
+        return 0
+    if args.part in ("toy", "all"):
+        print(toy_table(run_toy(out, args.toy_steps, args.seed, args.set)))
+    if args.part in ("digits", "all"):
+        print(digits_table(run_digits(out, args.digits_steps, args.seed, not args.no_digits_ign, args.set)))
     return 0
 
 

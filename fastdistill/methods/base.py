@@ -204,10 +204,14 @@ class DistillMethod:
             nan = nan_sample_mask(x_g, y_real, y_fake).sum()
         return self.loss(x_g, y_real, y_fake), nan
 
+    def fake_samples(self, G, noise: FakeNoise) -> torch.Tensor:
+        """The generator samples the fake network is fitted to (called without gradient): one step."""
+        return self.generate(G, noise.z, noise.labels)
+
     def fake_loss(self, G, fake, noise: FakeNoise):
         """DSM loss of the fake network on detached generator samples. Returns ``(loss, nan_samples)``."""
         with torch.no_grad():
-            x_g = self.generate(G, noise.z, noise.labels)
+            x_g = self.fake_samples(G, noise)
         x_n = x_g + _bcast(noise.sigma, x_g) * noise.noise
         with self.autocast():
             pred = fake(x_n, noise.sigma, noise.labels)

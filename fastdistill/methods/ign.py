@@ -10,7 +10,8 @@ itself* with three terms on a data batch ``x`` and source noise ``z``:
   ``L_tight = -tanh(L~_tight / (a R)) a R`` with ``R = sg(L_rec)`` (batch mean), ``a = ign_clamp``.
 
 ``f'`` is the current weights without gradient (``torch.func.functional_call`` on detached
-parameters). Official choices: ``d`` = L1, weights rec/idem/tight = 20/20/2.5
+parameters). A sample with a NaN in any application drops out (zero loss, no gradient) and is
+counted for the loop's ``max_nan_fraction``. Official choices: ``d`` = L1, weights rec/idem/tight = 20/20/2.5
 (``method.ign_rec/ign_idem/ign_tight``), Adam lr 1e-4, betas (0.5, 0.999) (set in the
 ``toy-ign`` preset through ``optim.*``). On this engine ``f(x) = D_theta(x; sigma_init)`` (the
 same time-free network as SIGN) and the source is ``z_src = sigma_init z``; the network starts
@@ -25,7 +26,7 @@ from typing import Optional
 import torch
 
 from ..ops.reference import nan_sample_mask
-from .base import DistillMethod, GeneratorNoise, register_method
+from .base import DistillMethod, GeneratorNoise, _bcast, register_method
 from .sign import _DataMixin, frozen_apply, idem_distance, student_apply, _cat_labels
 
 __all__ = ["IGN", "IGNNoise", "tightness"]
@@ -89,17 +90,22 @@ class IGN(_DataMixin, DistillMethod):
             out = student_apply(G, torch.cat([noise.x_data, z_src, fz_frozen]), s,
                                 _cat_labels([noise.data_labels, noise.labels, noise.labels]))
         f_x, f_z, f_fz = out.split(B)
-        rec = self.d(f_x, noise.x_data)
+        # NaN samples (of any of the three applications) drop out: zeros in, zero loss, no gradient
+        with torch.no_grad():
+            bad = nan_sample_mask(f_x, f_z, f_fz, fz_frozen, noise.x_data)
+        f_x, f_z, f_fz, fz_frozen, x_data = (torch.where(_bcast(bad, t), torch.zeros_like(t), t)
+                                             for t in (f_x, f_z, f_fz, fz_frozen, noise.x_data))
+        good = (~bad).float()
+        rec = self.d(f_x, x_data)
         with self.autocast():
             idem = self.d(frozen_apply(ctx.net, f_z, s, noise.labels), f_z)
         tight_raw = self.d(f_fz, fz_frozen)
-        tight = tightness(tight_raw, rec.mean(), c.ign_clamp)
-        total = (c.ign_rec * rec + c.ign_idem * idem + c.ign_tight * tight).mean()
-        self.last_terms = {"ign_rec": float(rec.mean().detach()), "ign_idem": float(idem.mean().detach()),
+        rec_mean = (rec * good).sum() / good.sum().clamp_min(1.0)
+        tight = tightness(tight_raw, rec_mean, c.ign_clamp)
+        total = ((c.ign_rec * rec + c.ign_idem * idem + c.ign_tight * tight) * good).mean()
+        self.last_terms = {"ign_rec": float(rec_mean.detach()), "ign_idem": float(idem.mean().detach()),
                            "ign_tight_raw": float(tight_raw.mean().detach())}
-        with torch.no_grad():
-            nan = nan_sample_mask(f_x, f_z).sum()
-        return total, nan
+        return total, bad.sum()
 
     def fake_loss(self, G, fake, noise):  # pragma: no cover - the loop skips the fake phase
         raise RuntimeError("IGN has no fake-score network (uses_fake = False)")

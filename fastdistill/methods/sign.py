@@ -10,9 +10,25 @@ data manifold. Everything below is our derivation from that, not the authors' co
 
 - student ``f(x) = D_theta(x; sigma_s)`` with the fixed ``sigma_s = method.sigma_init`` (2.5);
   source ``x_src = sigma_s z``, so one-step generation is exactly the SiD generator;
-- ``L_dist``: the SiD (default) or DMD generator loss of sections 2/4 on ``x_g = f(x_src)``
-  (``method.sign_dist``), with the usual fake-score DSM step (the paper's ``L_denoise``);
-- ``L_idem = d(f'(f(x_src)), f(x_src))``, ``f'`` = the current weights without gradient
+- multi-step sampling (:func:`fastdistill.student.generate`) is the consistency-model sampler
+  with a time-free map: ``x_1 = f(sigma_s z)``, ``x_k = f(x_{k-1} + sigma_k eps_k)`` with the
+  Karras levels ``sigma_2 > ... > sigma_K = method.sign_sigma_end``
+  (:func:`fastdistill.student.multistep_schedule`);
+- ``L_dist``: the SiD (default) or DMD generator loss of sections 2/4 on ``x_g = f(u)``
+  (``method.sign_dist``), with the usual fake-score DSM step (the paper's ``L_denoise``) on
+  samples drawn the same way. ``u`` is, per sample, the input of a uniformly chosen application
+  ``k = 1..K`` of the ``K = method.sign_steps``-step sampler, produced by running the sampler
+  with the current weights and no gradient (:func:`chain_inputs`). Reasoning: a one-step-only
+  objective trains ``f`` on ``sigma_s z`` and on data, but the sampler's later applications
+  see re-noised *samples* ``x_{k-1} + sigma_k eps``, a distribution ``f`` was never asked to
+  map onto the data -- so its errors there accumulate and more steps got worse. Every
+  application of an idempotent generator is meant to land on the data manifold, so each is
+  a generator output the distribution-matching loss applies to; running the sampler to
+  build the inputs trains exactly the states met at inference (as consistency / backward-
+  simulation training does). The fake network then fits the mixture of the K applications'
+  outputs; the mixture equals the data when each application's output does.
+  ``sign_steps = 1`` is the one-step-only objective (``u = sigma_s z``);
+- ``L_idem = d(f'(f(u)), f(u))``, ``f'`` = the current weights without gradient
   (``torch.func.functional_call`` on detached parameters: no copy of the weights), so the
   gradient reaches only the inner application;
 - ``L_rec = d(f(x), x)`` on real data (``cfg.data`` or the analytic teacher's samples), else
@@ -23,6 +39,10 @@ data manifold. Everything below is our derivation from that, not the authors' co
 - ``L_reg = d(f(sigma_s z), y*)`` (optional, ``method.l_reg > 0``) against a bank of teacher
   Heun ODE solutions ``y*`` started from the same ``z`` (``sigma_max z``);
 - total ``L_dist + l_idem L_idem + l_rec L_rec + l_flow L_flow + l_reg L_reg``.
+
+NaN samples drop out per sample, as in the fused losses: a sample with a NaN in an idempotent
+term's inputs contributes zero to that term (and no gradient) and counts as a NaN sample for
+the loop, which skips the step only above ``max_nan_fraction``.
 
 Distances (``method.idem_distance``), per sample, normalised per element so weights do not
 depend on the resolution: ``pseudo_huber`` ``sqrt(mean_i (a-b)_i^2 + c^2) - c`` (default,
@@ -40,9 +60,9 @@ import torch
 
 from ..losses import dmd_loss, sid_loss
 from ..ops.reference import nan_sample_mask
-from .base import DistillMethod, GeneratorNoise, MethodContext, _bcast, register_method
+from .base import DistillMethod, FakeNoise, GeneratorNoise, MethodContext, _bcast, register_method
 
-__all__ = ["SIGN", "SIGNNoise", "idem_distance", "frozen_apply", "student_apply", "flow_levels", "teacher_euler_step"]
+__all__ = ["SIGN", "SIGNNoise", "SIGNFakeNoise", "chain_inputs", "idem_distance", "frozen_apply", "student_apply", "flow_levels", "teacher_euler_step"]
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -100,15 +120,46 @@ def _cat_labels(labels: list) -> Optional[torch.Tensor]:
     return torch.cat(labels)
 
 
+def chain_inputs(apply, z: torch.Tensor, labels: Optional[torch.Tensor], sigma_s: float, levels: list,
+                 pos: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Per sample, the input of application ``pos + 1`` of the multi-step sampler (without gradient).
+
+    ``pos = 0``: ``sigma_s z``; ``pos = j >= 1``: ``x_j + levels[j-1] eps[:, j-1]`` with ``x_j`` the
+    sampler's ``j``-th output, ``x_1 = apply(sigma_s z)``, ``x_{k+1} = apply(x_k + levels[k-1] eps[:, k-1])``
+    (exactly :func:`fastdistill.student.generate`). Only the samples that go further are evaluated.
+    ``apply(x, labels)`` is the student; ``eps`` is (B, len(levels), *shape).
+    """
+    x = z * sigma_s
+    with torch.no_grad():
+        for j, lv in enumerate(levels):
+            idx = (pos > j).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            y = apply(x[idx], None if labels is None else labels[idx]) + lv * eps[idx, j]
+            x = x.index_copy(0, idx, y.to(x.dtype))
+    return x
+
+
 @dataclass
 class SIGNNoise(GeneratorNoise):
-    """GeneratorNoise plus a real-data batch and the randomness of L_flow / L_reg (all batch-first)."""
+    """GeneratorNoise plus a real-data batch, the sampler position of each generated sample and
+    the randomness of L_flow / L_reg (all batch-first)."""
 
+    chain_pos: torch.Tensor  # (B,) which application of the sign_steps-step sampler x_g is (0 = the first)
+    chain_eps: torch.Tensor  # (B, sign_steps - 1, *shape) the sampler's re-noising
     x_data: torch.Tensor  # (B, *shape) data (or teacher-bank) batch for L_rec / L_flow
     data_labels: Optional[torch.Tensor]
     flow_idx: torch.Tensor  # (B,) index k of the level pair (sigma_k, sigma_{k+1})
     flow_eps: torch.Tensor  # (B, *shape)
     reg_idx: Optional[torch.Tensor]  # (B,) bank rows for L_reg, or None
+
+
+@dataclass
+class SIGNFakeNoise(FakeNoise):
+    """FakeNoise plus the sampler position and re-noising of each generated sample (as in SIGNNoise)."""
+
+    chain_pos: torch.Tensor
+    chain_eps: torch.Tensor
 
 
 class _DataMixin:
@@ -166,6 +217,14 @@ class SIGN(_DataMixin, DistillMethod):
     def d(self, a, b) -> torch.Tensor:
         return idem_distance(a, b, self.distance_kind, self.cfg.idem_c)
 
+    def term(self, a: torch.Tensor, b: torch.Tensor, bad: Optional[torch.Tensor] = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean_b d(a_b, b_b)`` with the samples that have a NaN in ``a`` or ``b`` (or are flagged in
+        ``bad``) contributing zero (and no gradient), and that (B,) mask -- the fused losses' rule."""
+        bad = nan_sample_mask(a, b) if bad is None else bad | nan_sample_mask(a, b)
+        a, b = (torch.where(_bcast(bad, t), torch.zeros_like(t), t) for t in (a, b))
+        return torch.where(bad, torch.zeros_like(bad, dtype=torch.float32), self.d(a, b)).mean(), bad
+
     # ------------------------------------------------------------------ set-up
     def bind(self, ctx: MethodContext) -> None:
         super().bind(ctx)
@@ -178,6 +237,33 @@ class SIGN(_DataMixin, DistillMethod):
                                            sigma_min=c.sigma_min, sigma_max=c.sigma_max, rho=c.rho,
                                            progress=ctx.progress)
         self._levels = flow_levels(c.flow_levels, c.sigma_min, c.sigma_max, c.rho, ctx.device)
+
+    @property
+    def chain_levels(self) -> list:
+        """The re-noise levels of the ``sign_steps``-step sampler (:func:`fastdistill.student.multistep_schedule`)."""
+        from ..student import multistep_schedule
+
+        c = self.cfg
+        return multistep_schedule(c.sign_steps, c.sigma_init, "karras", c.sign_sigma_end)
+
+    def _draw_chain(self, n, shape, gen, device) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.cfg.sign_steps
+        if k == 1:  # the one-step objective draws nothing (its random stream is the pre-multi-step one)
+            return torch.zeros((n,), dtype=torch.long, device=device), torch.zeros((n, 0, *shape), device=device)
+        pos = torch.randint(0, k, (n,), generator=gen, device=device)
+        eps = torch.randn((n, k - 1, *shape), generator=gen, device=device)
+        return pos, eps
+
+    def sampler_inputs(self, net, z, labels, pos, eps) -> torch.Tensor:
+        """:func:`chain_inputs` with the student ``net`` (the raw module in the generator step, so
+        the DDP wrapper sees exactly one forward; the evaluation-mode generator in the fake step)."""
+        s = self.cfg.sigma_init
+
+        def apply(x, lab):
+            with self.autocast():
+                return student_apply(net, x, s, lab)
+
+        return chain_inputs(apply, z, labels, s, self.chain_levels, pos, eps)
 
     def log_terms(self) -> dict:
         return dict(self.last_terms)
@@ -192,14 +278,27 @@ class SIGN(_DataMixin, DistillMethod):
         reg_idx = None
         if c.l_reg > 0:
             reg_idx = torch.randint(0, self.bank["z"].shape[0], (n,), generator=gen, device=device)
-        return SIGNNoise(base.z, base.sigma, base.eps, base.labels, x, lab, flow_idx, flow_eps, reg_idx)
+        pos, ch_eps = self._draw_chain(n, shape, gen, device)
+        return SIGNNoise(base.z, base.sigma, base.eps, base.labels, pos, ch_eps, x, lab, flow_idx, flow_eps, reg_idx)
+
+    def draw_fake_noise(self, n, shape, label_dim, gen, device) -> SIGNFakeNoise:
+        base = super().draw_fake_noise(n, shape, label_dim, gen, device)
+        pos, ch_eps = self._draw_chain(n, shape, gen, device)
+        return SIGNFakeNoise(base.z, base.sigma, base.noise, base.labels, pos, ch_eps)
+
+    def fake_samples(self, G, noise: SIGNFakeNoise) -> torch.Tensor:
+        """The outputs of all applications of the sampler, as L_dist sees them (so the fake score tracks them)."""
+        x_in = self.sampler_inputs(G, noise.z, noise.labels, noise.chain_pos, noise.chain_eps)
+        with self.autocast():
+            return student_apply(G, x_in, self.cfg.sigma_init, noise.labels)
 
     # ------------------------------------------------------------------ the generator step
     def generator_loss(self, G, teacher, fake, noise: SIGNNoise):
         c, ctx = self.cfg, self._need_ctx()
         s = c.sigma_init
         B = noise.z.shape[0]
-        parts, labs = [noise.z * s], [noise.labels]
+        parts = [self.sampler_inputs(ctx.net, noise.z, noise.labels, noise.chain_pos, noise.chain_eps)]
+        labs = [noise.labels]
         if c.l_rec > 0:
             parts.append(noise.x_data)
             labs.append(noise.data_labels)
@@ -235,30 +334,29 @@ class SIGN(_DataMixin, DistillMethod):
                                   loss_scale=c.generator_loss_scale, backend=self.backend)
             total = total + l_dist
             terms["dist"] = l_dist.detach()
-        # L_idem: gradient only through the inner application
+        with torch.no_grad():
+            bad = nan_sample_mask(*(t for t in (x_g, y_real, y_fake) if t is not None))
+        pairs = []  # (name, weight, a, b, known NaN samples) of the idempotent terms
+        # L_idem: gradient only through the inner application (NaN samples enter the outer one as zeros)
         if c.l_idem > 0:
+            x_in = torch.where(_bcast(bad, x_g), torch.zeros_like(x_g), x_g)
             with self.autocast():
-                outer = frozen_apply(ctx.net, x_g, s, noise.labels)
-            l_idem = self.d(outer, x_g).mean()
-            total = total + c.l_idem * l_idem
-            terms["idem"] = l_idem.detach()
+                outer = frozen_apply(ctx.net, x_in, s, noise.labels)
+            pairs.append(("idem", c.l_idem, outer, x_in, bad))
         if c.l_rec > 0:
-            l_rec = self.d(chunks.pop(0), noise.x_data).mean()
-            total = total + c.l_rec * l_rec
-            terms["rec"] = l_rec.detach()
+            pairs.append(("rec", c.l_rec, chunks.pop(0), noise.x_data, None))
         if c.l_flow > 0:
-            l_flow = self.d(chunks.pop(0), flow_target).mean()
-            total = total + c.l_flow * l_flow
-            terms["flow"] = l_flow.detach()
+            pairs.append(("flow", c.l_flow, chunks.pop(0), flow_target, None))
         if c.l_reg > 0:
             y_star = self.bank["y"][noise.reg_idx.to(self.bank["y"].device)].to(x_g.device)
-            l_reg = self.d(chunks.pop(0), y_star).mean()
-            total = total + c.l_reg * l_reg
-            terms["reg"] = l_reg.detach()
+            pairs.append(("reg", c.l_reg, chunks.pop(0), y_star, None))
+        for name, w, a, b, known in pairs:
+            value, bad_t = self.term(a, b, known)
+            total = total + w * value
+            terms[name] = value.detach()
+            bad = bad | bad_t
         self.last_terms = {f"sign_{k}": float(v) for k, v in terms.items()}
-        with torch.no_grad():
-            nan = nan_sample_mask(*(t for t in (x_g, y_real, y_fake) if t is not None)).sum()
-        return total, nan
+        return total, bad.sum()
 
 
 @torch.no_grad()
