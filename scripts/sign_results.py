@@ -137,23 +137,21 @@ def corruptions(x: torch.Tensor) -> dict:
     return {"noisy": noisy, "masked": masked, "shifted": shifted}
 
 
-def _labels(n: int, seed: int) -> torch.Tensor:
-    return torch.nn.functional.one_hot(torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(seed)), 10).float()
-
-
 def digits_samples(net, s: float, sigma_end: float, steps, seed: int, n: int = 898) -> torch.Tensor:
+    """Samples on the evaluation draw of ``seed`` (the same latents and class-balanced labels
+    as the main job's FIDs, ``fastdistill.evaluation.eval_draw``)."""
+    from fastdistill.evaluation import eval_draw
     from fastdistill.student import generate
 
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn((n, 1, 8, 8), generator=g)
-    labels = _labels(n, seed + 1000)
+    z, labels = eval_draw(n, (1, 8, 8), 10, seed)
+    g = torch.Generator().manual_seed(seed + 1)
     sched = "reapply" if steps == "reapply" else "karras"
     k = 4 if steps == "reapply" else steps
     return generate(net, z, s, labels, steps=k, schedule=sched, generator=g, sigma_end=sigma_end)
 
 
 def digits_measure(distiller) -> dict:
-    from fastdistill.evaluation import quality
+    from fastdistill.evaluation import eval_draw, quality
     from fastdistill.projection import project
     from fastdistill.student import idempotence_error
 
@@ -168,7 +166,7 @@ def digits_measure(distiller) -> dict:
         out[f"fid_{steps}"] = {"mean": float(t.mean()), "std": float(t.std()), "all": fids}
     out["idem_err_data"] = idempotence_error(net, x, s, onehot)
     x1 = digits_samples(net, s, se, 1, SEEDS[0])
-    out["idem_err_generated"] = idempotence_error(net, x1, s, _labels(x1.shape[0], SEEDS[0] + 1000))
+    out["idem_err_generated"] = idempotence_error(net, x1, s, eval_draw(x1.shape[0], (1, 8, 8), 10, SEEDS[0])[1])
     for name, bad in corruptions(x).items():
         row = {"fid_input": quality(bad, ref, full=False)["fid"], "mse_input": float((bad - x).square().mean())}
         for sigma in (0.0, 0.3):
