@@ -99,6 +99,21 @@ def test_low_precision_dtypes(name, dtype):
         torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * want.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["sid", "sim", "dmd", "dsm"])
+def test_large_outputs_match_reference(name, dtype):
+    """Over 8 MiB of gradients per call: written with streaming stores. An odd sample length
+    leaves every sample but the first unaligned, so the scalar head and tail run too."""
+    xs, kw = _case(name, (3, 700_001), dtype, False, nan_rows=(1,))
+    ref_loss, ref_grads = _reference(name, xs, kw)
+    out = _fused(name, xs, kw)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(out[0], ref_loss.to(out[0].dtype), rtol=tol, atol=tol * ref_loss.abs().max().item())
+    for got, want in zip(out[1:], ref_grads):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
+    assert out[0][1] == 0 and all(bool((g[1] == 0).all()) for g in out[1:])
+
+
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(RuntimeError, match="same shape"):
         OPS.sid_fused(torch.randn(2, 3), torch.randn(2, 4), torch.randn(2, 3), None, 1.2, 1.0)
@@ -116,3 +131,100 @@ def test_cuda_matches_cpu(name, shape):
     gpu = _fused(name, [x.cuda() for x in xs], kw_cuda)
     for a, b in zip(cpu, gpu):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-10, atol=1e-12)
+
+
+# --- the CPU output cache (csrc/cpu/losses_cpu.cpp, OutputCache) ------------------------------
+
+CACHED_SHAPE = (2, 3, 256, 256)  # 1.5 MiB per fp32 tensor: above the cache's 1 MiB floor
+CACHE_CAP = 256 << 20
+
+
+def _sid_grads(xs):
+    return OPS.sid_fused(*xs, None, 1.2, 0.5)[1:]
+
+
+def _assert_same(xs, ys):
+    assert all(torch.equal(x, y) for x, y in zip(xs, ys))
+
+
+def test_output_cache_reuses_freed_gradients_and_never_live_ones():
+    OPS.empty_cpu_output_cache()
+    xs, _ = _case("sid", CACHED_SHAPE, torch.float32, False)
+    first = _sid_grads(xs)
+    first_ptrs = {g.data_ptr() for g in first}
+    second = _sid_grads(xs)  # `first` is alive: its blocks must not be handed out again
+    assert first_ptrs.isdisjoint(g.data_ptr() for g in second)
+    _assert_same(first, second)
+    for grad in first:
+        grad.fill_(float("nan"))  # stale contents must be overwritten, not leak into the next call
+    del first, grad
+    third = _sid_grads(xs)
+    assert {g.data_ptr() for g in third} == first_ptrs
+    _assert_same(second, third)
+    del second, third
+    assert OPS.empty_cpu_output_cache() == 6 * xs[0].nbytes
+    assert OPS.empty_cpu_output_cache() == 0
+
+
+def test_output_cache_hands_out_only_blocks_of_the_requested_size():
+    OPS.empty_cpu_output_cache()
+    xs, _ = _case("sid", CACHED_SHAPE, torch.float32, False)
+    freed = {g.data_ptr() for g in _sid_grads(xs)}
+    bigger, _ = _case("sid", (3, *CACHED_SHAPE[1:]), torch.float32, False)
+    grads = _sid_grads(bigger)
+    assert freed.isdisjoint(g.data_ptr() for g in grads)
+    ref_loss, ref_grads = _reference("sid", bigger, {"weight": None, "alpha": 1.2, "scale": 0.5})
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert OPS.empty_cpu_output_cache() == 3 * xs[0].nbytes
+
+
+def test_output_cache_keeps_at_most_its_cap():
+    OPS.empty_cpu_output_cache()
+    per_block = 16 << 20
+    pred, target = torch.randn(2, per_block // 8), torch.randn(2, per_block // 8)
+    sigma = torch.ones(2)
+    live = [OPS.dsm_fused(pred, target, sigma, 0.5, 1.0)[1] for _ in range(CACHE_CAP // per_block + 2)]
+    assert len({g.data_ptr() for g in live}) == len(live)
+    del live
+    assert OPS.empty_cpu_output_cache() == CACHE_CAP
+
+
+def test_output_cache_reports_to_the_memory_profiler():
+    """Cached blocks show up in memory profiles like default allocations: +size out, -size back."""
+    from torch.profiler import ProfilerActivity, profile
+
+    xs, _ = _case("sid", CACHED_SHAPE, torch.float32, False)
+    _sid_grads(xs)  # warm the cache (the result is dropped at once): the profiled call reuses blocks
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        grads = _sid_grads(xs)
+        del grads
+    sizes = [e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and abs(e.nbytes()) == xs[0].nbytes]
+    assert sorted(sizes) == [-xs[0].nbytes] * 3 + [xs[0].nbytes] * 3
+    OPS.empty_cpu_output_cache()
+
+
+def test_output_cache_under_concurrent_calls():
+    """Threads calling the op and freeing results at once never get each other's live blocks."""
+    import threading
+
+    OPS.empty_cpu_output_cache()
+    xs, _ = _case("sid", CACHED_SHAPE, torch.float32, False)
+    want = [g.clone() for g in _sid_grads(xs)]
+    failures = []
+
+    def work():
+        for _ in range(10):
+            grads = _sid_grads(xs)
+            if not all(torch.equal(g, w) for g, w in zip(grads, want)):
+                failures.append("wrong result")
+            for grad in grads:
+                grad.add_(1.0)  # a block shared with another thread would break that thread's check
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    OPS.empty_cpu_output_cache()

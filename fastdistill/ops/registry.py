@@ -57,18 +57,18 @@ def _make_fake(spec: OpSpec) -> Callable:
     return fake
 
 
-def _scale_by_upstream(grad_loss: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
-    """`saved * grad_loss[b]` per sample; returns `saved` itself when the upstream is all ones.
+def _upstream_multiplier(grad_loss: torch.Tensor, saved_dim: int) -> Optional[torch.Tensor]:
+    """The per-sample upstream gradient shaped to multiply a saved gradient, or None when it is all ones.
 
-    The ones check is a cheap host-side test on B values, done only on plain CPU tensors in
-    eager mode: on CUDA it would force a device sync, and while tracing (torch.compile, AOT
-    autograd, make_fx: subclass tensors or an active dispatch mode) it would bake a
-    data-dependent branch into the graph.
+    The ones check is a cheap host-side test on B values, done once per backward and only on
+    plain CPU tensors in eager mode: on CUDA it would force a device sync, and while tracing
+    (torch.compile, AOT autograd, make_fx: subclass tensors or an active dispatch mode) it
+    would bake a data-dependent branch into the graph.
     """
     eager = type(grad_loss) is torch.Tensor and not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
     if eager and grad_loss.device.type == "cpu" and bool((grad_loss == 1).all()):
-        return saved
-    return saved * grad_loss.reshape(-1, *([1] * (saved.dim() - 1))).to(saved.dtype)
+        return None
+    return grad_loss.reshape(-1, *([1] * (saved_dim - 1)))
 
 
 def _make_autograd(spec: OpSpec) -> tuple[Callable, Callable]:
@@ -83,12 +83,17 @@ def _make_autograd(spec: OpSpec) -> tuple[Callable, Callable]:
         if grad_loss is None:
             return tuple(grads)
         saved = ctx.saved_tensors
+        multiplier = _upstream_multiplier(grad_loss, saved[0].dim())
+
+        def scaled(t: torch.Tensor) -> torch.Tensor:
+            return t if multiplier is None else t * multiplier.to(t.dtype)
+
         for slot, index in enumerate(spec.grad_inputs):
             if ctx.needs_input_grad[index]:
-                grads[index] = _scale_by_upstream(grad_loss, saved[slot])
+                grads[index] = scaled(saved[slot])
         for index, source in spec.negated_inputs:
             if ctx.needs_input_grad[index]:
-                grads[index] = -_scale_by_upstream(grad_loss, saved[spec.grad_inputs.index(source)])
+                grads[index] = -scaled(saved[spec.grad_inputs.index(source)])
         return tuple(grads)
 
     return setup_context, backward
