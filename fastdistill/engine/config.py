@@ -434,9 +434,10 @@ def _digits() -> DistillConfig:
 
     Budgeted for the digits report (``fastdistill.engine.digits``, the CLI's default): SiD, SIM
     and DMD side by side, one process each, after the teacher table, in under 10 minutes on 2
-    CPU cores; ``steps=3000`` (about 35 minutes on one core) gets closer to the teacher. Generator, fake network and EMA start as copies of
-    the teacher (SiD's set-up); FID in the digits classifier's features is logged every
-    ``eval_every`` steps (``eval_data=digits``) and drawn in ``fid_vs_iterations.png``.
+    CPU cores; ``steps=3000`` (about 35 minutes on one core) gets closer to the teacher.
+    Generator, fake network and EMA start as copies of the teacher (SiD's set-up); FID in the
+    digits classifier's features is logged every ``eval_every`` steps (``eval_data=digits``)
+    and drawn in ``fid_vs_iterations.png``.
     """
     cfg = DistillConfig()
     cfg.teacher = TeacherConfig(kind="checkpoint", path="digits", init="teacher")
