@@ -5,7 +5,6 @@ import math
 import time
 
 import pytest
-import torch
 
 pytest.importorskip("torch_fidelity")
 
@@ -15,12 +14,7 @@ from fastdistill.teachers.digits import digits_teacher_path  # noqa: E402
 needs_teacher = pytest.mark.skipif(not digits_teacher_path().is_file(), reason="shipped digits teacher not present")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small networks: see conftest.one_thread
 
 
 @pytest.mark.parametrize("name,method", [("digits", "sid"), ("digits-sim", "sim"), ("digits-dmd", "dmd")])

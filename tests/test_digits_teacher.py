@@ -15,15 +15,6 @@ from fastdistill.teachers.precond import EDMPrecond
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def one_thread():
-    """Small convolutions: one thread is faster than two on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def teacher():
     return load_digits_teacher()

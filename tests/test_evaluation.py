@@ -20,12 +20,7 @@ from fastdistill.teachers.checkpoint import save_teacher  # noqa: E402
 from fastdistill.teachers.digits import build_teacher_for_data  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small networks: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

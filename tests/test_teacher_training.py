@@ -38,15 +38,6 @@ def test_edm_loss_weighting():
         edm_loss(net, x0, reduction="avg")
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny matmuls: one thread is faster than two, and much faster on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_trained_toy_teacher_matches_data(tmp_path, one_thread):
     """Proof: EDM training on the 8-Gaussian toy lowers the loss; Heun samples ~ the data."""
     torch.manual_seed(0)
