@@ -114,6 +114,26 @@ def test_large_outputs_match_reference(name, dtype):
     assert out[0][1] == 0 and all(bool((g[1] == 0).all()) for g in out[1:])
 
 
+@pytest.mark.parametrize("name", ["sid", "sim", "dmd", "dsm"])
+@pytest.mark.parametrize("shape", [(40, 3, 32, 32), (10, 3, 64, 64)])
+def test_samples_shared_across_threads_match_reference(name, shape):
+    """Two threads taking samples from the shared counter, several per task (first shape) or one
+    (second), each prefetching the next sample's inputs; NaN rows at and after task boundaries."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        xs, kw = _case(name, shape, torch.float64, False, nan_rows=(4, 5, 9))
+        ref_loss, ref_grads = _reference(name, xs, kw)
+        out = _fused(name, xs, kw)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(out[0], ref_loss, rtol=1e-10, atol=1e-10)
+    for got, want in zip(out[1:], ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for r in (4, 5, 9):
+        assert out[0][r] == 0
+
+
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(RuntimeError, match="same shape"):
         OPS.sid_fused(torch.randn(2, 3), torch.randn(2, 4), torch.randn(2, 3), None, 1.2, 1.0)

@@ -3,7 +3,8 @@
 // Per sample, two passes while the sample stays in the core's cache:
 //   pass 1 reads every input once and accumulates the per-sample sums (loss_math.h `accumulate`),
 //   pass 2 re-reads the inputs (now cache hits) and writes the gradients (`grads`), with
-//   streaming stores when the call writes more than kStreamBytes.
+//   streaming stores when the call writes more than kStreamBytes, while prefetching the
+//   inputs of the thread's next sample.
 // Gradient outputs come from OutputCache, which recycles the blocks of freed outputs.
 // Parallelism: samples are handed to the at::parallel_for threads dynamically; when there are
 // fewer samples than the work can balance (B small against the thread count), each sample is
@@ -239,6 +240,13 @@ struct CpuLoss {
   static constexpr int64_t kChunk = 64 * IO::kStep;
   using Sums = std::array<double, kS>;
 
+  // Asks for the cache lines of one vector step (IO::kStep elements) at p (read, keep in L2).
+  static inline void prefetch_step(const scalar_t* p) {
+    constexpr int64_t kLine = 64;
+    const char* c = reinterpret_cast<const char*>(p);
+    for (int64_t off = 0; off < IO::kStep * int64_t(sizeof(scalar_t)); off += kLine) __builtin_prefetch(c + off, 0, 2);
+  }
+
   Op op;
   const scalar_t* in[kIn];
   scalar_t* out[kOut];
@@ -289,12 +297,15 @@ struct CpuLoss {
     return acc;
   }
 
-  // Pass 2 over [lo, hi) of sample b: write the gradients.
-  void pass2(int64_t b, int64_t lo, int64_t hi, const Coef& c) const {
+  // Pass 2 over [lo, hi) of sample b: write the gradients. With next >= 0, also prefetches the
+  // inputs of sample `next` at the same offsets (see run_sample).
+  void pass2(int64_t b, int64_t lo, int64_t hi, const Coef& c, int64_t next = -1) const {
     const int64_t base = b * N;
     const scalar_t* p[kIn];
+    const scalar_t* ahead[kIn];
     scalar_t* q[kOut];
     for (int k = 0; k < kIn; ++k) p[k] = in[k] + base;
+    for (int k = 0; k < kIn; ++k) ahead[k] = next >= 0 ? in[k] + next * N : nullptr;
     for (int k = 0; k < kOut; ++k) q[k] = out[k] + base;
     auto scalar = [&](int64_t from, int64_t to) {
       for (int64_t i = from; i < to; ++i) {
@@ -315,6 +326,9 @@ struct CpuLoss {
     for (; i < vec_end; i += IO::kStep) {
       Vec x0[kIn], x1[kIn], g0[kOut], g1[kOut];
       for (int k = 0; k < kIn; ++k) IO::load(p[k] + i, x0[k], x1[k]);
+      if (next >= 0) {
+        for (int k = 0; k < kIn; ++k) prefetch_step(ahead[k] + i);
+      }
       op.grads(x0, c, g0);
       op.grads(x1, c, g1);
       if (stream) {
@@ -363,10 +377,12 @@ struct CpuLoss {
     return true;
   }
 
-  void run_sample(int64_t b) const {
+  // Why `next`: pass 1 only reads memory and pass 2 (whose reads hit the cache) only writes it;
+  // prefetching the next sample's inputs during pass 2 keeps reads and writes in flight together.
+  void run_sample(int64_t b, int64_t next = -1) const {
     Coef c;
     if (finish(b, pass1(b, 0, N), c)) {
-      pass2(b, 0, N, c);
+      pass2(b, 0, N, c, next);
     } else {
       zero(b, 0, N);
     }
@@ -380,21 +396,27 @@ struct CpuLoss {
     if (!split) {
       // Samples are handed out dynamically (an atomic counter), `chunk` at a time (~16K
       // elements), rather than as one static block per thread: on a shared machine a thread
-      // that gets preempted holds up only its current chunk, the others take the rest.
+      // that gets preempted holds up only its current chunk, the others take the rest. A thread
+      // claims its next chunk before running the current one, so it can prefetch its first sample.
       const int64_t chunk = std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1));
       const int64_t tasks = (B + chunk - 1) / chunk;
       const int64_t workers = std::min<int64_t>(nt, tasks);
       if (workers <= 1 || B * N < 65536) {
-        for (int64_t b = 0; b < B; ++b) run_sample(b);
+        for (int64_t b = 0; b < B; ++b) run_sample(b, b + 1 < B ? b + 1 : -1);
         return;
       }
-      std::atomic<int64_t> next{0};
+      std::atomic<int64_t> counter{0};
       at::parallel_for(0, workers, 1, [&](int64_t lo, int64_t hi) {
         for (int64_t w = lo; w < hi; ++w) {
-          for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
-               t = next.fetch_add(1, std::memory_order_relaxed)) {
+          int64_t t = counter.fetch_add(1, std::memory_order_relaxed);
+          while (t < tasks) {
+            const int64_t t_next = counter.fetch_add(1, std::memory_order_relaxed);
             const int64_t end = std::min(B, (t + 1) * chunk);
-            for (int64_t b = t * chunk; b < end; ++b) run_sample(b);
+            for (int64_t b = t * chunk; b < end; ++b) {
+              const int64_t after = b + 1 < end ? b + 1 : (t_next < tasks ? t_next * chunk : -1);
+              run_sample(b, after);
+            }
+            t = t_next;
           }
         }
       });
