@@ -66,6 +66,21 @@ def test_ctrl_c_then_resume_is_exact(tmp_path, uninterrupted):
     assert torch.equal(d2.gen.get_state(), gen_state)
 
 
+def test_request_stop_checkpoints_and_prints_the_hint(tmp_path, capsys):
+    """The digits report stops a student this way when its time budget is spent."""
+    threads = torch.get_num_threads()
+
+    def stop_at_2(dist, row):
+        if dist.step == 2:
+            dist.request_stop("continue with: fastdistill distill --preset X resume=auto")
+
+    r = Distiller(tiny_config(tmp_path, **OVER), teacher=teacher(), callback=stop_at_2).run()
+    torch.set_num_threads(threads)
+    assert r.interrupted and r.step == 2
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-00000002"
+    assert "stopped at step 2; continue with: fastdistill distill --preset X resume=auto" in capsys.readouterr().out
+
+
 KILL_SCRIPT = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path

@@ -125,8 +125,9 @@ def _student_task(method: str, run_dir: str, teacher_spec, n: int, draws: int, d
     stopped = {"early": False}
 
     def cb(d, row):
-        if time.time() > deadline and not d._stop:
-            d._stop = True
+        if time.time() > deadline and not stopped["early"]:
+            d.request_stop(f"the report's time budget is spent; to continue this student alone: fastdistill distill "
+                           f"--preset {METHOD_PRESETS[method]} out_dir={run_dir} resume=auto")
             stopped["early"] = True
 
     t0 = time.time()
@@ -144,19 +145,20 @@ def _student_task(method: str, run_dir: str, teacher_spec, n: int, draws: int, d
 # ----------------------------------------------------------------------------- pictures
 def _upscale_grid(rows: Sequence[tuple[str, torch.Tensor]], path, scale: int = 4, label_w: int = 150) -> Path:
     """Labelled rows of images (each row a (k, 1, H, W) tensor in [-1, 1]), nearest-upscaled."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     k = max(r[1].shape[0] for r in rows)
     h, w = rows[0][1].shape[-2:]
     cell_h, cell_w = h * scale + 2, w * scale + 2
     im = Image.new("L", (label_w + k * cell_w, len(rows) * cell_h + 4), 255)
     d = ImageDraw.Draw(im)
+    font = ImageFont.load_default(size=13)  # at the default size 10 a space is 2 px wide: labels run together
     for i, (name, x) in enumerate(rows):
         img = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy()
         for j in range(img.shape[0]):
             tile = Image.fromarray(img[j]).resize((w * scale, h * scale), Image.NEAREST)
             im.paste(tile, (label_w + j * cell_w, 2 + i * cell_h))
-        d.text((4, 2 + i * cell_h + cell_h // 2 - 6), name[:24], fill=0)
+        d.text((4, 2 + i * cell_h + cell_h // 2 - 7), name[:24], fill=0, font=font)
     path = Path(path)
     im.save(path)
     return path

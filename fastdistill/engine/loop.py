@@ -197,6 +197,7 @@ class Distiller:
         self.nan_steps = 0
         self.consecutive_nan = 0
         self._stop = False
+        self._stop_hint = "resume with resume=auto"
         self.nvtx = NVTX(cfg.nvtx)
         self.history: list[dict] = []
         if self.resume_path is not None:
@@ -449,6 +450,12 @@ class Distiller:
         return path
 
     # ------------------------------------------------------------------ the loop
+    def request_stop(self, hint: str = "resume with resume=auto") -> None:
+        """Checkpoint after the current step and return from :meth:`run` (what Ctrl-C does);
+        ``hint`` is printed with the step, e.g. how to continue the run."""
+        self._stop = True
+        self._stop_hint = hint
+
     def _install_sigint(self):
         if threading.current_thread() is not threading.main_thread():
             return None
@@ -458,7 +465,7 @@ class Distiller:
             if self._stop:  # second Ctrl-C: give up at once
                 signal.signal(signal.SIGINT, prev if callable(prev) else signal.default_int_handler)
                 raise KeyboardInterrupt
-            self._stop = True
+            self.request_stop()
             if self.main:
                 print("\nfastdistill: interrupt received; checkpointing after this step (Ctrl-C again to abort)", flush=True)
 
@@ -516,7 +523,7 @@ class Distiller:
                     interrupted = True
                     last_ckpt = self.save()
                     if self.main:
-                        print(f"fastdistill: stopped at step {self.step}; resume with resume=auto", flush=True)
+                        print(f"fastdistill: stopped at step {self.step}; {self._stop_hint}", flush=True)
                     break
             if self.step >= cfg.steps and last_ckpt is None and cfg.steps > 0 and self.main:
                 last_ckpt = ckpt.latest_checkpoint(self.out_dir)
