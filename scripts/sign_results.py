@@ -2,12 +2,14 @@
 
     .venv/bin/python scripts/sign_results.py [--toy-steps 1000] [--out runs/sign-results] [--part toy|digits|all]
 
-Toy: trains ``toy-sign`` and ``toy-ign`` for the same number of iterations and batch (the same
-budget of generator updates; IGN has no fake-network step, so SIGN costs more per iteration),
-then measures on 4096 samples: sliced Wasserstein-2 distance to the data at 1/2/4 steps (the
-Karras re-noising schedule the student was trained on) and with pure re-application, the
-idempotence error mean|f(f(x)) - f(x)| on generated and on data points before and after
-training, and projection of corrupted points. Writes ``toy.json`` and ``sign_vs_ign_toy.png``.
+Toy: trains ``toy-sign``, ``toy-sign`` on one-step outputs only (``method.sign_steps=1``) and
+``toy-ign`` for the same number of iterations and batch (the same budget of generator updates;
+IGN has no fake-network step, so SIGN costs more per iteration), then measures sliced
+Wasserstein-2 distance to the data at 1/2/4 steps (the Karras re-noising schedule the student
+was trained on) and with pure re-application, as mean +- standard error over 4 draws of 16384
+points (see ``TOY_N``), next to the data-vs-data floor and the 35-evaluation teacher on the same
+draws; the idempotence error mean|f(f(x)) - f(x)| on generated and on data points before and
+after training; and projection of corrupted points. Writes ``toy.json`` and ``sign_vs_ign_toy.png``.
 
 Digits: trains ``digits-sign`` (shipped teacher, ~10 min on one thread) and IGN from the same
 start with the same budget, then measures FID (digits-classifier features, n = 898 against the
@@ -41,24 +43,59 @@ def _sigma_end(d) -> float:
 
 
 # ------------------------------------------------------------------------------ toy
-def toy_measure(distiller, n: int = 4096) -> dict:
+# One draw of 4096 points cannot rank the samplers: data vs data alone spreads over 0.03-0.07
+# between draws (the 8 modes' counts fluctuate), wider than the gaps being measured. So every
+# toy distance is the mean over TOY_DRAWS independent draws (data, z, re-noising) of TOY_N
+# points, with its standard error; k-step minus 1-step is paired on the same draws.
+TOY_N, TOY_DRAWS = 16384, 4
+
+
+def _toy_draw(teacher, r: int):
+    """Draw ``r``: data, a second independent data set (the floor) and the latents."""
+    data = teacher.sample(TOY_N, generator=torch.Generator().manual_seed(100 + r)).float()
+    data2 = teacher.sample(TOY_N, generator=torch.Generator().manual_seed(200 + r)).float()
+    z = torch.randn((TOY_N, *data.shape[1:]), generator=torch.Generator().manual_seed(300 + r))
+    return data, data2, z
+
+
+def _mean_se(v: list) -> dict:
+    t = torch.tensor(v, dtype=torch.float64)
+    return {"mean": float(t.mean()), "se": float(t.std() / len(v) ** 0.5), "all": v}
+
+
+def toy_baselines(teacher) -> dict:
+    """Data vs data (the metric's floor) and the teacher's 35-evaluation Heun sampler, on the toy draws."""
+    from fastdistill.metrics import sliced_wasserstein
+    from fastdistill.sampling import heun_sampler
+
+    floor, heun = [], []
+    for r in range(TOY_DRAWS):
+        data, data2, z = _toy_draw(teacher, r)
+        floor.append(float(sliced_wasserstein(data2, data, seed=1)))
+        heun.append(float(sliced_wasserstein(heun_sampler(teacher, z, num_steps=18).float(), data, seed=1)))
+    return {"sw_data_vs_data": _mean_se(floor), "sw_teacher_heun35": _mean_se(heun)}
+
+
+def toy_measure(distiller) -> dict:
     from fastdistill.metrics import sliced_wasserstein
     from fastdistill.projection import project
     from fastdistill.student import generate, idempotence_error
 
     net = distiller.ema.module.eval()
     s, se = distiller.cfg.method.sigma_init, _sigma_end(distiller)
-    data = distiller.teacher.sample(n, generator=torch.Generator().manual_seed(1)).float()
-    g = torch.Generator().manual_seed(2)
-    z = torch.randn((n, *distiller.shape), generator=g)
-    out = {}
-    for steps in (1, 2, 4):
-        x = generate(net, z, s, steps=steps, generator=torch.Generator().manual_seed(3), sigma_end=se)
-        out[f"sw_{steps}step"] = float(sliced_wasserstein(x, data, seed=1))
-    x = generate(net, z, s, steps=4, schedule="reapply")
-    out["sw_4step_reapply"] = float(sliced_wasserstein(x, data, seed=1))
-    x1 = generate(net, z, s, steps=1)
-    out["idem_err_generated"] = idempotence_error(net, x1, s)
+    modes = {"1step": 1, "2step": 2, "4step": 4, "4step_reapply": 4}
+    sw = {m: [] for m in modes}
+    for r in range(TOY_DRAWS):
+        data, _, z = _toy_draw(distiller.teacher, r)
+        for m, k in modes.items():
+            x = generate(net, z, s, steps=k, schedule="reapply" if m.endswith("reapply") else "karras",
+                         generator=torch.Generator().manual_seed(400 + r), sigma_end=se)
+            sw[m].append(float(sliced_wasserstein(x, data, seed=1)))
+    out = {f"sw_{m}": _mean_se(v) for m, v in sw.items()}
+    for m in ("2step", "4step", "4step_reapply"):
+        out[f"sw_{m}_minus_1step"] = _mean_se([a - b for a, b in zip(sw[m], sw["1step"])])
+    data, _, z = _toy_draw(distiller.teacher, 0)
+    out["idem_err_generated"] = idempotence_error(net, generate(net, z, s, steps=1), s)
     out["idem_err_data"] = idempotence_error(net, data, s)
     # projection: data corrupted with Gaussian noise of std 0.3
     corrupted = data + 0.3 * torch.randn(data.shape, generator=torch.Generator().manual_seed(4))
@@ -102,13 +139,18 @@ def toy_picture(dists: dict, path: Path) -> Path:
 
 
 def run_toy(out: Path, steps: int, seed: int, sign_set=()) -> dict:
+    """SIGN, SIGN trained on one-step outputs only (the ablation) and IGN, plus the baselines."""
     results, dists = {}, {}
-    for name, preset, extra in (("SIGN", "toy-sign", list(sign_set)), ("IGN", "toy-ign", [])):
-        d, r = train(preset, out, name, _common(out, preset, steps, seed) + extra)
+    runs = (("SIGN", "toy-sign", "toy-sign", list(sign_set)),
+            ("SIGN, one-step training", "toy-sign", "toy-sign-k1", list(sign_set) + ["method.sign_steps=1"]),
+            ("IGN", "toy-ign", "toy-ign", []))
+    for name, preset, run_dir, extra in runs:
+        d, r = train(preset, out, name, _common(out, run_dir, steps, seed) + extra)
         results[name], dists[name] = r, d
         print(name, json.dumps(r, indent=1), flush=True)
+    results["baselines"] = toy_baselines(dists["SIGN"].teacher)
     (out / "toy.json").write_text(json.dumps(results, indent=2))
-    print("picture:", toy_picture(dists, out / "sign_vs_ign_toy.png"))
+    print("picture:", toy_picture({k: dists[k] for k in ("SIGN", "IGN")}, out / "sign_vs_ign_toy.png"))
     return results
 
 
@@ -224,12 +266,23 @@ def run_digits(out: Path, steps: int, seed: int, ign: bool, sign_set=()) -> dict
 
 
 def toy_table(results: dict) -> str:
-    rows = ["| | 1 step | 2 steps | 4 steps | 4x re-apply | idempotence error on data | projection of noisy points |",
-            "|---|---|---|---|---|---|---|"]
+    def sw(m):
+        return f"{m['mean']:.4f} ± {m['se']:.4f}"
+
+    rows = ["| | 1 step | 2 steps | 4 steps | 4x re-apply | 2 steps - 1 step (paired) | idempotence error on data | "
+            "projection of noisy points |", "|---|---|---|---|---|---|---|---|"]
+    base = results.get("baselines")
+    if base:
+        rows.append(f"| data vs data (floor) | {sw(base['sw_data_vs_data'])} | | | | | | |")
+        rows.append(f"| teacher, Heun, 35 evaluations | {sw(base['sw_teacher_heun35'])} | | | | | | |")
     for name, r in results.items():
+        if name == "baselines":
+            continue
         a, b = r["after"], r["before"]
-        rows.append(f"| {name} | {a['sw_1step']:.3f} | {a['sw_2step']:.3f} | {a['sw_4step']:.3f} | "
-                    f"{a['sw_4step_reapply']:.3f} | {b['idem_err_data']:.3f} -> {a['idem_err_data']:.3f} | "
+        diff = a["sw_2step_minus_1step"]
+        rows.append(f"| {name} | {sw(a['sw_1step'])} | {sw(a['sw_2step'])} | {sw(a['sw_4step'])} | "
+                    f"{sw(a['sw_4step_reapply'])} | {diff['mean']:+.4f} ± {diff['se']:.4f} | "
+                    f"{b['idem_err_data']:.3f} -> {a['idem_err_data']:.3f} | "
                     f"{a['proj_sw_input']:.3f} -> {a['proj_sw_output']:.3f} |")
     return "\n".join(rows)
 
@@ -274,7 +327,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--table", action="store_true", help="only print the tables of the results already in --out")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for the SIGN runs (e.g. method.sign_steps=1 for the one-step-only ablation)")
+                    help="config override for the SIGN runs (e.g. method.sign_steps=1, the one-step-only "
+                         "ablation, on digits; the toy part trains that ablation itself)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
