@@ -14,9 +14,11 @@ after training; and projection of corrupted points. Writes ``toy.json`` and ``si
 Digits: trains ``digits-sign`` (shipped teacher, ~10 min on one thread) and IGN from the same
 start with the same budget, then measures FID (digits-classifier features, n = 898 against the
 reference half) at 1/2/4 steps and 4x re-application, mean +- std over three sample seeds; the
-idempotence error on the held-out real digits before and after training; and projection of
-noisy / masked / shifted held-out digits: FID and per-pixel MSE to the clean digits, of the
-corrupted inputs and of their projections. Writes ``digits.json`` and ``sign_digits.png``.
+idempotence error on the held-out real digits and on 1-step samples before and after training
+and every 100 iterations in between (with one draw's 1-step FID: the curve along training); and
+projection of noisy / masked / shifted held-out digits: FID and per-pixel MSE to the clean
+digits, of the corrupted inputs and of their projections. Writes ``digits.json`` and
+``sign_digits.png``.
 """
 from __future__ import annotations
 
@@ -105,18 +107,32 @@ def toy_measure(distiller) -> dict:
     return out
 
 
-def train(preset: str, out: Path, name: str, overrides=(), measure=toy_measure):
+def train(preset: str, out: Path, name: str, overrides=(), measure=toy_measure, track=None, every: int = 100):
+    """Train ``preset`` with ``overrides``; ``measure`` before and after, ``track`` (cheap) every
+    ``every`` iterations (its seconds are excluded from ``train_s``)."""
     from fastdistill.engine import Distiller, preset_config
 
     cfg = preset_config(preset).with_overrides(list(overrides))
-    d = Distiller(cfg)
+    curve, spent = [], [0.0]
+
+    def cb(d, row):
+        if track is not None and d.step % every == 0:
+            t = time.time()
+            curve.append({"step": d.step, **track(d)})
+            spent[0] += time.time() - t
+
+    d = Distiller(cfg, callback=cb)
     before = measure(d)
+    cb(d, None)
     t0 = time.time()
     res = d.run()
-    train_s = time.time() - t0
+    train_s = time.time() - t0 - spent[0]
     after = measure(d)
-    return d, {"before": before, "after": after, "train_s": train_s, "checkpoint": res.checkpoint,
-               "metrics": {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}}
+    r = {"before": before, "after": after, "train_s": train_s, "checkpoint": res.checkpoint,
+         "metrics": {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}}
+    if curve:
+        r["curve"] = curve
+    return d, r
 
 
 def toy_picture(dists: dict, path: Path) -> Path:
@@ -192,23 +208,35 @@ def digits_samples(net, s: float, sigma_end: float, steps, seed: int, n: int = 8
     return generate(net, z, s, labels, steps=k, schedule=sched, generator=g, sigma_end=sigma_end)
 
 
-def digits_measure(distiller) -> dict:
+def digits_track(distiller) -> dict:
+    """The idempotence errors on the held-out real digits and on 1-step samples (seed 0), and
+    that draw's FID: about 3 s, for the curve along training."""
     from fastdistill.evaluation import eval_draw, quality
-    from fastdistill.projection import project
     from fastdistill.student import idempotence_error
+
+    net = distiller.ema.module.eval()
+    s = distiller.cfg.method.sigma_init
+    ref, x, lab = heldout_digits()
+    x1 = digits_samples(net, s, _sigma_end(distiller), 1, SEEDS[0])
+    return {"idem_err_data": idempotence_error(net, x, s, torch.nn.functional.one_hot(lab, 10).float()),
+            "idem_err_generated": idempotence_error(net, x1, s, eval_draw(x1.shape[0], (1, 8, 8), 10, SEEDS[0])[1]),
+            "fid_1": quality(x1, ref, full=False)["fid"]}
+
+
+def digits_measure(distiller) -> dict:
+    from fastdistill.evaluation import quality
+    from fastdistill.projection import project
 
     net = distiller.ema.module.eval()
     s, se = distiller.cfg.method.sigma_init, _sigma_end(distiller)
     ref, x, lab = heldout_digits()
-    onehot = torch.nn.functional.one_hot(lab, 10).float()
     out = {}
     for steps in (1, 2, 4, "reapply"):
         fids = [quality(digits_samples(net, s, se, steps, seed), ref, full=False)["fid"] for seed in SEEDS]
         t = torch.tensor(fids)
         out[f"fid_{steps}"] = {"mean": float(t.mean()), "std": float(t.std()), "all": fids}
-    out["idem_err_data"] = idempotence_error(net, x, s, onehot)
-    x1 = digits_samples(net, s, se, 1, SEEDS[0])
-    out["idem_err_generated"] = idempotence_error(net, x1, s, eval_draw(x1.shape[0], (1, 8, 8), 10, SEEDS[0])[1])
+    track = digits_track(distiller)
+    out["idem_err_data"], out["idem_err_generated"] = track["idem_err_data"], track["idem_err_generated"]
     for name, bad in corruptions(x).items():
         row = {"fid_input": quality(bad, ref, full=False)["fid"], "mse_input": float((bad - x).square().mean())}
         for sigma in (0.0, 0.3):
@@ -257,7 +285,7 @@ def run_digits(out: Path, steps: int, seed: int, ign: bool, sign_set=()) -> dict
     dists = {}
     for name, extra in runs:
         d, r = train("digits-sign", out, name, _common(out, f"digits-{name.lower()}", steps, seed) + extra,
-                     measure=digits_measure)
+                     measure=digits_measure, track=digits_track)
         results[name], dists[name] = r, d
         print(name, json.dumps(r, indent=1), flush=True)
         (out / "digits.json").write_text(json.dumps(results, indent=2))
@@ -304,6 +332,14 @@ def digits_table(results: dict) -> str:
         a = r["after"]
         rows.append(f"| {name} ({r['train_s']:.0f} s) | {fid(a, 'fid_1')} | {fid(a, 'fid_2')} | {fid(a, 'fid_4')} | "
                     f"{fid(a, 'fid_reapply')} | {idem(a)} |")
+    curves = {n: r["curve"] for n, r in results.items() if "curve" in r}
+    if curves:
+        rows += ["", "| along training: idempotence error real / samples, 1-step FID (one draw) | "
+                 + " | ".join(curves) + " |", "|---" * (len(curves) + 1) + "|"]
+        for i, point in enumerate(next(iter(curves.values()))):
+            rows.append(f"| {point['step']} | " + " | ".join(
+                f"{c[i]['idem_err_data']:.4f} / {c[i]['idem_err_generated']:.4f}, {c[i]['fid_1']:.3f}"
+                for c in curves.values()) + " |")
     rows += ["", "| projection (sigma 0 / 0.3), FID and MSE to the clean digits | noisy | masked | shifted |",
              "|---|---|---|---|"]
     cols = ("noisy", "masked", "shifted")

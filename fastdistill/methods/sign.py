@@ -16,9 +16,11 @@ data manifold. Everything below is our derivation from that, not the authors' co
   (:func:`fastdistill.student.multistep_schedule`);
 - ``L_dist``: the SiD (default) or DMD generator loss of sections 2/4 on ``x_g = f(u)``
   (``method.sign_dist``), with the usual fake-score DSM step (the paper's ``L_denoise``) on
-  samples drawn the same way. ``u`` is, per sample, the input of a uniformly chosen application
+  samples drawn the same way. ``u`` is, per sample, the input of a randomly chosen application
   ``k = 1..K`` of the ``K = method.sign_steps``-step sampler, produced by running the sampler
-  with the current weights and no gradient (:func:`chain_inputs`). Reasoning: a one-step-only
+  with the current weights and no gradient (:func:`chain_inputs`); ``P(k) ~ r^(k-1)`` with
+  ``r = method.sign_pos_decay`` (1 = uniform; ``r < 1`` gives the one-step output more than
+  its ``1/K`` share of the distribution-matching and idempotence signal). Reasoning: a one-step-only
   objective trains ``f`` on ``sigma_s z`` and on data, but the sampler's later applications
   see re-noised *samples* ``x_{k-1} + sigma_k eps``, a distribution ``f`` was never asked to
   map onto the data -- so its errors there accumulate and more steps got worse. Every
@@ -250,7 +252,12 @@ class SIGN(_DataMixin, DistillMethod):
         k = self.cfg.sign_steps
         if k == 1:  # the one-step objective draws nothing (its random stream is the pre-multi-step one)
             return torch.zeros((n,), dtype=torch.long, device=device), torch.zeros((n, 0, *shape), device=device)
-        pos = torch.randint(0, k, (n,), generator=gen, device=device)
+        r = self.cfg.sign_pos_decay
+        if r == 1:  # uniform (the random stream of the runs before sign_pos_decay)
+            pos = torch.randint(0, k, (n,), generator=gen, device=device)
+        else:
+            w = torch.tensor([r ** j for j in range(k)], dtype=torch.float32, device=device)
+            pos = torch.multinomial(w, n, replacement=True, generator=gen)
         eps = torch.randn((n, k - 1, *shape), generator=gen, device=device)
         return pos, eps
 
