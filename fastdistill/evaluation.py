@@ -247,7 +247,7 @@ def teacher_nfe(steps: int, solver: str) -> int:
 
 def load_student_generator(path, device="cpu"):
     """(network, info) for a student: a distillation checkpoint / run directory, or an exported
-    ``student.safetensors``. info: data_shape, label_dim, sigma_init, method, step, teacher_path."""
+    ``student.safetensors``. info: data_shape, label_dim, sigma_init, sigma_end, method, step, teacher_path."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"student checkpoint {str(path)!r} not found (give a run directory, a checkpoint "
@@ -262,12 +262,13 @@ def load_student_generator(path, device="cpu"):
             raise EvalError(f"{p} is a teacher checkpoint, not an exported student (pass it as --teacher)")
         net = load_teacher(str(p), device=device)
         from .sampling import data_shape_of
+        from .student import trained_sigma_end
 
         info = dict(data_shape=data_shape_of(net), label_dim=int(getattr(net, "label_dim", 0) or 0),
-                    sigma_init=float(extra["sigma_init"]), method=extra.get("method", "?"), step=extra.get("step"),
-                    teacher_path=None)
+                    sigma_init=float(extra["sigma_init"]), sigma_end=trained_sigma_end({}), method=extra.get("method", "?"),
+                    step=extra.get("step"), teacher_path=None)
         return net, info
-    from .student import load_student
+    from .student import load_student, trained_sigma_end
 
     try:
         net, state = load_student(p, device=device)
@@ -276,7 +277,7 @@ def load_student_generator(path, device="cpu"):
     cfg = state.get("config", {})
     info = dict(data_shape=tuple(state["data_shape"]), label_dim=int(state.get("label_dim", 0)),
                 sigma_init=float(state["sigma_init"]), method=cfg.get("method", {}).get("name", "?"),
-                sigma_end=float(cfg.get("method", {}).get("sign_sigma_end", 0.05)), step=state.get("step"), teacher_path=cfg.get("teacher", {}).get("path") or None,
+                sigma_end=trained_sigma_end(cfg.get("method", {})), step=state.get("step"), teacher_path=cfg.get("teacher", {}).get("path") or None,
                 teacher_kind=cfg.get("teacher", {}).get("kind"), teacher_name=cfg.get("teacher", {}).get("name"))
     return net, info
 
@@ -299,7 +300,7 @@ def student_samples(net, info: dict, n: int, steps: int = 1, seed: int = SAMPLE_
         raise EvalError(f"student steps must be >= 1, got {steps}")
     from .student import multistep_schedule
 
-    levels = multistep_schedule(steps, float(info["sigma_init"]), sigma_end=float(info.get("sigma_end", 0.05)))
+    levels = multistep_schedule(steps, float(info["sigma_init"]), sigma_end=info["sigma_end"])
     if steps > 1 and info.get("method") not in MULTISTEP_METHODS:
         raise EvalError(f"a {info.get('method')!r} student is a one-step generator; multi-step sampling is for "
                         f"{', '.join(MULTISTEP_METHODS)} students")

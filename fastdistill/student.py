@@ -134,6 +134,14 @@ def idempotence_error(net, x: torch.Tensor, sigma_s: float, labels: Optional[tor
     return float((net(fx, sig, labels).float() - fx).abs().mean())
 
 
+def trained_sigma_end(method_config: dict) -> float:
+    """The last re-noise level a student was trained with, from its saved ``method`` config:
+    ``sign_sigma_end``, or the default for checkpoints (and exports) that do not record it."""
+    from .engine.config import MethodConfig
+
+    return float(method_config.get("sign_sigma_end", MethodConfig.sign_sigma_end))
+
+
 @torch.no_grad()
 def sample(checkpoint, n: int, seed: int = 0, class_labels=None, which: str = "ema",
            batch_size: int = 1024, device="cpu", network: Optional[torch.nn.Module] = None,
@@ -141,11 +149,11 @@ def sample(checkpoint, n: int, seed: int = 0, class_labels=None, which: str = "e
     """``n`` samples, float32, shape (n, *data_shape), on the CPU; ``steps`` > 1: multi-step (see the module doc).
 
     ``sigma_end`` (the Karras schedule's last level): default, the one the student was trained
-    with (``method.sign_sigma_end`` of its config; 0.05 for checkpoints without it).
+    with (:func:`trained_sigma_end`).
     """
     net, state = load_student(checkpoint, which, network, device)
     if sigma_end is None:
-        sigma_end = float(state["config"]["method"].get("sign_sigma_end", 0.05))
+        sigma_end = trained_sigma_end(state["config"]["method"])
     n = int(n)
     if n < 0:
         raise ValueError("n must be non-negative")

@@ -23,6 +23,7 @@ digits, of the corrupted inputs and of their projections. Writes ``digits.json``
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -171,8 +172,10 @@ def run_toy(out: Path, steps: int, seed: int, sign_set=()) -> dict:
 
 
 # ------------------------------------------------------------------------------ digits
+@functools.lru_cache(maxsize=1)
 def heldout_digits():
-    """The held-out half of the digits (the FID baseline set) and its integer labels."""
+    """The held-out half of the digits (the FID baseline set) and its integer labels; loaded
+    once (the training-curve tracker asks for it every 100 iterations). Callers must not modify it."""
     from fastdistill.data import load_dataset
     from fastdistill.evaluation import SPLIT_SEED, reference_data
 

@@ -32,6 +32,7 @@ from .monitor import NVTX, JSONLLogger, progress_bar
 from .optim import make_adam, sanitize_grads
 
 FORMAT = "fastdistill-distill/1"
+RESUME_HINT = "resume with resume=auto"  # printed when a run stops early (Ctrl-C, request_stop)
 
 
 class TrainingDiverged(RuntimeError):
@@ -197,7 +198,7 @@ class Distiller:
         self.nan_steps = 0
         self.consecutive_nan = 0
         self._stop = False
-        self._stop_hint = "resume with resume=auto"
+        self._stop_hint = RESUME_HINT
         self.nvtx = NVTX(cfg.nvtx)
         self.history: list[dict] = []
         if self.resume_path is not None:
@@ -450,7 +451,7 @@ class Distiller:
         return path
 
     # ------------------------------------------------------------------ the loop
-    def request_stop(self, hint: str = "resume with resume=auto") -> None:
+    def request_stop(self, hint: str = RESUME_HINT) -> None:
         """Checkpoint after the current step and return from :meth:`run` (what Ctrl-C does);
         ``hint`` is printed with the step, e.g. how to continue the run."""
         self._stop = True
