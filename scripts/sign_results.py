@@ -1,6 +1,6 @@
 """SIGN vs IGN on the 2-D toy and on digits: the numbers and the pictures of the README.
 
-    .venv/bin/python scripts/sign_results.py [--toy-steps 1000] [--out runs/sign-results] [--part toy|digits|all]
+    .venv/bin/python scripts/sign_results.py [--toy-steps 1000] [--toy-teacher ring8] [--out runs/sign-results] [--part toy|digits|all]
 
 Toy: trains ``toy-sign``, ``toy-sign`` on one-step outputs only (``method.sign_steps=1``) and
 ``toy-ign`` for the same number of iterations and batch (the same budget of generator updates;
@@ -155,14 +155,15 @@ def toy_picture(dists: dict, path: Path) -> Path:
     return scatter_panels(panels, path, size=240)
 
 
-def run_toy(out: Path, steps: int, seed: int, sign_set=()) -> dict:
-    """SIGN, SIGN trained on one-step outputs only (the ablation) and IGN, plus the baselines."""
+def run_toy(out: Path, steps: int, seed: int, sign_set=(), teacher: str = "ring8") -> dict:
+    """SIGN, SIGN trained on one-step outputs only (the ablation) and IGN, plus the baselines,
+    all on the analytic toy ``teacher`` (``teacher.name``)."""
     results, dists = {}, {}
     runs = (("SIGN", "toy-sign", "toy-sign", list(sign_set)),
             ("SIGN, one-step training", "toy-sign", "toy-sign-k1", list(sign_set) + ["method.sign_steps=1"]),
             ("IGN", "toy-ign", "toy-ign", []))
     for name, preset, run_dir, extra in runs:
-        d, r = train(preset, out, name, _common(out, run_dir, steps, seed) + extra)
+        d, r = train(preset, out, name, _common(out, run_dir, steps, seed) + [f"teacher.name={teacher}"] + extra)
         results[name], dists[name] = r, d
         print(name, json.dumps(r, indent=1), flush=True)
     results["baselines"] = toy_baselines(dists["SIGN"].teacher)
@@ -360,6 +361,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=("toy", "digits", "all"), default="all")
     ap.add_argument("--toy-steps", type=int, default=1000)
+    ap.add_argument("--toy-teacher", default="ring8", help="the toy part's analytic teacher (teacher.name: ring8, "
+                    "grid25, ringN, ...)")
     ap.add_argument("--digits-steps", type=int, default=500)
     ap.add_argument("--no-digits-ign", action="store_true", help="skip the IGN run on digits")
     ap.add_argument("--out", default="runs/sign-results")
@@ -378,7 +381,7 @@ def main(argv=None) -> int:
                 print(fmt(json.loads((out / f).read_text())))
         return 0
     if args.part in ("toy", "all"):
-        print(toy_table(run_toy(out, args.toy_steps, args.seed, args.set)))
+        print(toy_table(run_toy(out, args.toy_steps, args.seed, args.set, args.toy_teacher)))
     if args.part in ("digits", "all"):
         print(digits_table(run_digits(out, args.digits_steps, args.seed, not args.no_digits_ign, args.set)))
     return 0
