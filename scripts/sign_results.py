@@ -9,7 +9,7 @@ Wasserstein-2 distance to the data at 1/2/4 steps (the Karras re-noising schedul
 was trained on) and with pure re-application, as mean +- standard error over 4 draws of 16384
 points (see ``TOY_N``), next to the data-vs-data floor and the 35-evaluation teacher on the same
 draws; the idempotence error mean|f(f(x)) - f(x)| on generated and on data points before and
-after training; and projection of corrupted points. Writes ``toy.json`` and ``sign_vs_ign_toy.png``.
+after training, the root-mean-square of f(x) - x on data; and projection of corrupted points. Writes ``toy.json`` and ``sign_vs_ign_toy.png``.
 
 Digits: trains ``digits-sign`` (shipped teacher, ~10 min on one thread) and IGN from the same
 start with the same budget, then measures FID (digits-classifier features, n = 898 against the
@@ -100,6 +100,8 @@ def toy_measure(distiller) -> dict:
     data, _, z = _toy_draw(distiller.teacher, 0)
     out["idem_err_generated"] = idempotence_error(net, generate(net, z, s, steps=1), s)
     out["idem_err_data"] = idempotence_error(net, data, s)
+    # how far f moves the data itself (the reconstruction term's target is 0)
+    out["rms_f_minus_x_data"] = float((project(net, data, sigma=0.0, sigma_s=s) - data).square().sum(1).mean().sqrt())
     # projection: data corrupted with Gaussian noise of std 0.3
     corrupted = data + 0.3 * torch.randn(data.shape, generator=torch.Generator().manual_seed(4))
     proj = project(net, corrupted, sigma=0.0, sigma_s=s)
