@@ -1,9 +1,10 @@
-"""Progress bar, JSONL metrics and NVTX ranges (all no-ops where they cannot apply)."""
+"""Progress bar, metrics logging (JSONL, TensorBoard, wandb) and NVTX ranges (all no-ops where they cannot apply)."""
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import numbers
 import time
 from pathlib import Path
 
@@ -48,26 +49,114 @@ class NVTX:
             return contextlib.nullcontext()
 
 
-class JSONLLogger:
-    """Append-only metrics file, one JSON object per line (rank 0 only)."""
+class MetricsLogger:
+    """One sink for a run's metric rows: metrics.jsonl always, TensorBoard and/or Weights & Biases on request.
 
-    def __init__(self, path, enabled: bool = True):
-        self.path = Path(path)
+    ``MetricsLogger(out_dir, *, enabled=True, tensorboard="auto", wandb=False,
+    wandb_project="fastdistill", run_name=None, config=None)``
+
+    * ``out_dir/metrics.jsonl`` is appended one JSON object per :meth:`log` call, flushed at
+      once so a crashed run keeps its rows; non-finite floats become ``null`` (JSON has no NaN)
+      and a ``"time"`` key (Unix seconds) is added unless the row has one.
+    * ``tensorboard``: ``"auto"`` writes event files to ``out_dir/tensorboard`` when the
+      ``tensorboard`` package is importable and stays silent otherwise (it is an optional
+      extra); ``True`` requires it (ImportError); ``False`` turns it off.
+    * ``wandb=True`` starts ``wandb.init(project=wandb_project, name=run_name, config=config,
+      dir=out_dir)``; ``mode`` is not passed, so the user's ``WANDB_MODE`` (e.g. ``offline``)
+      and other ``WANDB_*`` settings apply. A missing ``wandb`` is an ImportError here, at
+      construction, rather than after the first training steps.
+    * Only numeric values reach TensorBoard and wandb: ints and floats (numpy scalars too), but
+      not bools, which are flags rather than curves, and not strings or ``None``. Key names are
+      kept as they are; ``"step"`` is the x-axis (``global_step`` / ``step=``) and ``"time"``
+      is left out. Non-finite floats are passed on, so a NaN loss shows in the plots.
+    * ``enabled=False`` (non-zero ranks) creates and writes nothing; the optional packages are
+      still checked, so a missing one fails every rank alike instead of rank 0 alone.
+
+    ``close()`` flushes and closes everything and may be called more than once; the logger is
+    also a context manager that closes on exit.
+    """
+
+    def __init__(self, out_dir, *, enabled: bool = True, tensorboard="auto", wandb: bool = False,
+                 wandb_project: str = "fastdistill", run_name: str | None = None, config=None):
+        if tensorboard not in ("auto", True, False):
+            raise ValueError(f"tensorboard must be 'auto', True or False, got {tensorboard!r}")
+        # Imports come first so that a missing package fails before any file is opened.
+        writer_cls = _summary_writer(required=tensorboard is True) if tensorboard else None
+        wandb_mod = _wandb() if wandb else None
+        self.out_dir = Path(out_dir)
         self.enabled = enabled
-        self._f = open(self.path, "a") if enabled else None
+        self._f = self._tb = self._run = None
+        if not enabled:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.out_dir / "metrics.jsonl", "a")
+        if writer_cls is not None:
+            self._tb = writer_cls(log_dir=str(self.out_dir / "tensorboard"))
+        if wandb_mod is not None:
+            self._run = wandb_mod.init(project=wandb_project, name=run_name, config=config, dir=str(self.out_dir))
 
     def log(self, **row) -> None:
+        """Write one row (typically ``step=..., loss_gen=..., ...``) to every open sink."""
         if self._f is None:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         clean.setdefault("time", time.time())
         self._f.write(json.dumps(clean) + "\n")
         self._f.flush()
+        step = row.get("step")
+        scalars = {k: v for k, v in row.items() if k not in ("step", "time") and _is_number(v)}
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, global_step=step)
+        if self._run is not None and scalars:
+            self._run.log(scalars, step=step)
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        """Flush and close the JSONL file, the event files and the wandb run; later calls do nothing."""
+        f, tb, run = self._f, self._tb, self._run
+        self._f = self._tb = self._run = None
+        if f is not None:
+            f.close()
+        if tb is not None:
+            tb.flush()
+            tb.close()
+        if run is not None:
+            run.finish()
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _is_number(v) -> bool:
+    """Ints and floats, numpy scalars included; bools are flags, not curves."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _summary_writer(required: bool):
+    """torch's SummaryWriter, or None when "auto" finds no ``tensorboard`` package.
+
+    ``tensorboard`` is imported explicitly because torch.utils.tensorboard needs it but may
+    already sit in sys.modules from an earlier import.
+    """
+    try:
+        import tensorboard  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        if required:
+            raise ImportError("tensorboard=True needs the tensorboard package: pip install tensorboard") from e
+        return None
+    return SummaryWriter
+
+
+def _wandb():
+    try:
+        import wandb
+    except ImportError as e:
+        raise ImportError("log.wandb=true needs wandb: pip install wandb") from e
+    return wandb
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str = "distill"):
