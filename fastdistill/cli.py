@@ -1,11 +1,78 @@
-"""Command line: `fastdistill <command>`; each command is a thin shell over the Python API."""
+"""Command line: ``fastdistill <command>``; each command is a thin shell over the Python API,
+and every argument parser lives here."""
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
+from pathlib import Path
+
+#: exit code for bad input (configuration, paths, shapes)
+BAD_INPUT = 2
 
 
+def _fail(command: str, exc: Exception) -> int:
+    print(f"fastdistill {command}: {exc}", file=sys.stderr)
+    return BAD_INPUT
+
+
+# ----------------------------------------------------------------------------- argument types
+def _int_at_least(low: int, what: str):
+    """argparse type: an integer >= low, with a message naming what was expected."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {v}")
+        return v
+
+    return parse
+
+
+_positive_int = _int_at_least(1, "positive")
+_nonneg_int = _int_at_least(0, "non-negative")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return v
+
+
+def _steps_list(text: str) -> list[int]:
+    try:
+        out = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not out or any(v < 1 for v in out):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return out
+
+
+def _add_student_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments ``sample`` and ``project`` share, in one style."""
+    p.add_argument("checkpoint", help="run directory, checkpoint directory or exported student.safetensors")
+    p.add_argument("--steps", type=_positive_int, default=1, help="applications of the student (>1: SIGN/IGN students)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", type=int, nargs="*", default=None,
+                   help="class label(s) for a class-conditional student (one, or one per sample)")
+    p.add_argument("--which", choices=("ema", "generator"), default="ema", help="EMA or raw generator weights")
+    p.add_argument("--device", default="cpu")
+
+
+def _labels(args):
+    return None if not args.label else (args.label[0] if len(args.label) == 1 else args.label)
+
+
+# ----------------------------------------------------------------------------- commands
 def _doctor(args: argparse.Namespace) -> int:
     """Versions, devices, and which loss backends can run here (and why not)."""
     import importlib.metadata as md
@@ -43,40 +110,227 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _digits_report(args: argparse.Namespace) -> int:
+    """``fastdistill distill`` with no preset or config: the digits report (``out_dir=`` is its directory)."""
+    from .engine import ConfigError
+    from .metrics import EvalError
+    from .reports.digits import DEFAULT_OUT, digits_report, format_report
+
+    out, rest = DEFAULT_OUT, []
+    for o in args.overrides:
+        key, _, value = o.partition("=")
+        if key.strip() == "out_dir":
+            out = value
+        else:
+            rest.append(o)
+    methods = [m for m in (args.methods or "sid,sim,dmd").split(",") if m]
+    try:
+        rep = digits_report(out, 570.0 if args.budget is None else args.budget, methods=methods,
+                            teacher=args.teacher or "digits", workers=3 if args.workers is None else args.workers,
+                            draws=3 if args.draws is None else args.draws, overrides=rest)
+    except (ConfigError, EvalError, FileNotFoundError, ValueError) as exc:
+        return _fail("distill", exc)
+    print(format_report(rep))
+    return 0
+
+
 def _distill(args: argparse.Namespace) -> int:
     from .engine import distill_command
-    from .engine.digits import report_command
 
     report_only = {"--methods": args.methods, "--budget": args.budget, "--workers": args.workers, "--draws": args.draws}
     if not args.config and not args.preset:
-        return report_command(args.overrides, args.teacher, **{k[2:]: v for k, v in report_only.items() if v is not None})
+        return _digits_report(args)
     given = [k for k, v in report_only.items() if v is not None]
     if given:
         print(f"fastdistill distill: {', '.join(given)} belong to the digits default (no --preset / --config)", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     overrides = list(args.overrides)
     if args.teacher:
         overrides += ["teacher.kind=checkpoint", f"teacher.path={args.teacher}"]
     return distill_command(args.config, overrides, args.preset)
 
 
+def _config(args: argparse.Namespace) -> int:
+    from .engine import ConfigError, load_config
+    from .engine.config import describe_config
+
+    if args.list:
+        print(describe_config())
+        return 0
+    try:
+        print(load_config(args.config, args.overrides, args.preset).to_json())
+    except (ConfigError, FileNotFoundError) as exc:
+        return _fail("config", exc)
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
-    from .engine import sample_command
+    """Write ``<out>.png`` and ``<out>.npz`` with ``n`` samples of a student."""
+    from .student import load_student, save_samples
 
-    return sample_command(args.checkpoint, n=args.n, seed=args.seed, out=args.out, which=args.which, device=args.device)
+    try:
+        x = load_student(args.checkpoint, which=args.which, device=args.device).sample(
+            args.n, steps=args.steps, seed=args.seed, cond=_labels(args))
+    except (FileNotFoundError, ValueError) as exc:
+        return _fail("sample", exc)
+    stem = Path(args.out) if args.out else Path(args.checkpoint) / f"samples-seed{args.seed}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = save_samples(x, stem.with_suffix(".png"), stem.with_suffix(".npz"))
+    print(f"{args.n} samples of shape {tuple(x.shape[1:])}: {paths['png']}, {paths['npz']}")
+    return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _project(args: argparse.Namespace) -> int:
+    from .projection import project, save_output
+
+    try:
+        x = project(args.checkpoint, args.input, sigma=args.sigma, steps=args.steps, seed=args.seed,
+                    cond=_labels(args), schedule=args.schedule, which=args.which, device=args.device)
+        p = save_output(x, args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        return _fail("project", exc)
+    print(f"projected {1 if x.dim() in (1, 3) else x.shape[0]} input(s) with sigma={args.sigma}, "
+          f"steps={args.steps}: {p}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Print the comparison table, write JSON."""
+    import torch
+
+    from .evaluation import Model, evaluate_models, format_table
+    from .metrics import EvalError
+
+    torch.set_num_threads(max(1, int(args.threads)))
+    solvers = [s for s in args.solver.split(",") if s]
+    try:
+        models = [Model.teacher(t, k, solver) for t in args.teacher or [] for solver in solvers for k in args.steps]
+        models += [Model.student(s, k) for s in args.student or [] for k in args.student_steps]
+        res = evaluate_models(models, data=args.data, n=args.n, extractor=args.extractor, full=not args.fid_only,
+                              device=args.device)
+    except (FileNotFoundError, EvalError, ValueError, ImportError) as exc:
+        return _fail("eval", exc)
+    print(format_table(res))
+    print(f"wrote {res.save(args.out or 'eval.json')} ({res.elapsed_s:.1f} s)")
+    return 0
+
+
+def _train_teacher(args: argparse.Namespace) -> int:
+    import torch
+
+    from .teachers import CheckpointError, load_teacher
+    from .teachers.digits import train_digits_teacher
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data_kwargs = {"resolution": args.resolution} if args.resolution else {}
+    try:
+        result = train_digits_teacher(
+            args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, data=args.data,
+            arch=args.arch, conditional=not args.unconditional, lr_warmup_steps=args.warmup, lr_decay=args.lr_decay,
+            weights_dtype=args.weights_dtype, device=args.device, progress=not args.quiet, data_kwargs=data_kwargs)
+        net = load_teacher(result.path)  # check that what was written loads
+    except (FileNotFoundError, ValueError, KeyError, TypeError, CheckpointError) as e:
+        print(f"fastdistill train-teacher: error: {e}", file=sys.stderr)
+        return BAD_INPUT
+    n_params = sum(p.numel() for p in net.parameters())
+    losses = result.losses
+    tail = losses[-max(1, len(losses) // 10):]
+    print(f"wrote {result.path}: {type(net).__name__}, {n_params} parameters, label_dim {net.label_dim}, "
+          f"{result.config['steps']} steps in {result.config['train_seconds']:.1f} s, "
+          f"final loss {sum(tail) / len(tail):.4f}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parsers
+def add_train_teacher_parser(subparsers) -> argparse.ArgumentParser:
+    from .teachers.digits import ARCH_PRESETS, SHIPPED_TRAINING
+
+    p = subparsers.add_parser(
+        "train-teacher", help="train a small EDM teacher (digits, 2-D toys, or your .npy/.npz/image folder)",
+        description="Train an EDM-preconditioned teacher with the EDM loss and save its EMA weights "
+                    "(fastdistill safetensors format; load with fastdistill.load_teacher).")
+    p.add_argument("--data", default="digits",
+                   help="built-in dataset (digits, 8gaussians, 25gaussians, checkerboard, swissroll) or a path "
+                        "to a .npy/.npz file or an image folder (default: digits)")
+    p.add_argument("--out", required=True, help="output .safetensors file (or a directory)")
+    p.add_argument("--steps", type=_positive_int, default=SHIPPED_TRAINING["steps"], help="optimiser steps")
+    p.add_argument("--batch-size", type=_positive_int, default=SHIPPED_TRAINING["batch_size"])
+    p.add_argument("--lr", type=_positive_float, default=SHIPPED_TRAINING["lr"], help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", choices=sorted(ARCH_PRESETS), default=None,
+                   help="network preset (default: digits-small for images, mlp for vector data)")
+    p.add_argument("--unconditional", action="store_true", help="ignore class labels even if the data have them")
+    p.add_argument("--resolution", type=_positive_int, default=None,
+                   help="resize image data to this side (digits: 8 native, 16, 32, ...)")
+    p.add_argument("--warmup", type=_nonneg_int, default=SHIPPED_TRAINING["lr_warmup_steps"],
+                   help="linear lr warm-up steps")
+    p.add_argument("--lr-decay", choices=("none", "cosine"), default=SHIPPED_TRAINING["lr_decay"])
+    p.add_argument("--weights-dtype", choices=("float32", "float16"), default="float32",
+                   help="storage dtype of the saved weights (loaded as float32 either way)")
+    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_teacher)
+    return p
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    from .metrics import DIGITS_N
+
+    p = subparsers.add_parser(
+        "eval", help="sample quality (FID/KID/precision/recall or SW2/MMD) and time per sample of students and teachers",
+        description="Sample students (one step, or k for sign/ign) and teachers (EDM Heun/Euler at any number of "
+                    "steps), score them against the data with the same n, print a table and write JSON.")
+    p.add_argument("--student", action="append", metavar="CHECKPOINT",
+                   help="run directory, checkpoint directory or exported student.safetensors (repeatable)")
+    p.add_argument("--student-steps", type=_steps_list, default=[1], metavar="K[,K...]",
+                   help="student sampling steps (default 1; >1 only for sign/ign students)")
+    p.add_argument("--teacher", action="append", metavar="SPEC",
+                   help="'digits' (shipped), analytic:NAME (exact toy), or a teacher checkpoint path (repeatable)")
+    p.add_argument("--steps", type=_steps_list, default=[18], metavar="N[,N...]",
+                   help="teacher sampler steps, e.g. 1,2,4,8,18 (Heun: 2N-1 evaluations, Euler: N)")
+    p.add_argument("--solver", default="heun", help="heun, euler, or heun,euler (default heun)")
+    p.add_argument("--data", default=None, help="dataset name or path (default: inferred: digits / the toy)")
+    p.add_argument("-n", type=int, default=None, help=f"samples per model (default: the held-out size, {DIGITS_N} on digits)")
+    p.add_argument("--extractor", default="digits", choices=("digits", "inception"), help="FID feature space for images")
+    p.add_argument("--fid-only", action="store_true", help="images: FID only (skip KID and precision/recall)")
+    p.add_argument("--out", default=None, help="JSON output path (default: eval.json)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.set_defaults(func=_eval)
+    return p
+
+
+def add_project_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "project", help="project corrupted inputs onto the data manifold with an idempotent student (SIGN/IGN)",
+        description="Zero-shot projection / editing: f(y + sigma*eps), re-applied for --steps, with the "
+        "time-free student f of a SIGN/IGN checkpoint.")
+    _add_student_arguments(p)
+    p.add_argument("--input", required=True, help=".npy / .npz / image file; images in [-1, 1] or uint8")
+    p.add_argument("--sigma", type=float, default=0.0, help="noise added before the first application (>= 0)")
+    p.add_argument("--schedule", choices=("reapply", "constant", "karras"), default="reapply",
+                   help="after the first step: re-apply without noise, add sigma noise again, or the sampler's levels")
+    p.add_argument("--out", required=True, help="output .npy / .npz / .png")
+    p.set_defaults(func=_project)
+    return p
+
+
+def add_sample_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("sample", help="samples of a distilled student (PNG grid + .npz)")
+    _add_student_arguments(p)
+    p.add_argument("-n", type=_positive_int, default=64, help="number of samples")
+    p.add_argument("--out", help="output path stem (default: <checkpoint>/samples-seed<seed>)")
+    p.set_defaults(func=_sample)
+    return p
+
+
+def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     from .engine import PRESETS
-    from .evaluation import add_eval_parser
-    from .projection import add_project_parser
-    from .teachers.digits import add_train_teacher_parser
+    from .engine.config import describe_config
 
-    parser = argparse.ArgumentParser(prog="fastdistill", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("doctor", help="versions, devices and available loss backends").set_defaults(func=_doctor)
-
-    distill = sub.add_parser(
+    distill = subparsers.add_parser(
         "distill",
         help="distil a teacher into a one-step generator (default: the digits teacher vs SiD, SIM and DMD students)",
         description="Distil a teacher into a one-step generator. With no --preset or --config, the embedded "
@@ -85,31 +339,45 @@ def build_parser() -> argparse.ArgumentParser:
         "10 minutes on 2 CPU cores). Otherwise settings come from a preset or a JSON/TOML config file, "
         "then from key=value overrides (e.g. method.name=sim optim.lr=1e-4); an unknown key is an error "
         "that lists the valid ones.",
-    )
+        epilog=describe_config(), formatter_class=argparse.RawDescriptionHelpFormatter)
     distill.add_argument("overrides", nargs="*", metavar="key=value",
                          help="dotted config overrides (digits default: applied to every student run; out_dir= is the report's directory)")
     distill.add_argument("--config", help="JSON or TOML config file")
     distill.add_argument("--preset", choices=sorted(PRESETS), help="built-in configuration (e.g. toy: the 2-D ring, about a minute)")
-    distill.add_argument("--teacher", help="teacher checkpoint: EDM/SiD pickle, fastdistill safetensors, or a diffusers folder")
+    distill.add_argument("--teacher", help="teacher: 'digits', analytic:NAME, an EDM/SiD pickle, a fastdistill safetensors file or a diffusers folder")
     report = distill.add_argument_group("digits default only")
     report.add_argument("--methods", help="comma-separated subset of sid,sim,dmd (default: all three)")
     report.add_argument("--budget", type=float, help="wall-clock cap in seconds (default 570)")
     report.add_argument("--workers", type=int, help="concurrent student runs, one thread each (default 3)")
     report.add_argument("--draws", type=int, help="sample draws averaged for the teacher at 35 NFE and each student (default 3)")
     distill.set_defaults(func=_distill)
+    return distill
 
-    sample = sub.add_parser("sample", help="one-step samples from a distillation checkpoint (PNG grid + .npz)")
-    sample.add_argument("checkpoint", help="checkpoint directory written by `fastdistill distill`")
-    sample.add_argument("-n", type=int, default=64, help="number of samples")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--out", help="output path stem (default: <checkpoint>/samples-seed<seed>)")
-    sample.add_argument("--which", choices=("ema", "generator"), default="ema", help="EMA or raw generator weights")
-    sample.add_argument("--device", default="cpu")
-    sample.set_defaults(func=_sample)
 
-    add_train_teacher_parser(sub)
+def add_config_parser(subparsers) -> argparse.ArgumentParser:
+    from .engine import PRESETS
+
+    p = subparsers.add_parser("config", help="list every config key with its default and meaning, or print a resolved config",
+                              description="--list: every key, default and meaning. Otherwise the configuration a "
+                              "preset / config file / overrides resolve to, as JSON (validated).")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--list", action="store_true", help="list every config key")
+    p.add_argument("--config", help="JSON or TOML config file")
+    p.add_argument("--preset", choices=sorted(PRESETS))
+    p.set_defaults(func=_config)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastdistill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="versions, devices and available loss backends").set_defaults(func=_doctor)
+    add_distill_parser(sub)
+    add_config_parser(sub)
+    add_sample_parser(sub)
     add_eval_parser(sub)
     add_project_parser(sub)
+    add_train_teacher_parser(sub)
     return parser
 
 

@@ -1,192 +1,277 @@
-"""Sampling from a distilled generator: ``sample(checkpoint, n, seed, steps=1) -> tensor``.
+"""A trained student: load it from any checkpoint or export, sample it, project with it.
 
-``x = G(z) = D_theta(sigma_init z; sigma_init, c)`` with ``z ~ N(0, I)`` drawn on the CPU from
-``seed`` (so a seed gives the same samples on every device). ``checkpoint`` is a checkpoint
-directory written by the engine, or a run directory (its latest checkpoint is used).
+    from fastdistill import load_student
+    student = load_student("runs/digits")        # a run directory, a checkpoint directory, or student.safetensors
+    x = student.sample(16, seed=0, cond=3)       # one-step samples of the digit 3
+    y = student.project(x_noisy, sigma=0.5, steps=2, cond=3)
 
-Multi-step sampling (idempotent students: SIGN / IGN, ALGORITHMS.md section 5) treats the
-generator as the time-free map ``f(x) = D_theta(x; sigma_init)``:
+One-step generation is ``x = G(z) = D_theta(sigma_init z; sigma_init, c)``. Time-free
+(idempotent) students, SIGN and IGN (docs/algorithms.md section 5), also sample in several
+steps with ``f(x) = D_theta(x; sigma_init)``: ``x_1 = f(sigma_init z)``, then
+``x_k = f(x_{k-1} + sigma_k eps_k)`` for the decreasing levels of
+:func:`fastdistill.sampling.multistep_schedule` (the consistency-model sampler), or pure
+re-application ``x_k = f(x_{k-1})`` (``schedule="reapply"``, IGN's mode).
 
-- ``schedule="karras"`` (or a list of noise levels): ``x_1 = f(sigma_init z)``, then
-  ``x_k = f(x_{k-1} + sigma_k eps_k)`` for a decreasing schedule ``sigma_2 > ... > sigma_K``:
-  the consistency-model sampler (re-noise the current estimate to the next level, apply f).
-  SIGN trains every application of the ``method.sign_steps``-step sampler (its inputs are built
-  by :func:`fastdistill.methods.sign.chain_inputs`, the same recursion);
-- ``schedule="reapply"``: pure re-application ``x_k = f(x_{k-1})`` (IGN's mode).
-
-``steps=1`` is the one-step generator, unchanged. The noises ``eps_k`` are drawn on the CPU
-after ``z`` from the same seed.
+Latents, labels and the re-noising all come from :func:`fastdistill.sampling.draw` for the
+seed, as in the trainer's evaluations, ``fastdistill eval`` and the reports: one checkpoint and
+seed give the same samples everywhere. Projection of an input ``y`` is the same chain started
+from ``y + sigma eps_1``; projecting zeros with ``sigma = sigma_init`` and the Karras schedule
+is exactly sampling.
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from .conditioning import Conditioning
 from .engine import checkpoint as ckpt
+from .engine.build import make_mlp
+from .engine.loop import FORMAT
+from .metrics import EvalError
+from .plotting import save_samples_picture
+from .sampling import DEFAULT_SIGMA_END, data_shape_of, draw, multistep_schedule
+from .teachers import CheckpointError, load_teacher
+from .teachers.checkpoint import build_teacher, decode_init_kwargs, read_teacher_extra
+
+__all__ = ["Student", "StudentInfo", "load_student", "sample", "generate", "idempotence_error", "save_samples",
+           "MULTISTEP_METHODS"]
+
+#: methods whose students are time-free maps trained for multi-step sampling and projection
+MULTISTEP_METHODS = ("sign", "ign")
+PROJECT_SCHEDULES = ("reapply", "constant", "karras")
 
 
-def _resolve(checkpoint) -> Path:
-    p = Path(checkpoint)
-    if (p / ckpt.STATE_FILE).is_file():
-        return p
-    latest = ckpt.latest_checkpoint(p)
+@dataclass(frozen=True)
+class StudentInfo:
+    """What a student is (the ``student`` record the engine writes into checkpoints and exports)."""
+
+    method: str
+    sigma_init: float
+    data_shape: tuple
+    label_dim: int = 0
+    sigma_end: float = DEFAULT_SIGMA_END  # the last re-noise level it was trained with (multi-step)
+    cond_kind: str = "none"  # none | labels
+    teacher: Optional[str] = None  # the teacher spec it was distilled from ("digits", "analytic:NAME", a path)
+    step: Optional[int] = None
+
+    @classmethod
+    def from_record(cls, rec: dict) -> "StudentInfo":
+        return cls(method=str(rec["method"]), sigma_init=float(rec["sigma_init"]),
+                   data_shape=tuple(int(s) for s in rec["data_shape"]), label_dim=int(rec.get("label_dim", 0)),
+                   sigma_end=float(rec.get("sigma_end", DEFAULT_SIGMA_END)), cond_kind=str(rec.get("cond_kind", "none")),
+                   teacher=rec.get("teacher"), step=rec.get("step"))
+
+    @property
+    def multistep(self) -> bool:
+        return self.method in MULTISTEP_METHODS
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Student:
+    """A generator network with its :class:`StudentInfo`; it is run in eval mode without gradients."""
+
+    def __init__(self, net: torch.nn.Module, info: StudentInfo):
+        self.net = net
+        self.info = info
+
+    @classmethod
+    def from_network(cls, net, sigma_init: Optional[float] = None, method: str = "sign",
+                     sigma_end: float = DEFAULT_SIGMA_END) -> "Student":
+        """A student around a network in memory (e.g. a Distiller's EMA); ``sigma_init`` defaults to
+        the network's ``sigma_init`` attribute, else 2.5."""
+        s = float(sigma_init if sigma_init is not None else getattr(net, "sigma_init", 2.5))
+        label_dim = int(getattr(net, "label_dim", 0) or 0)
+        info = StudentInfo(method=method, sigma_init=s, data_shape=data_shape_of(net), label_dim=label_dim,
+                           sigma_end=sigma_end, cond_kind="labels" if label_dim else "none")
+        return cls(net, info)
+
+    @property
+    def device(self) -> torch.device:
+        p = next(iter(self.net.parameters()), None) if hasattr(self.net, "parameters") else None
+        return p.device if p is not None else torch.device("cpu")
+
+    def conditioning(self, cond, n: int) -> Optional[Conditioning]:
+        """``cond`` for ``n`` samples: a Conditioning, one class index or one per sample, one-hot labels, or None."""
+        if cond is None or isinstance(cond, Conditioning):
+            if cond is not None and cond.batch_size != n:
+                raise ValueError(f"conditioning for {cond.batch_size} samples, need {n}")
+            return cond
+        if not self.info.label_dim:
+            raise ValueError("class labels given but the student is unconditional")
+        return Conditioning.from_labels(cond, self.info.label_dim, n=n)
+
+    def apply(self, x: torch.Tensor, cond: Optional[Conditioning] = None) -> torch.Tensor:
+        """The time-free map ``f(x) = D_theta(x; sigma_init, c)`` in float32."""
+        sig = torch.full((x.shape[0],), self.info.sigma_init, device=x.device)
+        return self.net(x, sig, cond).float()
+
+    @torch.no_grad()
+    def _chain(self, x0: torch.Tensor, cond: Optional[Conditioning], added: list, batch_size: int) -> torch.Tensor:
+        """``x = f(x0)``, then ``x = f(x + e)`` for each tensor ``e`` of ``added``, in batches; on the CPU."""
+        dev, out = self.device, []
+        was = getattr(self.net, "training", False)
+        if was:
+            self.net.eval()
+        try:
+            for i in range(0, x0.shape[0], batch_size):
+                c = None if cond is None else cond[i:i + batch_size].to(dev)
+                x = self.apply(x0[i:i + batch_size].to(dev), c)
+                for e in added:
+                    x = self.apply(x + e[i:i + batch_size].to(dev), c)
+                out.append(x.cpu())
+        finally:
+            if was:
+                self.net.train()
+        return torch.cat(out) if out else torch.zeros((0, *self.info.data_shape))
+
+    def _check_steps(self, steps: int) -> int:
+        if not (isinstance(steps, int) and steps >= 1):
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if steps > 1 and not self.info.multistep:
+            raise ValueError(f"a {self.info.method!r} student is a one-step generator; multi-step sampling is for "
+                             f"{', '.join(MULTISTEP_METHODS)} students")
+        return steps
+
+    def sample(self, n: int, steps: int = 1, seed: int = 0, cond=None, schedule="karras",
+               sigma_end: Optional[float] = None, batch_size: int = 1024) -> torch.Tensor:
+        """``n`` samples, float32 on the CPU; class-balanced labels when conditional and ``cond`` is None.
+
+        ``steps > 1`` (SIGN / IGN students): the multi-step sampler with ``schedule`` ("karras",
+        "reapply" or a list of levels) ending at ``sigma_end`` (default: the trained one).
+        """
+        n = int(n)
+        if n < 0:
+            raise ValueError("n must be non-negative")
+        steps = self._check_steps(steps)
+        s = self.info.sigma_init
+        levels = multistep_schedule(steps, s, schedule, self.info.sigma_end if sigma_end is None else sigma_end)
+        noises, c = draw(n, self.info.data_shape, seed, label_dim=self.info.label_dim,
+                         cond=self.conditioning(cond, n), noises=1 + len(levels))
+        return self._chain(noises[0] * s, c, [lv * e for lv, e in zip(levels, noises[1:])], batch_size)
+
+    def project(self, y: torch.Tensor, sigma: float = 0.0, steps: int = 1, seed: int = 0, cond=None,
+                schedule: str = "reapply", batch_size: int = 1024) -> torch.Tensor:
+        """Project inputs ``y`` (N, *data_shape) onto the student's samples: ``x_1 = f(y + sigma eps_1)``,
+        then ``steps - 1`` more applications: ``reapply`` (no noise), ``constant`` (``sigma`` each
+        time) or ``karras`` (the multi-step sampler's levels). Larger ``sigma`` forgets more of
+        the input. A conditional student needs ``cond``."""
+        if not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+        if not (isinstance(steps, int) and steps >= 1):
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if schedule not in PROJECT_SCHEDULES:
+            raise ValueError(f"schedule must be one of {PROJECT_SCHEDULES}, got {schedule!r}")
+        if tuple(y.shape[1:]) != self.info.data_shape:
+            raise ValueError(f"inputs of shape {tuple(y.shape[1:])}, the student's samples are {self.info.data_shape}")
+        if self.info.label_dim and cond is None:
+            raise ValueError(f"the student is class-conditional ({self.info.label_dim} classes): pass cond "
+                             f"(a class index, one per input, or a Conditioning)")
+        if schedule == "karras":
+            levels = multistep_schedule(steps, self.info.sigma_init, "karras", self.info.sigma_end)
+        else:
+            levels = [float(sigma) if schedule == "constant" else 0.0] * (steps - 1)
+        n = y.shape[0]
+        noises, c = draw(n, self.info.data_shape, seed, label_dim=self.info.label_dim,
+                         cond=self.conditioning(cond, n), noises=steps)
+        return self._chain(y.float().cpu() + sigma * noises[0], c, [lv * e for lv, e in zip(levels, noises[1:])],
+                           batch_size)
+
+    @torch.no_grad()
+    def idempotence_error(self, x: torch.Tensor, cond=None) -> float:
+        """``mean |f(f(x)) - f(x)|``: how far the student is from idempotent on ``x``."""
+        return idempotence_error(self.net, x.to(self.device), self.info.sigma_init, self.conditioning(cond, x.shape[0]))
+
+
+# ----------------------------------------------------------------------------- loading
+def _checkpoint_dir(path: Path) -> Path:
+    if (path / ckpt.STATE_FILE).is_file():
+        return path
+    latest = ckpt.latest_checkpoint(path)
     if latest is None:
-        raise FileNotFoundError(f"no distillation checkpoint at {checkpoint!s} (expected a checkpoint "
-                                f"directory with {ckpt.STATE_FILE}, or a run directory containing checkpoints/)")
+        raise FileNotFoundError(f"no distillation checkpoint at {path!s} (expected a checkpoint directory with "
+                                f"{ckpt.STATE_FILE}, a run directory containing checkpoints/, or an exported "
+                                f"student.safetensors)")
     return latest
 
 
-def load_student(checkpoint, which: str = "ema", network: Optional[torch.nn.Module] = None,
-                 device="cpu") -> tuple[torch.nn.Module, dict]:
-    """The generator network (``which``: ema | generator) and the checkpoint's state dict.
+def _rebuild(state: dict, network: Optional[torch.nn.Module]) -> torch.nn.Module:
+    """The generator's architecture, from the checkpoint's record (or ``network``, for a teacher that
+    was a Python object): a registered class, the fitted MLP, or the teacher checkpoint itself."""
+    if network is not None:
+        return copy.deepcopy(network)
+    if state.get("arch_config"):
+        arch = state["arch_config"]
+        return build_teacher(arch["class_name"], decode_init_kwargs(arch["init_kwargs"]))
+    if state.get("arch"):
+        return make_mlp(state["arch"])
+    if state["config"]["teacher"]["kind"] == "checkpoint":
+        return load_teacher(state["config"]["teacher"]["path"])
+    raise ValueError("the generator's architecture came from a Python object; pass network=<module>")
 
-    The architecture is rebuilt from the checkpoint's record: the fitted MLP for analytic
-    teachers, the teacher checkpoint for ``teacher.kind=checkpoint``; for a teacher that was a
-    Python object, pass a module of the same architecture as ``network``.
-    """
+
+def load_student(path, which: str = "ema", device="cpu", network: Optional[torch.nn.Module] = None) -> Student:
+    """The student in ``path``: a run directory (its latest checkpoint), a checkpoint directory,
+    or an exported ``student.safetensors``. ``which``: the ``ema`` or raw ``generator`` weights
+    (checkpoints only)."""
     if which not in ("ema", "generator"):
         raise ValueError(f"which must be 'ema' or 'generator', got {which!r}")
-    path = _resolve(checkpoint)
-    tensors, state = ckpt.load_checkpoint(path)
-    if network is not None:
-        import copy
-
-        net = copy.deepcopy(network)
-    elif state.get("arch_config"):
-        from .teachers.checkpoint import _decode, build_teacher
-
-        net = build_teacher(state["arch_config"]["class_name"], _decode(state["arch_config"]["init_kwargs"]))
-    elif state.get("arch"):
-        from .engine.build import make_mlp
-
-        net = make_mlp(state["arch"])
-    elif state["config"]["teacher"]["kind"] == "checkpoint":
-        from .teachers.loading import load_teacher
-
-        net = load_teacher(state["config"]["teacher"]["path"])
-    else:
-        raise ValueError(f"{path}: the generator's architecture came from a Python object; pass network=<module>")
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"student {str(path)!r} not found (give a run directory, a checkpoint directory, "
+                                f"or an exported student.safetensors)")
+    if p.is_file():
+        record = read_teacher_extra(p).get("student")
+        if record is None:
+            raise EvalError(f"{p} is a teacher checkpoint, not an exported student (pass it as a teacher)")
+        return Student(load_teacher(p, device=device), StudentInfo.from_record(record))  # frozen, eval mode
+    tensors, state = ckpt.load_checkpoint(_checkpoint_dir(p))
+    if state.get("format") != FORMAT or "student" not in state:
+        raise CheckpointError(f"{p}: not a distillation checkpoint of this fastdistill version "
+                              f"(format {state.get('format')!r})")
+    net = _rebuild(state, network)
     net.load_state_dict(tensors[which])
-    return net.to(device).eval().requires_grad_(False), state
+    return Student(net.to(device).eval().requires_grad_(False), StudentInfo.from_record(state["student"]))
 
 
-def multistep_schedule(steps: int, sigma_s: float = 2.5, schedule="karras", sigma_end: float = 0.05,
-                       rho: float = 7.0) -> list:
-    """The noise levels ``sigma_2 > ... > sigma_K`` added before applications 2..K (``K = steps``).
-
-    ``karras``: a Karras grid of ``steps`` levels from ``sigma_s`` down to ``sigma_end`` with
-    ``rho``, without its first level ``sigma_s``; for sigma_s 2.5, sigma_end 0.05:
-    2 steps -> [0.05], 3 -> [0.46, 0.05], 4 -> [0.85, 0.24, 0.05]. ``reapply``: zeros (pure
-    re-application).
-    A list / tuple: used as given (length steps - 1, non-negative).
-    """
-    steps = int(steps)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if isinstance(schedule, str):
-        if schedule == "reapply":
-            return [0.0] * (steps - 1)
-        if schedule != "karras":
-            raise ValueError(f"schedule must be 'karras', 'reapply' or a list of noise levels, got {schedule!r}")
-        if steps == 1:
-            return []
-        if not 0 < sigma_end < sigma_s:
-            raise ValueError(f"need 0 < sigma_end < sigma_s, got {sigma_end}, {sigma_s}")
-        from .sampling import karras_sigmas
-
-        grid = karras_sigmas(steps, sigma_end, sigma_s, rho, append_zero=False).tolist()
-        return grid[1:]
-    levels = [float(v) for v in schedule]
-    if len(levels) != steps - 1:
-        raise ValueError(f"an explicit schedule needs steps - 1 = {steps - 1} noise levels, got {len(levels)}")
-    if any(not (v >= 0) for v in levels):
-        raise ValueError(f"noise levels must be non-negative, got {levels}")
-    return levels
-
-
+# ----------------------------------------------------------------------------- functional forms
 @torch.no_grad()
-def generate(net, z: torch.Tensor, sigma_s: float, labels: Optional[torch.Tensor] = None, steps: int = 1,
-             schedule="karras", generator: Optional[torch.Generator] = None, sigma_end: float = 0.05,
+def generate(net, z: torch.Tensor, sigma_s: float, cond=None, steps: int = 1, schedule="karras",
+             generator: Optional[torch.Generator] = None, sigma_end: float = DEFAULT_SIGMA_END,
              rho: float = 7.0) -> torch.Tensor:
-    """``x_1 = f(sigma_s z)``; then ``x_k = f(x_{k-1} + sigma_k eps_k)`` (see :func:`multistep_schedule`).
-
-    ``f(x) = net(x, sigma_s, labels)``. ``eps_k`` come from ``generator`` (CPU), else from torch's global RNG.
-    """
+    """The multi-step sampler on given latents ``z`` with a network in memory: ``x_1 = f(sigma_s z)``,
+    then ``x_k = f(x_{k-1} + sigma_k eps_k)``; the ``eps_k`` come from ``generator`` (CPU)."""
     levels = multistep_schedule(steps, sigma_s, schedule, sigma_end, rho)
-    sig = torch.full((z.shape[0],), float(sigma_s), device=z.device)
-    x = net(z * sigma_s, sig, labels).float()
-    for lv in levels:
-        if lv > 0:
-            eps = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
-            x = x + lv * eps
-        x = net(x, sig, labels).float()
-    return x
+    student = Student.from_network(net, sigma_s, sigma_end=sigma_end)
+    added = [lv * torch.randn(z.shape, generator=generator, dtype=torch.float32) for lv in levels]
+    return student._chain(z * sigma_s, None if cond is None else student.conditioning(cond, z.shape[0]), added,
+                          max(1, z.shape[0])).to(z.device)
 
 
 @torch.no_grad()
-def idempotence_error(net, x: torch.Tensor, sigma_s: float, labels: Optional[torch.Tensor] = None) -> float:
-    """``mean |f(f(x)) - f(x)|`` for the time-free map ``f(x) = net(x, sigma_s, labels)``."""
+def idempotence_error(net, x: torch.Tensor, sigma_s: float, cond=None) -> float:
+    """``mean |f(f(x)) - f(x)|`` for the time-free map ``f(x) = net(x, sigma_s, cond)``."""
     sig = torch.full((x.shape[0],), float(sigma_s), device=x.device)
-    fx = net(x, sig, labels).float()
-    return float((net(fx, sig, labels).float() - fx).abs().mean())
+    fx = net(x, sig, cond).float()
+    return float((net(fx, sig, cond).float() - fx).abs().mean())
 
 
-def trained_sigma_end(method_config: dict) -> float:
-    """The last re-noise level a student was trained with, from its saved ``method`` config:
-    ``sign_sigma_end``, or the default for checkpoints (and exports) that do not record it."""
-    from .engine.config import MethodConfig
-
-    return float(method_config.get("sign_sigma_end", MethodConfig.sign_sigma_end))
-
-
-@torch.no_grad()
-def sample(checkpoint, n: int, seed: int = 0, class_labels=None, which: str = "ema",
-           batch_size: int = 1024, device="cpu", network: Optional[torch.nn.Module] = None,
-           steps: int = 1, schedule="karras", sigma_end: Optional[float] = None) -> torch.Tensor:
-    """``n`` samples, float32, shape (n, *data_shape), on the CPU; ``steps`` > 1: multi-step (see the module doc).
-
-    ``sigma_end`` (the Karras schedule's last level): default, the one the student was trained
-    with (:func:`trained_sigma_end`).
-    """
-    net, state = load_student(checkpoint, which, network, device)
-    if sigma_end is None:
-        sigma_end = trained_sigma_end(state["config"]["method"])
-    n = int(n)
-    if n < 0:
-        raise ValueError("n must be non-negative")
-    shape = tuple(state["data_shape"])
-    label_dim = int(state.get("label_dim", 0))
-    s = float(state["sigma_init"])
-    g = torch.Generator().manual_seed(int(seed))
-    labels = None
-    if label_dim:
-        if class_labels is None:
-            idx = torch.randint(0, label_dim, (n,), generator=g)
-        else:
-            idx = torch.as_tensor(class_labels).long().reshape(-1).expand(n)
-        labels = torch.nn.functional.one_hot(idx, label_dim).float()
-    z = torch.randn((n, *shape), generator=g)
-    levels = multistep_schedule(steps, s, schedule, sigma_end)
-    noises = [torch.randn((n, *shape), generator=g) * lv for lv in levels]  # drawn after z: one-step unchanged
-    out = []
-    for i in range(0, n, batch_size):
-        zi = z[i:i + batch_size].to(device)
-        li = None if labels is None else labels[i:i + batch_size].to(device)
-        sig = torch.full((zi.shape[0],), s, device=device)
-        x = net(zi * s, sig, li).float()
-        for e in noises:
-            x = net(x + e[i:i + batch_size].to(device), sig, li).float()
-        out.append(x.cpu())
-    return torch.cat(out) if out else torch.zeros((0, *shape))
+def sample(path, n: int, seed: int = 0, cond=None, which: str = "ema", device="cpu",
+           network: Optional[torch.nn.Module] = None, steps: int = 1, schedule="karras",
+           sigma_end: Optional[float] = None, batch_size: int = 1024) -> torch.Tensor:
+    """``load_student(path, ...).sample(n, ...)``."""
+    return load_student(path, which, device, network).sample(n, steps=steps, seed=seed, cond=cond, schedule=schedule,
+                                                             sigma_end=sigma_end, batch_size=batch_size)
 
 
 def save_samples(x: torch.Tensor, png_path=None, npz_path=None) -> dict:
     """Write a picture (image grid or 2-D scatter) and/or an .npz (key ``samples``)."""
-    from .engine.visual import save_samples_picture
-
     out = {}
     if png_path:
         out["png"] = str(save_samples_picture(x, png_path))

@@ -1,6 +1,6 @@
-"""SIGN vs IGN on the 2-D toy and on digits: the numbers and the pictures of the README.
+"""SIGN vs IGN on the 2-D toy and on digits: the numbers and the pictures of docs/sign.md.
 
-    .venv/bin/python scripts/sign_results.py [--toy-steps 1000] [--toy-teacher ring8] [--out runs/sign-results] [--part toy|digits|all]
+    .venv/bin/python scripts/sign_results.py [--toy-steps 1000] [--toy-teacher 8gaussians] [--out runs/sign-results] [--part toy|digits|all]
 
 Toy: trains ``toy-sign``, ``toy-sign`` on one-step outputs only (``method.sign_steps=1``) and
 ``toy-ign`` for the same number of iterations and batch (the same budget of generator updates;
@@ -42,7 +42,9 @@ def _common(out: Path, name: str, steps: int, seed: int) -> list:
 
 
 def _sigma_end(d) -> float:
-    return d.cfg.method.sign_sigma_end
+    from fastdistill.sampling import DEFAULT_SIGMA_END
+
+    return getattr(d.cfg.method, "sign_sigma_end", DEFAULT_SIGMA_END)
 
 
 # ------------------------------------------------------------------------------ toy
@@ -132,14 +134,14 @@ def train(preset: str, out: Path, name: str, overrides=(), measure=toy_measure, 
     train_s = time.time() - t0 - spent[0]
     after = measure(d)
     r = {"before": before, "after": after, "train_s": train_s, "checkpoint": res.checkpoint,
-         "metrics": {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}}
+         "metrics": res.quality.log_row() if res.quality is not None else {}}
     if curve:
         r["curve"] = curve
     return d, r
 
 
 def toy_picture(dists: dict, path: Path) -> Path:
-    from fastdistill.engine.visual import scatter_panels
+    from fastdistill.plotting import scatter_panels
     from fastdistill.student import generate
 
     panels = []
@@ -157,7 +159,7 @@ def toy_picture(dists: dict, path: Path) -> Path:
     return scatter_panels(panels, path, size=240)
 
 
-def run_toy(out: Path, steps: int, seed: int, sign_set=(), teacher: str = "ring8") -> dict:
+def run_toy(out: Path, steps: int, seed: int, sign_set=(), teacher: str = "8gaussians") -> dict:
     """SIGN, SIGN trained on one-step outputs only (the ablation) and IGN, plus the baselines,
     all on the analytic toy ``teacher`` (``teacher.name``)."""
     results, dists = {}, {}
@@ -180,7 +182,7 @@ def heldout_digits():
     """The held-out half of the digits (the FID baseline set) and its integer labels; loaded
     once (the training-curve tracker asks for it every 100 iterations). Callers must not modify it."""
     from fastdistill.data import load_dataset
-    from fastdistill.evaluation import SPLIT_SEED, reference_data
+    from fastdistill.metrics.quality import SPLIT_SEED, reference_data
 
     ref = reference_data("digits")
     src = load_dataset("digits")
@@ -203,21 +205,19 @@ def corruptions(x: torch.Tensor) -> dict:
 
 def digits_samples(net, s: float, sigma_end: float, steps, seed: int, n: int = 898) -> torch.Tensor:
     """Samples on the evaluation draw of ``seed`` (the same latents and class-balanced labels
-    as the main job's FIDs, ``fastdistill.evaluation.eval_draw``)."""
-    from fastdistill.evaluation import eval_draw
-    from fastdistill.student import generate
+    as the main job's FIDs, ``fastdistill.sampling.draw``)."""
+    from fastdistill.student import Student
 
-    z, labels = eval_draw(n, (1, 8, 8), 10, seed)
-    g = torch.Generator().manual_seed(seed + 1)
     sched = "reapply" if steps == "reapply" else "karras"
     k = 4 if steps == "reapply" else steps
-    return generate(net, z, s, labels, steps=k, schedule=sched, generator=g, sigma_end=sigma_end)
+    return Student.from_network(net, s, sigma_end=sigma_end).sample(n, steps=k, seed=seed, schedule=sched)
 
 
 def digits_track(distiller) -> dict:
     """The idempotence errors on the held-out real digits and on 1-step samples (seed 0), and
     that draw's FID: about 3 s, for the curve along training."""
-    from fastdistill.evaluation import eval_draw, quality
+    from fastdistill.metrics import quality
+    from fastdistill.sampling import draw
     from fastdistill.student import idempotence_error
 
     net = distiller.ema.module.eval()
@@ -225,13 +225,14 @@ def digits_track(distiller) -> dict:
     ref, x, lab = heldout_digits()
     x1 = digits_samples(net, s, _sigma_end(distiller), 1, SEEDS[0])
     return {"idem_err_data": idempotence_error(net, x, s, torch.nn.functional.one_hot(lab, 10).float()),
-            "idem_err_generated": idempotence_error(net, x1, s, eval_draw(x1.shape[0], (1, 8, 8), 10, SEEDS[0])[1]),
+            "idem_err_generated": idempotence_error(net, x1, s, draw(x1.shape[0], (1, 8, 8), SEEDS[0], label_dim=10, noises=0)[1]),
             "fid_1": quality(x1, ref, full=False)["fid"]}
 
 
 def digits_measure(distiller) -> dict:
-    from fastdistill.evaluation import quality
+    from fastdistill.metrics import quality
     from fastdistill.projection import project
+    from fastdistill.student import Student
 
     net = distiller.ema.module.eval()
     s, se = distiller.cfg.method.sigma_init, _sigma_end(distiller)
@@ -246,7 +247,7 @@ def digits_measure(distiller) -> dict:
     for name, bad in corruptions(x).items():
         row = {"fid_input": quality(bad, ref, full=False)["fid"], "mse_input": float((bad - x).square().mean())}
         for sigma in (0.0, 0.3):
-            p = project(net, bad, sigma=sigma, class_labels=lab, seed=0, sigma_s=s)
+            p = project(Student.from_network(net, s), bad, sigma=sigma, cond=lab, seed=0)
             row[f"fid_proj_{sigma}"] = quality(p, ref, full=False)["fid"]
             row[f"mse_proj_{sigma}"] = float((p - x).square().mean())
         out[f"proj_{name}"] = row
@@ -258,6 +259,7 @@ def digits_picture(d, path: Path, n: int = 12) -> Path:
     from PIL import Image, ImageDraw
 
     from fastdistill.projection import project
+    from fastdistill.student import Student
 
     net = d.ema.module.eval()
     s, se = d.cfg.method.sigma_init, _sigma_end(d)
@@ -265,7 +267,7 @@ def digits_picture(d, path: Path, n: int = 12) -> Path:
     x, lab = x[:n], lab[:n]
     rows = []
     for name, bad in corruptions(x).items():
-        rows += [(name, bad), ("projected", project(net, bad, sigma=0.3, class_labels=lab, seed=0, sigma_s=s))]
+        rows += [(name, bad), ("projected", project(Student.from_network(net, s), bad, sigma=0.3, cond=lab, seed=0))]
     for k in (1, 2, 4):
         rows.append((f"{k} step{'s' if k > 1 else ''}", digits_samples(net, s, se, k, seed=0, n=n)))
     cell, pad, left = 32, 2, 90
@@ -363,8 +365,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=("toy", "digits", "all"), default="all")
     ap.add_argument("--toy-steps", type=int, default=1000)
-    ap.add_argument("--toy-teacher", default="ring8", help="the toy part's analytic teacher (teacher.name: ring8, "
-                    "grid25, ringN, ...)")
+    ap.add_argument("--toy-teacher", default="8gaussians", help="the toy part's analytic teacher (teacher.name: "
+                    "8gaussians, 25gaussians, ringN, ...)")
     ap.add_argument("--digits-steps", type=int, default=500)
     ap.add_argument("--no-digits-ign", action="store_true", help="skip the IGN run on digits")
     ap.add_argument("--out", default="runs/sign-results")

@@ -26,19 +26,21 @@ def test_digits_presets(name, method):
 
 
 def test_report_rejects_unknown_method(tmp_path):
-    from fastdistill.engine.digits import digits_report
+    from fastdistill.reports.digits import digits_report
 
     with pytest.raises(ValueError, match="unknown method"):
         digits_report(tmp_path, methods=["gan"], log=None)
 
 
 def test_report_rejects_bad_overrides_before_any_work(tmp_path):
-    from fastdistill.engine.config import ConfigError
-    from fastdistill.engine.digits import digits_report
+    from fastdistill.engine import ConfigError
+    from fastdistill.reports.digits import digits_report
 
     with pytest.raises(ConfigError, match="no_such_key"):
         digits_report(tmp_path, overrides=["no_such_key=1"], log=None)
     assert not (tmp_path / "cache").exists()
+    with pytest.raises(ConfigError, match="sets method.name itself"):
+        digits_report(tmp_path, overrides=["method.name=sign"], log=None)
 
 
 def test_distill_cli_default_is_the_report_and_report_flags_need_it(capsys):
@@ -53,7 +55,7 @@ def test_distill_cli_default_is_the_report_and_report_flags_need_it(capsys):
 
 
 def test_draws_merge_and_verdict():
-    from fastdistill.engine.digits import _merge_draws, _verdict
+    from fastdistill.reports.digits import _merge_draws, _verdict
 
     t = _merge_draws([dict(draw=1, fid=0.12), dict(draw=0, fid=0.10, kid_mean=0.01, label="teacher"), dict(draw=2, fid=0.11)])
     assert t["fid_draws"] == [0.10, 0.12, 0.11] and t["kid_mean"] == 0.01 and "draw" not in t
@@ -74,26 +76,26 @@ def test_short_digits_distillation_improves_fid(tmp_path):
     """A few hundred SiD steps with the shipped teacher: the one-step student's FID falls well
     below the initial generator's (the teacher's one-step denoiser at sigma_init)."""
     from fastdistill.engine.loop import run_distillation
-    from fastdistill.evaluation import read_jsonl
+    from fastdistill.engine.evaluator import read_jsonl
 
     t0 = time.time()
     res = run_distillation("digits", overrides=[f"out_dir={tmp_path}", "steps=150", "batch_size=16",
                                                  "eval_every=150", "eval_samples=256", "log_every=50"])
     elapsed = time.time() - t0
-    m = res.metrics
-    assert math.isfinite(m["fid_initial"]) and math.isfinite(m["fid_student"])
-    assert m["fid_student"] < 0.5 * m["fid_initial"], m
+    q = res.quality
+    assert math.isfinite(q.initial) and math.isfinite(q.student)
+    assert q.student < 0.5 * q.initial, q
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert "fid_initial" in rows[0] and rows[-1]["step"] == 150 and "fid_student" in rows[-1]
     assert (tmp_path / "fid_vs_iterations.png").is_file()
-    print(f"digits SiD 150 steps: FID {m['fid_initial']:.3f} -> {m['fid_student']:.3f} in {elapsed:.0f} s")
+    print(f"digits SiD 150 steps: FID {q.initial:.3f} -> {q.student:.3f} in {elapsed:.0f} s")
 
 
 @needs_teacher
 @pytest.mark.slow
 def test_digits_report(tmp_path):
     """The full report (about 10 minutes on 2 CPU cores): table, JSON and pictures."""
-    from fastdistill.engine.digits import digits_report, format_report
+    from fastdistill.reports.digits import digits_report, format_report
 
     rep = digits_report(tmp_path, log=None)
     text = format_report(rep)
@@ -109,7 +111,7 @@ def test_digits_report(tmp_path):
 
 
 def test_progress_line_reads_the_run_log(tmp_path):
-    from fastdistill.engine.digits import _progress
+    from fastdistill.reports.digits import _progress
 
     assert _progress("sid", tmp_path) == "sid step 0"
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "fid_initial": 1.7}\n{"step": 100, "fid_student": 0.25}\n'
@@ -120,7 +122,7 @@ def test_progress_line_reads_the_run_log(tmp_path):
 @needs_teacher
 def test_small_report_end_to_end(tmp_path):
     """The main job's plumbing at toy size: teacher rows with draws, a student run, table, JSON, pictures."""
-    from fastdistill.engine.digits import digits_report, format_report
+    from fastdistill.reports.digits import digits_report, format_report
 
     lines = []
     rep = digits_report(tmp_path, methods=["dmd"], n=64, draws=2, teacher_steps=(1,), solvers=("euler",), workers=1,

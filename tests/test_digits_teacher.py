@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastdistill.cli import add_train_teacher_parser
 from fastdistill.teachers import load_teacher
 from fastdistill.teachers.base import Denoiser
-from fastdistill.teachers.digits import (ARCH_PRESETS, add_train_teacher_parser, digits_teacher_path,
+from fastdistill.teachers.digits import (ARCH_PRESETS, digits_teacher_path,
                                          load_digits_teacher, train_digits_teacher)
 from fastdistill.teachers.precond import EDMPrecond
 

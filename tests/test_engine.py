@@ -2,7 +2,6 @@
 import copy
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 
@@ -291,22 +290,23 @@ def _toy_run(tmp_path, preset, **over):
         r = run_distillation(preset, overrides=[f"{k}={v}" for k, v in items.items()])
     finally:
         torch.set_num_threads(threads)
-    return r.metrics
+    return r.quality
 
 
 def test_toy_default_reaches_teacher_quality(tmp_path):
     """The default preset (8-Gaussian ring, exact teacher): the one-step student's sliced
     Wasserstein distance to the data falls far below the initial generator's and reaches that of
     the teacher's 35-evaluation Heun samples."""
-    m = _toy_run(tmp_path, "toy", steps=1000, eval_every=0)
-    assert m["sw_student"] < 0.2 * m["sw_initial"]
-    assert m["sw_student"] <= 1.3 * m["sw_teacher_heun35"], m
+    q = _toy_run(tmp_path, "toy", steps=1000, eval_every=0)
+    assert q.metric == "sw"
+    assert q.student < 0.2 * q.initial
+    assert q.student <= 1.3 * q.teacher_heun35, q
     assert (tmp_path / "samples.png").is_file()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method,steps", [("sid", 4000), ("sim", 3000)])
 def test_toy_sid_sim_converge(tmp_path, method, steps):
-    m = _toy_run(tmp_path, "toy", **{"method.name": method, "steps": steps, "eval_every": 0})
-    assert m["sw_student"] < 0.2 * m["sw_initial"]
-    assert m["sw_student"] <= 1.5 * m["sw_teacher_heun35"], m
+    q = _toy_run(tmp_path, "toy", **{"method.name": method, "steps": steps, "eval_every": 0})
+    assert q.student < 0.2 * q.initial
+    assert q.student <= 1.5 * q.teacher_heun35, q

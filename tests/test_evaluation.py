@@ -1,4 +1,4 @@
-"""`fastdistill eval`, the loop's periodic FID tracking, and the PIL plots.
+"""`fastdistill eval`, the loop's periodic FID tracking, and the run curve.
 
 A tiny random digits-shaped teacher (digits-tiny U-Net, not trained) and a 4-step distillation
 run make a real checkpoint in a few seconds; the numbers are meaningless, the plumbing is not.
@@ -12,10 +12,14 @@ import torch
 
 pytest.importorskip("torch_fidelity")
 
+from fastdistill.cli import add_eval_parser  # noqa: E402
 from fastdistill.data import load_dataset  # noqa: E402
+from fastdistill.engine.evaluator import read_jsonl  # noqa: E402
 from fastdistill.engine.loop import run_distillation  # noqa: E402
-from fastdistill.evaluation import (DIGITS_N, EvalError, Model, add_eval_parser, evaluate_models,  # noqa: E402
-                                    format_table, line_plot, read_jsonl, reference_data)
+from fastdistill.evaluation import Model, evaluate_models, format_table  # noqa: E402
+from fastdistill.metrics import DIGITS_N, EvalError, reference_data  # noqa: E402
+from fastdistill.plotting import line_plot  # noqa: E402
+from fastdistill.sampling import draw  # noqa: E402
 from fastdistill.teachers.checkpoint import save_teacher  # noqa: E402
 from fastdistill.teachers.digits import build_teacher_for_data  # noqa: E402
 
@@ -51,8 +55,10 @@ def test_loop_logs_fid_and_draws_the_curve(tiny_run):
     assert "fid_initial" in rows[0] and "fid_data_vs_data" in rows[0] and "fid_teacher_heun35" in rows[0]
     steps = [r["step"] for r in rows if "fid_student" in r]
     assert steps == [2, 4]
-    for k in ("fid_student", "fid_initial", "fid_data_vs_data", "fid_teacher_heun35"):
-        assert math.isfinite(res.metrics[k])
+    q = res.quality
+    assert q.metric == "fid"
+    for v in (q.student, q.initial, q.data_vs_data, q.teacher_heun35):
+        assert math.isfinite(v)
     from PIL import Image
 
     im = Image.open(f"{res.out_dir}/fid_vs_iterations.png")
@@ -94,7 +100,7 @@ def test_eval_infers_digits_and_exported_student(tiny_run):
 
 
 def test_eval_on_2d_data_uses_sliced_wasserstein():
-    r = evaluate_models([Model.teacher("analytic:ring8", steps=4, solver="euler")], n=256)
+    r = evaluate_models([Model.teacher("analytic:8gaussians", steps=4, solver="euler")], n=256)
     assert set(r.baseline) == {"sw", "mmd"} and r.rows[0]["nfe"] == 4
     assert r.rows[0]["sw"] > 0 and "SW2" in format_table(r)
 
@@ -148,30 +154,30 @@ def test_line_plot_handles_curves_and_bad_values(tmp_path):
     assert Image.open(p).size == (720, 440)
 
 
-def test_eval_draw_balances_labels_and_is_seeded():
-    from fastdistill.evaluation import eval_draw
-
-    z, labels = eval_draw(898, (1, 8, 8), 10, seed=3)
+def test_draw_balances_labels_and_is_seeded():
+    (z,), cond = draw(898, (1, 8, 8), seed=3, label_dim=10)
+    labels = cond.labels
     counts = labels.sum(0)
     assert z.shape == (898, 1, 8, 8) and labels.shape == (898, 10)
     assert counts.max() - counts.min() <= 1 and int(counts.sum()) == 898
-    z2, labels2 = eval_draw(898, (1, 8, 8), 10, seed=3)
-    assert torch.equal(z, z2) and torch.equal(labels, labels2)
-    z3, labels3 = eval_draw(898, (1, 8, 8), 10, seed=4)
-    assert not torch.equal(z, z3) and not torch.equal(labels, labels3)
-    assert eval_draw(5, (2,), 0, seed=0)[1] is None
+    (z2,), cond2 = draw(898, (1, 8, 8), seed=3, label_dim=10)
+    assert torch.equal(z, z2) and torch.equal(labels, cond2.labels)
+    (z3,), cond3 = draw(898, (1, 8, 8), seed=4, label_dim=10)
+    assert not torch.equal(z, z3) and not torch.equal(labels, cond3.labels)
+    assert draw(5, (2,), seed=0)[1] is None
 
 
 def test_trainer_and_eval_draw_the_same_student_samples(tiny_run):
     """The loop's FID tracking and `fastdistill eval` use one draw per seed: same samples."""
     from fastdistill.engine.config import DistillConfig
     from fastdistill.engine.loop import Distiller
-    from fastdistill.evaluation import load_student_generator, student_samples
+    from fastdistill.evaluation import student_samples
+    from fastdistill.student import load_student
 
     _, res = tiny_run
-    net, info = load_student_generator(res.out_dir)
-    x_eval, _ = student_samples(net, info, 20, seed=11)
+    student = load_student(res.out_dir)
+    x_eval, _ = student_samples(student, 20, seed=11)
     cfg = DistillConfig.from_file(f"{res.out_dir}/config.json").with_overrides([f"out_dir={res.out_dir}/again", "resume=none"])
     d = Distiller(cfg.validate())
-    x_loop = d.student_samples(20, seed=11, net=net)
+    x_loop = d.student_samples(20, seed=11, net=student.net)
     assert torch.allclose(x_eval, x_loop, atol=1e-6)

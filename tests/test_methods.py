@@ -1,15 +1,14 @@
 """One SiD / SIM / DMD generator step and one fake-score step against hand-written reference steps.
 
-The reference side is written from ALGORITHMS.md sections 1-4 with fastdistill.ops.reference
+The reference side is written from docs/algorithms.md sections 1-4 with fastdistill.ops.reference
 formulas and plain autograd; both sides see the same seeds.
 """
 import copy
-import math
 
 import pytest
 import torch
 
-from fastdistill.engine import MethodConfig
+from fastdistill.engine import method_config
 from fastdistill.methods import available_methods, get_method, karras_sigma
 from fastdistill.ops import reference as ref
 
@@ -101,7 +100,7 @@ def reference_generator_loss(name, G, teacher, fake, z, sigma, eps):
 def test_generator_step_matches_reference(nets, name):
     teacher, G, fake = nets
     fake.requires_grad_(False)
-    method = get_method(name, MethodConfig(name=name, backend="auto"))
+    method = get_method(name, method_config(name, backend="auto"))
     method.sigma_data = 0.5
     noise = method.draw_generator_noise(B, (DIM,), 0, torch.Generator().manual_seed(11), "cpu")
     loss, _ = method.generator_loss(G, teacher, fake, noise)
@@ -124,7 +123,7 @@ def test_sid_gradient_flows_through_scores(nets):
     """Detaching the score outputs changes the SiD gradient (ALGORITHMS.md section 1)."""
     teacher, G, fake = nets
     fake.requires_grad_(False)
-    m = get_method("sid", MethodConfig(backend="reference"))
+    m = get_method("sid", method_config("sid", backend="reference"))
     noise = m.draw_generator_noise(B, (DIM,), 0, torch.Generator().manual_seed(3), "cpu")
     loss, _ = m.generator_loss(G, teacher, fake, noise)
     g_full = torch.autograd.grad(loss, list(G.parameters()))
@@ -140,7 +139,7 @@ def test_sid_gradient_flows_through_scores(nets):
 def test_fake_step_matches_reference(nets):
     teacher, G, fake = nets
     G.requires_grad_(False)
-    m = get_method("sid", MethodConfig(backend="auto"))
+    m = get_method("sid", method_config("sid", backend="auto"))
     m.sigma_data = 0.5
     noise = m.draw_fake_noise(B, (DIM,), 0, torch.Generator().manual_seed(12), "cpu")
     loss, _ = m.fake_loss(G, fake, noise)
@@ -165,7 +164,7 @@ def test_fake_step_matches_reference(nets):
 def test_dmd_direction(nets):
     """DMD's gradient w.r.t. x_g is loss_scale/B * (yf - yr)/w (ALGORITHMS.md section 4)."""
     teacher, G, fake = nets
-    m = get_method("dmd", MethodConfig(name="dmd", backend="reference", normalize="none", generator_loss_scale=1.0))
+    m = get_method("dmd", method_config("dmd", backend="reference", normalize="none", generator_loss_scale=1.0))
     noise = m.draw_generator_noise(B, (DIM,), 0, torch.Generator().manual_seed(4), "cpu")
     x_g = m.generate(G, noise.z).detach().requires_grad_(True)
 

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from fastdistill.engine import ConfigError, DistillConfig, Distiller, MethodConfig
-from fastdistill.methods import IGN, SIGN, MethodContext, get_method
+from fastdistill.engine import ConfigError, DistillConfig, Distiller, method_config
+from fastdistill.methods import MethodContext, get_method
 from fastdistill.methods.ign import tightness
 from fastdistill.losses import dmd_loss
-from fastdistill.methods.sign import chain_inputs, frozen_apply, idem_distance, teacher_euler_step
+from fastdistill.methods.idempotent import frozen_apply, idem_distance
+from fastdistill.methods.sign import chain_inputs, teacher_euler_step
 from fastdistill.projection import project
-from fastdistill.student import generate, idempotence_error, multistep_schedule, sample
+from fastdistill.sampling import multistep_schedule
+from fastdistill.student import generate, idempotence_error, sample
 from fastdistill.teachers.analytic import eight_gaussians
 
 from ._engine_helpers import TinyDenoiser, tiny_config, tiny_teacher
@@ -42,7 +44,7 @@ def _grads(net):
 def test_idempotence_gradient_only_through_inner_application(distance):
     torch.manual_seed(0)
     net = TinyDenoiser(hidden=16)
-    cfg = MethodConfig(name="sign", sign_dist="none", l_idem=1.0, l_rec=0.0, l_flow=0.0, idem_distance=distance,
+    cfg = method_config("sign", sign_dist="none", l_idem=1.0, l_rec=0.0, l_flow=0.0, idem_distance=distance,
                        sign_steps=1)
     m = get_method("sign", cfg, backend="reference")
     m.bind(_ctx(net, data=_toy_data))
@@ -105,7 +107,7 @@ def test_chain_inputs_are_the_samplers_inputs():
 def _chain_method(steps=3, **kw):
     torch.manual_seed(0)
     net, fake, teacher = TinyDenoiser(hidden=16), TinyDenoiser(hidden=16), TinyDenoiser(hidden=16)
-    cfg = MethodConfig(name="sign", sign_dist="dmd", l_idem=0.0, l_rec=0.0, l_flow=0.0, sign_steps=steps,
+    cfg = method_config("sign", sign_dist="dmd", l_idem=0.0, l_rec=0.0, l_flow=0.0, sign_steps=steps,
                        sign_sigma_end=0.1, **kw)
     m = get_method("sign", cfg, backend="reference")
     m.bind(_ctx(net, teacher=teacher, data=_toy_data))
@@ -159,13 +161,13 @@ def test_sampler_position_decay_favours_the_first_application():
     torch.testing.assert_close(freq, torch.tensor([8.0, 4.0, 2.0, 1.0]) / 15, atol=0.01, rtol=0)
     assert eps.shape == (20000, 3, 2)
     with pytest.raises(ConfigError, match="sign_pos_decay"):
-        DistillConfig(method=MethodConfig(name="sign", sign_pos_decay=0.0)).validate()
+        DistillConfig(method=method_config("sign", sign_pos_decay=0.0)).validate()
 
 
 def test_nan_samples_drop_out_of_the_idempotent_terms():
     torch.manual_seed(0)
     net = TinyDenoiser(hidden=16)
-    cfg = MethodConfig(name="sign", sign_dist="none", l_idem=1.0, l_rec=1.0, l_flow=0.0, sign_steps=1)
+    cfg = method_config("sign", sign_dist="none", l_idem=1.0, l_rec=1.0, l_flow=0.0, sign_steps=1)
     m = get_method("sign", cfg, backend="reference")
     m.bind(_ctx(net, data=_toy_data))
     noise = m.draw_generator_noise(8, (2,), 0, torch.Generator().manual_seed(1), "cpu")
@@ -211,7 +213,7 @@ def test_flow_term_uses_one_teacher_euler_step():
     # the loss term: d(f(x_hi), sg(f_ema(x_lo))) with adjacent Karras levels
     torch.manual_seed(0)
     net, ema = TinyDenoiser(), TinyDenoiser()
-    cfg = MethodConfig(name="sign", sign_dist="none", l_idem=0.0, l_rec=0.0, l_flow=1.0, flow_levels=18)
+    cfg = method_config("sign", sign_dist="none", l_idem=0.0, l_rec=0.0, l_flow=1.0, flow_levels=18)
     m = get_method("sign", cfg, backend="reference")
     m.bind(_ctx(net, teacher=teacher, ema=ema, data=lambda n, g: (teacher.sample(n, generator=g), None)))
     noise = m.draw_generator_noise(16, (2,), 0, torch.Generator().manual_seed(2), "cpu")
@@ -248,7 +250,7 @@ def test_ign_tightness_clamp():
 def test_ign_routing_matches_manual():
     torch.manual_seed(0)
     net = TinyDenoiser(hidden=16)
-    cfg = MethodConfig(name="ign")
+    cfg = method_config("ign")
     m = get_method("ign", cfg, backend="reference")
     m.bind(_ctx(net, data=_toy_data))
     noise = m.draw_generator_noise(8, (2,), 0, torch.Generator().manual_seed(1), "cpu")
@@ -277,7 +279,7 @@ def test_ign_routing_matches_manual():
 def test_ign_nan_samples_drop_out():
     torch.manual_seed(0)
     net = TinyDenoiser(hidden=16)
-    m = get_method("ign", MethodConfig(name="ign"), backend="reference")
+    m = get_method("ign", method_config("ign"), backend="reference")
     m.bind(_ctx(net, data=_toy_data))
     noise = m.draw_generator_noise(8, (2,), 0, torch.Generator().manual_seed(1), "cpu")
     clean, _ = m.generator_loss(net, None, None, noise)
@@ -393,7 +395,7 @@ def test_projection_input_errors(tmp_path):
     with pytest.raises(ValueError, match="sigma"):
         project(net, ok, sigma=-1.0)
     with pytest.raises(ValueError, match="unconditional"):
-        project(net, ok, class_labels=1)
+        project(net, ok, cond=1)
     with pytest.raises(ValueError, match="vectors"):
         project(TinyDenoiser(), torch.zeros(3, 5))
     with pytest.raises(FileNotFoundError):
@@ -414,11 +416,11 @@ def test_projection_input_errors(tmp_path):
 def test_project_cli_hook(tmp_path, capsys):
     import argparse
 
-    from fastdistill.projection import add_project_parser
+    from fastdistill.cli import add_project_parser
 
     parser = argparse.ArgumentParser()
     add_project_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["project", "--checkpoint", str(tmp_path / "nope"), "--input", "x.npy", "--sigma", "0.5",
+    args = parser.parse_args(["project", str(tmp_path / "nope"), "--input", "x.npy", "--sigma", "0.5",
                               "--out", str(tmp_path / "o.png")])
     assert args.func(args) == 2 and "fastdistill project" in capsys.readouterr().err
 
@@ -443,14 +445,14 @@ def test_toy_sign_quality_and_idempotence(toy_sign):
     from fastdistill.metrics import sliced_wasserstein
 
     d, res, data, before = toy_sign
-    m = res.metrics
-    assert m["sw_student"] < 0.5 * m["sw_initial"]
-    assert m["sw_student"] < 2.5 * m["sw_teacher_heun35"]  # approaches the 35-evaluation teacher
+    q = res.quality
+    assert q.student < 0.5 * q.initial
+    assert q.student < 2.5 * q.teacher_heun35  # approaches the 35-evaluation teacher
     after = idempotence_error(d.ema.module, data, 2.5)
     assert after < 0.5 * before
     z = torch.randn((2048, 2), generator=torch.Generator().manual_seed(2))
     x2 = generate(d.ema.module, z, 2.5, steps=2, generator=torch.Generator().manual_seed(3))
-    assert float(sliced_wasserstein(x2, data, seed=1)) < 3 * m["sw_teacher_heun35"]
+    assert float(sliced_wasserstein(x2, data, seed=1)) < 3 * q.teacher_heun35
 
 
 @pytest.mark.slow
@@ -496,7 +498,7 @@ def test_digits_sign_projection(tmp_path):
     shifted = torch.roll(x, shifts=1, dims=3)
     net = d.ema.module
     for name, bad in (("noisy", noisy), ("masked", masked), ("shifted", shifted)):
-        out = project(net, bad, sigma=0.3, class_labels=labels, seed=0)
+        out = project(net, bad, sigma=0.3, cond=labels, seed=0)
         e_in = (bad - x).square().mean()
         e_out = (out - x).square().mean()
         print(name, float(e_in), float(e_out))
@@ -505,7 +507,7 @@ def test_digits_sign_projection(tmp_path):
     # the idempotent terms are strong enough to lower the idempotence error on real digits
     assert idempotence_error(net, x, 2.5, lab) < 0.9 * idem_start
     # trained on every application of the 4-step sampler: 4 steps beat 1 step (FID, digits features)
-    from fastdistill.evaluation import quality, reference_data
+    from fastdistill.metrics import quality, reference_data
     from fastdistill.student import generate
 
     ref = reference_data("digits")

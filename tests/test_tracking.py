@@ -150,3 +150,32 @@ def test_disabled_writes_nothing(tmp_path, monkeypatch):
         _log_all(log)
     assert not (tmp_path / "run").exists()
     assert calls == []
+
+
+# ---------------------------------------------------------------------- wired into a run
+def test_a_run_writes_tensorboard_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fastdistill.engine import run_distillation
+    from tests._engine_helpers import tiny_config, tiny_teacher
+
+    run_distillation(tiny_config(tmp_path, steps=3, **{"log.tensorboard": "true"}), teacher=tiny_teacher(0))
+    (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events.parent))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss_gen")] == [1, 2, 3]
+
+
+def test_requested_trackers_must_be_installed(monkeypatch):
+    import importlib.util
+
+    from fastdistill.engine import ConfigError, DistillConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("wandb", "tensorboard") else real(name, *a))
+    with pytest.raises(ConfigError, match="log.wandb=true needs the wandb package"):
+        DistillConfig().with_overrides(["log.wandb=true"]).validate()
+    with pytest.raises(ConfigError, match="log.tensorboard=true needs the tensorboard package"):
+        DistillConfig().with_overrides(["log.tensorboard=true"]).validate()
+    DistillConfig().with_overrides(["log.tensorboard=auto"]).validate()  # auto: silently off without it

@@ -1,11 +1,14 @@
 """The distillation engine: configuration, training loop, EMA, optimisers, checkpoints,
-distributed helpers and logging. Entry points: :func:`run_distillation`, :class:`DistillConfig`."""
-from .config import (ConfigError, DistillConfig, DistributedConfig, EMAConfig, MethodConfig, OptimConfig,
-                     PRESETS, TeacherConfig, default_config, preset_config, valid_keys)
-from .entry import distill_command, format_summary, load_config, sample_command
+distributed helpers, evaluation during training and logging. Entry points: :func:`run_distillation`,
+:class:`DistillConfig`."""
+from ..methods import ConfigError, MethodConfig, method_config
+from .config import (DistillConfig, DistributedConfig, EMAConfig, LogConfig, OptimConfig, PRESETS, TeacherConfig,
+                     default_config, preset_config, valid_keys)
+from .entry import distill_command, format_summary, load_config
+from .evaluator import Quality
 from .loop import DistillResult, Distiller, TrainingDiverged, run_distillation
 
-__all__ = ["DistillConfig", "TeacherConfig", "MethodConfig", "OptimConfig", "EMAConfig", "DistributedConfig",
-           "ConfigError", "PRESETS", "preset_config", "default_config", "valid_keys", "run_distillation",
-           "Distiller", "DistillResult", "TrainingDiverged", "distill_command", "sample_command",
+__all__ = ["DistillConfig", "TeacherConfig", "MethodConfig", "method_config", "OptimConfig", "EMAConfig",
+           "DistributedConfig", "LogConfig", "ConfigError", "PRESETS", "preset_config", "default_config", "valid_keys",
+           "run_distillation", "Distiller", "DistillResult", "Quality", "TrainingDiverged", "distill_command",
            "load_config", "format_summary"]

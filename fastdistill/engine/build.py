@@ -1,57 +1,34 @@
 """Building the networks of a run: the teacher, and the network the generator / fake net start from.
 
-- ``teacher.kind=checkpoint``: ``fastdistill.teachers.loading.load_teacher(path)``; the
-  generator, fake network and EMA are copies of it (SiD's set-up).
-- ``teacher.kind=analytic``: an exact Gaussian-mixture denoiser (``teacher.name``: ring8,
-  grid25, ...). It has no weights to copy, so the generator and fake network start from a
-  small EDM-preconditioned MLP fitted to the teacher's denoiser by regression
+- ``teacher.kind=checkpoint``: ``load_teacher(teacher.path)`` (``digits`` is the shipped
+  teacher); the generator, fake network and EMA are copies of it (SiD's set-up).
+- ``teacher.kind=analytic``: ``load_teacher("analytic:" + teacher.name)``, an exact
+  Gaussian-mixture denoiser. It has no weights to copy, so the generator and fake network start
+  from a small EDM-preconditioned MLP fitted to the teacher's denoiser by regression
   (``teacher.init=fit``): ``min E lambda(sigma) |D_mlp(x0 + sigma n; sigma) - D_teacher(...)|^2``.
 - ``teacher.kind=network``: a Denoiser object handed to :func:`run_distillation`.
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import math
-from typing import Optional
 
 import torch
 
-
-def build_analytic_teacher(name: str):
-    from ..teachers import analytic
-
-    table = {
-        "ring8": lambda: analytic.eight_gaussians(),
-        "8gaussians": lambda: analytic.eight_gaussians(),
-        "grid25": lambda: analytic.grid_of_gaussians(5),
-        "25gaussians": lambda: analytic.grid_of_gaussians(5),
-        "gaussian": lambda: analytic.single_gaussian([0.0, 0.0], [[1.0, 0.6], [0.6, 0.5]]),
-    }
-    if name.startswith("ring") and name[4:].isdigit():
-        n = int(name[4:])
-        return analytic.ring_of_gaussians(n)
-    if name not in table:
-        raise ValueError(f"unknown analytic teacher {name!r}; available: ringN (e.g. ring8), {', '.join(table)}")
-    return table[name]()
+from ..data import load_dataset
+from ..sampling import data_shape_of
+from ..teachers import MLPDenoiser, load_teacher
+from ..teachers.loading import ANALYTIC_PREFIX
 
 
 def build_teacher(cfg, teacher=None):
     t = cfg.teacher
-    if t.kind == "network":
-        if teacher is None:
-            raise ValueError("teacher.kind=network needs a Denoiser object passed to run_distillation(config, teacher=...)")
-        return teacher
     if teacher is not None:
         return teacher
-    if t.kind == "analytic":
-        return build_analytic_teacher(t.name)
-    if t.path == "digits":  # the shipped digits teacher
-        from ..teachers.digits import load_digits_teacher
-
-        return load_digits_teacher()
-    from ..teachers.loading import load_teacher
-
-    return load_teacher(t.path)
+    if t.kind == "network":
+        raise ValueError("teacher.kind=network needs a Denoiser object passed to run_distillation(config, teacher=...)")
+    return load_teacher(ANALYTIC_PREFIX + t.name if t.kind == "analytic" else t.path)
 
 
 def build_data(cfg, teacher, shape, label_dim: int):
@@ -62,8 +39,6 @@ def build_data(cfg, teacher, shape, label_dim: int):
     falls back to teacher samples of its own).
     """
     if cfg.data:
-        from ..data import load_dataset
-
         ds = load_dataset(cfg.data)
         if tuple(ds.data_shape) != tuple(shape):
             raise ValueError(f"data {cfg.data!r} has sample shape {tuple(ds.data_shape)}, the teacher {tuple(shape)}")
@@ -95,8 +70,6 @@ def resolve_init(cfg, teacher) -> str:
 
 
 def mlp_arch(cfg, teacher) -> dict:
-    from ..sampling import data_shape_of
-
     shape = data_shape_of(teacher)
     return dict(dim=int(math.prod(shape)), data_shape=list(shape), hidden=cfg.teacher.mlp_hidden,
                 layers=cfg.teacher.mlp_layers, sigma_data=float(teacher.sigma_data),
@@ -105,16 +78,10 @@ def mlp_arch(cfg, teacher) -> dict:
 
 def make_mlp(arch: dict) -> torch.nn.Module:
     """The EDM-preconditioned MLP denoiser of ``fastdistill.teachers.mlp``."""
-    from ..teachers.mlp import MLPDenoiser
-
     return MLPDenoiser(**_mlp_kwargs(arch))
 
 
 def _mlp_kwargs(arch: dict) -> dict:
-    import inspect
-
-    from ..teachers.mlp import MLPDenoiser
-
     params = inspect.signature(MLPDenoiser).parameters
     mapping = {
         "dim": arch["dim"], "data_dim": arch["dim"], "data_shape": tuple(arch["data_shape"]),
@@ -136,7 +103,6 @@ def fit_denoiser(net: torch.nn.Module, teacher, steps: int, batch: int, lr: floa
     """
     if not hasattr(teacher, "sample"):
         raise ValueError("teacher.init=fit needs a teacher with sample(n, generator) (e.g. an analytic teacher)")
-    from ..sampling import data_shape_of
 
     g = torch.Generator().manual_seed(seed + 12345)
     shape = data_shape_of(teacher)

@@ -1,6 +1,8 @@
 """Distillation configuration: nested dataclasses, validation, presets, dotted overrides.
 
-Every hyper-parameter lives here with the official SiD default (ALGORITHMS.md section 7).
+Every hyper-parameter has the official SiD default (docs/algorithms.md section 7). The
+``method`` section is the chosen method's own config class (``fastdistill.methods``):
+``method.name=sim`` switches it, keeping the options all methods share.
 ``DistillConfig.from_dict`` / ``from_file`` (JSON or TOML) / ``with_overrides(["optim.lr=1e-4"])``
 reject unknown keys with the list of valid ones, and :meth:`DistillConfig.validate` turns
 out-of-range values into clear errors before any work starts.
@@ -9,15 +11,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
+import inspect
 import json
-import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, get_type_hints
 
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid."""
+from ..methods import ConfigError, MethodConfig, available_methods, method_config
+from ..methods.base import check as need, check_choice as choice, check_positive as positive
 
 
 @dataclass
@@ -25,56 +28,14 @@ class TeacherConfig:
     """Where the teacher comes from and what the generator / fake network start as."""
 
     kind: str = "analytic"  # analytic (exact Gaussian-mixture denoiser) | checkpoint (load_teacher(path)) | network (a Denoiser object passed in Python)
-    name: str = "ring8"  # analytic / toy distribution name
-    path: str = ""  # checkpoint path for kind=checkpoint (EDM pickle, safetensors+JSON, diffusers folder)
+    name: str = "8gaussians"  # analytic teacher, named like its dataset: 8gaussians | 25gaussians | gaussian | ringN
+    path: str = ""  # kind=checkpoint: "digits" (shipped), an EDM pickle, a fastdistill .safetensors or a diffusers folder
     init: str = "auto"  # teacher: generator/fake/EMA are copies of the teacher | fit: an MLP fitted to the teacher's denoiser (needed for analytic teachers) | auto
     mlp_hidden: int = 128  # width of the fitted MLP (init=fit)
     mlp_layers: int = 3  # hidden layers of the fitted MLP
     fit_steps: int = 2000  # denoiser-regression steps for init=fit
     fit_batch: int = 512
     fit_lr: float = 2e-3
-
-
-@dataclass
-class MethodConfig:
-    """The method and every loss / noise hyper-parameter (official SiD defaults)."""
-
-    name: str = "sid"  # sid | sim | dmd (any registered method)
-    alpha: float = 1.2  # SiD alpha
-    weight: str = "mean_abs"  # SiD per-sample weight: mean_abs | none
-    distance: str = "pseudo_huber"  # SIM distance: pseudo_huber | l2
-    c: float = 1e-3  # SIM pseudo-Huber c
-    sim_weight: str = "none"  # SIM per-sample weight: none | mean_abs
-    normalize: str = "mean_abs"  # DMD normalisation: mean_abs | none (Diff-Instruct)
-    sigma_init: float = 2.5  # generator input noise level
-    t_max: float = 800.0  # generator-step u ~ U(0, t_max/1000)
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
-    fake_p_mean: float = -1.2  # fake-step ln sigma ~ N(p_mean, p_std^2)
-    fake_p_std: float = 1.2
-    generator_loss_scale: float = 100.0
-    fake_loss_scale: float = 1.0
-    backend: str = "auto"  # loss backend: auto | reference | cpp | triton | cuda
-    # --- SIGN (ALGORITHMS.md section 5, reconstructed); the student is D_theta(x; sigma_init) ---
-    sign_dist: str = "sid"  # L_dist on x_g = f(sigma_init z): sid | dmd | none
-    l_idem: float = 1.0  # weight of L_idem = d(f'(f(x_src)), f(x_src)), f' = frozen current weights
-    l_rec: float = 1.0  # weight of L_rec = d(f(x), x) on real data (else teacher samples)
-    l_flow: float = 1.0  # weight of L_flow = d(f(x_hi), sg(f_ema(x_lo))), one teacher Euler step
-    l_reg: float = 0.0  # weight of L_reg = d(f(sigma_init z), y*) against a bank of teacher ODE pairs
-    idem_distance: str = "auto"  # d of the idempotent terms: pseudo_huber | l1 | l2 | auto (sign: pseudo_huber, ign: l1)
-    idem_c: float = 0.01  # pseudo-Huber c, in RMS units: d = sqrt(mean_i (a-b)_i^2 + c^2) - c
-    flow_levels: int = 18  # Karras grid (method.sigma_min..sigma_max, method.rho) whose adjacent levels L_flow uses
-    sign_steps: int = 4  # L_dist and the fake DSM step see the outputs of all applications of the K-step sampler (K = sign_steps; 1 = one-step only)
-    sign_pos_decay: float = 1.0  # P(application k) ~ decay^k, k = 0..sign_steps-1: 1 = uniform, < 1 favours the first (one-step) application
-    sign_sigma_end: float = 0.05  # last re-noise level of the multi-step sampler's Karras schedule (training and `student.sample`)
-    bank_size: int = 1024  # teacher ODE pairs (z, y*) for L_reg, and teacher samples when there is no data
-    bank_steps: int = 18  # Heun steps of the bank's teacher sampler (2N-1 evaluations)
-    # --- IGN baseline (adversarial idempotent network; official weights) ---
-    ign_rec: float = 20.0
-    ign_idem: float = 20.0
-    ign_tight: float = 2.5
-    ign_clamp: float = 1.5  # tightness clamp a: L_tight = -tanh(L~/(a R)) a R, R = sg(L_rec)
 
 
 @dataclass
@@ -102,11 +63,18 @@ class DistributedConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: str = "auto"  # TensorBoard event files in <out_dir>/tensorboard: auto (when tensorboard is installed) | true | false
+    wandb: bool = False  # also log to Weights & Biases (needs wandb; WANDB_MODE=offline works)
+    wandb_project: str = "fastdistill"  # wandb project name
+
+
+@dataclass
 class DistillConfig:
     """Everything one distillation run needs."""
 
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=method_config)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
@@ -127,11 +95,13 @@ class DistillConfig:
     sample_every: int = 0  # steps between sample pictures (0 = only at the end)
     eval_every: int = 0  # steps between quality evaluations (0 = start and end): SW2 on vector data, FID on images with eval data
     eval_samples: int = 4096  # samples per quality evaluation (images: capped at the held-out half of the data, 898 on digits)
+    eval_cache: str = ""  # directory caching the teacher's evaluation samples between runs ("" = in this process only)
     eval_data: str = ""  # images: reference data for FID tracking (digits features); "" = `data`, else digits for the digits teacher; "none" = off
     max_nan_steps: int = 20  # stop after this many consecutive non-finite steps
     max_nan_fraction: float = 0.5  # a step whose loss is non-finite, or with more NaN samples than this fraction, is skipped (NaN samples below it just contribute zero, as in SiD)
     progress: bool = True  # tqdm progress bar
     nvtx: bool = True  # NVTX ranges around phases (free without a profiler)
+    log: LogConfig = field(default_factory=LogConfig)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -159,13 +129,17 @@ class DistillConfig:
         return out
 
     def with_overrides(self, overrides) -> "DistillConfig":
-        """Apply ``["key=value", "optim.lr=1e-4", ...]``; values parse as JSON, else as strings."""
+        """Apply ``["key=value", "optim.lr=1e-4", ...]``; values parse as JSON, else as strings.
+        ``method.name`` is applied first, so the other ``method.*`` keys find their method's options."""
         out = copy.deepcopy(self)
+        pairs = []
         for item in overrides or ():
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
             key, raw = item.split("=", 1)
-            set_dotted(out, key.strip(), _parse_value(raw.strip()))
+            pairs.append((key.strip(), _parse_value(raw.strip())))
+        for key, value in sorted(pairs, key=lambda kv: kv[0] != "method.name"):
+            set_dotted(out, key, value)
         return out
 
     def to_dict(self) -> dict:
@@ -176,19 +150,6 @@ class DistillConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "DistillConfig":
-        from ..methods import available_methods
-
-        def need(cond, msg):
-            if not cond:
-                raise ConfigError(msg)
-
-        def choice(name, v, options):
-            need(v in options, f"{name} must be one of {list(options)}, got {v!r}")
-
-        def positive(name, v, allow_zero=False):
-            ok = isinstance(v, (int, float)) and math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
-            need(ok, f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
-
         t, m, o, e, dd = self.teacher, self.method, self.optim, self.ema, self.distributed
         choice("teacher.kind", t.kind, ("analytic", "checkpoint", "network"))
         choice("teacher.init", t.init, ("auto", "teacher", "fit"))
@@ -199,31 +160,12 @@ class DistillConfig:
             positive(f"teacher.{k}", getattr(t, k))
         positive("teacher.fit_steps", t.fit_steps, allow_zero=True)
         choice("method.name", m.name, available_methods())
-        choice("method.weight", m.weight, ("mean_abs", "none"))
-        choice("method.distance", m.distance, ("pseudo_huber", "l2"))
-        choice("method.sim_weight", m.sim_weight, ("none", "mean_abs"))
-        choice("method.normalize", m.normalize, ("mean_abs", "none"))
-        choice("method.backend", m.backend, ("auto", "reference", "cpp", "triton", "cuda"))
-        need(isinstance(m.alpha, (int, float)) and math.isfinite(m.alpha), f"method.alpha must be finite, got {m.alpha!r}")
-        for k in ("c", "sigma_init", "sigma_min", "sigma_max", "rho", "fake_p_std", "generator_loss_scale", "fake_loss_scale"):
-            positive(f"method.{k}", getattr(m, k))
-        choice("method.sign_dist", m.sign_dist, ("sid", "dmd", "none"))
-        choice("method.idem_distance", m.idem_distance, ("auto", "pseudo_huber", "l1", "l2"))
-        for k in ("l_idem", "l_rec", "l_flow", "l_reg", "ign_rec", "ign_idem", "ign_tight"):
-            positive(f"method.{k}", getattr(m, k), allow_zero=True)
-        positive("method.idem_c", m.idem_c)
-        positive("method.ign_clamp", m.ign_clamp)
-        need(isinstance(m.flow_levels, int) and m.flow_levels >= 2, f"method.flow_levels must be an integer >= 2, got {m.flow_levels!r}")
-        need(isinstance(m.sign_steps, int) and m.sign_steps >= 1, f"method.sign_steps must be an integer >= 1, got {m.sign_steps!r}")
-        positive("method.sign_pos_decay", m.sign_pos_decay)
-        need(0 < m.sign_sigma_end < m.sigma_init, f"method.sign_sigma_end must be in (0, sigma_init), got {m.sign_sigma_end!r}")
-        need(isinstance(m.bank_size, int) and m.bank_size >= 1, f"method.bank_size must be an integer >= 1, got {m.bank_size!r}")
-        need(isinstance(m.bank_steps, int) and m.bank_steps >= 2, f"method.bank_steps must be an integer >= 2, got {m.bank_steps!r}")
+        need(type(m) is type(method_config(m.name)),
+             f"method.name={m.name!r} but the method section is a {type(m).__name__}: switch methods with "
+             f"with_overrides(['method.name={m.name}']) or methods.method_config({m.name!r}, ...)")
+        m.validate()
         need(m.name != "ign" or self.teacher.kind == "analytic" or self.data,
              "method.name=ign needs real data: set data=<dataset name or path> (or use an analytic teacher)")
-        need(0 < m.t_max <= 1000, f"method.t_max must be in (0, 1000], got {m.t_max!r}")
-        need(m.sigma_min < m.sigma_max, f"method.sigma_min ({m.sigma_min}) must be below sigma_max ({m.sigma_max})")
-        need(math.isfinite(m.fake_p_mean), "method.fake_p_mean must be finite")
         positive("optim.lr", o.lr)
         positive("optim.fake_lr", o.fake_lr, allow_zero=True)
         need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"optim.beta1/beta2 must be in [0, 1), got {o.beta1}, {o.beta2}")
@@ -234,6 +176,10 @@ class DistillConfig:
         positive("ema.rampup", e.rampup, allow_zero=True)
         choice("distributed.backend", dd.backend, ("auto", "nccl", "gloo"))
         choice("distributed.rng", dd.rng, ("rank", "global"))
+        choice("log.tensorboard", self.log.tensorboard, ("auto", "true", "false"))
+        for wanted, package in ((self.log.tensorboard == "true", "tensorboard"), (self.log.wandb, "wandb")):
+            need(not wanted or importlib.util.find_spec(package) is not None,
+                 f"log.{package}=true needs the {package} package: pip install {package}")
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         need(isinstance(self.steps, int) and self.steps >= 0, f"steps must be an integer >= 0, got {self.steps!r}")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
@@ -263,13 +209,76 @@ def valid_keys(obj=None, prefix: str = "") -> list[str]:
     return keys
 
 
+def _field_comments(cls) -> dict:
+    """The one-line meaning of each field: the comment after its default in the class source."""
+    out = {}
+    for klass in reversed(cls.__mro__):
+        if not is_dataclass(klass):
+            continue
+        for line in inspect.getsource(klass).splitlines():
+            m = re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.*)$", line)
+            if m:
+                out[m.group(1)] = m.group(2)
+    return out
+
+
+def describe_config() -> str:
+    """Every config key with its default and meaning, generated from the dataclasses; the
+    ``method`` section as the options every method shares, then each method's own."""
+    lines = []
+
+    def row(key, value, doc):
+        lines.append(f"  {key:<30} {json.dumps(value):<14} {doc}")
+
+    def walk(obj, prefix):
+        docs = _field_comments(type(obj))
+        for f in fields(obj):
+            v = getattr(obj, f.name)
+            if isinstance(v, MethodConfig):
+                continue
+            if is_dataclass(v):
+                walk(v, f"{prefix}{f.name}.")
+            else:
+                row(prefix + f.name, v, docs.get(f.name, ""))
+
+    lines.append("run settings (key, default, meaning):")
+    walk(DistillConfig(), "")
+    shared = {f.name for f in fields(MethodConfig)}
+    lines.append("method.* shared by every method:")
+    docs = _field_comments(MethodConfig)
+    for f in fields(MethodConfig):
+        row(f"method.{f.name}", getattr(MethodConfig(), f.name), docs.get(f.name, ""))
+    for name in available_methods():
+        cfg = method_config(name)
+        docs = _field_comments(type(cfg))
+        own = [f for f in fields(cfg) if f.name not in shared]
+        if own:
+            lines.append(f"method.* of method.name={name}:")
+            for f in own:
+                row(f"method.{f.name}", getattr(cfg, f.name), docs.get(f.name, ""))
+    return "\n".join(lines)
+
+
 def _unknown(key: str, obj, prefix: str) -> ConfigError:
     import difflib
 
     valid = valid_keys(obj, prefix)
-    close = difflib.get_close_matches(prefix + key, valid, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    owners = [m for m in available_methods() if prefix == "method." and key in {f.name for f in fields(method_config(m))}]
+    if owners:
+        hint = f" It is an option of method {' and '.join(owners)}: set method.name first."
+    else:
+        close = difflib.get_close_matches(prefix + key, valid, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"unknown config key {prefix + key!r}.{hint} Valid keys: {', '.join(valid)}")
+
+
+def _switch_method(current: MethodConfig, name) -> MethodConfig:
+    """The config of method ``name``, keeping the values of the options every method shares
+    (an option of the same name in two methods may mean different things, so it is not carried)."""
+    new = method_config(_coerce(name, str, "method.name"))
+    for k in {f.name for f in fields(MethodConfig)} - {"name"}:
+        setattr(new, k, getattr(current, k))
+    return new
 
 
 def _coerce(value, typ, key: str):
@@ -290,7 +299,9 @@ def _coerce(value, typ, key: str):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
     if typ in ("str", str):
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        if isinstance(value, bool):  # e.g. log.tensorboard=true
+            return str(value).lower()
+        if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
     return value
@@ -309,6 +320,10 @@ def _apply_dict(obj, d: dict, prefix: str) -> None:
         if k not in names:
             raise _unknown(k, obj, prefix)
         cur = getattr(obj, k)
+        if isinstance(cur, MethodConfig) and isinstance(v, dict) and "name" in v:
+            cur = _switch_method(cur, v["name"])
+            setattr(obj, k, cur)
+            v = {kk: vv for kk, vv in v.items() if kk != "name"}
         if is_dataclass(cur):
             _apply_dict(cur, v, f"{prefix}{k}.")
         else:
@@ -322,6 +337,9 @@ def _from_dict(cls, d: dict, prefix: str):
 
 
 def set_dotted(cfg, key: str, value) -> None:
+    if key == "method.name":
+        cfg.method = _switch_method(cfg.method, value)
+        return
     parts = key.split(".")
     obj, prefix = cfg, ""
     for p in parts[:-1]:
@@ -354,8 +372,8 @@ def _toy() -> DistillConfig:
     iterations on these sharp, well-separated modes (``preset=toy-sid``).
     """
     cfg = DistillConfig()
-    cfg.teacher = TeacherConfig(kind="analytic", name="ring8", init="fit", fit_steps=1000, fit_batch=512)
-    cfg.method.name = "dmd"
+    cfg.teacher = TeacherConfig(kind="analytic", name="8gaussians", init="fit", fit_steps=1000, fit_batch=512)
+    cfg.method = method_config("dmd")
     cfg.optim.lr = 1e-4
     cfg.optim.fake_lr = 1e-3
     cfg.ema.halflife_kimg = 20.0
@@ -372,7 +390,7 @@ def _toy() -> DistillConfig:
 def _toy_sid() -> DistillConfig:
     """The toy with SiD (official loss and schedule): slower on this toy; 6000 iterations."""
     cfg = _toy()
-    cfg.method.name = "sid"
+    cfg.method = _switch_method(cfg.method, "sid")
     cfg.steps = 6000
     cfg.eval_every = 500
     cfg.out_dir = "runs/toy-sid"
@@ -380,11 +398,11 @@ def _toy_sid() -> DistillConfig:
 
 
 def _toy_sign() -> DistillConfig:
-    """SIGN (reconstruction, ALGORITHMS.md section 5) on the 2-D toy: time-free student
+    """SIGN (reconstruction, docs/algorithms.md section 5) on the 2-D toy: time-free student
     ``f(x) = D_theta(x; 2.5)`` from the fitted teacher, DMD as L_dist on this toy (fast here, as
     for ``toy``), idempotence / reconstruction / flow terms on the exact data."""
     cfg = _toy()
-    cfg.method.name = "sign"
+    cfg.method = _switch_method(cfg.method, "sign")
     cfg.method.sign_dist = "dmd"
     cfg.out_dir = "runs/toy-sign"
     return cfg
@@ -393,7 +411,7 @@ def _toy_sign() -> DistillConfig:
 def _toy_ign() -> DistillConfig:
     """The IGN baseline on the 2-D toy with its official optimiser (Adam lr 1e-4, betas (0.5, 0.999))."""
     cfg = _toy()
-    cfg.method.name = "ign"
+    cfg.method = _switch_method(cfg.method, "ign")
     cfg.optim.lr = 1e-4
     cfg.optim.beta1, cfg.optim.beta2 = 0.5, 0.999
     cfg.out_dir = "runs/toy-ign"
@@ -402,7 +420,7 @@ def _toy_ign() -> DistillConfig:
 
 def _digits_sign() -> DistillConfig:
     """SIGN on scikit-learn's 8x8 digits with the shipped digits teacher (``teacher.path=digits``
-    resolves to ``fastdistill/teachers/digits.py``'s asset) and the real digits as data.
+    resolves to the shipped digits teacher) and the real digits as data.
 
     Budgeted like ``digits`` (batch 32, fake_lr 3e-4, EMA half-life 5 kimg with ramp-up 0.5):
     about 7 minutes on one CPU thread; ``scripts/sign_results.py --part digits`` measures it.
@@ -422,8 +440,7 @@ def _digits_sign() -> DistillConfig:
     cfg = DistillConfig()
     cfg.teacher = TeacherConfig(kind="checkpoint", path="digits", init="teacher")
     cfg.data = "digits"
-    cfg.method.name = "sign"
-    cfg.method.sign_dist = "sid"
+    cfg.method = method_config("sign", sign_dist="sid")
     cfg.method.l_idem = cfg.method.l_rec = 3000.0
     cfg.method.l_flow = 100.0
     cfg.method.sign_pos_decay = 0.25
@@ -445,7 +462,7 @@ def _digits_sign() -> DistillConfig:
 def _digits() -> DistillConfig:
     """SiD on scikit-learn's 8x8 digits with the shipped digits teacher (``teacher.path=digits``).
 
-    Budgeted for the digits report (``fastdistill.engine.digits``, the CLI's default): SiD, SIM
+    Budgeted for the digits report (``fastdistill.reports.digits``, the CLI's default): SiD, SIM
     and DMD side by side, one process each, after the teacher table, in under 10 minutes on 2
     CPU cores; ``steps=3000`` (about 35 minutes on one core) gets closer to the teacher.
     Generator, fake network and EMA start as copies of the teacher (SiD's set-up); FID in the
@@ -455,7 +472,6 @@ def _digits() -> DistillConfig:
     cfg = DistillConfig()
     cfg.teacher = TeacherConfig(kind="checkpoint", path="digits", init="teacher")
     cfg.eval_data = "digits"
-    cfg.method.name = "sid"
     cfg.optim.lr = 1e-4
     cfg.optim.fake_lr = 3e-4  # the fake network tracks the moving generator faster (measured: smoother FID curves)
     cfg.ema.halflife_kimg = 5.0
@@ -475,7 +491,7 @@ def _digits() -> DistillConfig:
 def _digits_sim() -> DistillConfig:
     """SIM (pseudo-Huber, c=1e-3) on digits with the settings of ``digits``."""
     cfg = _digits()
-    cfg.method.name = "sim"
+    cfg.method = _switch_method(cfg.method, "sim")
     cfg.out_dir = "runs/digits-sim"
     return cfg
 
@@ -483,7 +499,7 @@ def _digits_sim() -> DistillConfig:
 def _digits_dmd() -> DistillConfig:
     """DMD on digits with the settings of ``digits`` (cheaper per step: no gradient through the scores)."""
     cfg = _digits()
-    cfg.method.name = "dmd"
+    cfg.method = _switch_method(cfg.method, "dmd")
     cfg.out_dir = "runs/digits-dmd"
     return cfg
 

@@ -1,11 +1,8 @@
-"""What the command line calls: ``fastdistill distill`` and ``fastdistill sample``.
-
-    distill_command(config=None, overrides=[], preset=None) -> exit code
-    sample_command(checkpoint, n, seed, out, ...) -> exit code
+"""What ``fastdistill distill --preset/--config`` calls: ``distill_command(config, overrides, preset) -> exit code``.
 
 ``config`` is a JSON/TOML file (it may name a ``preset``); with neither, the ``toy`` preset
-(the CLI's default without either is the digits report, ``fastdistill.engine.digits``). Errors in the configuration are printed with the list of
-valid keys and give exit code 2.
+(the CLI's default without either is the digits report, ``fastdistill.reports.digits``).
+Errors in the configuration are printed with the list of valid keys and give exit code 2.
 """
 from __future__ import annotations
 
@@ -13,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import ConfigError, DistillConfig, preset_config
+from ..methods import ConfigError
+from .config import DistillConfig, preset_config
+from .loop import TrainingDiverged, run_distillation
 
 
 def load_config(config: Optional[str] = None, overrides: Sequence[str] = (), preset: Optional[str] = None) -> DistillConfig:
@@ -27,26 +26,24 @@ def load_config(config: Optional[str] = None, overrides: Sequence[str] = (), pre
 
 
 def format_summary(result) -> str:
-    m = result.metrics
+    q = result.quality
     lines = [f"distilled {result.step} steps ({result.images_seen / 1000:.1f} kimg) in {result.elapsed_s:.0f} s"
              + (f", {result.nan_steps} non-finite steps skipped" if result.nan_steps else "")]
-    if m:
-        if "fid_student" in m or "fid_initial" in m:
+    if q is not None:
+        if q.metric == "fid":
             lines.append("sample quality: FID in the digits classifier's features, same n for all (lower is better)")
-            q, fmt, floor = "fid", "{:.3f}", "data vs data (held-out half, same n)"
+            fmt, floor = "{:.3f}", "data vs data (held-out half, same n)"
         else:
             lines.append("sample quality: sliced Wasserstein-2 distance to the data (lower is better)")
-            q, fmt, floor = "sw", "{:.4f}", "data vs data (sampling noise floor)"
-        rows = [(floor, m.get(f"{q}_data_vs_data")),
-                ("teacher, Heun sampler, 35 evaluations", m.get(f"{q}_teacher_heun35")),
-                ("generator before distillation, 1 evaluation", m.get(f"{q}_initial")),
-                ("student (EMA), 1 evaluation", m.get(f"{q}_student"))]
+            fmt, floor = "{:.4f}", "data vs data (sampling noise floor)"
+        rows = [(floor, q.data_vs_data), ("teacher, Heun sampler, 35 evaluations", q.teacher_heun35),
+                ("generator before distillation, 1 evaluation", q.initial), ("student (EMA), 1 evaluation", q.student)]
         for name, v in rows:
             if v is not None:
                 lines.append(f"  {name:<46} " + fmt.format(v))
-    curve = Path(result.out_dir) / ("fid_vs_iterations.png" if "fid_student" in m else "sw_vs_iterations.png")
-    if m and curve.is_file():
-        lines.append(f"curve:      {curve}")
+        curve = Path(result.out_dir) / f"{q.metric}_vs_iterations.png"
+        if curve.is_file():
+            lines.append(f"curve:      {curve}")
     if result.picture:
         lines.append(f"picture:    {result.picture}")
     if result.samples:
@@ -57,8 +54,6 @@ def format_summary(result) -> str:
 
 
 def distill_command(config: Optional[str] = None, overrides: Sequence[str] = (), preset: Optional[str] = None) -> int:
-    from .loop import TrainingDiverged, run_distillation
-
     try:
         cfg = load_config(config, overrides, preset)
     except (ConfigError, FileNotFoundError) as exc:
@@ -76,21 +71,4 @@ def distill_command(config: Optional[str] = None, overrides: Sequence[str] = (),
     if result.interrupted:
         print(f"interrupted; resume with the same command (resume=auto picks up {result.checkpoint})")
         return 130
-    return 0
-
-
-def sample_command(checkpoint: str, n: int = 64, seed: int = 0, out: Optional[str] = None,
-                   which: str = "ema", device: str = "cpu") -> int:
-    """Write ``<out>.png`` and ``<out>.npz`` with ``n`` one-step samples."""
-    from ..student import sample, save_samples
-
-    try:
-        x = sample(checkpoint, n, seed=seed, which=which, device=device)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"fastdistill sample: {exc}", file=sys.stderr)
-        return 2
-    stem = Path(out) if out else Path(checkpoint) / f"samples-seed{seed}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = save_samples(x, stem.with_suffix(".png"), stem.with_suffix(".npz"))
-    print(f"{n} samples of shape {tuple(x.shape[1:])}: {paths['png']}, {paths['npz']}")
     return 0

@@ -1,34 +1,35 @@
 """The training loop: one loop for every method and every Denoiser teacher.
 
 One iteration = one fake-score (DSM) update, then one generator update, each on a fresh
-``z`` (ALGORITHMS.md section 1), then the generator EMA. Entry point: :func:`run_distillation`.
+``z`` (docs/algorithms.md section 1), then the generator EMA. Entry point: :func:`run_distillation`.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from ..methods import get_method
-from ..methods.base import FakeNoise, GeneratorNoise, MethodContext
+from ..methods import ConfigError, MethodContext, get_method
+from ..plotting import image_grid, scatter_panels
+from ..sampling import DEFAULT_SIGMA_END, data_shape_of, draw
 from . import checkpoint as ckpt
 from . import distributed as D
 from .build import build_data, build_teacher, copy_net, fit_denoiser, make_mlp, mlp_arch, resolve_init
-from .config import ConfigError, DistillConfig
+from .config import DistillConfig, preset_config
 from .ema import EMA, ema_beta
-from .monitor import NVTX, JSONLLogger, progress_bar
+from .evaluator import LoopEvaluator, Quality, plot_run_curve
+from .monitor import NVTX, MetricsLogger, progress_bar
 from .optim import make_adam, sanitize_grads
 
 FORMAT = "fastdistill-distill/1"
@@ -48,7 +49,7 @@ class DistillResult:
     elapsed_s: float
     nan_steps: int
     interrupted: bool = False
-    metrics: dict = field(default_factory=dict)  # quality numbers: sw_* (vector data) or fid_* (images with eval data)
+    quality: Optional[Quality] = None  # the last evaluation (with the initial generator's score), when the run evaluates
     picture: Optional[str] = None
     samples: Optional[str] = None
 
@@ -80,6 +81,32 @@ class Distiller:
                  init_network: Optional[torch.nn.Module] = None):
         self.cfg = cfg.validate()
         self.callback = callback
+        self._setup_process()
+        self._check_output()
+        self.resume_path = self._find_resume()
+        self._seed_global_rngs()
+        self._build_networks(teacher, init_network)
+        self._build_method()
+        self._build_callables()
+        self._build_optimizers()
+        self._bind_method()
+        self.evaluator = LoopEvaluator.for_run(cfg, self.teacher, self.shape) if self.main else None
+        self.step = 0
+        self.images_seen = 0
+        self.nan_steps = 0
+        self.consecutive_nan = 0
+        self._stop = False
+        self._stop_hint = RESUME_HINT
+        self.nvtx = NVTX(cfg.nvtx)
+        self.history: list[dict] = []
+        self.initial_quality: Optional[float] = None
+        if self.resume_path is not None:
+            self.load(self.resume_path)
+
+    # ------------------------------------------------------------------ set-up, in order
+    def _setup_process(self) -> None:
+        """Device, process group, threads, and the per-rank / per-micro-batch split of the batch."""
+        cfg = self.cfg
         self.device = D.local_device(cfg.device)
         self.distributed = D.init_from_env(cfg.distributed.backend, self.device)
         self.rank, self.world = D.rank(), D.world_size()
@@ -94,8 +121,10 @@ class Distiller:
         if rem or self.micro == 0:
             raise ConfigError(f"per-rank batch {per_rank} is not divisible by optim.grad_accum {cfg.optim.grad_accum}")
         self.per_rank = per_rank
-        self.out_dir = Path(cfg.out_dir)
-        # fail early: before any teacher loading or fitting
+
+    def _check_output(self) -> None:
+        """Fail before any teacher loading or fitting when the output directory is not writable."""
+        self.out_dir = Path(self.cfg.out_dir)
         err = None
         if self.main:
             try:
@@ -105,20 +134,23 @@ class Distiller:
         err = D.broadcast_object(err)
         if err:
             raise PermissionError(err)
-        self.resume_path = self._find_resume()
 
-        torch.manual_seed(cfg.seed + 1000 * self.rank)
-        np.random.seed((cfg.seed + 1000 * self.rank) % 2**32)
-        random.seed(cfg.seed + 1000 * self.rank)
+    def _seed_global_rngs(self) -> None:
+        seed = self.cfg.seed + 1000 * self.rank
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
 
-        # ---------------------------------------------------------------- networks
+    def _build_networks(self, teacher, init_network) -> None:
+        """The frozen teacher, then the generator, fake network and EMA, which start from the
+        teacher's weights, from ``init_network``, or from an MLP fitted to the teacher."""
+        cfg = self.cfg
         self.teacher = build_teacher(cfg, teacher)
         if isinstance(self.teacher, torch.nn.Module):
             self.teacher = self.teacher.to(self.device).eval().requires_grad_(False)
-        from ..sampling import data_shape_of
-
         self.shape = data_shape_of(self.teacher)
         self.label_dim = int(getattr(self.teacher, "label_dim", 0) or 0)
+        self.sigma_data = float(getattr(self.teacher, "sigma_data", 0.5))
         self.init = resolve_init(cfg, self.teacher) if init_network is None else "given"
         self.arch = None
         if init_network is not None:
@@ -137,28 +169,29 @@ class Distiller:
             for t in list(base.parameters()) + list(base.buffers()):
                 torch.distributed.broadcast(t.data, src=0)
         self.G = base
-        self.arch_config = None  # class + init kwargs that rebuild the generator (registered teacher classes)
-        try:
-            from ..teachers.checkpoint import teacher_config
+        from ..teachers.checkpoint import teacher_config
 
+        try:  # class + init kwargs that rebuild the generator (registered teacher classes)
             self.arch_config = teacher_config(base)
-        except Exception:
-            pass
+        except TypeError:
+            self.arch_config = None
         self.fake = copy_net(base)
         self.ema = EMA(self.G, copy_net(base))
-        self.sigma_data = float(getattr(self.teacher, "sigma_data", 0.5))
 
-        self.method = get_method(cfg.method.name, cfg.method, backend=cfg.method.backend)
-        self.method.sigma_data = self.sigma_data
+    def _build_method(self) -> None:
+        cfg = self.cfg
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         dev_type = self.device.type
-        self.method.autocast = (lambda: torch.autocast(dev_type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        autocast = (lambda: torch.autocast(dev_type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        self.method = get_method(cfg.method.name, cfg.method, backend=cfg.method.backend,
+                                 sigma_data=self.sigma_data, autocast=autocast)
         self.scaler = torch.amp.GradScaler(dev_type) if cfg.precision == "fp16" else None
 
-        # callables: DDP for the trained passes, plain modules elsewhere; optional compile/checkpointing
-        g_ddp = D.wrap_ddp(self.G, self.device)
-        f_ddp = D.wrap_ddp(self.fake, self.device)
-        self.g_ddp, self.f_ddp = g_ddp, f_ddp
+    def _build_callables(self) -> None:
+        """DDP for the trained passes, plain modules elsewhere; optional compile / checkpointing."""
+        cfg = self.cfg
+        self.g_ddp = D.wrap_ddp(self.G, self.device)
+        self.f_ddp = D.wrap_ddp(self.fake, self.device)
         teacher_call = self.teacher
         if self.distributed and cfg.distributed.fsdp_teacher and isinstance(self.teacher, torch.nn.Module):
             teacher_call = D.shard_teacher(self.teacher)
@@ -170,39 +203,32 @@ class Distiller:
                 fn = _Checkpointed(fn)
             return fn
 
-        self.g_train = prep(g_ddp)
+        self.g_train = prep(self.g_ddp)
         self.g_eval = prep(self.G, grad_path=False) if self.distributed else self.g_train
-        self.f_train = prep(f_ddp)
+        self.f_train = prep(self.f_ddp)
         self.f_frozen = prep(self.fake) if self.distributed else self.f_train
         self.t_call = prep(teacher_call) if isinstance(teacher_call, torch.nn.Module) else teacher_call
 
-        o = cfg.optim
+    def _build_optimizers(self) -> None:
+        cfg, o = self.cfg, self.cfg.optim
         eps = o.eps or (1e-6 if cfg.precision == "fp16" else 1e-8)
         self.opt_g = make_adam(self.G.parameters(), o.lr, (o.beta1, o.beta2), eps, o.impl, self.device)
         self.opt_f = make_adam(self.fake.parameters(), o.fake_lr or o.lr, (o.beta1, o.beta2), eps, o.impl, self.device)
-
-        # noise generators (per rank, or shared for rng=global)
+        # noise generators (per rank, or shared for rng=global); real-data batches have their own CPU stream
         noise_seed = cfg.seed * 7919 + 17 + (0 if cfg.distributed.rng == "global" else 104729 * self.rank)
         self.gen = torch.Generator(device=self.device).manual_seed(noise_seed)
-        # real-data batches (methods that declare needs "data") are drawn on the CPU from their own stream
         self.data_gen = torch.Generator().manual_seed(noise_seed + 1)
-        if self.method.needs:
-            self.method.bind(MethodContext(
-                teacher=self.t_call, net=self.G, ema=self.ema.module,
-                data=build_data(cfg, self.teacher, self.shape, self.label_dim) if "data" in self.method.needs else None,
-                data_generator=self.data_gen, shape=tuple(self.shape), label_dim=self.label_dim,
-                device=self.device, seed=cfg.seed, progress=cfg.progress and self.main))
 
-        self.step = 0
-        self.images_seen = 0
-        self.nan_steps = 0
-        self.consecutive_nan = 0
-        self._stop = False
-        self._stop_hint = RESUME_HINT
-        self.nvtx = NVTX(cfg.nvtx)
-        self.history: list[dict] = []
-        if self.resume_path is not None:
-            self.load(self.resume_path)
+    def _bind_method(self) -> None:
+        """Hand the methods that declare ``needs`` their context (data, EMA, the raw generator)."""
+        if not self.method.needs:
+            return
+        cfg = self.cfg
+        self.method.bind(MethodContext(
+            teacher=self.t_call, net=self.G, ema=self.ema.module,
+            data=build_data(cfg, self.teacher, self.shape, self.label_dim) if "data" in self.method.needs else None,
+            data_generator=self.data_gen, shape=tuple(self.shape), label_dim=self.label_dim,
+            device=self.device, seed=cfg.seed, progress=cfg.progress and self.main))
 
     # ------------------------------------------------------------------ resume
     def _find_resume(self) -> Optional[Path]:
@@ -237,8 +263,7 @@ class Distiller:
                     "format": FORMAT, "config": self.cfg.to_dict(), "step": self.step,
                     "images_seen": self.images_seen, "nan_steps": self.nan_steps,
                     "consecutive_nan": self.consecutive_nan, "param_groups": self._groups,
-                    "world_size": self.world, "rng": rngs, "data_shape": list(self.shape),
-                    "label_dim": self.label_dim, "sigma_init": self.cfg.method.sigma_init,
+                    "world_size": self.world, "rng": rngs, "student": self.student_record(),
                     "sigma_data": self.sigma_data, "init": self.init, "arch": self.arch,
                     "arch_config": self.arch_config,
                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -246,6 +271,15 @@ class Distiller:
                 path = ckpt.save_checkpoint(self.out_dir, self.step, tensors, state, self.cfg.keep_last)
         D.barrier()
         return path
+
+    def student_record(self) -> dict:
+        """What a trained student is, for ``fastdistill.student`` (checkpoints and exports carry it)."""
+        t = self.cfg.teacher
+        teacher = {"analytic": f"analytic:{t.name}", "checkpoint": t.path}.get(t.kind)
+        return dict(method=self.cfg.method.name, sigma_init=float(self.cfg.method.sigma_init),
+                    sigma_end=float(getattr(self.cfg.method, "sign_sigma_end", DEFAULT_SIGMA_END)),
+                    data_shape=list(self.shape), label_dim=self.label_dim,
+                    cond_kind="labels" if self.label_dim else "none", teacher=teacher, step=self.step)
 
     def load(self, path: Path) -> None:
         tensors, state = ckpt.load_checkpoint(path)
@@ -270,13 +304,13 @@ class Distiller:
 
     # ------------------------------------------------------------------ noise
     def _noises(self, kind: str):
-        draw = self.method.draw_fake_noise if kind == "fake" else self.method.draw_generator_noise
+        draw_noise = self.method.draw_fake_noise if kind == "fake" else self.method.draw_generator_noise
         if self.cfg.distributed.rng == "global":
-            full = draw(self.cfg.batch_size, self.shape, self.label_dim, self.gen, self.device)
+            full = draw_noise(self.cfg.batch_size, self.shape, self.label_dim, self.gen, self.device)
             base = self.rank * self.per_rank
             return [_slice(full, base + m * self.micro, base + (m + 1) * self.micro)
                     for m in range(self.cfg.optim.grad_accum)]
-        return [draw(self.micro, self.shape, self.label_dim, self.gen, self.device)
+        return [draw_noise(self.micro, self.shape, self.label_dim, self.gen, self.device)
                 for _ in range(self.cfg.optim.grad_accum)]
 
     # ------------------------------------------------------------------ one iteration
@@ -354,87 +388,33 @@ class Distiller:
     # ------------------------------------------------------------------ evaluation / pictures
     @torch.no_grad()
     def student_samples(self, n: int, seed: int, net=None) -> torch.Tensor:
+        """``n`` one-step samples of ``net`` (default: the EMA) from :func:`fastdistill.sampling.draw`,
+        the draw ``fastdistill sample`` and ``eval`` use too, on the CPU."""
         net = net if net is not None else self.ema.module
-        from ..evaluation import eval_draw
-
-        z, labels = eval_draw(n, self.shape, self.label_dim, seed)
-        z, labels = z.to(self.device), None if labels is None else labels.to(self.device)
+        (z,), cond = draw(n, self.shape, seed, label_dim=self.label_dim)
         was = net.training
         net.eval()
-        out = torch.cat([self.method.generate(net, z[i:i + 1024], None if labels is None else labels[i:i + 1024])
-                         for i in range(0, n, 1024)])
+        out = []
+        for i in range(0, n, 1024):
+            c = None if cond is None else cond[i:i + 1024].to(self.device)
+            out.append(self.method.generate(net, z[i:i + 1024].to(self.device), c).cpu())
         net.train(was)
-        return out.cpu()
-
-    def _image_evaluator(self):
-        """FID tracking for image runs (``eval_data``, else ``data``, else digits for the digits teacher)."""
-        if not hasattr(self, "_img_eval"):
-            self._img_eval = None
-            name = self.cfg.eval_data or self.cfg.data or ("digits" if self.cfg.teacher.path == "digits" else "")
-            if len(self.shape) == 3 and name and name != "none":
-                from ..evaluation import LoopEvaluator
-
-                try:
-                    import torch_fidelity  # noqa: F401
-                except ImportError:
-                    print("fastdistill: FID tracking off (needs torch-fidelity: pip install 'fastdistill[eval]')")
-                    return None
-                self._img_eval = LoopEvaluator(name, self.cfg.eval_samples, self.teacher)
-                if self._img_eval.ref.data_shape != tuple(self.shape):
-                    raise ConfigError(f"eval_data {name!r} has sample shape {self._img_eval.ref.data_shape}, "
-                                      f"the teacher {tuple(self.shape)}")
-        return self._img_eval
-
-    def _evaluates(self) -> bool:
-        return self._vector_data() or self._image_evaluator() is not None
-
-    def _vector_data(self) -> bool:
-        return len(self.shape) == 1 and hasattr(self.teacher, "sample")
+        return torch.cat(out)
 
     @torch.no_grad()
-    def baselines(self) -> dict:
-        """Data-vs-data and teacher (35-NFE Heun) distances to the data, computed once."""
-        if hasattr(self, "_baselines"):
-            return self._baselines
-        from ..metrics import sliced_wasserstein
-        from ..sampling import sample as teacher_sample
-
-        n = self.cfg.eval_samples
-        g = torch.Generator().manual_seed(9_000_001)
-        self._data = self.teacher.sample(n, generator=g).float().cpu()
-        data2 = self.teacher.sample(n, generator=g).float().cpu()
-        self._teacher_x = teacher_sample(self.teacher, n, seed=9_000_002, num_steps=18, solver="heun").float().cpu()
-        self._baselines = {
-            "sw_data_vs_data": float(sliced_wasserstein(self._data, data2, seed=1)),
-            "sw_teacher_heun35": float(sliced_wasserstein(self._teacher_x, self._data, seed=1)),
-        }
-        return self._baselines
-
-    @torch.no_grad()
-    def evaluate(self, net=None) -> dict:
-        ev = self._image_evaluator() if not self._vector_data() else None
-        if ev is not None:
-            x = self.student_samples(ev.n, seed=9_000_003, net=net)
-            return {**ev.baselines(), "fid_student": ev(x)}
-        if not self._vector_data():
-            return {}
-        from ..metrics import sliced_wasserstein
-
-        out = dict(self.baselines())
-        x = self.student_samples(self.cfg.eval_samples, seed=9_000_003, net=net)
-        out["sw_student"] = float(sliced_wasserstein(x, self._data, seed=1))
-        return out
+    def evaluate(self, net=None) -> Quality:
+        """The student's quality now (``net``: default the EMA), with the run's baselines."""
+        ev = self.evaluator
+        return ev.quality(self.student_samples(ev.n, seed=9_000_003, net=net))
 
     def save_picture(self, path: Path) -> Path:
-        from .visual import image_grid, scatter_panels
-
         if len(self.shape) == 3:
             return image_grid(self.student_samples(64, seed=9_000_004), path)
         x = self.student_samples(min(self.cfg.eval_samples, 2000), seed=9_000_004)
         panels = []
-        if self._vector_data():
-            self.baselines()
-            panels = [("data", self._data[:2000]), ("teacher (Heun, 35 evals)", self._teacher_x[:2000])]
+        if self.evaluator is not None:
+            self.evaluator.quality()
+            panels = [("data", self.evaluator.data[:2000]), ("teacher (Heun, 35 evals)", self.evaluator.teacher_x[:2000])]
         panels.append((f"student (1 step, step {self.step})", x))
         return scatter_panels(panels, path)
 
@@ -445,9 +425,7 @@ class Distiller:
             return None
         from ..teachers.checkpoint import save_teacher
 
-        save_teacher(self.ema.module, path, extra={"one_step_generator": True,
-                                                   "sigma_init": self.cfg.method.sigma_init,
-                                                   "method": self.cfg.method.name, "step": self.step})
+        save_teacher(self.ema.module, path, extra={"student": self.student_record()})
         return path
 
     # ------------------------------------------------------------------ the loop
@@ -473,24 +451,29 @@ class Distiller:
         signal.signal(signal.SIGINT, handler)
         return prev
 
+    def _logger(self) -> MetricsLogger:
+        lg = self.cfg.log
+        return MetricsLogger(self.out_dir, enabled=self.main, tensorboard={"true": True, "false": False}.get(lg.tensorboard, "auto"),
+                             wandb=lg.wandb, wandb_project=lg.wandb_project, run_name=self.out_dir.name,
+                             config=self.cfg.to_dict())
+
     def run(self) -> DistillResult:
         cfg = self.cfg
         t0 = time.time()
-        logger = JSONLLogger(self.out_dir / "metrics.jsonl", enabled=self.main)
+        logger = self._logger()
         if self.main:
             (self.out_dir / "config.json").write_text(cfg.to_json())
         prev = self._install_sigint()
         bar = progress_bar(cfg.steps, self.step, cfg.progress and self.main)
         last_ckpt = None
-        metrics: dict = {}
+        quality: Optional[Quality] = None
         interrupted = False
         try:
-            if self.main and self._evaluates() and self.step == 0:
-                metrics = self.evaluate(net=self.G)
-                q = "fid" if "fid_student" in metrics else "sw"
-                metrics = {f"{q}_initial": metrics.pop(f"{q}_student"), **metrics}
-                self.initial_metrics = dict(metrics)
-                logger.log(step=0, kimg=0.0, **metrics)
+            if self.evaluator is not None and self.step == 0:
+                first = self.evaluate(net=self.G)
+                self.initial_quality, first.initial, first.student = first.student, first.student, None
+                quality = first
+                logger.log(step=0, kimg=0.0, **first.log_row())
             tick, tick_step = time.time(), self.step
             while self.step < cfg.steps:
                 row = self.train_step()
@@ -504,17 +487,16 @@ class Distiller:
                     rate = (self.step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
                     tick, tick_step = now, self.step
                     rec = dict(step=self.step, kimg=self.images_seen / 1000, img_per_s=rate, nan_steps=self.nan_steps, **row)
-                    if self._evaluates() and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
-                        rec.update(self.evaluate())
-                        metrics.update(rec)
+                    if self.evaluator is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
+                        quality = self.evaluate()
+                        quality.initial = self.initial_quality
+                        rec.update({k: v for k, v in quality.log_row().items() if not k.endswith("_initial")})
                     logger.log(**rec)
                     self.history.append(rec)
                     if bar is not None:
                         post = dict(gen=f"{row['loss_gen']:.3g}", fake=f"{row['loss_fake']:.3g}", img_s=f"{rate:.0f}")
-                        if "sw_student" in rec:
-                            post["sw"] = f"{rec['sw_student']:.4f}"
-                        if "fid_student" in rec:
-                            post["fid"] = f"{rec['fid_student']:.3g}"
+                        if quality is not None and quality.student is not None:
+                            post[quality.metric] = f"{quality.student:.4g}"
                         bar.set_postfix(post)
                 if self.main and cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.save_picture(self.out_dir / f"samples-{self.step:08d}.png")
@@ -537,23 +519,19 @@ class Distiller:
             torch.set_num_threads(self._prev_threads)
         picture = samples = None
         if self.main and not interrupted:
-            picture = str(self.save_picture(self.out_dir / "samples.png"))
             x = self.student_samples(min(self.cfg.eval_samples, 4096), seed=9_000_005)
             samples = str(self.out_dir / "samples.npz")
             np.savez(samples, samples=x.numpy())
             self.export_student(self.out_dir / "student.safetensors")
-        if hasattr(self, "initial_metrics"):
-            for k in ("sw_initial", "fid_initial"):
-                if k in self.initial_metrics:
-                    metrics.setdefault(k, self.initial_metrics[k])
-        quality = {k: v for k, v in metrics.items() if k.startswith(("sw_", "fid_"))}
-        if self.main and not interrupted and quality:
-            from ..evaluation import plot_run_curve
-
-            plot_run_curve(self.out_dir, quality)
+            try:  # pictures last: a missing optional plotting library loses nothing else
+                picture = str(self.save_picture(self.out_dir / "samples.png"))
+                if quality is not None:
+                    plot_run_curve(self.out_dir, f"{cfg.method.name} (1 step)")
+            except ImportError as exc:
+                print(f"fastdistill: pictures skipped: {exc}")
         return DistillResult(out_dir=str(self.out_dir), step=self.step, images_seen=self.images_seen,
                              checkpoint=str(last_ckpt) if last_ckpt else None, elapsed_s=time.time() - t0,
-                             nan_steps=self.nan_steps, interrupted=interrupted, metrics=quality,
+                             nan_steps=self.nan_steps, interrupted=interrupted, quality=quality,
                              picture=picture, samples=samples)
 
 
@@ -565,8 +543,6 @@ def run_distillation(config=None, teacher=None, overrides=None, callback=None,
     None for the default toy preset. overrides: ``["optim.lr=1e-4", ...]``. teacher: a Denoiser
     object (with ``teacher.kind=network``, or to replace the configured one).
     """
-    from .config import DistillConfig, preset_config
-
     if config is None:
         cfg = preset_config("toy")
     elif isinstance(config, DistillConfig):

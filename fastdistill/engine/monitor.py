@@ -69,8 +69,8 @@ class MetricsLogger:
       not bools, which are flags rather than curves, and not strings or ``None``. Key names are
       kept as they are; ``"step"`` is the x-axis (``global_step`` / ``step=``) and ``"time"``
       is left out. Non-finite floats are passed on, so a NaN loss shows in the plots.
-    * ``enabled=False`` (non-zero ranks) creates and writes nothing; the optional packages are
-      still checked, so a missing one fails every rank alike instead of rank 0 alone.
+    * ``enabled=False`` (non-zero ranks) imports, creates and writes nothing (the engine checks
+      that requested packages exist when it validates the config, on every rank alike).
 
     ``close()`` flushes and closes everything and may be called more than once; the logger is
     also a context manager that closes on exit.
@@ -80,14 +80,14 @@ class MetricsLogger:
                  wandb_project: str = "fastdistill", run_name: str | None = None, config=None):
         if tensorboard not in ("auto", True, False):
             raise ValueError(f"tensorboard must be 'auto', True or False, got {tensorboard!r}")
-        # Imports come first so that a missing package fails before any file is opened.
-        writer_cls = _summary_writer(required=tensorboard is True) if tensorboard else None
-        wandb_mod = _wandb() if wandb else None
         self.out_dir = Path(out_dir)
         self.enabled = enabled
         self._f = self._tb = self._run = None
         if not enabled:
             return
+        # Imports come first so that a missing package fails before any file is opened.
+        writer_cls = _summary_writer(required=tensorboard is True) if tensorboard else None
+        wandb_mod = _wandb() if wandb else None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._f = open(self.out_dir / "metrics.jsonl", "a")
         if writer_cls is not None:

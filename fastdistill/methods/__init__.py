@@ -1,16 +1,17 @@
 """Distillation methods: what one generator step and one fake-score step compute.
 
-A new method is one small module: subclass :class:`DistillMethod`, implement ``loss``, decorate
-with ``@register_method("name")`` and import it here.
+A new method is one small module: a config dataclass deriving from :class:`MethodConfig`, a
+subclass of :class:`DistillMethod` implementing ``loss``, ``@register_method("name", config=...)``,
+and an import here.
 """
-from .base import (DistillMethod, FakeNoise, GeneratorNoise, MethodContext, available_methods, get_method,
-                   karras_sigma, register_method)
-from . import dmd, ign, sid, sign, sim  # noqa: F401  (registration)
-from .dmd import DMD
-from .ign import IGN
-from .sid import SiD
-from .sign import SIGN
-from .sim import SIM
+from .base import (ConfigError, DistillMethod, FakeNoise, GeneratorNoise, MethodConfig, MethodContext,
+                   available_methods, get_method, karras_sigma, method_class, method_config, register_method)
+from .dmd import DMD, DMDConfig
+from .ign import IGN, IGNConfig
+from .sid import SiD, SiDConfig
+from .sign import SIGN, SIGNConfig
+from .sim import SIM, SIMConfig
 
-__all__ = ["DistillMethod", "GeneratorNoise", "FakeNoise", "register_method", "get_method",
-           "available_methods", "karras_sigma", "MethodContext", "SiD", "SIM", "DMD", "SIGN", "IGN"]
+__all__ = ["DistillMethod", "GeneratorNoise", "FakeNoise", "MethodConfig", "MethodContext", "ConfigError",
+           "register_method", "get_method", "method_class", "method_config", "available_methods", "karras_sigma",
+           "SiD", "SiDConfig", "SIM", "SIMConfig", "DMD", "DMDConfig", "SIGN", "SIGNConfig", "IGN", "IGNConfig"]

@@ -1,6 +1,6 @@
 """What one distillation step computes, independent of the training loop.
 
-A *method* turns three networks into two scalar losses (ALGORITHMS.md sections 1-4):
+A *method* turns three networks into two scalar losses (docs/algorithms.md sections 1-4):
 
 - ``generator_loss``: the one-step generator ``x_g = G(z) = D_theta(sigma_init z; sigma_init)``
   is noised once, ``x_t = x_g + sigma eps`` with the SiD generator-step schedule, the same
@@ -11,34 +11,86 @@ A *method* turns three networks into two scalar losses (ALGORITHMS.md sections 1
 
 Everything random enters as an explicit tensor (``draw_*`` make them from a
 ``torch.Generator``), so a hand-written reference step can be fed the very same noise.
-A new method subclasses :class:`DistillMethod`, implements :meth:`loss` and registers itself
-with :func:`register_method`; that is the whole contract.
 
-Methods that need more than (G, teacher, fake network, noise) -- real data, the generator's EMA,
-the raw (un-wrapped) generator module -- declare it in :attr:`DistillMethod.needs`; the loop then
-hands them a :class:`MethodContext` once, through :meth:`DistillMethod.bind`, before training.
-A method that does not use the fake-score network sets ``uses_fake = False`` and the loop skips
-the fake (DSM) phase.
+A new method is one module: a config dataclass deriving from :class:`MethodConfig` with the
+method's own options, a subclass of :class:`DistillMethod` implementing :meth:`loss`, and
+``@register_method("name", config=ThatConfig)``. Methods that need more than (G, teacher, fake
+network, noise) -- real data, the generator's EMA, the raw generator module -- declare it in
+:attr:`DistillMethod.needs` and get a :class:`MethodContext` through :meth:`DistillMethod.bind`.
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from typing import Callable, ClassVar, Optional
 
 import torch
 
+from ..conditioning import Conditioning
 from ..losses import dsm_loss
 from ..ops.reference import nan_sample_mask
+
+BACKENDS = ("auto", "reference", "cpp", "triton", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid."""
+
+
+def check(cond: bool, msg: str) -> None:
+    """Raise :class:`ConfigError` with ``msg`` unless ``cond``."""
+    if not cond:
+        raise ConfigError(msg)
+
+
+def check_choice(name: str, v, options) -> None:
+    check(v in options, f"{name} must be one of {list(options)}, got {v!r}")
+
+
+def check_positive(name: str, v, allow_zero: bool = False) -> None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
+    check(ok, f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+
+
+@dataclass
+class MethodConfig:
+    """What every method shares: the generator input, the noise schedules, loss scales, the backend
+    (official SiD defaults). Each method's own options live in its subclass."""
+
+    name: str = "sid"  # the method (any registered one): sid | sim | dmd | sign | ign
+    sigma_init: float = 2.5  # generator input noise level
+    t_max: float = 800.0  # generator-step u ~ U(0, t_max/1000)
+    sigma_min: float = 0.002  # generator-step noise range (and SIGN's flow grid)
+    sigma_max: float = 80.0
+    rho: float = 7.0  # Karras schedule exponent
+    fake_p_mean: float = -1.2  # fake-step ln sigma ~ N(p_mean, p_std^2)
+    fake_p_std: float = 1.2
+    generator_loss_scale: float = 100.0  # multiplies the generator loss
+    fake_loss_scale: float = 1.0  # multiplies the fake network's DSM loss
+    backend: str = "auto"  # loss backend: auto | reference | cpp | triton | cuda
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on an out-of-range value (subclasses add their own checks)."""
+        check_choice("method.backend", self.backend, BACKENDS)
+        for k in ("sigma_init", "sigma_min", "sigma_max", "rho", "fake_p_std", "generator_loss_scale", "fake_loss_scale"):
+            check_positive(f"method.{k}", getattr(self, k))
+        check(0 < self.t_max <= 1000, f"method.t_max must be in (0, 1000], got {self.t_max!r}")
+        check(self.sigma_min < self.sigma_max, f"method.sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
+        check(math.isfinite(self.fake_p_mean), "method.fake_p_mean must be finite")
+
 
 _REGISTRY: dict[str, type["DistillMethod"]] = {}
 
 
-def register_method(name: str):
-    """Class decorator: make a method available as ``method.name=<name>``."""
+def register_method(name: str, config: type = MethodConfig):
+    """Class decorator: make a method available as ``method.name=<name>`` with its config class."""
+    if not (isinstance(config, type) and issubclass(config, MethodConfig)):
+        raise TypeError(f"the config of method {name!r} must derive from MethodConfig")
 
     def deco(cls):
         cls.name = name
+        cls.config_class = config
         _REGISTRY[name] = cls
         return cls
 
@@ -49,15 +101,29 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_method(name: str, cfg=None, **kwargs) -> "DistillMethod":
-    """Instantiate a registered method from a :class:`MethodConfig` (or its defaults)."""
+def method_class(name: str) -> type["DistillMethod"]:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
-    if cfg is None:
-        from ..engine.config import MethodConfig
+        raise ConfigError(f"method.name: unknown method {name!r}; available: {', '.join(available_methods())}")
+    return _REGISTRY[name]
 
-        cfg = MethodConfig(name=name)
-    return _REGISTRY[name](cfg, **kwargs)
+
+def method_config(name: str = "sid", **options) -> MethodConfig:
+    """The config of method ``name`` with ``options`` set (its defaults otherwise)."""
+    cls = method_class(name).config_class
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ConfigError(f"method {name!r} has no option(s) {', '.join(unknown)}; its options: {', '.join(sorted(valid))}")
+    return cls(**{**options, "name": name})
+
+
+def get_method(name: str, cfg: Optional[MethodConfig] = None, **kwargs) -> "DistillMethod":
+    """Instantiate a registered method from its config (default: the method's defaults)."""
+    cls = method_class(name)
+    cfg = method_config(name) if cfg is None else cfg
+    if not isinstance(cfg, cls.config_class):
+        raise ConfigError(f"method {name!r} needs a {cls.config_class.__name__}, got {type(cfg).__name__}")
+    return cls(cfg, **kwargs)
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -75,7 +141,7 @@ class GeneratorNoise:
     z: torch.Tensor  # (B, *shape) latent
     sigma: torch.Tensor  # (B,) noise level of x_t
     eps: torch.Tensor  # (B, *shape) noise of x_t
-    labels: Optional[torch.Tensor]  # (B, label_dim) one-hot or None
+    cond: Optional[Conditioning]  # per-sample conditioning, or None
 
 
 @dataclass
@@ -83,14 +149,14 @@ class FakeNoise:
     z: torch.Tensor
     sigma: torch.Tensor
     noise: torch.Tensor
-    labels: Optional[torch.Tensor]
+    cond: Optional[Conditioning]
 
 
 @dataclass
 class MethodContext:
     """What the loop gives a method that declares :attr:`DistillMethod.needs` (once, via ``bind``).
 
-    ``data`` is ``None`` or a callable ``data(n, generator) -> (x, one-hot labels or None)`` on
+    ``data`` is ``None`` or a callable ``data(n, generator) -> (x, Conditioning or None)`` on
     the CPU (real data: ``cfg.data``, or the analytic teacher's exact samples); ``data_generator``
     is the CPU generator to draw it with (checkpointed by the loop, so resume is exact).
     ``net`` is the raw generator module (not DDP-wrapped, not compiled): use it for frozen
@@ -123,12 +189,17 @@ class DistillMethod:
     #: False: the method does not use the fake-score network (the loop skips the DSM phase).
     uses_fake: ClassVar[bool] = True
 
-    def __init__(self, cfg, backend: str = "auto"):
+    config_class: ClassVar[type] = MethodConfig
+
+    def __init__(self, cfg: MethodConfig, backend: str = "auto", *, sigma_data: float = 0.5,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        """``sigma_data``: the teacher's data standard deviation (DSM weighting); ``autocast``: a
+        zero-argument callable giving the mixed-precision context of the network forwards."""
         self.cfg = cfg
         self.backend = backend
+        self.sigma_data = float(sigma_data)
+        self.autocast = autocast
         self.ctx: Optional[MethodContext] = None
-        #: zero-argument callable returning the autocast context for network forwards
-        self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def bind(self, ctx: MethodContext) -> None:
         """Receive the loop's context (called once, before the first step, when ``needs`` is set)."""
@@ -144,42 +215,43 @@ class DistillMethod:
         raise NotImplementedError
 
     # ----------------------------------------------------------------------- noise drawing
-    def _labels(self, n: int, label_dim: int, gen: torch.Generator, device) -> Optional[torch.Tensor]:
+    def _cond(self, n: int, label_dim: int, gen: torch.Generator, device) -> Optional[Conditioning]:
+        """Uniformly random class labels for a training batch (None for an unconditional teacher)."""
         if label_dim <= 0:
             return None
         idx = torch.randint(0, label_dim, (n,), generator=gen, device=device)
-        return torch.nn.functional.one_hot(idx, label_dim).float()
+        return Conditioning(labels=torch.nn.functional.one_hot(idx, label_dim).float())
 
     def draw_generator_noise(self, n, shape, label_dim, gen: torch.Generator, device) -> GeneratorNoise:
         c = self.cfg
         z = torch.randn((n, *shape), generator=gen, device=device)
-        labels = self._labels(n, label_dim, gen, device)
+        cond = self._cond(n, label_dim, gen, device)
         u = torch.rand((n,), generator=gen, device=device) * (c.t_max / 1000.0)
         sigma = karras_sigma(u, c.sigma_min, c.sigma_max, c.rho)
         eps = torch.randn((n, *shape), generator=gen, device=device)
-        return GeneratorNoise(z, sigma, eps, labels)
+        return GeneratorNoise(z, sigma, eps, cond)
 
     def draw_fake_noise(self, n, shape, label_dim, gen: torch.Generator, device) -> FakeNoise:
         c = self.cfg
         z = torch.randn((n, *shape), generator=gen, device=device)
-        labels = self._labels(n, label_dim, gen, device)
+        cond = self._cond(n, label_dim, gen, device)
         sigma = (torch.randn((n,), generator=gen, device=device) * c.fake_p_std + c.fake_p_mean).exp()
         noise = torch.randn((n, *shape), generator=gen, device=device)
-        return FakeNoise(z, sigma, noise, labels)
+        return FakeNoise(z, sigma, noise, cond)
 
     # --------------------------------------------------------------------- shared pieces
-    def generate(self, G, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def generate(self, G, z: torch.Tensor, cond: Optional[Conditioning] = None) -> torch.Tensor:
         """One-step generation ``D_theta(sigma_init z; sigma_init, c)`` in float32."""
         s = self.cfg.sigma_init
         sigma = torch.full((z.shape[0],), s, dtype=torch.float32, device=z.device)
         with self.autocast():
-            x = G(z * s, sigma, labels)
+            x = G(z * s, sigma, cond)
         return x.float()
 
-    def _scores(self, teacher, fake, x_t, sigma, labels):
+    def _scores(self, teacher, fake, x_t, sigma, cond):
         with self.autocast():
-            y_real = teacher(x_t, sigma, labels)
-            y_fake = fake(x_t, sigma, labels)
+            y_real = teacher(x_t, sigma, cond)
+            y_fake = fake(x_t, sigma, cond)
         return y_real.float(), y_fake.float()
 
     def scores_at_noised(self, teacher, fake, x_g: torch.Tensor, noise: "GeneratorNoise"):
@@ -187,9 +259,9 @@ class DistillMethod:
         into x_g when the method back-propagates through the scores, else without gradient."""
         x_t = x_g + _bcast(noise.sigma, x_g) * noise.eps
         if self.scores_need_grad:
-            return self._scores(teacher, fake, x_t, noise.sigma, noise.labels)
+            return self._scores(teacher, fake, x_t, noise.sigma, noise.cond)
         with torch.no_grad():
-            return self._scores(teacher, fake, x_t.detach(), noise.sigma, noise.labels)
+            return self._scores(teacher, fake, x_t.detach(), noise.sigma, noise.cond)
 
     def generator_loss(self, G, teacher, fake, noise: GeneratorNoise):
         """Generator-step loss. Returns ``(loss, nan_samples)``: the scalar loss and the number of
@@ -198,7 +270,7 @@ class DistillMethod:
         The caller freezes the teacher's and fake network's parameters (requires_grad False);
         x_t is not detached, so gradients reach x_g through both score networks.
         """
-        x_g = self.generate(G, noise.z, noise.labels)
+        x_g = self.generate(G, noise.z, noise.cond)
         y_real, y_fake = self.scores_at_noised(teacher, fake, x_g, noise)
         with torch.no_grad():
             nan = nan_sample_mask(x_g, y_real, y_fake).sum()
@@ -206,7 +278,7 @@ class DistillMethod:
 
     def fake_samples(self, G, noise: FakeNoise) -> torch.Tensor:
         """The generator samples the fake network is fitted to (called without gradient): one step."""
-        return self.generate(G, noise.z, noise.labels)
+        return self.generate(G, noise.z, noise.cond)
 
     def fake_loss(self, G, fake, noise: FakeNoise):
         """DSM loss of the fake network on detached generator samples. Returns ``(loss, nan_samples)``."""
@@ -214,7 +286,7 @@ class DistillMethod:
             x_g = self.fake_samples(G, noise)
         x_n = x_g + _bcast(noise.sigma, x_g) * noise.noise
         with self.autocast():
-            pred = fake(x_n, noise.sigma, noise.labels)
+            pred = fake(x_n, noise.sigma, noise.cond)
         loss = dsm_loss(
             pred.float(), x_g, noise.sigma, sigma_data=self.sigma_data,
             loss_scale=self.cfg.fake_loss_scale, backend=self.backend,
@@ -222,11 +294,3 @@ class DistillMethod:
         with torch.no_grad():
             nan = nan_sample_mask(x_g, pred).sum()
         return loss, nan
-
-    @property
-    def sigma_data(self) -> float:
-        return float(getattr(self, "_sigma_data", 0.5))
-
-    @sigma_data.setter
-    def sigma_data(self, v: float) -> None:
-        self._sigma_data = float(v)

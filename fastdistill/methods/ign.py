@@ -25,11 +25,29 @@ from typing import Optional
 
 import torch
 
+from ..conditioning import Conditioning
 from ..ops.reference import nan_sample_mask
-from .base import DistillMethod, GeneratorNoise, _bcast, register_method
-from .sign import _DataMixin, frozen_apply, idem_distance, student_apply, _cat_labels
+from .base import DistillMethod, GeneratorNoise, _bcast, check_positive, register_method
+from .idempotent import DataBatches, IdempotentConfig, frozen_apply, idem_distance, student_apply
 
-__all__ = ["IGN", "IGNNoise", "tightness"]
+__all__ = ["IGN", "IGNConfig", "IGNNoise", "tightness"]
+
+
+@dataclass
+class IGNConfig(IdempotentConfig):
+    """IGN's official weights."""
+
+    name: str = "ign"
+    ign_rec: float = 20.0  # weight of the reconstruction term
+    ign_idem: float = 20.0  # weight of the idempotence term
+    ign_tight: float = 2.5  # weight of the (maximised, clamped) tightness term
+    ign_clamp: float = 1.5  # tightness clamp a: L_tight = -tanh(L~/(a R)) a R, R = sg(L_rec)
+
+    def validate(self) -> None:
+        super().validate()
+        for k in ("ign_rec", "ign_idem", "ign_tight"):
+            check_positive(f"method.{k}", getattr(self, k), allow_zero=True)
+        check_positive("method.ign_clamp", self.ign_clamp)
 
 
 def tightness(raw: torch.Tensor, rec: torch.Tensor, a: float = 1.5) -> torch.Tensor:
@@ -41,19 +59,19 @@ def tightness(raw: torch.Tensor, rec: torch.Tensor, a: float = 1.5) -> torch.Ten
 @dataclass
 class IGNNoise(GeneratorNoise):
     x_data: torch.Tensor
-    data_labels: Optional[torch.Tensor]
+    data_cond: Optional[Conditioning]
 
 
-@register_method("ign")
-class IGN(_DataMixin, DistillMethod):
+@register_method("ign", config=IGNConfig)
+class IGN(DataBatches, DistillMethod):
     """Adversarial idempotent network (rec + idem + clamped tightness); data required."""
 
     needs = frozenset({"data", "net"})
     uses_fake = False
     scores_need_grad = False
 
-    def __init__(self, cfg, backend: str = "auto"):
-        super().__init__(cfg, backend)
+    def __init__(self, cfg: IGNConfig, backend: str = "auto", **kwargs):
+        super().__init__(cfg, backend, **kwargs)
         self.last_terms: dict = {}
 
     @property
@@ -77,7 +95,7 @@ class IGN(_DataMixin, DistillMethod):
     def draw_generator_noise(self, n, shape, label_dim, gen, device) -> IGNNoise:
         base = super().draw_generator_noise(n, shape, label_dim, gen, device)
         x, lab = self.data_batch(n, device)
-        return IGNNoise(base.z, base.sigma, base.eps, base.labels, x, lab)
+        return IGNNoise(base.z, base.sigma, base.eps, base.cond, x, lab)
 
     def generator_loss(self, G, teacher, fake, noise: IGNNoise):
         c, ctx = self.cfg, self._need_ctx()
@@ -85,10 +103,10 @@ class IGN(_DataMixin, DistillMethod):
         B = noise.z.shape[0]
         z_src = noise.z * s
         with torch.no_grad(), self.autocast():
-            fz_frozen = frozen_apply(ctx.net, z_src, s, noise.labels)  # f'(z)
+            fz_frozen = frozen_apply(ctx.net, z_src, s, noise.cond)  # f'(z)
         with self.autocast():
             out = student_apply(G, torch.cat([noise.x_data, z_src, fz_frozen]), s,
-                                _cat_labels([noise.data_labels, noise.labels, noise.labels]))
+                                Conditioning.cat([noise.data_cond, noise.cond, noise.cond]))
         f_x, f_z, f_fz = out.split(B)
         # NaN samples (of any of the three applications) drop out: zeros in, zero loss, no gradient
         with torch.no_grad():
@@ -98,7 +116,7 @@ class IGN(_DataMixin, DistillMethod):
         good = (~bad).float()
         rec = self.d(f_x, x_data)
         with self.autocast():
-            idem = self.d(frozen_apply(ctx.net, f_z, s, noise.labels), f_z)
+            idem = self.d(frozen_apply(ctx.net, f_z, s, noise.cond), f_z)
         tight_raw = self.d(f_fz, fz_frozen)
         rec_mean = (rec * good).sum() / good.sum().clamp_min(1.0)
         tight = tightness(tight_raw, rec_mean, c.ign_clamp)

@@ -1,4 +1,4 @@
-"""SIGN: score-based idempotent distillation (ALGORITHMS.md section 5) -- a RECONSTRUCTION.
+"""SIGN: score-based idempotent distillation (docs/algorithms.md section 5) -- a RECONSTRUCTION.
 
 Only the abstract and public reviews of Liu, Chiu & Zaman (2025, arXiv:2509.21470) are
 available; the paper's exact equations, weights and schedules are not public. What is
@@ -10,10 +10,10 @@ data manifold. Everything below is our derivation from that, not the authors' co
 
 - student ``f(x) = D_theta(x; sigma_s)`` with the fixed ``sigma_s = method.sigma_init`` (2.5);
   source ``x_src = sigma_s z``, so one-step generation is exactly the SiD generator;
-- multi-step sampling (:func:`fastdistill.student.generate`) is the consistency-model sampler
+- multi-step sampling (:meth:`fastdistill.student.Student.sample`) is the consistency-model sampler
   with a time-free map: ``x_1 = f(sigma_s z)``, ``x_k = f(x_{k-1} + sigma_k eps_k)`` with the
   Karras levels ``sigma_2 > ... > sigma_K = method.sign_sigma_end``
-  (:func:`fastdistill.student.multistep_schedule`);
+  (:func:`fastdistill.sampling.multistep_schedule`);
 - ``L_dist``: the SiD (default) or DMD generator loss of sections 2/4 on ``x_g = f(u)``
   (``method.sign_dist``), with the usual fake-score DSM step (the paper's ``L_denoise``) on
   samples drawn the same way. ``u`` is, per sample, the input of a randomly chosen application
@@ -60,76 +60,79 @@ from typing import Optional
 
 import torch
 
+from ..conditioning import Conditioning
 from ..losses import dmd_loss, sid_loss
 from ..ops.reference import nan_sample_mask
-from .base import DistillMethod, FakeNoise, GeneratorNoise, MethodContext, _bcast, register_method
+from ..sampling import DEFAULT_SIGMA_END, heun_sampler, karras_sigmas, multistep_schedule
+from .base import (DistillMethod, FakeNoise, GeneratorNoise, MethodContext, _bcast, check, check_choice, check_positive,
+                   register_method)
+from .dmd import DMD_NORMALIZATIONS
+from .idempotent import DataBatches, IdempotentConfig, frozen_apply, idem_distance, student_apply
+from .sid import SID_WEIGHTS
 
-__all__ = ["SIGN", "SIGNNoise", "SIGNFakeNoise", "chain_inputs", "idem_distance", "frozen_apply", "student_apply", "flow_levels", "teacher_euler_step"]
-
-
-# ------------------------------------------------------------------------------ helpers
-def idem_distance(a: torch.Tensor, b: torch.Tensor, kind: str = "pseudo_huber", c: float = 0.01) -> torch.Tensor:
-    """Per-sample distance (B,) between two batches (see the module docstring)."""
-    diff = (a.float() - b.float()).reshape(a.shape[0], -1)
-    if kind == "pseudo_huber":
-        return (diff.square().mean(1) + c * c).sqrt() - c
-    if kind == "l1":
-        return diff.abs().mean(1)
-    if kind == "l2":
-        return diff.square().mean(1)
-    raise ValueError(f"distance must be pseudo_huber, l1 or l2, got {kind!r}")
+__all__ = ["SIGN", "SIGNConfig", "SIGNNoise", "SIGNFakeNoise", "chain_inputs", "flow_levels", "teacher_euler_step"]
 
 
-def _sigmas(x: torch.Tensor, s: float) -> torch.Tensor:
-    return torch.full((x.shape[0],), float(s), dtype=torch.float32, device=x.device)
+@dataclass
+class SIGNConfig(IdempotentConfig):
+    """SIGN's options (reconstructed); the student is ``D_theta(x; sigma_init)``."""
 
+    name: str = "sign"
+    sign_dist: str = "sid"  # L_dist on x_g = f(sigma_init z): sid | dmd | none
+    alpha: float = 1.2  # SiD alpha of L_dist (sign_dist=sid)
+    weight: str = "mean_abs"  # SiD per-sample weight of L_dist: mean_abs | none
+    normalize: str = "mean_abs"  # DMD normalisation of L_dist (sign_dist=dmd): mean_abs | none
+    l_idem: float = 1.0  # weight of L_idem = d(f'(f(x_src)), f(x_src)), f' = frozen current weights
+    l_rec: float = 1.0  # weight of L_rec = d(f(x), x) on real data (else teacher samples)
+    l_flow: float = 1.0  # weight of L_flow = d(f(x_hi), sg(f_ema(x_lo))), one teacher Euler step
+    l_reg: float = 0.0  # weight of L_reg = d(f(sigma_init z), y*) against a bank of teacher ODE pairs
+    flow_levels: int = 18  # Karras grid (method.sigma_min..sigma_max, method.rho) whose adjacent levels L_flow uses
+    sign_steps: int = 4  # L_dist and the fake DSM step see the outputs of all applications of the K-step sampler (K = sign_steps; 1 = one-step only)
+    sign_pos_decay: float = 1.0  # P(application k) ~ decay^k, k = 0..sign_steps-1: 1 = uniform, < 1 favours the first (one-step) application
+    sign_sigma_end: float = DEFAULT_SIGMA_END  # last re-noise level of the multi-step sampler's Karras schedule (training and sampling)
+    bank_size: int = 1024  # teacher ODE pairs (z, y*) for L_reg, and teacher samples when there is no data
+    bank_steps: int = 18  # Heun steps of the bank's teacher sampler (2N-1 evaluations)
 
-def student_apply(net, x: torch.Tensor, sigma_s: float, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``f(x) = D_theta(x; sigma_s)`` in float32 (gradient as the caller's mode allows)."""
-    return net(x, _sigmas(x, sigma_s), labels).float()
-
-
-def frozen_apply(net: torch.nn.Module, x: torch.Tensor, sigma_s: float,
-                 labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``f'(x)``: the network's *current* weights, detached. The gradient flows into ``x`` only.
-
-    ``torch.func.functional_call`` with detached views of the parameters: no copy of the
-    weights, nothing accumulates into ``.grad`` of the parameters.
-    """
-    params = {k: p.detach() for k, p in net.named_parameters()}
-    return torch.func.functional_call(net, params, (x, _sigmas(x, sigma_s), labels)).float()
+    def validate(self) -> None:
+        super().validate()
+        check_choice("method.sign_dist", self.sign_dist, ("sid", "dmd", "none"))
+        check_choice("method.weight", self.weight, SID_WEIGHTS)
+        check_choice("method.normalize", self.normalize, DMD_NORMALIZATIONS)
+        for k in ("l_idem", "l_rec", "l_flow", "l_reg"):
+            check_positive(f"method.{k}", getattr(self, k), allow_zero=True)
+        check(isinstance(self.flow_levels, int) and self.flow_levels >= 2,
+              f"method.flow_levels must be an integer >= 2, got {self.flow_levels!r}")
+        check(isinstance(self.sign_steps, int) and self.sign_steps >= 1,
+              f"method.sign_steps must be an integer >= 1, got {self.sign_steps!r}")
+        check_positive("method.sign_pos_decay", self.sign_pos_decay)
+        check(0 < self.sign_sigma_end < self.sigma_init,
+              f"method.sign_sigma_end must be in (0, sigma_init), got {self.sign_sigma_end!r}")
+        check(isinstance(self.bank_size, int) and self.bank_size >= 1,
+              f"method.bank_size must be an integer >= 1, got {self.bank_size!r}")
+        check(isinstance(self.bank_steps, int) and self.bank_steps >= 2,
+              f"method.bank_steps must be an integer >= 2, got {self.bank_steps!r}")
 
 
 def flow_levels(n: int, sigma_min: float, sigma_max: float, rho: float, device=None) -> torch.Tensor:
     """The ``n`` Karras levels (decreasing, no trailing zero), float32."""
-    from ..sampling import karras_sigmas
-
     return karras_sigmas(n, sigma_min, sigma_max, rho, append_zero=False).to(torch.float32).to(device)
 
 
 def teacher_euler_step(teacher, x_hi: torch.Tensor, s_hi: torch.Tensor, s_lo: torch.Tensor,
-                       labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+                       cond: Optional[Conditioning] = None) -> torch.Tensor:
     """One probability-flow Euler step ``x_lo = x_hi + (s_lo - s_hi)(x_hi - D(x_hi; s_hi))/s_hi`` (per-sample sigmas)."""
-    d = teacher(x_hi, s_hi, labels).float()
+    d = teacher(x_hi, s_hi, cond).float()
     return x_hi + _bcast(s_lo - s_hi, x_hi) * (x_hi - d) / _bcast(s_hi, x_hi)
 
 
-def _cat_labels(labels: list) -> Optional[torch.Tensor]:
-    if all(lab is None for lab in labels):
-        return None
-    if any(lab is None for lab in labels):
-        raise ValueError("mixing labelled and unlabelled batches for a class-conditional student")
-    return torch.cat(labels)
-
-
-def chain_inputs(apply, z: torch.Tensor, labels: Optional[torch.Tensor], sigma_s: float, levels: list,
+def chain_inputs(apply, z: torch.Tensor, cond: Optional[Conditioning], sigma_s: float, levels: list,
                  pos: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Per sample, the input of application ``pos + 1`` of the multi-step sampler (without gradient).
 
     ``pos = 0``: ``sigma_s z``; ``pos = j >= 1``: ``x_j + levels[j-1] eps[:, j-1]`` with ``x_j`` the
     sampler's ``j``-th output, ``x_1 = apply(sigma_s z)``, ``x_{k+1} = apply(x_k + levels[k-1] eps[:, k-1])``
-    (exactly :func:`fastdistill.student.generate`). Only the samples that go further are evaluated.
-    ``apply(x, labels)`` is the student; ``eps`` is (B, len(levels), *shape).
+    (the student's multi-step sampler). Only the samples that go further are evaluated.
+    ``apply(x, cond)`` is the student; ``eps`` is (B, len(levels), *shape).
     """
     x = z * sigma_s
     with torch.no_grad():
@@ -137,7 +140,7 @@ def chain_inputs(apply, z: torch.Tensor, labels: Optional[torch.Tensor], sigma_s
             idx = (pos > j).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            y = apply(x[idx], None if labels is None else labels[idx]) + lv * eps[idx, j]
+            y = apply(x[idx], None if cond is None else cond[idx]) + lv * eps[idx, j]
             x = x.index_copy(0, idx, y.to(x.dtype))
     return x
 
@@ -150,7 +153,7 @@ class SIGNNoise(GeneratorNoise):
     chain_pos: torch.Tensor  # (B,) which application of the sign_steps-step sampler x_g is (0 = the first)
     chain_eps: torch.Tensor  # (B, sign_steps - 1, *shape) the sampler's re-noising
     x_data: torch.Tensor  # (B, *shape) data (or teacher-bank) batch for L_rec / L_flow
-    data_labels: Optional[torch.Tensor]
+    data_cond: Optional[Conditioning]
     flow_idx: torch.Tensor  # (B,) index k of the level pair (sigma_k, sigma_{k+1})
     flow_eps: torch.Tensor  # (B, *shape)
     reg_idx: Optional[torch.Tensor]  # (B,) bank rows for L_reg, or None
@@ -164,46 +167,14 @@ class SIGNFakeNoise(FakeNoise):
     chain_eps: torch.Tensor
 
 
-class _DataMixin:
-    """Real-data / teacher-bank batches for methods that declare ``needs`` "data"."""
-
-    ctx: Optional[MethodContext]
-
-    def _need_ctx(self) -> MethodContext:
-        if self.ctx is None:
-            raise RuntimeError(f"method {self.name!r} needs a MethodContext: call method.bind(ctx) first "
-                               "(the training loop does this)")
-        return self.ctx
-
-    def _check_data_labels(self, lab, label_dim: int) -> None:
-        if label_dim and lab is None:
-            raise ValueError(f"the teacher is class-conditional (label_dim {label_dim}) but the data has no labels")
-
-    def data_batch(self, n: int, device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        ctx = self._need_ctx()
-        if ctx.data is not None:
-            x, lab = ctx.data(n, ctx.data_generator)
-            x = x.reshape(n, *ctx.shape).float()
-            if not ctx.label_dim:
-                lab = None
-            self._check_data_labels(lab, ctx.label_dim)
-        else:
-            bank = getattr(self, "bank", None)
-            if bank is None:
-                raise RuntimeError(f"method {self.name!r} has no data and no teacher bank")
-            idx = torch.randint(0, bank["y"].shape[0], (n,), generator=ctx.data_generator)
-            x, lab = bank["y"][idx.to(bank["y"].device)], None if bank["labels"] is None else bank["labels"][idx.to(bank["y"].device)]
-        return x.to(device), (None if lab is None else lab.float().to(device))
-
-
-@register_method("sign")
-class SIGN(_DataMixin, DistillMethod):
+@register_method("sign", config=SIGNConfig)
+class SIGN(DataBatches, DistillMethod):
     """Score-based idempotent distillation (reconstruction; see the module docstring)."""
 
     needs = frozenset({"data", "ema", "net"})
 
-    def __init__(self, cfg, backend: str = "auto"):
-        super().__init__(cfg, backend)
+    def __init__(self, cfg: SIGNConfig, backend: str = "auto", **kwargs):
+        super().__init__(cfg, backend, **kwargs)
         self.bank: Optional[dict] = None
         self.last_terms: dict = {}
 
@@ -242,9 +213,7 @@ class SIGN(_DataMixin, DistillMethod):
 
     @property
     def chain_levels(self) -> list:
-        """The re-noise levels of the ``sign_steps``-step sampler (:func:`fastdistill.student.multistep_schedule`)."""
-        from ..student import multistep_schedule
-
+        """The re-noise levels of the ``sign_steps``-step sampler (:func:`fastdistill.sampling.multistep_schedule`)."""
         c = self.cfg
         return multistep_schedule(c.sign_steps, c.sigma_init, "karras", c.sign_sigma_end)
 
@@ -261,16 +230,16 @@ class SIGN(_DataMixin, DistillMethod):
         eps = torch.randn((n, k - 1, *shape), generator=gen, device=device)
         return pos, eps
 
-    def sampler_inputs(self, net, z, labels, pos, eps) -> torch.Tensor:
+    def sampler_inputs(self, net, z, cond, pos, eps) -> torch.Tensor:
         """:func:`chain_inputs` with the student ``net`` (the raw module in the generator step, so
         the DDP wrapper sees exactly one forward; the evaluation-mode generator in the fake step)."""
         s = self.cfg.sigma_init
 
-        def apply(x, lab):
+        def apply(x, c):
             with self.autocast():
-                return student_apply(net, x, s, lab)
+                return student_apply(net, x, s, c)
 
-        return chain_inputs(apply, z, labels, s, self.chain_levels, pos, eps)
+        return chain_inputs(apply, z, cond, s, self.chain_levels, pos, eps)
 
     def log_terms(self) -> dict:
         return dict(self.last_terms)
@@ -286,44 +255,44 @@ class SIGN(_DataMixin, DistillMethod):
         if c.l_reg > 0:
             reg_idx = torch.randint(0, self.bank["z"].shape[0], (n,), generator=gen, device=device)
         pos, ch_eps = self._draw_chain(n, shape, gen, device)
-        return SIGNNoise(base.z, base.sigma, base.eps, base.labels, pos, ch_eps, x, lab, flow_idx, flow_eps, reg_idx)
+        return SIGNNoise(base.z, base.sigma, base.eps, base.cond, pos, ch_eps, x, lab, flow_idx, flow_eps, reg_idx)
 
     def draw_fake_noise(self, n, shape, label_dim, gen, device) -> SIGNFakeNoise:
         base = super().draw_fake_noise(n, shape, label_dim, gen, device)
         pos, ch_eps = self._draw_chain(n, shape, gen, device)
-        return SIGNFakeNoise(base.z, base.sigma, base.noise, base.labels, pos, ch_eps)
+        return SIGNFakeNoise(base.z, base.sigma, base.noise, base.cond, pos, ch_eps)
 
     def fake_samples(self, G, noise: SIGNFakeNoise) -> torch.Tensor:
         """The outputs of all applications of the sampler, as L_dist sees them (so the fake score tracks them)."""
-        x_in = self.sampler_inputs(G, noise.z, noise.labels, noise.chain_pos, noise.chain_eps)
+        x_in = self.sampler_inputs(G, noise.z, noise.cond, noise.chain_pos, noise.chain_eps)
         with self.autocast():
-            return student_apply(G, x_in, self.cfg.sigma_init, noise.labels)
+            return student_apply(G, x_in, self.cfg.sigma_init, noise.cond)
 
     # ------------------------------------------------------------------ the generator step
     def generator_loss(self, G, teacher, fake, noise: SIGNNoise):
         c, ctx = self.cfg, self._need_ctx()
         s = c.sigma_init
         B = noise.z.shape[0]
-        parts = [self.sampler_inputs(ctx.net, noise.z, noise.labels, noise.chain_pos, noise.chain_eps)]
-        labs = [noise.labels]
+        parts = [self.sampler_inputs(ctx.net, noise.z, noise.cond, noise.chain_pos, noise.chain_eps)]
+        conds = [noise.cond]
         if c.l_rec > 0:
             parts.append(noise.x_data)
-            labs.append(noise.data_labels)
+            conds.append(noise.data_cond)
         if c.l_flow > 0:
             lv = self._levels.to(noise.z.device)
             s_hi, s_lo = lv[noise.flow_idx], lv[noise.flow_idx + 1]
             x_hi = noise.x_data + _bcast(s_hi, noise.x_data) * noise.flow_eps
             with torch.no_grad(), self.autocast():
-                x_lo = teacher_euler_step(teacher, x_hi, s_hi, s_lo, noise.data_labels)
-                flow_target = student_apply(ctx.ema, x_lo, s, noise.data_labels)
+                x_lo = teacher_euler_step(teacher, x_hi, s_hi, s_lo, noise.data_cond)
+                flow_target = student_apply(ctx.ema, x_lo, s, noise.data_cond)
             parts.append(x_hi)
-            labs.append(noise.data_labels)
+            conds.append(noise.data_cond)
         if c.l_reg > 0:
             idx = noise.reg_idx.to(self.bank["z"].device)
             parts.append((self.bank["z"][idx] * s).to(noise.z.device))
-            labs.append(None if self.bank["labels"] is None else self.bank["labels"][idx].to(noise.z.device))
+            conds.append(None if self.bank["cond"] is None else self.bank["cond"][idx].to(noise.z.device))
         with self.autocast():
-            out = student_apply(G, torch.cat(parts), s, _cat_labels(labs))
+            out = student_apply(G, torch.cat(parts), s, Conditioning.cat(conds))
         chunks = list(out.split(B))
         x_g = chunks.pop(0)
         terms: dict = {}
@@ -348,7 +317,7 @@ class SIGN(_DataMixin, DistillMethod):
         if c.l_idem > 0:
             x_in = torch.where(_bcast(bad, x_g), torch.zeros_like(x_g), x_g)
             with self.autocast():
-                outer = frozen_apply(ctx.net, x_in, s, noise.labels)
+                outer = frozen_apply(ctx.net, x_in, s, noise.cond)
             pairs.append(("idem", c.l_idem, outer, x_in, bad))
         if c.l_rec > 0:
             pairs.append(("rec", c.l_rec, chunks.pop(0), noise.x_data, None))
@@ -372,11 +341,9 @@ def build_teacher_bank(teacher, n: int, shape, label_dim: int, num_steps: int = 
                        block: int = 256, progress: bool = False) -> dict:
     """``n`` teacher ODE pairs: ``z ~ N(0, I)`` and ``y* = Heun(teacher, sigma_max z)`` (2N-1 evaluations).
 
-    Returns ``{"z", "y", "labels"}`` on ``device``. Used by L_reg (the pair) and as the
+    Returns ``{"z", "y", "cond"}`` on ``device``. Used by L_reg (the pair) and as the
     teacher-sample fallback for L_rec / L_flow when there is no real data.
     """
-    from ..sampling import heun_sampler
-
     g = torch.Generator().manual_seed(int(seed))
     z = torch.randn((n, *shape), generator=g)
     labels = None
@@ -393,4 +360,5 @@ def build_teacher_bank(teacher, n: int, shape, label_dim: int, num_steps: int = 
         li = None if labels is None else labels[i:i + block].to(device)
         ys.append(heun_sampler(teacher, zi, li, num_steps=num_steps, sigma_min=sigma_min,
                                sigma_max=sigma_max, rho=rho).float())
-    return {"z": z.to(device), "y": torch.cat(ys), "labels": None if labels is None else labels.to(device)}
+    cond = None if labels is None else Conditioning(labels=labels).to(device)
+    return {"z": z.to(device), "y": torch.cat(ys), "cond": cond}

@@ -1,17 +1,33 @@
-"""SIM: score implicit matching with the pseudo-Huber distance (ALGORITHMS.md section 3, reconstructed).
+"""SIM: score implicit matching with the pseudo-Huber distance (docs/algorithms.md section 3, reconstructed).
 
 The authors published neither time weighting nor optimiser; we use SiD's generator-step noise
 schedule, optimiser and loss scale, and document that choice.
 """
+from dataclasses import dataclass
+
 from ..losses import sim_loss
-from .base import DistillMethod, register_method
+from .base import DistillMethod, MethodConfig, check_choice, check_positive, register_method
 
 
-@register_method("sim")
+@dataclass
+class SIMConfig(MethodConfig):
+    name: str = "sim"
+    distance: str = "pseudo_huber"  # pseudo_huber | l2
+    c: float = 1e-3  # pseudo-Huber c
+    weight: str = "none"  # per-sample weight: none | mean_abs
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("method.distance", self.distance, ("pseudo_huber", "l2"))
+        check_choice("method.weight", self.weight, ("none", "mean_abs"))
+        check_positive("method.c", self.c)
+
+
+@register_method("sim", config=SIMConfig)
 class SIM(DistillMethod):
-    """``l_b = S_b / N_b``; options ``distance`` (pseudo_huber | l2), ``c``, ``sim_weight``."""
+    """``l_b = S_b / N_b``; options ``distance`` (pseudo_huber | l2), ``c``, ``weight``."""
 
     def loss(self, y, y_real, y_fake):
         c = self.cfg
-        return sim_loss(y, y_real, y_fake, distance=c.distance, c=c.c, weight=c.sim_weight,
+        return sim_loss(y, y_real, y_fake, distance=c.distance, c=c.c, weight=c.weight,
                         loss_scale=c.generator_loss_scale, backend=self.backend)

@@ -30,6 +30,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ..conditioning import labels_of
+
 __all__ = [
     "GaussianMixtureTeacher",
     "eight_gaussians",
@@ -253,8 +255,9 @@ class GaussianMixtureTeacher(nn.Module):
         return xf, z, var, log_joint
 
     # ------------------------------------------------------------------ public API
-    def forward(self, x: torch.Tensor, sigma, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma, cond=None, *, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Exact posterior mean E[x0 | x0 + sigma eps = x], same shape and dtype as x."""
+        class_labels = labels_of(cond, class_labels)
         xf, z, var, log_joint = self._posterior(x, sigma, class_labels)
         r = torch.softmax(log_joint, dim=1)  # (B, K), stable
         lam = self.eigvals.to(xf.device)
@@ -355,3 +358,24 @@ def single_gaussian(mean, cov, **kw) -> GaussianMixtureTeacher:
             raise ValueError(f"cov matrix must have shape ({d}, {d}), got {tuple(cov.shape)}")
         cov = cov[None]
     return GaussianMixtureTeacher(mean, cov, **kw)
+
+
+#: analytic teachers by name; the mixtures carry the names of the datasets they equal
+#: (``fastdistill.data.load_dataset``), ``ring8`` and ``grid25`` are older spellings
+ANALYTIC_TEACHERS = {
+    "8gaussians": eight_gaussians,
+    "25gaussians": lambda: grid_of_gaussians(5),
+    "gaussian": lambda: single_gaussian([0.0, 0.0], [[1.0, 0.6], [0.6, 0.5]]),
+}
+_ALIASES = {"ring8": "8gaussians", "grid25": "25gaussians"}
+
+
+def analytic_teacher(name: str) -> GaussianMixtureTeacher:
+    """An exact analytic teacher by name: ``8gaussians``, ``25gaussians``, ``gaussian`` (a
+    correlated 2-D Gaussian), or ``ringN`` (N Gaussians on the unit circle, e.g. ring64)."""
+    key = _ALIASES.get(name, name)
+    if key in ANALYTIC_TEACHERS:
+        return ANALYTIC_TEACHERS[key]()
+    if name.startswith("ring") and name[4:].isdigit() and int(name[4:]) >= 1:
+        return ring_of_gaussians(int(name[4:]))
+    raise ValueError(f"unknown analytic teacher {name!r}; available: {', '.join(ANALYTIC_TEACHERS)}, ringN (e.g. ring64)")

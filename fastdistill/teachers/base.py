@@ -1,9 +1,9 @@
 """The teacher interface every part of fastdistill talks to.
 
-A teacher is anything that maps a noisy image and its noise level to a clean-image
-estimate (the EDM "denoiser" or x0-prediction, ALGORITHMS.md section 0). Networks,
-adapters (diffusers, VP/VE) and analytic teachers all present this one shape, so the
-methods and the engine never care where a teacher came from.
+A teacher is anything that maps a noisy sample and its noise level to a clean-sample estimate
+(the EDM "denoiser" or x0-prediction, docs/algorithms.md section 0). Networks, adapters
+(diffusers, VP/VE) and analytic teachers all present this one shape, so the methods and the
+engine never care where a teacher came from.
 """
 from __future__ import annotations
 
@@ -11,13 +11,25 @@ from typing import Optional, Protocol, runtime_checkable
 
 import torch
 
+from ..conditioning import Conditioning
+
+__all__ = ["Denoiser", "score_from_denoiser"]
+
 
 @runtime_checkable
 class Denoiser(Protocol):
-    """`D(x, sigma, class_labels) -> x0_hat`, float32 in and out.
+    """``D(x, sigma, cond=None) -> x0_hat``, float32 in and out.
 
-    x: (B, *data_shape) noisy input; sigma: (B,) or broadcastable noise levels;
-    class_labels: (B, label_dim) one-hot or None when `label_dim == 0`.
+    x: (B, *data_shape) noisy input; sigma: (B,) noise levels; cond: a
+    :class:`~fastdistill.conditioning.Conditioning` (class labels as ``cond.labels``) or None
+    for an unconditional teacher (``label_dim == 0``).
+
+    The attributes the code reads: ``sigma_data`` (the data's standard deviation, used by the
+    DSM loss weighting), ``img_channels`` and ``img_resolution`` (the sample shape
+    ``(C, R, R)`` unless the teacher has ``data_shape``), ``label_dim`` (number of classes, 0
+    for none). Optional: ``data_shape``, ``round_sigma(sigma)`` (discrete-time teachers snap
+    to their grid), ``sigma_min`` / ``sigma_max`` (the sampler's schedule is clipped to them)
+    and ``sample(n, generator)`` (exact samples, analytic teachers).
     """
 
     sigma_data: float
@@ -25,12 +37,10 @@ class Denoiser(Protocol):
     img_resolution: int
     label_dim: int
 
-    def __call__(
-        self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Optional[torch.Tensor] = None
-    ) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[Conditioning] = None) -> torch.Tensor: ...
 
 
 def score_from_denoiser(denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Score of the noised density, `(D(x) - x) / sigma^2`, with sigma broadcast per sample."""
+    """Score of the noised density, ``(D(x) - x) / sigma^2``, with sigma broadcast per sample."""
     sigma = sigma.reshape(-1, *([1] * (x.ndim - 1)))
     return (denoised - x) / sigma**2

@@ -140,13 +140,14 @@ def _encode(obj):
     raise TypeError(f"cannot store {type(obj).__name__} value {obj!r} in a JSON config")
 
 
-def _decode(obj):
+def decode_init_kwargs(obj):
+    """Inverse of the JSON encoding of init kwargs (non-finite floats are stored as ``{"__float__": ...}``)."""
     if isinstance(obj, list):
-        return [_decode(v) for v in obj]
+        return [decode_init_kwargs(v) for v in obj]
     if isinstance(obj, dict):
         if set(obj) == {"__float__"}:
             return float(obj["__float__"])
-        return {k: _decode(v) for k, v in obj.items()}
+        return {k: decode_init_kwargs(v) for k, v in obj.items()}
     return obj
 
 
@@ -244,7 +245,7 @@ def _read_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str
 
 def _parse_config(text: str, source: str) -> dict:
     try:
-        config = _decode(json.loads(text))
+        config = decode_init_kwargs(json.loads(text))
     except (json.JSONDecodeError, TypeError) as e:
         raise CheckpointError(f"{source}: config is not valid JSON: {e}") from e
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
@@ -257,6 +258,14 @@ def _parse_config(text: str, source: str) -> dict:
     if not isinstance(config.get("class_name"), str) or not isinstance(config.get("init_kwargs"), dict):
         raise CheckpointError(f"{source}: config lacks class_name / init_kwargs")
     return config
+
+
+def read_teacher_extra(path: "str | os.PathLike") -> dict:
+    """The ``extra`` record :func:`save_teacher` stored with a safetensors teacher (``{}`` if none)."""
+    _, meta = _read_safetensors(os.fspath(path))
+    if "config" not in meta:
+        return {}
+    return _parse_config(meta["config"], os.fspath(path)).get("extra", {}) or {}
 
 
 def _finish(module: nn.Module, device) -> nn.Module:

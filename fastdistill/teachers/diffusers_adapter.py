@@ -28,6 +28,8 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from ..conditioning import labels_of
+
 __all__ = ["DiffusersDenoiser", "load_diffusers_teacher", "vp_sigmas_from_alphas_cumprod"]
 
 
@@ -132,7 +134,8 @@ class DiffusersDenoiser(nn.Module):
                                                       device=s.device)
 
     # -- forward -------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, sigma, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma, cond=None, *, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        class_labels = labels_of(cond, class_labels)
         if x.ndim != 4 or x.shape[1] != self.img_channels:
             raise ValueError(f"x must be (B, {self.img_channels}, H, W), got {tuple(x.shape)}")
         B = x.shape[0]

@@ -64,11 +64,9 @@ label_dim to the data.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
-import sys
 import time
 from importlib import resources
 from typing import Any, Dict, Optional, Union
@@ -84,7 +82,6 @@ __all__ = [
     "train_digits_teacher",
     "load_digits_teacher",
     "digits_teacher_path",
-    "add_train_teacher_parser",
 ]
 
 ASSET_NAME = "digits_teacher.safetensors"
@@ -246,93 +243,3 @@ def load_digits_teacher(device="cpu") -> nn.Module:
         raise CheckpointError(f"{ref}: not a digits teacher (resolution {net.img_resolution}, "
                               f"channels {net.img_channels})")
     return net
-
-
-# --------------------------------------------------------------------------------------
-# Command line: ``fastdistill train-teacher``.
-
-def _int_at_least(low: int, what: str):
-    """argparse type: an integer >= low, with a message naming what was expected."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {v}")
-        return v
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "positive")
-_nonneg_int = _int_at_least(0, "non-negative")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return v
-
-
-def _train_teacher_cmd(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError
-    from .loading import load_teacher
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data_kwargs = {}
-    if args.resolution:
-        data_kwargs["resolution"] = args.resolution
-    try:
-        result = train_digits_teacher(
-            args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, data=args.data,
-            arch=args.arch, conditional=not args.unconditional, lr_warmup_steps=args.warmup, lr_decay=args.lr_decay,
-            weights_dtype=args.weights_dtype, device=args.device, progress=not args.quiet, data_kwargs=data_kwargs)
-        net = load_teacher(result.path)  # check that what was written loads
-    except (FileNotFoundError, ValueError, KeyError, TypeError, CheckpointError) as e:
-        print(f"fastdistill train-teacher: error: {e}", file=sys.stderr)
-        return 2
-    n_params = sum(p.numel() for p in net.parameters())
-    losses = result.losses
-    tail = losses[-max(1, len(losses) // 10):]
-    print(f"wrote {result.path}: {type(net).__name__}, {n_params} parameters, label_dim {net.label_dim}, "
-          f"{result.config['steps']} steps in {result.config['train_seconds']:.1f} s, "
-          f"final loss {sum(tail) / len(tail):.4f}")
-    return 0
-
-
-def add_train_teacher_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``train-teacher`` subcommand to an argparse ``subparsers`` object."""
-    p = subparsers.add_parser(
-        "train-teacher", help="train a small EDM teacher (digits, 2-D toys, or your .npy/.npz/image folder)",
-        description="Train an EDM-preconditioned teacher with the EDM loss and save its EMA weights "
-                    "(fastdistill safetensors format; load with fastdistill.teachers.load_teacher).")
-    p.add_argument("--data", default="digits",
-                   help="built-in dataset (digits, 8gaussians, 25gaussians, checkerboard, swissroll) or a path "
-                        "to a .npy/.npz file or an image folder (default: digits)")
-    p.add_argument("--out", required=True, help="output .safetensors file (or a directory)")
-    p.add_argument("--steps", type=_positive_int, default=SHIPPED_TRAINING["steps"], help="optimiser steps")
-    p.add_argument("--batch-size", type=_positive_int, default=SHIPPED_TRAINING["batch_size"])
-    p.add_argument("--lr", type=_positive_float, default=SHIPPED_TRAINING["lr"], help="Adam learning rate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--arch", choices=sorted(ARCH_PRESETS), default=None,
-                   help="network preset (default: digits-small for images, mlp for vector data)")
-    p.add_argument("--unconditional", action="store_true", help="ignore class labels even if the data have them")
-    p.add_argument("--resolution", type=_positive_int, default=None,
-                   help="resize image data to this side (digits: 8 native, 16, 32, ...)")
-    p.add_argument("--warmup", type=_nonneg_int, default=SHIPPED_TRAINING["lr_warmup_steps"],
-                   help="linear lr warm-up steps")
-    p.add_argument("--lr-decay", choices=("none", "cosine"), default=SHIPPED_TRAINING["lr_decay"])
-    p.add_argument("--weights-dtype", choices=("float32", "float16"), default="float32",
-                   help="storage dtype of the saved weights (loaded as float32 either way)")
-    p.add_argument("--device", default=None, help="torch device (default: cpu)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_train_teacher_cmd)
-    return p

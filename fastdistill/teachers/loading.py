@@ -1,6 +1,9 @@
-"""``load_teacher(path)``: one entry point for every teacher checkpoint fastdistill reads.
+"""``load_teacher(spec)``: the one place a teacher is resolved from a name or a path.
 
-Dispatch is on what the path *is* (content first, extension only for messages):
+- ``"digits"``: the digits teacher shipped with the package (unless a file of that name exists);
+- ``"analytic:NAME"``: an exact Gaussian-mixture teacher, named like the datasets it equals
+  (``analytic:8gaussians``, ``analytic:25gaussians``, ``analytic:ring64``, ...);
+- a path, dispatched on what it *is* (content first, extension only for messages):
 
 - a file starting like a pickle (``b'\\x80'``): an EDM / SiD network pickle, read by the
   restricted unpickler of :mod:`.edm_pickle` (its ``ema`` entry);
@@ -8,7 +11,7 @@ Dispatch is on what the path *is* (content first, extension only for messages):
   ``network_kwargs``), see :mod:`.checkpoint`;
 - a directory with ``fastdistill_teacher.json``: fastdistill's directory format;
 - a directory that looks like a diffusers model/pipeline (``model_index.json``,
-  ``config.json``, ``unet/``): handed to ``fastdistill.teachers.diffusers_adapter``.
+  ``config.json``, ``unet/``): :func:`fastdistill.teachers.diffusers_adapter.load_diffusers_teacher`.
 
 The result is an ``nn.Module`` satisfying the Denoiser protocol, in eval mode with
 ``requires_grad=False`` (a frozen teacher; copy it and re-enable gradients for a generator).
@@ -16,14 +19,15 @@ The result is an ``nn.Module`` satisfying the Denoiser protocol, in eval mode wi
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import struct
 
 from torch import nn
 
+from .analytic import analytic_teacher
 from .checkpoint import (CheckpointError, is_fastdistill_checkpoint_dir, load_safetensors_teacher,
                          load_teacher_checkpoint)
+from .digits import load_digits_teacher
 from .edm_pickle import load_edm_pickle
 
 __all__ = ["load_teacher", "sniff_format"]
@@ -80,30 +84,29 @@ def sniff_format(path: "str | os.PathLike") -> str:
         f"safetensors teachers (.safetensors), fastdistill or diffusers directories")
 
 
-def _load_diffusers(path: str, device):
+def _load_diffusers(path: str, device) -> nn.Module:
+    """Through the adapter module as installed (it imports diffusers only when a model is loaded)."""
     try:
-        mod = importlib.import_module("fastdistill.teachers.diffusers_adapter")
-    except ModuleNotFoundError as e:
-        if e.name in ("fastdistill.teachers.diffusers_adapter",):
-            raise CheckpointError(f"{path}: looks like a diffusers model, but the diffusers adapter "
-                                  f"(fastdistill.teachers.diffusers_adapter) is not available") from e
-        raise
-    fn = getattr(mod, "load_diffusers_teacher", None)
-    if fn is None:
-        raise CheckpointError(f"{path}: fastdistill.teachers.diffusers_adapter has no load_diffusers_teacher")
-    try:
-        accepts_device = "device" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        accepts_device = False
-    net = fn(path, device=device) if accepts_device else fn(path)
-    if isinstance(net, nn.Module):
-        net = net.to(device).eval().requires_grad_(False)
-    return net
+        adapter = importlib.import_module("fastdistill.teachers.diffusers_adapter")
+    except ImportError as e:
+        raise CheckpointError(f"{path}: looks like a diffusers model, but the diffusers adapter "
+                              f"(fastdistill.teachers.diffusers_adapter) is not available") from e
+    return adapter.load_diffusers_teacher(path).to(device).eval().requires_grad_(False)
 
 
-def load_teacher(path: "str | os.PathLike", device="cpu") -> nn.Module:
-    """Load a teacher denoiser from ``path`` (see module docstring for what is accepted)."""
-    path = os.fspath(path)
+ANALYTIC_PREFIX = "analytic:"
+
+
+def load_teacher(spec: "str | os.PathLike", device="cpu") -> nn.Module:
+    """The teacher denoiser ``spec`` names (see the module docstring for what is accepted)."""
+    path = os.fspath(spec)
+    if path.startswith(ANALYTIC_PREFIX):
+        return analytic_teacher(path[len(ANALYTIC_PREFIX):]).to(device)
+    if path == "digits" and not os.path.exists(path):
+        return load_digits_teacher(device=device)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"teacher {path!r}: no such file or directory (use 'digits' for the shipped digits "
+                                f"teacher, analytic:NAME for an exact toy teacher, or a checkpoint path)")
     kind = sniff_format(path)
     if kind == "edm_pickle":
         return load_edm_pickle(path, device=device)

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ..conditioning import labels_of
 from .checkpoint import register_teacher_class
 
 __all__ = ["MLPDenoiser"]
@@ -105,7 +106,8 @@ class MLPDenoiser(nn.Module):
             e = e + self.label_emb(class_labels.to(e.dtype).reshape(-1, self.label_dim))
         return e
 
-    def forward(self, x: torch.Tensor, sigma, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma, cond=None, *, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        class_labels = labels_of(cond, class_labels)
         if x.ndim < 1 or x.numel() != x.shape[0] * self.dim:
             raise ValueError(f"x must be (B, *{self.data_shape}), got {tuple(x.shape)}")
         B = x.shape[0]

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..conditioning import labels_of
 from .networks import NETWORK_CLASSES
 
 __all__ = ["EDMPrecond", "VPPrecond", "VEPrecond", "PRECOND_CLASSES"]
@@ -82,10 +83,10 @@ class EDMPrecond(_Precond):
         self.sigma_data = float(sigma_data)
         self.model = _build_model(model_type, img_resolution, img_channels, label_dim, model_kwargs)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
-                augment_labels: Optional[torch.Tensor] = None, force_fp32: bool = False,
-                **model_kwargs) -> torch.Tensor:
-        x, sigma, class_labels = self._prepare(x, sigma, class_labels)
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None,
+                augment_labels: Optional[torch.Tensor] = None, force_fp32: bool = False, *,
+                class_labels: Optional[torch.Tensor] = None, **model_kwargs) -> torch.Tensor:
+        x, sigma, class_labels = self._prepare(x, sigma, labels_of(cond, class_labels))
         dtype = self._dtype(x, force_fp32)
         sd = self.sigma_data
         c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)
@@ -122,10 +123,10 @@ class VPPrecond(_Precond):
         self.sigma_max = float(self.sigma(1))
         self.model = _build_model(model_type, img_resolution, img_channels, label_dim, model_kwargs)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
-                augment_labels: Optional[torch.Tensor] = None, force_fp32: bool = False,
-                **model_kwargs) -> torch.Tensor:
-        x, sigma, class_labels = self._prepare(x, sigma, class_labels)
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None,
+                augment_labels: Optional[torch.Tensor] = None, force_fp32: bool = False, *,
+                class_labels: Optional[torch.Tensor] = None, **model_kwargs) -> torch.Tensor:
+        x, sigma, class_labels = self._prepare(x, sigma, labels_of(cond, class_labels))
         dtype = self._dtype(x, force_fp32)
         c_skip = 1
         c_out = -sigma
@@ -165,10 +166,10 @@ class VEPrecond(_Precond):
         self.sigma_data = float(sigma_data)  # not used by the preconditioning; for DSM weighting
         self.model = _build_model(model_type, img_resolution, img_channels, label_dim, model_kwargs)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
-                augment_labels: Optional[torch.Tensor] = None, force_fp32: bool = False,
-                **model_kwargs) -> torch.Tensor:
-        x, sigma, class_labels = self._prepare(x, sigma, class_labels)
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None,
+                augment_labels: Optional[torch.Tensor] = None, force_fp32: bool = False, *,
+                class_labels: Optional[torch.Tensor] = None, **model_kwargs) -> torch.Tensor:
+        x, sigma, class_labels = self._prepare(x, sigma, labels_of(cond, class_labels))
         dtype = self._dtype(x, force_fp32)
         c_skip = 1
         c_out = sigma

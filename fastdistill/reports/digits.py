@@ -1,7 +1,7 @@
 """The embedded default (``fastdistill distill`` with no preset): the shipped digits teacher
 against one-step SiD, SIM and DMD students, in at most 10 minutes on 2 CPU cores.
 
-    from fastdistill.engine.digits import digits_report, format_report
+    from fastdistill.reports.digits import digits_report, format_report
     rep = digits_report("runs/digits")
     print(format_report(rep))
 
@@ -38,13 +38,22 @@ import time
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
-from ..evaluation import DIGITS_N, line_plot, quality, read_jsonl, reference_data, teacher_nfe
+from ..engine import ConfigError, Distiller, preset_config
+from ..engine.evaluator import read_jsonl, teacher_nfe, teacher_samples
+from ..evaluation import student_samples
+from ..metrics.quality import DIGITS_N, quality, reference_data
+from ..plotting import labelled_rows, line_plot
+from ..student import load_student
+from ..teachers import load_teacher
 
 METHOD_PRESETS = {"sid": "digits", "sim": "digits-sim", "dmd": "digits-dmd"}
+#: overrides the report sets itself or that would change what its table compares
+REFUSED_OVERRIDES = ("method.name", "teacher.kind", "teacher.path", "teacher.name", "eval_samples", "eval_data",
+                     "eval_cache", "resume", "out_dir")
 TEACHER_STEPS = (1, 2, 4, 8, 18)
 HEADLINE = ("heun", 18)  # the teacher setting the students are judged against (35 NFE)
 SOLVERS = ("heun", "euler")
@@ -69,18 +78,15 @@ class DigitsReport:
 
 
 # ----------------------------------------------------------------------------- worker tasks
-def _init_worker(cache_dir: str) -> None:
+def _init_worker() -> None:
     torch.set_num_threads(1)
-    os.environ["FASTDISTILL_EVAL_CACHE"] = cache_dir
 
 
-def _teacher_task(teacher_spec, solver: str, steps: int, n: int, draw: int) -> dict:
+def _teacher_task(teacher_spec, solver: str, steps: int, n: int, draw: int, cache_dir: str) -> dict:
     """One teacher draw; draw 0 gets every metric and the timing, further draws FID only."""
-    from ..evaluation import resolve_teacher, teacher_samples
-
-    t = resolve_teacher(teacher_spec)
+    t = load_teacher(teacher_spec)
     ref = reference_data("digits")
-    x, sec = teacher_samples(t, n, steps=steps, solver=solver, seed=REPORT_SEED + draw)
+    x, sec = teacher_samples(t, n, steps=steps, solver=solver, seed=REPORT_SEED + draw, cache_dir=cache_dir)
     return dict(model="teacher", solver=solver, steps=steps, nfe=teacher_nfe(steps, solver), draw=draw,
                 label=f"teacher {solver.capitalize()} {steps} step{'s' if steps > 1 else ''}",
                 ms_per_sample=1000 * sec, **quality(x, ref, full=draw == 0))
@@ -109,19 +115,20 @@ def _progress(method: str, run_dir: Path) -> str:
     return f"{method} step {step}" + (f" FID {fid:.3f}" if fid is not None else "")
 
 
-def _student_task(method: str, run_dir: str, teacher_spec, n: int, draws: int, deadline: float,
-                  overrides: Sequence[str]) -> dict:
-    from .config import preset_config
-    from .loop import Distiller
-
-    cfg = preset_config(METHOD_PRESETS[method])
+def _student_config(method: str, run_dir: str, teacher_spec: str, n: int, cache_dir: str, overrides: Sequence[str]):
+    """The preset of ``method`` for the report: its teacher, the table's n, the shared teacher-sample cache."""
+    cfg = preset_config(METHOD_PRESETS[method]).with_overrides(list(overrides))
     cfg.out_dir = run_dir
     cfg.resume = "none"
     cfg.eval_samples = n  # the same n as the table (and the teacher's 35-NFE samples come from the cache)
-    if teacher_spec != "digits":
-        if isinstance(teacher_spec, (str, os.PathLike)):
-            cfg.teacher.path = os.fspath(teacher_spec)
-    cfg = cfg.with_overrides(list(overrides)).validate()
+    cfg.eval_cache = cache_dir
+    cfg.teacher.path = os.fspath(teacher_spec)
+    return cfg.validate()
+
+
+def _student_task(method: str, run_dir: str, teacher_spec: str, n: int, draws: int, deadline: float,
+                  overrides: Sequence[str], cache_dir: str) -> dict:
+    cfg = _student_config(method, run_dir, teacher_spec, n, cache_dir, overrides)
     stopped = {"early": False}
 
     def cb(d, row):
@@ -134,40 +141,24 @@ def _student_task(method: str, run_dir: str, teacher_spec, n: int, draws: int, d
     d = Distiller(cfg, callback=cb)
     res = d.run()
     train_s = time.time() - t0
-    ev = d._image_evaluator()
     row = dict(model="student", method=method, steps=1, nfe=1, label=f"{method.upper() if method != 'sid' else 'SiD'} student, 1 step",
                train_steps=res.step, train_s=train_s, stopped_early=stopped["early"], run_dir=run_dir,
-               **_student_quality(lambda k, seed: d.student_samples(k, seed=seed), n, draws, ev.ref))  # EMA, one step
-    row["fid_initial"] = (getattr(d, "initial_metrics", {}) or {}).get("fid_initial")
+               **_student_quality(lambda k, seed: d.student_samples(k, seed=seed), n, draws, d.evaluator.ref))  # EMA, one step
+    row["fid_initial"] = d.initial_quality
     return row
 
 
-# ----------------------------------------------------------------------------- pictures
-def _upscale_grid(rows: Sequence[tuple[str, torch.Tensor]], path, scale: int = 4, label_w: int = 150) -> Path:
-    """Labelled rows of images (each row a (k, 1, H, W) tensor in [-1, 1]), nearest-upscaled."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    k = max(r[1].shape[0] for r in rows)
-    h, w = rows[0][1].shape[-2:]
-    cell_h, cell_w = h * scale + 2, w * scale + 2
-    im = Image.new("L", (label_w + k * cell_w, len(rows) * cell_h + 4), 255)
-    d = ImageDraw.Draw(im)
-    font = ImageFont.load_default(size=13)  # at the default size 10 a space is 2 px wide: labels run together
-    for i, (name, x) in enumerate(rows):
-        img = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy()
-        for j in range(img.shape[0]):
-            tile = Image.fromarray(img[j]).resize((w * scale, h * scale), Image.NEAREST)
-            im.paste(tile, (label_w + j * cell_w, 2 + i * cell_h))
-        d.text((4, 2 + i * cell_h + cell_h // 2 - 7), name[:24], fill=0, font=font)
-    path = Path(path)
-    im.save(path)
-    return path
-
-
 # ----------------------------------------------------------------------------- the report
-def _pool(workers: int, cache_dir: str) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                               initializer=_init_worker, initargs=(cache_dir,))
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Refuse the overrides the report sets itself (each student's method, teacher, n, directory)."""
+    refused = [o for o in overrides if o.split("=", 1)[0].strip() in REFUSED_OVERRIDES]
+    if refused:
+        raise ConfigError(f"the digits report sets {', '.join(o.split('=', 1)[0] for o in refused)} itself: "
+                          f"use --methods / --teacher, or run one student with --preset digits")
 
 
 def digits_report(out_dir=DEFAULT_OUT, budget_s: float = 570.0, *, methods: Sequence[str] = ("sid", "sim", "dmd"),
@@ -190,103 +181,96 @@ def digits_report(out_dir=DEFAULT_OUT, budget_s: float = 570.0, *, methods: Sequ
         raise ValueError(f"unknown method(s) {unknown}; the digits report runs {', '.join(METHOD_PRESETS)}")
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
-    from .config import preset_config
-
-    for m in methods:  # a bad override fails now, not after the teacher table
-        preset_config(METHOD_PRESETS[m]).with_overrides(list(overrides)).validate()
+    check_overrides(overrides)
     out = Path(out_dir)
+    cache = str(out / "cache")
+    for m in methods:  # a bad override fails now, not after the teacher table
+        _student_config(m, str(out / m), teacher, n, cache, overrides)
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / "cache"
-    cache.mkdir(exist_ok=True)
     ref = reference_data("digits")
     n = int(min(n, ref.max_n()))
     base = quality(ref.baseline_set(n), ref)
     rep = DigitsReport(out_dir=str(out), n=n, baseline=base)
-    prev_cache = os.environ.get("FASTDISTILL_EVAL_CACHE")
-    os.environ["FASTDISTILL_EVAL_CACHE"] = str(cache)
-    try:
-        # 1. the teacher table: the 35-NFE run first (the students' baseline reads it from the cache)
-        t1 = time.time()
-        settings = {(s, k) for s in solvers for k in teacher_steps} | {HEADLINE}
-        jobs = sorted([(s, k, 0) for s, k in settings] + [(*HEADLINE, d) for d in range(1, draws)],
-                      key=lambda j: (j[2], -teacher_nfe(j[1], j[0])))
-        log(f"[digits report] teacher: {len(settings)} sampler settings ({draws} draws at 35 NFE), n={n} each ...")
-        with _pool(max(1, min(workers, 2)), str(cache)) as pool:
-            rows = [f.result() for f in [pool.submit(_teacher_task, teacher, s, k, n, d) for s, k, d in jobs]]
-        merged = [_merge_draws([r for r in rows if (r["solver"], r["steps"]) == sk]) for sk in settings]
-        rep.teacher_rows = sorted(merged, key=lambda r: (SOLVERS.index(r["solver"]) if r["solver"] in SOLVERS else 9, r["steps"]))
-        rep.phases_s["teacher"] = time.time() - t1
-        for r in rep.teacher_rows:
-            log(f"  {r['label']:<24} NFE {r['nfe']:>2}  FID {r['fid']:.3f}")
-        # 2. the students, concurrently
-        t2 = time.time()
-        reserve = 25.0  # phase 3: timing and pictures
-        deadline = t_start + budget_s - reserve
-        log(f"[digits report] distilling {', '.join(methods)} ({workers} processes, one thread each; "
-            f"{max(0.0, deadline - time.time()):.0f} s left in the budget) ...")
-        with _pool(max(1, min(workers, len(methods))), str(cache)) as pool:
-            futs = {m: pool.submit(_student_task, m, str(out / m), teacher, n, draws, deadline, tuple(overrides))
-                    for m in methods}
-            pending = set(futs.values())
-            while pending:
-                pending = wait(pending, timeout=progress_every).not_done
-                if pending:
-                    log(f"  {time.time() - t2:4.0f} s  " + "   ".join(_progress(m, out / m) for m in methods))
-            srows = {m: f.result() for m, f in futs.items()}
-        rep.phases_s["students"] = time.time() - t2
-        # 3. time per sample of each student alone (one thread), pictures
-        t3 = time.time()
-        _finish(rep, srows, methods, teacher, ref, out)
-        rep.phases_s["timing_and_pictures"] = time.time() - t3
-    finally:
-        if prev_cache is None:
-            os.environ.pop("FASTDISTILL_EVAL_CACHE", None)
-        else:
-            os.environ["FASTDISTILL_EVAL_CACHE"] = prev_cache
+    # 1. the teacher table: the 35-NFE run first (the students' baseline reads it from the cache)
+    t1 = time.time()
+    settings = {(s, k) for s in solvers for k in teacher_steps} | {HEADLINE}
+    jobs = sorted([(s, k, 0) for s, k in settings] + [(*HEADLINE, d) for d in range(1, draws)],
+                  key=lambda j: (j[2], -teacher_nfe(j[1], j[0])))
+    log(f"[digits report] teacher: {len(settings)} sampler settings ({draws} draws at 35 NFE), n={n} each ...")
+    with _pool(max(1, min(workers, 2))) as pool:
+        rows = [f.result() for f in [pool.submit(_teacher_task, teacher, s, k, n, d, cache) for s, k, d in jobs]]
+    merged = [_merge_draws([r for r in rows if (r["solver"], r["steps"]) == sk]) for sk in settings]
+    rep.teacher_rows = sorted(merged, key=lambda r: (SOLVERS.index(r["solver"]) if r["solver"] in SOLVERS else 9, r["steps"]))
+    rep.phases_s["teacher"] = time.time() - t1
+    for r in rep.teacher_rows:
+        log(f"  {r['label']:<24} NFE {r['nfe']:>2}  FID {r['fid']:.3f}")
+    # 2. the students, concurrently
+    t2 = time.time()
+    reserve = 25.0  # phase 3: timing and pictures
+    deadline = t_start + budget_s - reserve
+    log(f"[digits report] distilling {', '.join(methods)} ({workers} processes, one thread each; "
+        f"{max(0.0, deadline - time.time()):.0f} s left in the budget) ...")
+    with _pool(max(1, min(workers, len(methods)))) as pool:
+        futs = {m: pool.submit(_student_task, m, str(out / m), teacher, n, draws, deadline, tuple(overrides), cache)
+                for m in methods}
+        pending = set(futs.values())
+        while pending:
+            pending = wait(pending, timeout=progress_every).not_done
+            if pending:
+                log(f"  {time.time() - t2:4.0f} s  " + "   ".join(_progress(m, out / m) for m in methods))
+        srows = {m: f.result() for m, f in futs.items()}
+    rep.phases_s["students"] = time.time() - t2
+    # 3. time per sample of each student alone (one thread), pictures
+    t3 = time.time()
+    _finish(rep, srows, methods, teacher, ref, out, log)
+    rep.phases_s["timing_and_pictures"] = time.time() - t3
     rep.elapsed_s = time.time() - t_start
     (out / "report.json").write_text(json.dumps(rep.to_dict(), indent=2))
     (out / "report.txt").write_text(format_report(rep) + "\n")
     return rep
 
 
-def _finish(rep: DigitsReport, srows: dict, methods, teacher, ref, out: Path) -> None:
-    from ..evaluation import load_student_generator, resolve_teacher, student_samples, teacher_samples
-
+def _finish(rep: DigitsReport, srows: dict, methods, teacher, ref, out: Path, log) -> None:
+    """Each student's time per sample alone on one thread, the verdicts, then the pictures."""
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        t = resolve_teacher(teacher)
-        tx = {}
-        for k in TEACHER_STEPS:
-            tx[k], _ = teacher_samples(t, 16, steps=k, solver="heun", seed=REPORT_SEED + 7, cache=False)
-        rows = [("data", ref.heldout[:16])] + [(f"teacher Heun {k} ({teacher_nfe(k, 'heun')} NFE)", tx[k]) for k in TEACHER_STEPS]
-        rep.pictures["teacher_samples"] = str(_upscale_grid(rows, out / "teacher_samples.png"))
-        grid_rows = [("data", ref.heldout[:16]), ("teacher Heun 35 NFE", tx[18])]
-        curves, h = {}, {}
+        students = {}
         for m in methods:
             r = srows[m]
-            net, info = load_student_generator(r["run_dir"])
-            _, sec = student_samples(net, info, 256, seed=REPORT_SEED)
+            students[m] = load_student(r["run_dir"])
+            _, sec = student_samples(students[m], 256, seed=REPORT_SEED)
             r["ms_per_sample"] = 1000 * sec
-            xs, _ = student_samples(net, info, 16, seed=REPORT_SEED + 7)
-            grid_rows.append((f"{r['label'].split(',')[0]} (1 NFE)", xs))
-            hist = read_jsonl(Path(r["run_dir"]) / "metrics.jsonl")
-            pts = [(0, x["fid_initial"]) for x in hist if "fid_initial" in x] + \
-                  [(x["step"], x["fid_student"]) for x in hist if "fid_student" in x]
-            curves[r["label"].split(",")[0]] = pts
             rep.student_rows.append(r)
-        rep.pictures["samples"] = str(_upscale_grid(grid_rows, out / "samples.png"))
         head = next(x for x in rep.teacher_rows if (x["solver"], x["steps"]) == HEADLINE)
-        t35 = head["fid"]
-        e18 = next((x["fid"] for x in rep.teacher_rows if x["solver"] == "euler" and x["steps"] == 18), None)
-        h = {"teacher Heun 35 NFE (mean)": t35, "teacher Euler 18 NFE": e18, "data vs data": rep.baseline.get("fid")}
-        rep.pictures["fid_vs_iterations"] = str(line_plot(
-            curves, out / "fid_vs_iterations.png", title=f"digits: FID (n={rep.n}, digits features) vs distillation iterations",
-            xlabel="distillation iterations", ylabel="FID", hlines=h))
-        for r in rep.student_rows:
-            rep.verdicts.append(_verdict(r, head))
+        rep.verdicts = [_verdict(r, head) for r in rep.student_rows]
+        try:  # pictures last: a missing optional plotting library loses nothing else
+            _pictures(rep, srows, students, head, load_teacher(teacher), ref, out)
+        except ImportError as exc:
+            log(f"[digits report] pictures skipped: {exc}")
     finally:
         torch.set_num_threads(prev)
+
+
+def _pictures(rep: DigitsReport, srows: dict, students: dict, head: dict, t, ref, out: Path) -> None:
+    """teacher_samples.png, samples.png (same latents and labels in every row) and fid_vs_iterations.png."""
+    tx = {k: teacher_samples(t, 16, steps=k, solver="heun", seed=REPORT_SEED + 7, cache=False)[0] for k in TEACHER_STEPS}
+    rows = [("data", ref.heldout[:16])] + [(f"teacher Heun {k} ({teacher_nfe(k, 'heun')} NFE)", tx[k]) for k in TEACHER_STEPS]
+    rep.pictures["teacher_samples"] = str(labelled_rows(rows, out / "teacher_samples.png"))
+    grid_rows = [("data", ref.heldout[:16]), ("teacher Heun 35 NFE", tx[18])]
+    curves = {}
+    for m, student in students.items():
+        name = srows[m]["label"].split(",")[0]
+        grid_rows.append((f"{name} (1 NFE)", student.sample(16, seed=REPORT_SEED + 7)))
+        hist = read_jsonl(Path(srows[m]["run_dir"]) / "metrics.jsonl")
+        curves[name] = [(0, x["fid_initial"]) for x in hist if "fid_initial" in x] + \
+                       [(x["step"], x["fid_student"]) for x in hist if "fid_student" in x]
+    rep.pictures["samples"] = str(labelled_rows(grid_rows, out / "samples.png"))
+    e18 = next((x["fid"] for x in rep.teacher_rows if x["solver"] == "euler" and x["steps"] == 18), None)
+    h = {"teacher Heun 35 NFE (mean)": head["fid"], "teacher Euler 18 NFE": e18, "data vs data": rep.baseline.get("fid")}
+    rep.pictures["fid_vs_iterations"] = str(line_plot(
+        curves, out / "fid_vs_iterations.png", title=f"digits: FID (n={rep.n}, digits features) vs distillation iterations",
+        xlabel="distillation iterations", ylabel="FID", hlines=h))
 
 
 def _verdict(student: dict, teacher: dict) -> str:
@@ -339,31 +323,3 @@ def format_report(rep: DigitsReport) -> str:
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in rep.phases_s.items())
     lines.append(f"total {rep.elapsed_s:.0f} s ({phases})")
     return "\n".join(lines)
-
-
-def report_command(overrides: Sequence[str] = (), teacher: Optional[str] = None, methods: str = "sid,sim,dmd",
-                   budget: float = 570.0, workers: int = 3, draws: int = 3) -> int:
-    """``fastdistill distill`` with no preset or config file: the digits report.
-
-    ``out_dir=DIR`` among the overrides is the report's directory (default ``runs/digits``);
-    the other overrides apply to every student run. Returns the exit code.
-    """
-    import sys
-
-    from ..evaluation import EvalError
-    from .config import ConfigError
-
-    out, rest = DEFAULT_OUT, []
-    for o in overrides:
-        if o.split("=", 1)[0].strip() == "out_dir":
-            out = o.split("=", 1)[1]
-        else:
-            rest.append(o)
-    try:
-        rep = digits_report(out, budget, methods=[m for m in methods.split(",") if m], teacher=teacher or "digits",
-                            workers=workers, draws=draws, overrides=rest)
-    except (ConfigError, EvalError, FileNotFoundError, ValueError) as exc:
-        print(f"fastdistill distill: {exc}", file=sys.stderr)
-        return 2
-    print(format_report(rep))
-    return 0
