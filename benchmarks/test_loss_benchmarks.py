@@ -1,7 +1,7 @@
 """Forward+backward benchmarks of the four losses: eager reference, torch.compile'd reference and
 each fused backend, side by side (pytest-benchmark groups per (op, batch, shape)).
 
-    pytest benchmarks/                       # timings + summary table (README.md)
+    pytest benchmarks/                       # timings + summary table (docs/performance.md)
     pytest benchmarks/ --benchmark-disable   # smoke run: every case once (CI)
 
 Each case reports in `extra_info`: the minimum traffic of the loss in bytes (SiD/SIM: read 3
@@ -49,7 +49,7 @@ def _sync(device):
 
 
 def _make_inputs(op, device, batch, shape):
-    """Inputs of one loss call; which of them need a gradient follows the methods (ALGORITHMS.md)."""
+    """Inputs of one loss call; which of them need a gradient follows the methods (docs/algorithms.md)."""
     g = torch.Generator(device="cpu").manual_seed(0)
     full = (batch, *shape)
 
@@ -66,12 +66,12 @@ def _make_inputs(op, device, batch, shape):
 
 def _api_call(op, backend):
     if op == "sid":
-        return lambda y, yr, yf: sid_loss(y, yr, yf, alpha=ALPHA, weight="mean_abs", reduction="mean", backend=backend)
+        return lambda y, yr, yf: sid_loss(y, yr, yf, alpha=ALPHA, divisor="mean_abs", reduction="batchmean", backend=backend)
     if op == "sim":
-        return lambda y, yr, yf: sim_loss(y, yr, yf, distance="pseudo_huber", c=SIM_C, weight="none", reduction="mean", backend=backend)
+        return lambda y, yr, yf: sim_loss(y, yr, yf, distance="pseudo_huber", c=SIM_C, divisor="none", reduction="batchmean", backend=backend)
     if op == "dmd":
-        return lambda y, yr, yf: dmd_loss(y, yr, yf, normalize="mean_abs", reduction="mean", backend=backend)
-    return lambda p, t, s: dsm_loss(p, t, s, sigma_data=SIGMA_DATA, reduction="mean", backend=backend)
+        return lambda y, yr, yf: dmd_loss(y, yr, yf, divisor="mean_abs", reduction="batchmean", backend=backend)
+    return lambda p, t, s: dsm_loss(p, t, s, sigma_data=SIGMA_DATA, reduction="batchmean", backend=backend)
 
 
 # The same losses as the API with the same options, as plain functions of the reference.

@@ -1,4 +1,4 @@
-// Per-element and per-sample formulas of the fused losses (ALGORITHMS.md sections 1-4),
+// Per-element and per-sample formulas of the fused losses (docs/algorithms.md sections 1-4),
 // shared by the CPU kernels (csrc/cpu/, where V is a scalar or at::vec::Vectorized) and the
 // CUDA kernels (csrc/cuda/, where V is float or double). Keep everything here free of
 // branches on V so one definition serves both, and so the CPU tests exercise the CUDA math.

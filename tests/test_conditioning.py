@@ -96,9 +96,9 @@ def test_each_method_owns_its_options():
     sign = cfg.with_overrides(["method.l_idem=5", "method.name=sign"]).method  # name applied first
     assert isinstance(sign, SIGNConfig) and sign.l_idem == 5.0
     assert sign.sigma_init == 2.0 and sign.alpha == 1.2  # the options all methods share carry over, no others
-    sim = cfg.with_overrides(["method.weight=none", "method.name=sim"]).method
-    assert sim.sigma_init == 2.0 and not hasattr(sim, "alpha") and sim.weight == "none"
-    assert cfg.with_overrides(["method.name=sim"]).method.weight == "none"  # SIM's own default, not SiD's
+    sim = cfg.with_overrides(["method.divisor=none", "method.name=sim"]).method
+    assert sim.sigma_init == 2.0 and not hasattr(sim, "alpha") and sim.divisor == "none"
+    assert cfg.with_overrides(["method.name=sim"]).method.divisor == "none"  # SIM's own default, not SiD's
     with pytest.raises(ConfigError, match="option of method sign: set method.name first"):
         DistillConfig().with_overrides(["method.l_idem=5"])
     with pytest.raises(ConfigError, match="Valid keys"):

@@ -1,4 +1,4 @@
-"""diffusers UNet2DModel + DDPM schedule as an EDM denoiser (ALGORITHMS.md section 0)."""
+"""diffusers UNet2DModel + DDPM schedule as an EDM denoiser (docs/algorithms.md section 0)."""
 import json
 
 import pytest

@@ -34,8 +34,8 @@ def test_config_defaults_are_official_sid():
 def test_config_dict_file_and_overrides(tmp_path):
     c = DistillConfig.from_dict({"method": {"name": "sim", "c": 0.01}, "batch_size": 64})
     assert c.method.name == "sim" and c.method.c == 0.01 and c.batch_size == 64
-    c = c.with_overrides(["optim.lr=3e-4", "compile=true", "method.weight=none", "out_dir=/tmp/x"])
-    assert c.optim.lr == 3e-4 and c.compile is True and c.method.weight == "none" and c.out_dir == "/tmp/x"
+    c = c.with_overrides(["optim.lr=3e-4", "compile=true", "method.divisor=none", "out_dir=/tmp/x"])
+    assert c.optim.lr == 3e-4 and c.compile is True and c.method.divisor == "none" and c.out_dir == "/tmp/x"
     (tmp_path / "c.json").write_text(json.dumps({"preset": "toy", "steps": 7}))
     c = DistillConfig.from_file(tmp_path / "c.json")
     assert c.steps == 7 and c.teacher.kind == "analytic"

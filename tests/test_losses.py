@@ -15,12 +15,12 @@ FUSED = ["cpp", "triton"]
 # (loss name, function, keyword arguments): every option of every loss.
 CASES = [
     ("sid", sid_loss, dict(alpha=1.2)),
-    ("sid", sid_loss, dict(alpha=0.5, weight="none")),
+    ("sid", sid_loss, dict(alpha=0.5, divisor="none")),
     ("sim", sim_loss, dict()),
-    ("sim", sim_loss, dict(distance="l2", weight="mean_abs")),
-    ("sim", sim_loss, dict(c=0.5, weight="mean_abs")),
+    ("sim", sim_loss, dict(distance="l2", divisor="mean_abs")),
+    ("sim", sim_loss, dict(c=0.5, divisor="mean_abs")),
     ("dmd", dmd_loss, dict()),
-    ("dmd", dmd_loss, dict(normalize="none")),
+    ("dmd", dmd_loss, dict(divisor="none")),
     ("dsm", dsm_loss, dict()),
     ("dsm", dsm_loss, dict(sigma_data=1.0)),
 ]
@@ -164,14 +164,14 @@ GRADCHECK_CASES = [case for case in CASES if case[0] != "dmd"]
 
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("name,fn,kwargs", GRADCHECK_CASES, ids=[i for i, c in zip(CASE_IDS, CASES) if c[0] != "dmd"])
-@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("reduction", ["none", "batchmean"])
 def test_gradcheck_float64(backend, name, fn, kwargs, reduction):
-    """Numerical against analytic gradients; the stop-gradient weight is passed explicitly."""
+    """Numerical against analytic gradients; the stop-gradient divisor is passed explicitly."""
     use_backend(backend)
     inputs = make_inputs(name, (2, 3, 4), torch.float64)
     kwargs = dict(kwargs)
     if name != "dsm":
-        kwargs["weight"] = torch.tensor([0.7, 1.3], dtype=torch.float64)
+        kwargs["divisor"] = torch.tensor([0.7, 1.3], dtype=torch.float64)
     n_diff = 2 if name == "dsm" else 3
     tensors = [t.clone().requires_grad_(i < n_diff) for i, t in enumerate(inputs)]
 
@@ -228,12 +228,12 @@ def test_compile_inductor_cpp():
 
 
 @pytest.mark.parametrize("backend", ["reference"] + FUSED)
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("reduction", ["batchmean", "sum"])
 def test_reductions_and_loss_scale(backend, reduction):
     use_backend(backend)
     y, yr, yf = make_inputs("sid", (5, 3, 4, 4))
     per_sample = sid_loss(y, yr, yf, reduction="none", backend="reference")
-    want = per_sample.mean() if reduction == "mean" else per_sample.sum()
+    want = per_sample.mean() if reduction == "batchmean" else per_sample.sum()
     got = sid_loss(y, yr, yf, reduction=reduction, loss_scale=100.0, backend=backend)
     torch.testing.assert_close(got, 100.0 * want, rtol=1e-5, atol=1e-4)
 
@@ -263,7 +263,7 @@ def test_modules_wrap_functional():
 def test_sim_l2_is_sid_with_alpha_one():
     y, yr, yf = make_inputs("sid", (4, 3, 5, 5))
     torch.testing.assert_close(
-        sim_loss(y, yr, yf, distance="l2", weight="mean_abs", backend="reference"), sid_loss(y, yr, yf, alpha=1.0, backend="reference")
+        sim_loss(y, yr, yf, distance="l2", divisor="mean_abs", backend="reference"), sid_loss(y, yr, yf, alpha=1.0, backend="reference")
     )
 
 
@@ -283,9 +283,10 @@ GOOD = make_inputs("sid", (2, 3, 4))
         ((GOOD[0][:0], GOOD[1][:0], GOOD[2][:0]), {}, ValueError, "empty batch"),
         (tuple(GOOD), {"alpha": float("nan")}, ValueError, "alpha must be a finite"),
         (tuple(GOOD), {"alpha": float("inf")}, ValueError, "alpha must be a finite"),
-        (tuple(GOOD), {"weight": "median"}, ValueError, "weight must be one of"),
-        (tuple(GOOD), {"weight": torch.ones(3)}, ValueError, r"weight must have shape \(2,\)"),
+        (tuple(GOOD), {"divisor": "median"}, ValueError, "divisor must be one of"),
+        (tuple(GOOD), {"divisor": torch.ones(3)}, ValueError, r"divisor must have shape \(2,\)"),
         (tuple(GOOD), {"reduction": "avg"}, ValueError, "reduction must be one of"),
+        (tuple(GOOD), {"reduction": "mean"}, ValueError, "ambiguous.*batchmean"),
         (tuple(GOOD), {"backend": "fortran"}, ValueError, "unknown backend 'fortran'"),
         (tuple(GOOD), {"backend": "cuda"}, RuntimeError, "backend 'cuda' is not available for cpu"),
     ],

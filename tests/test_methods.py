@@ -79,7 +79,7 @@ def test_noise_schedules_match_formulas():
 
 
 def reference_generator_loss(name, G, teacher, fake, z, sigma, eps):
-    """Hand-written generator step from ALGORITHMS.md (reference.py formulas)."""
+    """Hand-written generator step from docs/algorithms.md (reference.py formulas)."""
     s = torch.full((B,), 2.5)
     x_g = G(2.5 * z, s)
     x_t = x_g + sigma[:, None] * eps
@@ -120,7 +120,7 @@ def test_generator_step_matches_reference(nets, name):
 
 
 def test_sid_gradient_flows_through_scores(nets):
-    """Detaching the score outputs changes the SiD gradient (ALGORITHMS.md section 1)."""
+    """Detaching the score outputs changes the SiD gradient (docs/algorithms.md section 1)."""
     teacher, G, fake = nets
     fake.requires_grad_(False)
     m = get_method("sid", method_config("sid", backend="reference"))
@@ -162,9 +162,9 @@ def test_fake_step_matches_reference(nets):
 
 
 def test_dmd_direction(nets):
-    """DMD's gradient w.r.t. x_g is loss_scale/B * (yf - yr)/w (ALGORITHMS.md section 4)."""
+    """DMD's gradient w.r.t. x_g is loss_scale/B * (yf - yr)/w (docs/algorithms.md section 4)."""
     teacher, G, fake = nets
-    m = get_method("dmd", method_config("dmd", backend="reference", normalize="none", generator_loss_scale=1.0))
+    m = get_method("dmd", method_config("dmd", backend="reference", divisor="none", generator_loss_scale=1.0))
     noise = m.draw_generator_noise(B, (DIM,), 0, torch.Generator().manual_seed(4), "cpu")
     x_g = m.generate(G, noise.z).detach().requires_grad_(True)
 

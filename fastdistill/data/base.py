@@ -7,7 +7,7 @@ Two kinds, one interface (`DataSource.sample(n, generator) -> (x, class_labels)`
   `torch.utils.data.Dataset` (item i -> (x_i, one-hot label or an empty tensor)).
 
 `class_labels` is a float32 one-hot (n, label_dim) tensor, or None for unlabelled data.
-Image data are (N, C, R, R) in [-1, 1] (ALGORITHMS.md section 0); vector data are (N, d).
+Image data are (N, C, R, R) in [-1, 1] (docs/algorithms.md section 0); vector data are (N, d).
 """
 from __future__ import annotations
 

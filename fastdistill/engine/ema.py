@@ -1,4 +1,4 @@
-"""Generator EMA with SiD's half-life ramp-up (ALGORITHMS.md section 7)."""
+"""Generator EMA with SiD's half-life ramp-up (docs/algorithms.md section 7)."""
 from __future__ import annotations
 
 import torch

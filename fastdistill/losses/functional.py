@@ -1,9 +1,16 @@
 """Functional score-distillation losses: validate, pick a backend, reduce.
 
-Each function returns `loss_scale * mean_b(l_b)` (reduction="mean"), `loss_scale * sum_b(l_b)`
-("sum") or the per-sample `loss_scale * l_b` ("none"). The reduction factor is folded into
-the fused kernel's output, so the common `loss.backward()` hands the op an upstream gradient
+Each per-sample loss ``l_b`` is a *sum* over the sample's elements. ``reduction`` gives
+``loss_scale * mean_b(l_b)`` ("batchmean": the mean over samples of per-sample sums, as
+``torch.nn.KLDivLoss`` names it; not a mean over elements), ``loss_scale * sum_b(l_b)``
+("sum") or the per-sample ``loss_scale * l_b`` ("none"). The reduction factor is folded into
+the fused kernel's output, so the common ``loss.backward()`` hands the op an upstream gradient
 of ones and the backward pass returns the kernel's gradients without touching them again.
+
+``divisor`` is the per-sample number each sample's loss (and its gradient) is divided by,
+computed without gradient: ``"mean_abs"`` is ``max(mean_i |y - y_real|, 1e-5)`` (SiD's weight
+and DMD2's normalisation), ``"none"`` divides by one, a (B,) tensor is used as given (detached).
+Options are keyword-only.
 """
 from __future__ import annotations
 
@@ -15,8 +22,9 @@ import torch
 
 from ..ops import registry
 
-REDUCTIONS = ("none", "mean", "sum")
-WeightArg = Union[str, torch.Tensor]
+REDUCTIONS = ("none", "batchmean", "sum")
+DIVISORS = ("mean_abs", "none")
+DivisorArg = Union[str, torch.Tensor]
 
 if not registry.EXTENSION_AVAILABLE:
     warnings.warn(f"fastdistill: fused kernels unavailable, using the reference path. {registry.EXTENSION_REASON}", stacklevel=2)
@@ -54,26 +62,29 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
 
 
 def _scale(reduction: str, loss_scale: float, batch: int) -> float:
+    if reduction == "mean":
+        raise ValueError('reduction="mean" is ambiguous for these losses: use "batchmean" (the mean over samples '
+                         'of per-sample sums), "sum" or "none"')
     _check_choice("reduction", reduction, REDUCTIONS)
     loss_scale = _check_finite("loss_scale", loss_scale)
-    return loss_scale / batch if reduction == "mean" else loss_scale
+    return loss_scale / batch if reduction == "batchmean" else loss_scale
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_sample if reduction == "none" else per_sample.sum()
 
 
-def _weight(weight: WeightArg, y: torch.Tensor, choices: tuple[str, ...], name: str = "weight") -> Optional[torch.Tensor]:
-    """None asks the op for SiD's mean_abs weight; "none" is a weight of ones; a tensor is used as given."""
-    if isinstance(weight, torch.Tensor):
+def _divisor(divisor: DivisorArg, y: torch.Tensor) -> Optional[torch.Tensor]:
+    """None asks the op for the mean_abs divisor; "none" is a divisor of ones; a tensor is used as given."""
+    if isinstance(divisor, torch.Tensor):
         batch = y.shape[0]
-        if weight.shape not in ((batch,), (batch, *([1] * (y.dim() - 1)))):
-            raise ValueError(f"{name} must have shape ({batch},), got {tuple(weight.shape)}")
-        if weight.device != y.device or not weight.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor on {y.device}")
-        return weight.detach().reshape(batch).to(registry._acc_dtype(y.dtype))
-    _check_choice(name, weight, choices)
-    if weight == "mean_abs":
+        if divisor.shape not in ((batch,), (batch, *([1] * (y.dim() - 1)))):
+            raise ValueError(f"divisor must have shape ({batch},), got {tuple(divisor.shape)}")
+        if divisor.device != y.device or not divisor.is_floating_point():
+            raise ValueError(f"divisor must be a floating-point tensor on {y.device}")
+        return divisor.detach().reshape(batch).to(registry._acc_dtype(y.dtype))
+    _check_choice("divisor", divisor, DIVISORS)
+    if divisor == "mean_abs":
         return None
     return torch.ones(y.shape[0], dtype=registry._acc_dtype(y.dtype), device=y.device)
 
@@ -82,21 +93,22 @@ def sid_loss(
     y: torch.Tensor,
     y_real: torch.Tensor,
     y_fake: torch.Tensor,
+    *,
     alpha: float = 1.2,
-    weight: WeightArg = "mean_abs",
-    reduction: str = "mean",
+    divisor: DivisorArg = "mean_abs",
+    reduction: str = "batchmean",
     loss_scale: float = 1.0,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """SiD generator loss (ALGORITHMS.md section 2).
+    """SiD generator loss (docs/algorithms.md section 2): ``l_b = sum_i d_i (a_i - alpha d_i) / divisor_b``
+    with ``d = y_real - y_fake``, ``a = y_real - y``.
 
     y: generator output x_g; y_real / y_fake: teacher and fake-network denoisings of the
-    same x_t. weight: "mean_abs" (SiD's stop-gradient `max(mean|y - y_real|, 1e-5)`),
-    "none", or a (B,) tensor.
+    same x_t. divisor: see the module docstring (SiD's official ``"mean_abs"`` by default).
     """
     _check_tensors(("y", "y_real", "y_fake"), (y, y_real, y_fake))
     alpha = _check_finite("alpha", alpha)
-    w = _weight(weight, y, ("mean_abs", "none"))
+    w = _divisor(divisor, y)
     scale = _scale(reduction, loss_scale, y.shape[0])
     op = registry.resolve_backend(backend, y.device.type).sid
     return _reduce(op(y, y_real, y_fake, w, alpha, scale), reduction)
@@ -106,20 +118,22 @@ def sim_loss(
     y: torch.Tensor,
     y_real: torch.Tensor,
     y_fake: torch.Tensor,
+    *,
     distance: str = "pseudo_huber",
     c: float = 1e-3,
-    weight: WeightArg = "none",
-    reduction: str = "mean",
+    divisor: DivisorArg = "none",
+    reduction: str = "batchmean",
     loss_scale: float = 1.0,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """SIM generator loss (ALGORITHMS.md section 3): `S/N` with the pseudo-Huber norm N, or `S` for "l2"."""
+    """SIM generator loss (docs/algorithms.md section 3): ``S/N`` with the pseudo-Huber norm N, or ``S``
+    for "l2", divided by ``divisor`` (none by default)."""
     _check_tensors(("y", "y_real", "y_fake"), (y, y_real, y_fake))
     _check_choice("distance", distance, ("pseudo_huber", "l2"))
     c = _check_finite("c", c)
     if distance == "pseudo_huber" and c <= 0:
         raise ValueError(f"c must be positive for the pseudo_huber distance, got {c}")
-    w = _weight(weight, y, ("none", "mean_abs"))
+    w = _divisor(divisor, y)
     scale = _scale(reduction, loss_scale, y.shape[0])
     op = registry.resolve_backend(backend, y.device.type).sim
     return _reduce(op(y, y_real, y_fake, w, c, distance == "pseudo_huber", scale), reduction)
@@ -129,14 +143,16 @@ def dmd_loss(
     y: torch.Tensor,
     y_real: torch.Tensor,
     y_fake: torch.Tensor,
-    normalize: WeightArg = "mean_abs",
-    reduction: str = "mean",
+    *,
+    divisor: DivisorArg = "mean_abs",
+    reduction: str = "batchmean",
     loss_scale: float = 1.0,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """DMD2 loss (ALGORITHMS.md section 4); gradient only into y. normalize="none" is Diff-Instruct's KL direction."""
+    """DMD2 loss (docs/algorithms.md section 4); gradient only into y. ``divisor="mean_abs"`` is DMD2's
+    normalisation, ``"none"`` Diff-Instruct's KL direction."""
     _check_tensors(("y", "y_real", "y_fake"), (y, y_real, y_fake))
-    w = _weight(normalize, y, ("mean_abs", "none"), name="normalize")
+    w = _divisor(divisor, y)
     scale = _scale(reduction, loss_scale, y.shape[0])
     op = registry.resolve_backend(backend, y.device.type).dmd
     return _reduce(op(y, y_real, y_fake, w, scale), reduction)
@@ -146,12 +162,13 @@ def dsm_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
     sigma: Union[torch.Tensor, float],
+    *,
     sigma_data: float = 0.5,
-    reduction: str = "mean",
+    reduction: str = "batchmean",
     loss_scale: float = 1.0,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Fake-score denoising loss `lambda(sigma) sum_i (pred - target)^2` (ALGORITHMS.md section 1).
+    """Fake-score denoising loss ``lambda(sigma) sum_i (pred - target)^2`` (docs/algorithms.md section 1).
 
     sigma: a number, or a tensor with one value per sample ((B,) or (B, 1, ..., 1)).
     """

@@ -8,14 +8,14 @@ bank of teacher samples).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 
 from ..conditioning import Conditioning
 from .base import MethodConfig, MethodContext, check_choice, check_positive
 
-__all__ = ["IdempotentConfig", "IDEM_DISTANCES", "idem_distance", "student_apply", "frozen_apply", "DataBatches"]
+__all__ = ["IdempotentConfig", "IDEM_DISTANCES", "idem_distance", "student_apply", "frozen_apply", "IdempotentMethod"]
 
 IDEM_DISTANCES = ("auto", "pseudo_huber", "l1", "l2")
 
@@ -66,11 +66,27 @@ def frozen_apply(net: torch.nn.Module, x: torch.Tensor, sigma_s: float,
     return torch.func.functional_call(net, params, (x, _sigmas(x, sigma_s), cond)).float()
 
 
-class DataBatches:
-    """Mixin: real-data (or teacher-bank) batches for methods that declare ``needs`` "data"."""
+class IdempotentMethod:
+    """Mixin of the time-free methods: the distance of their idempotent terms, and real-data (or
+    teacher-bank) batches; an unconditional analytic teacher's exact samples stand in for data."""
 
     ctx: Optional[MethodContext]
     bank: Optional[dict] = None  # {"z", "y", "cond"} teacher ODE pairs, when the method built one
+    default_distance: ClassVar[str] = "pseudo_huber"  # what idem_distance="auto" means for this method
+
+    def bind(self, ctx: MethodContext) -> None:
+        super().bind(ctx)
+        if ctx.data is None and ctx.label_dim == 0 and hasattr(ctx.teacher, "sample"):
+            ctx.data = lambda n, g: (ctx.teacher.sample(n, generator=g), None)
+
+    @property
+    def distance_kind(self) -> str:
+        k = self.cfg.idem_distance
+        return self.default_distance if k == "auto" else k
+
+    def d(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per-sample distance of the idempotent terms, (B,)."""
+        return idem_distance(a, b, self.distance_kind, self.cfg.idem_c)
 
     def _need_ctx(self) -> MethodContext:
         if self.ctx is None:

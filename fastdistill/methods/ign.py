@@ -28,7 +28,7 @@ import torch
 from ..conditioning import Conditioning
 from ..ops.reference import nan_sample_mask
 from .base import DistillMethod, GeneratorNoise, _bcast, check_positive, register_method
-from .idempotent import DataBatches, IdempotentConfig, frozen_apply, idem_distance, student_apply
+from .idempotent import IdempotentConfig, IdempotentMethod, frozen_apply, student_apply
 
 __all__ = ["IGN", "IGNConfig", "IGNNoise", "tightness"]
 
@@ -63,29 +63,20 @@ class IGNNoise(GeneratorNoise):
 
 
 @register_method("ign", config=IGNConfig)
-class IGN(DataBatches, DistillMethod):
+class IGN(IdempotentMethod, DistillMethod):
     """Adversarial idempotent network (rec + idem + clamped tightness); data required."""
 
     needs = frozenset({"data", "net"})
     uses_fake = False
     scores_need_grad = False
+    default_distance = "l1"
 
     def __init__(self, cfg: IGNConfig, backend: str = "auto", **kwargs):
         super().__init__(cfg, backend, **kwargs)
         self.last_terms: dict = {}
 
-    @property
-    def distance_kind(self) -> str:
-        k = self.cfg.idem_distance
-        return "l1" if k == "auto" else k
-
-    def d(self, a, b) -> torch.Tensor:
-        return idem_distance(a, b, self.distance_kind, self.cfg.idem_c)
-
     def bind(self, ctx) -> None:
         super().bind(ctx)
-        if ctx.data is None and ctx.label_dim == 0 and hasattr(ctx.teacher, "sample"):
-            ctx.data = lambda n, g: (ctx.teacher.sample(n, generator=g), None)
         if ctx.data is None:
             raise ValueError("method ign needs real data: set data=<dataset name or path>")
 

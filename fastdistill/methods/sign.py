@@ -62,13 +62,12 @@ import torch
 
 from ..conditioning import Conditioning
 from ..losses import dmd_loss, sid_loss
+from ..losses.functional import DIVISORS
 from ..ops.reference import nan_sample_mask
 from ..sampling import DEFAULT_SIGMA_END, heun_sampler, karras_sigmas, multistep_schedule
 from .base import (DistillMethod, FakeNoise, GeneratorNoise, MethodContext, _bcast, check, check_choice, check_positive,
                    register_method)
-from .dmd import DMD_NORMALIZATIONS
-from .idempotent import DataBatches, IdempotentConfig, frozen_apply, idem_distance, student_apply
-from .sid import SID_WEIGHTS
+from .idempotent import IdempotentConfig, IdempotentMethod, frozen_apply, student_apply
 
 __all__ = ["SIGN", "SIGNConfig", "SIGNNoise", "SIGNFakeNoise", "chain_inputs", "flow_levels", "teacher_euler_step"]
 
@@ -80,8 +79,7 @@ class SIGNConfig(IdempotentConfig):
     name: str = "sign"
     sign_dist: str = "sid"  # L_dist on x_g = f(sigma_init z): sid | dmd | none
     alpha: float = 1.2  # SiD alpha of L_dist (sign_dist=sid)
-    weight: str = "mean_abs"  # SiD per-sample weight of L_dist: mean_abs | none
-    normalize: str = "mean_abs"  # DMD normalisation of L_dist (sign_dist=dmd): mean_abs | none
+    divisor: str = "mean_abs"  # per-sample stop-gradient divisor of L_dist (SiD's weight, DMD2's normalisation): mean_abs | none
     l_idem: float = 1.0  # weight of L_idem = d(f'(f(x_src)), f(x_src)), f' = frozen current weights
     l_rec: float = 1.0  # weight of L_rec = d(f(x), x) on real data (else teacher samples)
     l_flow: float = 1.0  # weight of L_flow = d(f(x_hi), sg(f_ema(x_lo))), one teacher Euler step
@@ -96,8 +94,7 @@ class SIGNConfig(IdempotentConfig):
     def validate(self) -> None:
         super().validate()
         check_choice("method.sign_dist", self.sign_dist, ("sid", "dmd", "none"))
-        check_choice("method.weight", self.weight, SID_WEIGHTS)
-        check_choice("method.normalize", self.normalize, DMD_NORMALIZATIONS)
+        check_choice("method.divisor", self.divisor, DIVISORS)
         for k in ("l_idem", "l_rec", "l_flow", "l_reg"):
             check_positive(f"method.{k}", getattr(self, k), allow_zero=True)
         check(isinstance(self.flow_levels, int) and self.flow_levels >= 2,
@@ -168,7 +165,7 @@ class SIGNFakeNoise(FakeNoise):
 
 
 @register_method("sign", config=SIGNConfig)
-class SIGN(DataBatches, DistillMethod):
+class SIGN(IdempotentMethod, DistillMethod):
     """Score-based idempotent distillation (reconstruction; see the module docstring)."""
 
     needs = frozenset({"data", "ema", "net"})
@@ -182,14 +179,6 @@ class SIGN(DataBatches, DistillMethod):
     def scores_need_grad(self) -> bool:  # type: ignore[override]
         return self.cfg.sign_dist == "sid"
 
-    @property
-    def distance_kind(self) -> str:
-        k = self.cfg.idem_distance
-        return "pseudo_huber" if k == "auto" else k
-
-    def d(self, a, b) -> torch.Tensor:
-        return idem_distance(a, b, self.distance_kind, self.cfg.idem_c)
-
     def term(self, a: torch.Tensor, b: torch.Tensor, bad: Optional[torch.Tensor] = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """``mean_b d(a_b, b_b)`` with the samples that have a NaN in ``a`` or ``b`` (or are flagged in
@@ -202,8 +191,6 @@ class SIGN(DataBatches, DistillMethod):
     def bind(self, ctx: MethodContext) -> None:
         super().bind(ctx)
         c = self.cfg
-        if ctx.data is None and ctx.label_dim == 0 and hasattr(ctx.teacher, "sample"):
-            ctx.data = lambda n, g: (ctx.teacher.sample(n, generator=g), None)
         if c.l_reg > 0 or (ctx.data is None and (c.l_rec > 0 or c.l_flow > 0)):
             self.bank = build_teacher_bank(ctx.teacher, c.bank_size, ctx.shape, ctx.label_dim, c.bank_steps,
                                            seed=ctx.seed * 31 + 5, device=ctx.device,
@@ -303,10 +290,10 @@ class SIGN(DataBatches, DistillMethod):
         if c.sign_dist != "none":
             y_real, y_fake = self.scores_at_noised(teacher, fake, x_g, noise)
             if c.sign_dist == "sid":
-                l_dist = sid_loss(x_g, y_real, y_fake, alpha=c.alpha, weight=c.weight,
+                l_dist = sid_loss(x_g, y_real, y_fake, alpha=c.alpha, divisor=c.divisor,
                                   loss_scale=c.generator_loss_scale, backend=self.backend)
             else:
-                l_dist = dmd_loss(x_g, y_real, y_fake, normalize=c.normalize,
+                l_dist = dmd_loss(x_g, y_real, y_fake, divisor=c.divisor,
                                   loss_scale=c.generator_loss_scale, backend=self.backend)
             total = total + l_dist
             terms["dist"] = l_dist.detach()

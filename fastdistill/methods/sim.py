@@ -6,6 +6,7 @@ schedule, optimiser and loss scale, and document that choice.
 from dataclasses import dataclass
 
 from ..losses import sim_loss
+from ..losses.functional import DIVISORS
 from .base import DistillMethod, MethodConfig, check_choice, check_positive, register_method
 
 
@@ -14,20 +15,20 @@ class SIMConfig(MethodConfig):
     name: str = "sim"
     distance: str = "pseudo_huber"  # pseudo_huber | l2
     c: float = 1e-3  # pseudo-Huber c
-    weight: str = "none"  # per-sample weight: none | mean_abs
+    divisor: str = "none"  # per-sample stop-gradient divisor of the loss: none | mean_abs
 
     def validate(self) -> None:
         super().validate()
         check_choice("method.distance", self.distance, ("pseudo_huber", "l2"))
-        check_choice("method.weight", self.weight, ("none", "mean_abs"))
+        check_choice("method.divisor", self.divisor, DIVISORS)
         check_positive("method.c", self.c)
 
 
 @register_method("sim", config=SIMConfig)
 class SIM(DistillMethod):
-    """``l_b = S_b / N_b``; options ``distance`` (pseudo_huber | l2), ``c``, ``weight``."""
+    """``l_b = S_b / N_b``; options ``distance`` (pseudo_huber | l2), ``c``, ``divisor``."""
 
     def loss(self, y, y_real, y_fake):
         c = self.cfg
-        return sim_loss(y, y_real, y_fake, distance=c.distance, c=c.c, weight=c.weight,
+        return sim_loss(y, y_real, y_fake, distance=c.distance, c=c.c, divisor=c.divisor,
                         loss_scale=c.generator_loss_scale, backend=self.backend)

@@ -1,4 +1,4 @@
-"""Pure-PyTorch score-distillation losses: the correctness oracle (ALGORITHMS.md sections 1-4).
+"""Pure-PyTorch score-distillation losses: the correctness oracle (docs/algorithms.md sections 1-4).
 
 Every fused backend must match these functions, loss and gradients, to within dtype
 tolerance. They are written for clarity, not speed: plain autograd over fp32 math.

@@ -21,7 +21,7 @@ target or sigma_b) gets loss 0 and zero gradients. Empty batches (B == 0) or emp
 Kernel design: one program per sample, two passes over it. Pass 1 streams y, y_real, y_fake in
 BLOCK chunks and accumulates every per-sample sum (sum|y - yr|, a NaN count, the loss sums);
 the program then forms the loss and the per-sample gradient coefficients (closed forms of
-ALGORITHMS.md sections 2-4); pass 2 re-reads the sample (from L2) and writes the gradients.
+docs/algorithms.md sections 2-4); pass 2 re-reads the sample (from L2) and writes the gradients.
 DMD's pass 2 does not read y. When the batch is too small to fill the GPU and samples are
 large, the sample is split over a second grid dimension: a statistics kernel writes partial
 sums, and a gradient kernel re-reduces the (few) partials of its sample before writing its

@@ -1,6 +1,6 @@
 """Adapter: a diffusers `UNet2DModel` with a DDPM/VP scheduler as an EDM denoiser.
 
-ALGORITHMS.md section 0. A discrete VP model at timestep t sees `x_vp = sqrt(abar_t) x0 +
+docs/algorithms.md section 0. A discrete VP model at timestep t sees `x_vp = sqrt(abar_t) x0 +
 sqrt(1 - abar_t) eps`. Dividing by sqrt(abar_t) gives the EDM/VE form `x = x0 + sigma_t eps`
 with `sigma_t = sqrt((1 - abar_t) / abar_t)`, so for an EDM input (x, sigma):
 

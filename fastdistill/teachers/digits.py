@@ -49,7 +49,7 @@ classifier reads the requested class:
 
 This table's protocol (random classes, against all digits) differs from the main job's
 (``fastdistill distill``: class-balanced labels, n = 898 against the held-out half, mean of 3
-draws), where the same teacher at Heun 18 steps scores 0.080 +- 0.006 (README.md).
+draws), where the same teacher at Heun 18 steps scores 0.080 +- 0.006 (docs/digits.md).
 
 Measured with (after ``torch.set_num_threads(1)``)::
 

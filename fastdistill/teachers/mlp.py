@@ -2,7 +2,7 @@
 
     D(x; sigma) = c_skip x + c_out F(c_in x, c_noise, label)
 
-with the EDM coefficients of ALGORITHMS.md section 0 (`c_noise = ln(sigma)/4`). F is an MLP of
+with the EDM coefficients of docs/algorithms.md section 0 (`c_noise = ln(sigma)/4`). F is an MLP of
 residual SiLU blocks; the noise level enters as sinusoidal features of c_noise, projected and
 added to every block (together with a learned class embedding when label_dim > 0).
 

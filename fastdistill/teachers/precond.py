@@ -1,4 +1,4 @@
-"""Preconditioners that turn a raw network F into a denoiser D(x; sigma) (ALGORITHMS.md s.0).
+"""Preconditioners that turn a raw network F into a denoiser D(x; sigma) (docs/algorithms.md section 0).
 
 ``EDMPrecond``, ``VPPrecond`` and ``VEPrecond`` follow the definitions of Karras et al. (2022),
 Table 1, with the same constructor arguments as EDM's classes (so EDM/SiD checkpoints can be
