@@ -173,10 +173,15 @@ def _sample(args: argparse.Namespace) -> int:
             args.n, steps=args.steps, seed=args.seed, cond=_labels(args))
     except (FileNotFoundError, ValueError) as exc:
         return _fail("sample", exc)
-    stem = Path(args.out) if args.out else Path(args.checkpoint) / f"samples-seed{args.seed}"
+    where = Path(args.checkpoint)
+    stem = Path(args.out) if args.out else (where.parent if where.is_file() else where) / f"samples-seed{args.seed}"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = save_samples(x, stem.with_suffix(".png"), stem.with_suffix(".npz"))
-    print(f"{args.n} samples of shape {tuple(x.shape[1:])}: {paths['png']}, {paths['npz']}")
+    paths = save_samples(x, npz_path=stem.with_suffix(".npz"))
+    try:
+        paths.update(save_samples(x, png_path=stem.with_suffix(".png")))
+    except ImportError as exc:
+        print(f"fastdistill sample: picture skipped: {exc}", file=sys.stderr)
+    print(f"{args.n} samples of shape {tuple(x.shape[1:])}: {', '.join(paths.values())}")
     return 0
 
 

@@ -4,6 +4,8 @@
 The student is a class-conditional SIGN student (multi-step) distilled for two iterations from an
 exact class-conditional Gaussian-mixture teacher: the numbers are meaningless, the paths are not.
 """
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,15 @@ def _teacher_net():
     from fastdistill.teachers import MLPDenoiser
 
     return MLPDenoiser(2)
+
+
+def test_sample_cli_beside_an_export_and_without_matplotlib(run, monkeypatch, capsys):
+    out, _, _ = run
+    assert main(["sample", str(out / "student.safetensors"), "-n", "4"]) == 0
+    assert (out / "samples-seed0.npz").is_file() and (out / "samples-seed0.png").is_file()
+    for name in [m for m in list(sys.modules) if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["sample", str(out), "-n", "4", "--seed", "9"]) == 0  # 2-D samples: a matplotlib scatter
+    assert (out / "samples-seed9.npz").is_file() and not (out / "samples-seed9.png").exists()
+    assert "picture skipped" in capsys.readouterr().err

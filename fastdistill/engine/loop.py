@@ -407,6 +407,16 @@ class Distiller:
         ev = self.evaluator
         return ev.quality(self.student_samples(ev.n, seed=9_000_003, net=net))
 
+    def _picture_during_training(self) -> None:
+        """``samples-<step>.png``; without the optional plotting library, said once and skipped."""
+        if getattr(self, "_pictures_off", False):
+            return
+        try:
+            self.save_picture(self.out_dir / f"samples-{self.step:08d}.png")
+        except ImportError as exc:
+            self._pictures_off = True
+            print(f"fastdistill: pictures skipped: {exc}")
+
     def save_picture(self, path: Path) -> Path:
         if len(self.shape) == 3:
             return image_grid(self.student_samples(64, seed=9_000_004), path)
@@ -499,7 +509,7 @@ class Distiller:
                             post[quality.metric] = f"{quality.student:.4g}"
                         bar.set_postfix(post)
                 if self.main and cfg.sample_every and self.step % cfg.sample_every == 0:
-                    self.save_picture(self.out_dir / f"samples-{self.step:08d}.png")
+                    self._picture_during_training()
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last:
                     last_ckpt = self.save()
                 if self._stop and not last:
