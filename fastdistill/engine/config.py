@@ -88,7 +88,9 @@ class DistillConfig:
     compile: bool = False  # torch.compile the networks
     activation_checkpointing: bool = False
     threads: int = 0  # torch CPU threads; 0 = leave as is
-    resume: str = "auto"  # auto (latest checkpoint in out_dir) | none | <checkpoint dir>
+    resume: str = "auto"  # auto (latest checkpoint in out_dir) | none (a new run; refused where checkpoints exist) | <checkpoint dir>
+    allow_config_change: bool = False  # resume with changed settings beyond the free ones (lr, batch size, ...); recorded in the checkpoints
+    force: bool = False  # take over a run directory locked from another host
     ckpt_every: int = 500  # steps between checkpoints (0 = only at the end)
     keep_last: int = 3  # checkpoints kept
     log_every: int = 50  # steps between JSONL metric lines

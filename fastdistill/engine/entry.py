@@ -6,6 +6,7 @@ Errors in the configuration are printed with the list of valid keys and give exi
 """
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -70,5 +71,5 @@ def distill_command(config: Optional[str] = None, overrides: Sequence[str] = (),
     print(format_summary(result))
     if result.interrupted:
         print(f"interrupted; resume with the same command (resume=auto picks up {result.checkpoint})")
-        return 130
+        return 128 + (result.stop_signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM, 138 for SIGUSR1
     return 0

@@ -13,6 +13,7 @@ import random
 import signal
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -29,10 +30,13 @@ from .build import build_data, build_teacher, copy_net, fit_denoiser, make_mlp, 
 from .config import DistillConfig, preset_config
 from .ema import EMA, ema_beta
 from .evaluator import LoopEvaluator, Quality, plot_run_curve
+from .identity import RunLock, architecture_of, changed_settings, describe, identity_differences, run_identity
 from .monitor import NVTX, MetricsLogger, progress_bar
 from .optim import make_adam, sanitize_grads
 
 FORMAT = "fastdistill-distill/1"
+#: signals that checkpoint the run and stop it (see Distiller._install_signal_handlers)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 RESUME_HINT = "resume with resume=auto"  # printed when a run stops early (Ctrl-C, request_stop)
 
 
@@ -52,6 +56,7 @@ class DistillResult:
     quality: Optional[Quality] = None  # the last evaluation (with the initial generator's score), when the run evaluates
     picture: Optional[str] = None
     samples: Optional[str] = None
+    stop_signal: Optional[int] = None  # the signal that stopped the run early, if one did
 
 
 def _slice(noise, a: int, b: int):
@@ -83,25 +88,33 @@ class Distiller:
         self.callback = callback
         self._setup_process()
         self._check_output()
-        self.resume_path = self._find_resume()
-        self._seed_global_rngs()
-        self._build_networks(teacher, init_network)
-        self._build_method()
-        self._build_callables()
-        self._build_optimizers()
-        self._bind_method()
-        self.evaluator = LoopEvaluator.for_run(cfg, self.teacher, self.shape) if self.main else None
-        self.step = 0
-        self.images_seen = 0
-        self.nan_steps = 0
-        self.consecutive_nan = 0
-        self._stop = False
-        self._stop_hint = RESUME_HINT
-        self.nvtx = NVTX(cfg.nvtx)
-        self.history: list[dict] = []
-        self.initial_quality: Optional[float] = None
-        if self.resume_path is not None:
-            self.load(self.resume_path)
+        self._lock()
+        try:
+            self.resume_path = self._find_resume()
+            self._seed_global_rngs()
+            self._build_networks(teacher, init_network)
+            self.identity = run_identity(cfg, self.teacher, architecture_of(self.G, self.arch_config or self.arch))
+            self._build_method()
+            self._build_callables()
+            self._build_optimizers()
+            self._bind_method()
+            self.evaluator = LoopEvaluator.for_run(cfg, self.teacher, self.shape) if self.main else None
+            self.step = 0
+            self.images_seen = 0
+            self.nan_steps = 0
+            self.consecutive_nan = 0
+            self.stop_signal: Optional[int] = None
+            self._stop = False
+            self._stop_hint = RESUME_HINT
+            self.nvtx = NVTX(cfg.nvtx)
+            self.history: list[dict] = []
+            self.initial_quality: Optional[float] = None
+            self.config_changes: list[dict] = []
+            if self.resume_path is not None:
+                self.load(self.resume_path)
+        except BaseException:
+            self.release()
+            raise
 
     # ------------------------------------------------------------------ set-up, in order
     def _setup_process(self) -> None:
@@ -121,6 +134,17 @@ class Distiller:
         if rem or self.micro == 0:
             raise ConfigError(f"per-rank batch {per_rank} is not divisible by optim.grad_accum {cfg.optim.grad_accum}")
         self.per_rank = per_rank
+
+    def _lock(self) -> None:
+        """Only one process writes into a run directory (rank 0 holds the lock for all ranks)."""
+        lock = RunLock(self.out_dir, force=self.cfg.force)
+        if self.main:
+            lock.acquire()
+        self._release_lock = weakref.finalize(self, lock.release)
+
+    def release(self) -> None:
+        """Give the run directory back (the end of :meth:`run` does this; also when the object goes)."""
+        self._release_lock()
 
     def _check_output(self) -> None:
         """Fail before any teacher loading or fitting when the output directory is not writable."""
@@ -234,6 +258,10 @@ class Distiller:
     def _find_resume(self) -> Optional[Path]:
         r = self.cfg.resume
         if r == "none":
+            existing = ckpt.list_checkpoints(self.out_dir) if self.main else []
+            if existing:
+                raise ConfigError(f"resume=none, but {self.out_dir} already holds checkpoints (up to {existing[-1].name}) "
+                                  f"of a run: continue it with resume=auto, or start the new run in another out_dir")
             return None
         if r == "auto":
             return ckpt.latest_checkpoint(self.out_dir)
@@ -265,7 +293,7 @@ class Distiller:
                     "consecutive_nan": self.consecutive_nan, "param_groups": self._groups,
                     "world_size": self.world, "rng": rngs, "student": self.student_record(),
                     "sigma_data": self.sigma_data, "init": self.init, "arch": self.arch,
-                    "arch_config": self.arch_config,
+                    "arch_config": self.arch_config, "identity": self.identity, "config_changes": self.config_changes,
                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 }
                 path = ckpt.save_checkpoint(self.out_dir, self.step, tensors, state, self.cfg.keep_last)
@@ -281,10 +309,34 @@ class Distiller:
                     data_shape=list(self.shape), label_dim=self.label_dim,
                     cond_kind="labels" if self.label_dim else "none", teacher=teacher, step=self.step)
 
+    def _check_identity(self, path: Path, state: dict) -> None:
+        """Resume only the same run: refuse another identity, and changed settings unless allowed."""
+        recorded = state.get("identity")
+        if recorded is None:
+            if self.main:
+                print(f"fastdistill: {path} records no run identity (written by an older fastdistill); resuming "
+                      f"without checking that it is the same run")
+        else:
+            diffs = identity_differences(recorded, self.identity)
+            if diffs:
+                raise ConfigError(f"{path.parent.parent} holds a different run ({describe(diffs)}): start this one in "
+                                  f"another out_dir, or resume with that run's settings")
+        changed = changed_settings(state.get("config", {}), self.cfg.to_dict())
+        self.config_changes = list(state.get("config_changes", []))
+        if changed:
+            if not self.cfg.allow_config_change:
+                raise ConfigError(f"resuming {path} with changed settings ({describe(changed)}): pass "
+                                  f"allow_config_change=true to continue with them (the change is recorded), or "
+                                  f"resume with the run's settings")
+            self.config_changes.append({"step": int(state["step"]), "changes": {k: list(v) for k, v in changed.items()}})
+            if self.main:
+                print(f"fastdistill: settings changed at step {state['step']} (recorded): {describe(changed)}")
+
     def load(self, path: Path) -> None:
         tensors, state = ckpt.load_checkpoint(path)
         if state.get("format") != FORMAT:
             raise ValueError(f"{path}: not a distillation checkpoint (format {state.get('format')!r})")
+        self._check_identity(path, state)
         self.G.load_state_dict(tensors["generator"])
         self.fake.load_state_dict(tensors["fake"])
         self.ema.module.load_state_dict(tensors["ema"])
@@ -301,6 +353,8 @@ class Distiller:
         elif self.main:
             print(f"fastdistill: checkpoint written by {len(rngs)} ranks, resuming on {self.world}: RNG streams reseeded")
         self.resumed_from = str(path)
+        if self.main:
+            print(f"fastdistill: resuming from step {self.step} of {path.parent.parent}", flush=True)
 
     # ------------------------------------------------------------------ noise
     def _noises(self, kind: str):
@@ -445,20 +499,29 @@ class Distiller:
         self._stop = True
         self._stop_hint = hint
 
-    def _install_sigint(self):
+    def _install_signal_handlers(self) -> dict:
+        """SIGINT (Ctrl-C), SIGTERM (what schedulers send before killing a job) and SIGUSR1 (sent
+        by some before a time limit) checkpoint after the current step and stop the run; a second
+        signal exits at once. Returns the previous handlers."""
         if threading.current_thread() is not threading.main_thread():
-            return None
-        prev = signal.getsignal(signal.SIGINT)
+            return {}
+        prev = {s: signal.getsignal(s) for s in STOP_SIGNALS}
 
         def handler(signum, frame):
-            if self._stop:  # second Ctrl-C: give up at once
-                signal.signal(signal.SIGINT, prev if callable(prev) else signal.default_int_handler)
-                raise KeyboardInterrupt
+            if self._stop:  # the second signal: give up at once
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return
+            self.stop_signal = signum
             self.request_stop()
             if self.main:
-                print("\nfastdistill: interrupt received; checkpointing after this step (Ctrl-C again to abort)", flush=True)
+                print(f"\nfastdistill: {signal.Signals(signum).name} received; checkpointing after this step "
+                      f"(a second one aborts at once)", flush=True)
 
-        signal.signal(signal.SIGINT, handler)
+        for s in STOP_SIGNALS:
+            signal.signal(s, handler)
         return prev
 
     def _logger(self) -> MetricsLogger:
@@ -473,7 +536,7 @@ class Distiller:
         logger = self._logger()
         if self.main:
             (self.out_dir / "config.json").write_text(cfg.to_json())
-        prev = self._install_sigint()
+        prev = self._install_signal_handlers()
         bar = progress_bar(cfg.steps, self.step, cfg.progress and self.main)
         last_ckpt = None
         quality: Optional[Quality] = None
@@ -524,9 +587,10 @@ class Distiller:
             if bar is not None:
                 bar.close()
             logger.close()
-            if prev is not None:
-                signal.signal(signal.SIGINT, prev)
+            for s, h in prev.items():
+                signal.signal(s, h)
             torch.set_num_threads(self._prev_threads)
+            self.release()
         picture = samples = None
         if self.main and not interrupted:
             x = self.student_samples(min(self.cfg.eval_samples, 4096), seed=9_000_005)
@@ -542,7 +606,7 @@ class Distiller:
         return DistillResult(out_dir=str(self.out_dir), step=self.step, images_seen=self.images_seen,
                              checkpoint=str(last_ckpt) if last_ckpt else None, elapsed_s=time.time() - t0,
                              nan_steps=self.nan_steps, interrupted=interrupted, quality=quality,
-                             picture=picture, samples=samples)
+                             picture=picture, samples=samples, stop_signal=self.stop_signal if interrupted else None)
 
 
 def run_distillation(config=None, teacher=None, overrides=None, callback=None,

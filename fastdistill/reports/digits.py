@@ -34,6 +34,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -187,6 +188,10 @@ def digits_report(out_dir=DEFAULT_OUT, budget_s: float = 570.0, *, methods: Sequ
     for m in methods:  # a bad override fails now, not after the teacher table
         _student_config(m, str(out / m), teacher, n, cache, overrides)
     out.mkdir(parents=True, exist_ok=True)
+    for m in methods:  # the report's own student runs: a new report replaces them
+        if (out / m).exists():
+            log(f"[digits report] replacing the previous report's {m} run in {out / m}")
+            shutil.rmtree(out / m)
     ref = reference_data("digits")
     n = int(min(n, ref.max_n()))
     base = quality(ref.baseline_set(n), ref)
