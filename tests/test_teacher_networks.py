@@ -233,3 +233,24 @@ def test_network_runs_in_the_input_dtype():
         assert out.dtype == torch.bfloat16
         assert all(p.dtype == torch.float32 for p in net.parameters())
         torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.05)
+
+
+def test_bf16_autocast_of_an_edm_network():
+    """precision=bf16 autocasts the forward: the output is float32 and close to the fp32 one
+    (this used to fail with "network returned torch.bfloat16, expected torch.float32")."""
+    net = _perturbed(_tiny_edm("SongUNet"))
+    x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([0.5, 3.0])
+    with torch.no_grad():
+        ref = net(x, sigma)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x, sigma)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0.05, atol=0.05)
+
+
+def test_bf16_distillation_of_an_edm_teacher(tmp_path):
+    from fastdistill.engine import run_distillation
+    from tests._engine_helpers import tiny_config
+
+    r = run_distillation(tiny_config(tmp_path, precision="bf16", steps=2, batch_size=4), teacher=_tiny_edm("SongUNet"))
+    assert r.step == 2 and r.nan_steps == 0

@@ -55,7 +55,11 @@ class _Precond(nn.Module):
         if augment_labels is not None:
             model_kwargs = dict(model_kwargs, augment_labels=augment_labels.to(dtype))
         out = self.model(x_in.to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
-        if out.dtype != dtype:
+        allowed = {dtype}
+        device = x_in.device.type
+        if torch.is_autocast_enabled(device):  # mixed precision: the network computes in the autocast dtype
+            allowed.add(torch.get_autocast_dtype(device))
+        if out.dtype not in allowed:
             raise RuntimeError(f"{type(self).__name__}: network returned {out.dtype}, expected {dtype}")
         return out.to(torch.float32)
 
