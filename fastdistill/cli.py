@@ -247,7 +247,41 @@ def _train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_classifier(args: argparse.Namespace) -> int:
+    """Retrain the shipped digits classifier (FID's feature space) and/or report its held-out accuracy."""
+    import json
+
+    from .metrics import digits_classifier as dc
+
+    if not args.eval_only:
+        model, meta = dc.train_classifier(seed=args.seed, epochs=args.epochs, verbose=args.verbose)
+        dc.save_classifier(model, args.out, meta)
+        print(json.dumps({"out": args.out, **meta}, indent=1))
+    weights = args.out if not args.eval_only else args.weights
+    model = dc.load_digits_classifier(weights)
+    x, y = dc.digits_dataset("heldout")
+    print(json.dumps({"weights": str(weights or dc.default_weights_path()),
+                      "heldout_accuracy": dc.evaluate_accuracy(model, x, y), "n_heldout": len(y)}))
+    return 0
+
+
 # ----------------------------------------------------------------------------- parsers
+def add_train_classifier_parser(subparsers) -> argparse.ArgumentParser:
+    from .metrics.digits_classifier import ASSET_NAME
+
+    p = subparsers.add_parser("train-classifier", help="retrain the shipped digits classifier (FID features) or check it",
+                              description="Train the digits classifier from scratch (deterministic, a few seconds) and "
+                              "write --out, then report its held-out accuracy; --eval-only checks existing weights.")
+    p.add_argument("--out", default="fastdistill/assets/" + ASSET_NAME, help="where the trained weights go")
+    p.add_argument("--eval-only", action="store_true", help="do not train: report the held-out accuracy of --weights")
+    p.add_argument("--weights", default=None, help="with --eval-only: weights to check (default: the shipped ones)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=_positive_int, default=40)
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=_train_classifier)
+    return p
+
+
 def add_train_teacher_parser(subparsers) -> argparse.ArgumentParser:
     from .teachers.digits import ARCH_PRESETS, SHIPPED_TRAINING
 
@@ -383,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_project_parser(sub)
     add_train_teacher_parser(sub)
+    add_train_classifier_parser(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
 """Offline FID/KID/PR with torch-fidelity and the shipped digits classifier."""
+import json
 import fnmatch
 import pickle
 import subprocess
@@ -247,3 +248,10 @@ def test_importing_metrics_stays_cheap():
     code = ("import sys, fastdistill.metrics as m; assert callable(m.compute_metrics); "
             "assert 'torch_fidelity' not in sys.modules and 'torchvision' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, timeout=120)
+
+
+def test_train_classifier_command_checks_the_shipped_weights(capsys):
+    from fastdistill.cli import main
+
+    assert main(["train-classifier", "--eval-only"]) == 0
+    assert json.loads(capsys.readouterr().out)["heldout_accuracy"] >= 0.98

@@ -30,17 +30,15 @@ Hold-out split: digit ``i`` of ``load_digits()`` (in its fixed order) is held ou
 
 Shipped weights (``fastdistill/assets/digits_classifier.safetensors``) were produced by::
 
-    python -m fastdistill.metrics.digits_classifier --train \\
-        --out fastdistill/assets/digits_classifier.safetensors
+    fastdistill train-classifier --out fastdistill/assets/digits_classifier.safetensors
 
 (seed 0, one CPU thread, deterministic algorithms, 40 epochs, a few seconds) and reach
 **98.33 % held-out accuracy** (353/359; train accuracy 100 %). The safetensors metadata
-records the seed, epochs, split rule and both accuracies. ``python -m
-fastdistill.metrics.digits_classifier --eval`` re-checks the shipped file.
+records the seed, epochs, split rule and both accuracies. ``fastdistill train-classifier
+--eval-only`` re-checks the shipped file.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
@@ -279,33 +277,3 @@ def save_classifier(model: DigitsClassifier, path: Union[str, Path], metadata: O
     # which would make the file bytes differ between identical runs
     meta = {METADATA_KEY: json.dumps(metadata or {}, sort_keys=True)}
     save_file(state, str(path), metadata=meta)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fastdistill.metrics.digits_classifier",
-                                description=__doc__.split("\n")[0])
-    p.add_argument("--train", action="store_true", help="train from scratch and write --out")
-    p.add_argument("--eval", action="store_true", help="report held-out accuracy of --weights (default: shipped)")
-    p.add_argument("--out", default="fastdistill/assets/" + ASSET_NAME)
-    p.add_argument("--weights", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--verbose", action="store_true")
-    a = p.parse_args(argv)
-    if not (a.train or a.eval):
-        p.error("nothing to do: pass --train and/or --eval")
-    if a.train:
-        model, meta = train_classifier(seed=a.seed, epochs=a.epochs, verbose=a.verbose)
-        save_classifier(model, a.out, meta)
-        print(json.dumps({"out": a.out, **meta}, indent=1))
-    if a.eval:
-        weights = a.weights if a.weights is not None else (a.out if a.train else None)
-        model = load_digits_classifier(weights)
-        x, y = digits_dataset("heldout")
-        print(json.dumps({"weights": weights or str(default_weights_path()),
-                          "heldout_accuracy": evaluate_accuracy(model, x, y), "n_heldout": len(y)}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
