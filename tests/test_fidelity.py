@@ -1,6 +1,6 @@
 """Offline FID/KID/PR with torch-fidelity and the shipped digits classifier."""
-import json
 import fnmatch
+import json
 import pickle
 import subprocess
 import sys
