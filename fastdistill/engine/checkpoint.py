@@ -75,12 +75,12 @@ class CheckpointCorruptError(CheckpointError, ValueError):
     unreadable or missing. ``checkpoint`` (the directory), ``file`` (its name) and ``problem``
     say which and why; the message may add what to use instead."""
 
-    def __init__(self, checkpoint, file: Optional[str], problem: str, hint: str = ""):
+    def __init__(self, checkpoint, file: Optional[str], problem: str, hint: str = "", message: Optional[str] = None):
         self.checkpoint = Path(checkpoint)
         self.file = file
         self.problem = problem
         what = f"{file} {problem}" if file else problem
-        super().__init__(f"checkpoint {self.checkpoint} is corrupt: {what}" + (f"; {hint}" if hint else ""))
+        super().__init__((message or f"checkpoint {self.checkpoint} is corrupt: {what}") + (f"; {hint}" if hint else ""))
 
     @property
     def reason(self) -> str:
@@ -437,16 +437,18 @@ def latest_verified_checkpoint(out_dir, log: Optional[Callable[[str], None]] = N
         try:
             verify_checkpoint(p, log=log)
         except CheckpointCorruptError as exc:
-            skipped.append(p)
+            skipped.append(exc)
             log(f"fastdistill: skipped checkpoint {p}: {exc.reason}")
             continue
         if skipped:
             log(f"fastdistill: using checkpoint {p}, the newest intact one")
         return p
     if skipped:
-        raise CheckpointCorruptError(skipped[0], None, f"no intact checkpoint in {ckpt_root(out_dir)} "
-                                     f"({len(skipped)} checked, all corrupt; see above)",
-                                     hint="start over with resume=none or another out_dir")
+        first = skipped[0]
+        raise CheckpointCorruptError(
+            first.checkpoint, first.file, first.problem, hint="start over with resume=none or another out_dir",
+            message=f"no intact checkpoint in {ckpt_root(out_dir)}: all {len(skipped)} are corrupt "
+                    f"(the newest, {first.checkpoint.name}: {first.reason})")
     return None
 
 
