@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -190,15 +190,15 @@ class Student:
 
 
 # ----------------------------------------------------------------------------- loading
-def _checkpoint_dir(path: Path) -> Path:
-    if (path / ckpt.STATE_FILE).is_file():
-        return path
-    latest = ckpt.latest_checkpoint(path)
-    if latest is None:
+def _checkpoint_dir(path: Path, log=None) -> Path:
+    """A checkpoint directory (verified; a corrupt one raises, naming the alternative) or a run
+    directory's newest intact checkpoint (each newer corrupt one skipped is said on ``log``)."""
+    try:
+        return ckpt.resolve_checkpoint(path, log=log)
+    except FileNotFoundError:
         raise FileNotFoundError(f"no distillation checkpoint at {path!s} (expected a checkpoint directory with "
                                 f"{ckpt.STATE_FILE}, a run directory containing checkpoints/, or an exported "
-                                f"student.safetensors)")
-    return latest
+                                f"student.safetensors)") from None
 
 
 def _rebuild(state: dict, network: Optional[torch.nn.Module]) -> torch.nn.Module:
@@ -216,10 +216,12 @@ def _rebuild(state: dict, network: Optional[torch.nn.Module]) -> torch.nn.Module
     raise ValueError("the generator's architecture came from a Python object; pass network=<module>")
 
 
-def load_student(path, which: str = "ema", device="cpu", network: Optional[torch.nn.Module] = None) -> Student:
-    """The student in ``path``: a run directory (its latest checkpoint), a checkpoint directory,
-    or an exported ``student.safetensors``. ``which``: the ``ema`` or raw ``generator`` weights
-    (checkpoints only)."""
+def load_student(path, which: str = "ema", device="cpu", network: Optional[torch.nn.Module] = None,
+                 log: Optional[Callable[[str], None]] = None) -> Student:
+    """The student in ``path``: a run directory (its newest intact checkpoint; each newer corrupt one
+    skipped is reported to ``log``, default stderr), a checkpoint directory (verified: a corrupt one
+    raises :class:`~fastdistill.engine.checkpoint.CheckpointCorruptError`), or an exported
+    ``student.safetensors``. ``which``: the ``ema`` or raw ``generator`` weights (checkpoints only)."""
     if which not in ("ema", "generator"):
         raise ValueError(f"which must be 'ema' or 'generator', got {which!r}")
     p = Path(path)
@@ -231,7 +233,7 @@ def load_student(path, which: str = "ema", device="cpu", network: Optional[torch
         if record is None:
             raise EvalError(f"{p} is a teacher checkpoint, not an exported student (pass it as a teacher)")
         return Student(load_teacher(p, device=device), StudentInfo.from_record(record))  # frozen, eval mode
-    tensors, state = ckpt.load_checkpoint(_checkpoint_dir(p))
+    tensors, state = ckpt.load_checkpoint(_checkpoint_dir(p, log), log=log)
     if state.get("format") != FORMAT or "student" not in state:
         raise CheckpointError(f"{p}: not a distillation checkpoint of this fastdistill version "
                               f"(format {state.get('format')!r})")

@@ -1,4 +1,5 @@
-"""Training checkpoints: safetensors for tensors, JSON for everything else, written atomically.
+"""Training checkpoints: safetensors for tensors, JSON for everything else, written atomically
+and checksummed.
 
 Layout of one checkpoint (a directory ``<out_dir>/checkpoints/step-00001234``):
 
@@ -6,39 +7,154 @@ Layout of one checkpoint (a directory ``<out_dir>/checkpoints/step-00001234``):
     optim.safetensors      Adam states, keys ``<net>.<param index>.<exp_avg|exp_avg_sq|step>``
     state.json             config, step, images seen, counters, Adam param groups and the
                            RNG states of every rank (torch CPU/CUDA, numpy, python, noise generators)
+    checksums.json         size and sha256 of every other file, written last
 
-A checkpoint is first written to a hidden ``.tmp-`` directory (each file fsynced), then moved into
-place with one ``os.replace``: a process killed mid-write leaves only a temporary directory,
-which loading ignores and the next save removes. The last ``keep_last`` checkpoints are kept.
+A checkpoint is first written to a hidden ``.tmp-`` directory (each file fsynced, then
+``checksums.json``), then moved into place with one ``os.replace``: a process killed mid-write
+leaves only a temporary directory, which loading ignores and the next run or save removes.
+Pruning (the last ``keep_last`` checkpoints up to the one just written are kept) first renames
+a checkpoint to a temporary name, so a kill there leaves no half-deleted checkpoint either.
+
+Loading verifies every file against ``checksums.json`` and raises :class:`CheckpointCorruptError`
+(file and problem named) on a truncated file, a checksum mismatch, unreadable JSON or a
+missing file; a checkpoint written before checksums existed is loaded with a one-time warning
+that it cannot be verified. :func:`latest_verified_checkpoint` finds the newest intact
+checkpoint of a run and reports each newer one it skipped; :func:`resolve_checkpoint` does that
+for a run directory and checks a named checkpoint directory. A failed write (disk full, I/O
+error, permissions) removes its temporary directory and raises :class:`CheckpointWriteError`.
+
+Fault injection (tests): ``FASTDISTILL_FAULT_INJECT="<phase>:<n>[,<phase>:<n>...]"`` SIGKILLs the
+process at the ``n``-th occurrence (counted from 1 in this process) of a write phase, one of
+:data:`FAULT_PHASES`: ``write`` (halfway through each data file), ``checksums`` (halfway through
+``checksums.json``), ``before-rename``, ``after-rename`` (the checkpoint is in place, not yet
+pruned) and ``prune`` (an old checkpoint renamed away, not yet deleted).
 """
 from __future__ import annotations
 
 import base64
+import errno as _errno
+import hashlib
 import json
 import os
 import random
 import re
 import shutil
+import signal
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as _st_load
+from safetensors.torch import save as _st_save
+
+from ..teachers.checkpoint import CheckpointError
+
+__all__ = ["CheckpointCorruptError", "CheckpointWriteError", "CKPT_RE", "STATE_FILE", "CHECKSUMS_FILE",
+           "FAULT_ENV", "FAULT_PHASES", "ckpt_root", "check_writable", "list_checkpoints", "latest_checkpoint",
+           "latest_verified_checkpoint", "resolve_checkpoint", "verify_checkpoint", "save_checkpoint",
+           "load_checkpoint", "remove_stale_temporaries", "optimizer_tensors", "load_optimizer", "rng_state",
+           "set_rng_state"]
 
 CKPT_RE = re.compile(r"^step-(\d{8,})$")
 STATE_FILE = "state.json"
+CHECKSUMS_FILE = "checksums.json"
+CHECKSUMS_FORMAT = "fastdistill-checksums/1"
+TMP_PREFIX = ".tmp-"
 
 #: test hook, called with the path of every file once it is written (to simulate a crash)
 _after_file_written: Optional[Callable[[Path], None]] = None
 
+FAULT_ENV = "FASTDISTILL_FAULT_INJECT"
+FAULT_PHASES = ("write", "checksums", "before-rename", "after-rename", "prune")
 
+
+class CheckpointCorruptError(CheckpointError, ValueError):
+    """A checkpoint directory that cannot be used: a file truncated, failing its checksum,
+    unreadable or missing. ``checkpoint`` (the directory), ``file`` (its name) and ``problem``
+    say which and why; the message may add what to use instead."""
+
+    def __init__(self, checkpoint, file: Optional[str], problem: str, hint: str = "", message: Optional[str] = None):
+        self.checkpoint = Path(checkpoint)
+        self.file = file
+        self.problem = problem
+        what = f"{file} {problem}" if file else problem
+        super().__init__((message or f"checkpoint {self.checkpoint} is corrupt: {what}") + (f"; {hint}" if hint else ""))
+
+    @property
+    def reason(self) -> str:
+        """``<file> <problem>``, without the checkpoint's path."""
+        return f"{self.file} {self.problem}" if self.file else self.problem
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (disk full, I/O error, permissions); its temporary directory was
+    removed and the older checkpoints are intact. ``checkpoint``: the directory that was not
+    written; ``errno``: the cause's error number; the cause is chained (``__cause__``)."""
+
+    def __init__(self, message: str, checkpoint=None, errno: Optional[int] = None):
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.errno = errno
+        super().__init__(message)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------- fault injection
+_fault_spec: Optional[str] = None
+_fault_targets: dict[str, int] = {}
+_fault_counts: dict[str, int] = {}
+
+
+def _parse_fault_spec(spec: str) -> dict[str, int]:
+    targets = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        phase, _, n = item.rpartition(":")
+        if phase not in FAULT_PHASES or not n.isdigit() or int(n) < 1:
+            raise ValueError(f"{FAULT_ENV}={spec!r}: expected <phase>:<n> with n >= 1 and phase one of "
+                             f"{', '.join(FAULT_PHASES)}")
+        targets[phase] = int(n)
+    return targets
+
+
+def _fault_point(phase: str, what) -> None:
+    """Count one occurrence of ``phase``; SIGKILL this process when ``FASTDISTILL_FAULT_INJECT`` says so."""
+    global _fault_spec, _fault_targets, _fault_counts
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec != _fault_spec:  # (re)read: counting starts when the variable is set or changed
+        _fault_targets, _fault_counts, _fault_spec = _parse_fault_spec(spec), {}, spec
+    if not _fault_targets:
+        return
+    n = _fault_counts[phase] = _fault_counts.get(phase, 0) + 1
+    if _fault_targets.get(phase) == n:
+        _stderr(f"fastdistill: {FAULT_ENV}={spec}: killing this process at {phase} #{n} ({what})")
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+        os._exit(137)  # not reached where SIGKILL exists
+
+
+# ---------------------------------------------------------------------- files
 def ckpt_root(out_dir) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
+def remove_stale_temporaries(out_dir) -> list[Path]:
+    """Remove the ``.tmp-*`` directories a killed or failed writer left in ``<out_dir>/checkpoints``;
+    returns what was removed."""
+    root = ckpt_root(out_dir)
+    if not root.is_dir():
+        return []
+    stale = sorted(p for p in root.glob(TMP_PREFIX + "*") if p.is_dir())
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
 def check_writable(out_dir) -> None:
-    """Fail early, with a clear message, when ``out_dir`` cannot hold checkpoints."""
+    """Fail early, with a clear message, when ``out_dir`` cannot hold checkpoints; remove the
+    temporary directories an interrupted earlier run left there."""
     root = ckpt_root(out_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -51,6 +167,7 @@ def check_writable(out_dir) -> None:
     except OSError as exc:
         raise PermissionError(f"output directory {out_dir!s} is not writable ({exc.strerror or exc}); "
                               f"choose another out_dir before training starts") from exc
+    remove_stale_temporaries(out_dir)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -66,8 +183,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
+def _write_file(path: Path, data: bytes, phase: str = "write") -> None:
+    """Write ``data`` to a new file and fsync it (the fault point ``phase`` is halfway through)."""
+    half = len(data) // 2
+    with open(path, "xb") as f:
+        f.write(data[:half])
+        f.flush()
+        _fault_point(phase, path.name)
+        f.write(data[half:])
+        f.flush()
         os.fsync(f.fileno())
     if _after_file_written is not None:
         _after_file_written(path)
@@ -77,67 +201,289 @@ def _contiguous(sd: dict) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
-def list_checkpoints(out_dir) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+def _step_of(p: Path) -> int:
+    return int(CKPT_RE.match(p.name).group(1))
+
+
+def _candidates(out_dir) -> list[Path]:
+    """Every ``step-*`` directory of a run, complete or not, oldest first."""
     root = ckpt_root(out_dir)
     if not root.is_dir():
         return []
-    found = []
-    for p in root.iterdir():
-        m = CKPT_RE.match(p.name)
-        if m and p.is_dir() and (p / STATE_FILE).is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+    return sorted((p for p in root.iterdir() if CKPT_RE.match(p.name) and p.is_dir()), key=_step_of)
+
+
+def list_checkpoints(out_dir) -> list[Path]:
+    """Checkpoint directories (with ``state.json`` or ``checksums.json``), oldest first; not verified."""
+    return [p for p in _candidates(out_dir) if (p / STATE_FILE).is_file() or (p / CHECKSUMS_FILE).is_file()]
 
 
 def latest_checkpoint(out_dir) -> Optional[Path]:
+    """The newest checkpoint directory by name, not verified (see :func:`latest_verified_checkpoint`)."""
     ck = list_checkpoints(out_dir)
     return ck[-1] if ck else None
 
 
 def save_checkpoint(out_dir, step: int, tensors: dict[str, dict], state: dict, keep_last: int = 3) -> Path:
-    """Write ``tensors`` (file stem -> flat dict of tensors) and ``state`` atomically; prune old ones."""
+    """Write ``tensors`` (file stem -> flat dict of tensors), ``state`` and their checksums atomically,
+    then prune old checkpoints. Raises :class:`CheckpointWriteError` when the write fails."""
     root = ckpt_root(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):  # left behind by a killed writer
-        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
-    tmp.mkdir()
-    for stem, sd in tensors.items():
-        path = tmp / f"{stem}.safetensors"
-        save_file(_contiguous(sd), str(path))
-        _fsync_file(path)
-    path = tmp / STATE_FILE
-    with open(path, "w") as f:
-        json.dump(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if _after_file_written is not None:
-        _after_file_written(path)
-    _fsync_dir(tmp)
-    if final.exists():
-        old = root / f".tmp-old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    tmp = root / f"{TMP_PREFIX}step-{step:08d}-{os.getpid()}"
+    current = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)  # left behind by a killed writer
+        tmp.mkdir()
+        sums = {}
+
+        def put(name: str, data: bytes, phase: str = "write") -> None:
+            nonlocal current
+            current = name
+            _write_file(tmp / name, data, phase)
+            if phase == "write":
+                sums[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+        for stem, sd in tensors.items():
+            put(f"{stem}.safetensors", _st_save(_contiguous(sd)))
+        put(STATE_FILE, json.dumps(state).encode("utf-8"))
+        put(CHECKSUMS_FILE, json.dumps({"format": CHECKSUMS_FORMAT, "files": sums}, indent=1).encode("utf-8"),
+            "checksums")
+        current = None
+        _fsync_dir(tmp)
+        _fault_point("before-rename", final.name)
+        if final.exists():  # the same step written again (e.g. Ctrl-C right after a periodic checkpoint)
+            old = root / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                os.replace(old, final)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            older = [p for p in list_checkpoints(out_dir) if _step_of(p) != step]
+        except OSError:
+            older = []
+        intact = (f"the older checkpoints are intact (newest: {older[-1].name})" if older
+                  else "no older checkpoint exists")
+        cause = f"{exc.strerror or exc}" + (f" while writing {current}" if current else "")
+        raise CheckpointWriteError(f"could not write checkpoint {final}: {cause}; its temporary files were "
+                                   f"removed and {intact}", checkpoint=final, errno=exc.errno) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fault_point("after-rename", final.name)
+    # keep the one just written and the keep_last - 1 before it; newer ones (from an earlier
+    # attempt this run resumed before) are left, to be overwritten when the run gets there
+    older = [p for p in list_checkpoints(out_dir) if _step_of(p) < step]
+    for old in older[:max(len(older) - (keep_last - 1), 0)]:
+        gone = root / f"{TMP_PREFIX}prune-{old.name}-{os.getpid()}"
+        try:
+            os.replace(old, gone)
+        except OSError:
+            continue
+        _fault_point("prune", old.name)
+        shutil.rmtree(gone, ignore_errors=True)
     _fsync_dir(root)
-    for old in list_checkpoints(out_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def load_checkpoint(path) -> tuple[dict[str, dict], dict]:
-    """Returns (file stem -> tensors, state dict) of a checkpoint directory."""
+# ---------------------------------------------------------------------- reading and verifying
+_warned_unverified: set = set()
+
+
+def _warn_unverified(path: Path, log: Optional[Callable[[str], None]]) -> None:
+    key = str(path.resolve())
+    if key in _warned_unverified:
+        return
+    _warned_unverified.add(key)
+    (log or _stderr)(f"fastdistill: warning: checkpoint {path} has no {CHECKSUMS_FILE} (written by an older "
+                     f"fastdistill); it cannot be verified")
+
+
+def _read_checksums(path: Path) -> Optional[dict]:
+    """``name -> {size, sha256}`` from ``checksums.json``; None for a checkpoint written without it."""
+    f = path / CHECKSUMS_FILE
+    if not f.is_file():
+        if not (path / STATE_FILE).is_file():
+            if not path.is_dir():
+                raise FileNotFoundError(f"{path} is not a fastdistill checkpoint directory")
+            raise CheckpointCorruptError(path, STATE_FILE, "is missing")
+        return None
+    try:
+        doc = json.loads(f.read_bytes().decode("utf-8"))
+        files = doc["files"]
+        if doc.get("format") != CHECKSUMS_FORMAT or not isinstance(files, dict) or STATE_FILE not in files:
+            raise ValueError(f"not a {CHECKSUMS_FORMAT} record")
+        return {str(k): {"size": int(v["size"]), "sha256": str(v["sha256"])} for k, v in files.items()}
+    except OSError as exc:
+        raise CheckpointCorruptError(path, CHECKSUMS_FILE, f"cannot be read ({exc.strerror or exc})") from exc
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointCorruptError(path, CHECKSUMS_FILE, f"is unreadable ({exc})") from exc
+
+
+def _check_bytes(path: Path, name: str, size: int, digest: str, expect: dict) -> None:
+    if size < expect["size"]:
+        raise CheckpointCorruptError(path, name, f"is truncated ({size} of {expect['size']} bytes)")
+    if size != expect["size"]:
+        raise CheckpointCorruptError(path, name, f"has the wrong size ({size} bytes, {expect['size']} expected)")
+    if digest != expect["sha256"]:
+        raise CheckpointCorruptError(path, name, f"has a checksum mismatch (sha256 {digest[:12]}..., "
+                                                 f"{expect['sha256'][:12]}... recorded): the file was altered")
+
+
+def _read(path: Path, name: str) -> bytes:
+    try:
+        return (path / name).read_bytes()
+    except FileNotFoundError:
+        raise CheckpointCorruptError(path, name, "is missing") from None
+    except OSError as exc:
+        raise CheckpointCorruptError(path, name, f"cannot be read ({exc.strerror or exc})") from exc
+
+
+def _safetensors_problem(data: bytes, exc: Exception) -> str:
+    """What is wrong with the bytes of a safetensors file that did not load."""
+    if len(data) < 8:
+        return f"is truncated ({len(data)} bytes, no safetensors header)"
+    n = int.from_bytes(data[:8], "little")
+    if len(data) < 8 + n:
+        return f"is truncated ({len(data)} bytes, the header alone is {8 + n})"
+    try:
+        header = json.loads(data[8:8 + n])
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except Exception:
+        return f"is not a valid safetensors file ({exc})"
+    if len(data) < 8 + n + end:
+        return f"is truncated ({len(data)} of {8 + n + end} bytes)"
+    return f"is not a valid safetensors file ({exc})"
+
+
+def _parse(path: Path, name: str, data: bytes):
+    if name.endswith(".safetensors"):
+        try:
+            return _st_load(data)
+        except Exception as exc:  # safetensors' SafetensorError (and whatever torch raises on odd dtypes)
+            raise CheckpointCorruptError(path, name, _safetensors_problem(data, exc)) from exc
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointCorruptError(path, name, f"is unreadable JSON ({exc})") from exc
+
+
+def verify_checkpoint(path, *, log: Optional[Callable[[str], None]] = None) -> bool:
+    """Check a checkpoint directory against its ``checksums.json``; raises :class:`CheckpointCorruptError`.
+    Returns True when verified, False for a checkpoint without checksums (then every file is only
+    parsed, which catches truncation, and a one-time warning goes to ``log``, default stderr)."""
     path = Path(path)
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"{path} is not a complete fastdistill checkpoint (no {STATE_FILE})")
-    with open(path / STATE_FILE) as f:
-        state = json.load(f)
-    tensors = {p.stem: load_file(str(p)) for p in sorted(path.glob("*.safetensors"))}
-    return tensors, state
+    sums = _read_checksums(path)
+    if sums is None:
+        for name in [STATE_FILE] + sorted(p.name for p in path.glob("*.safetensors")):
+            _parse(path, name, _read(path, name))
+        _warn_unverified(path, log)
+        return False
+    for name, expect in sums.items():
+        h, size = hashlib.sha256(), 0
+        try:
+            with open(path / name, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            raise CheckpointCorruptError(path, name, "is missing") from None
+        except OSError as exc:
+            raise CheckpointCorruptError(path, name, f"cannot be read ({exc.strerror or exc})") from exc
+        _check_bytes(path, name, size, h.hexdigest(), expect)
+    return True
+
+
+def load_checkpoint(path, *, log: Optional[Callable[[str], None]] = None) -> tuple[dict[str, dict], dict]:
+    """Returns (file stem -> tensors, state dict) of a checkpoint directory, each file verified
+    against ``checksums.json``. Raises :class:`CheckpointCorruptError` naming the checkpoint, the
+    file and the problem; a checkpoint without checksums loads with a one-time warning to ``log``."""
+    path = Path(path)
+    sums = _read_checksums(path)
+    if sums is None:
+        names = [STATE_FILE] + sorted(p.name for p in path.glob("*.safetensors"))
+    else:
+        names = [STATE_FILE] + sorted(n for n in sums if n.endswith(".safetensors"))
+    parsed = {}
+    for name in names:
+        data = _read(path, name)
+        if sums is not None:
+            _check_bytes(path, name, len(data), hashlib.sha256(data).hexdigest(), sums[name])
+        parsed[name] = _parse(path, name, data)
+    if sums is None:
+        _warn_unverified(path, log)
+    state = parsed.pop(STATE_FILE)
+    if not isinstance(state, dict):
+        raise CheckpointCorruptError(path, STATE_FILE, f"holds a JSON {type(state).__name__}, not an object")
+    return {name[:-len(".safetensors")]: t for name, t in parsed.items()}, state
+
+
+def latest_verified_checkpoint(out_dir, log: Optional[Callable[[str], None]] = None) -> Optional[Path]:
+    """The newest checkpoint of the run directory ``out_dir`` that is complete and passes
+    :func:`verify_checkpoint`; each newer one skipped is reported to ``log`` (default: stderr)
+    with the reason. None when the run has no checkpoint at all; raises
+    :class:`CheckpointCorruptError` when it has some but none is intact."""
+    log = log or _stderr
+    skipped = []
+    for p in reversed(_candidates(out_dir)):
+        try:
+            verify_checkpoint(p, log=log)
+        except CheckpointCorruptError as exc:
+            skipped.append(exc)
+            log(f"fastdistill: skipped checkpoint {p}: {exc.reason}")
+            continue
+        if skipped:
+            log(f"fastdistill: using checkpoint {p}, the newest intact one")
+        return p
+    if skipped:
+        first = skipped[0]
+        raise CheckpointCorruptError(
+            first.checkpoint, first.file, first.problem, hint="start over with resume=none or another out_dir",
+            message=f"no intact checkpoint in {ckpt_root(out_dir)}: all {len(skipped)} are corrupt "
+                    f"(the newest, {first.checkpoint.name}: {first.reason})")
+    return None
+
+
+def _is_checkpoint_dir(p: Path) -> bool:
+    return (p / STATE_FILE).is_file() or (p / CHECKSUMS_FILE).is_file() or (
+        bool(CKPT_RE.match(p.name)) and p.is_dir() and not ckpt_root(p).is_dir())
+
+
+def resolve_checkpoint(path, log: Optional[Callable[[str], None]] = None) -> Path:
+    """The checkpoint to load for ``path``: a run directory gives its newest intact checkpoint
+    (:func:`latest_verified_checkpoint`, skipped ones reported to ``log``); a checkpoint directory
+    is verified and returned. A named checkpoint that is corrupt raises :class:`CheckpointCorruptError`
+    naming the newest intact one of its run as the alternative (never switched to silently);
+    FileNotFoundError when there is no checkpoint."""
+    p = Path(path)
+    if _is_checkpoint_dir(p):
+        try:
+            verify_checkpoint(p, log=log)
+        except CheckpointCorruptError as exc:
+            run = p.parent.parent if p.parent.name == "checkpoints" else None
+            alt = None
+            if run is not None:
+                try:
+                    alt = latest_verified_checkpoint(run, log=lambda msg: None)
+                except CheckpointCorruptError:
+                    alt = None
+            hint = (f"not switching to another one: the newest intact checkpoint of this run is {alt} "
+                    f"(or name the run directory {run})" if alt is not None and alt != p
+                    else "no intact checkpoint of this run is left")
+            raise CheckpointCorruptError(exc.checkpoint, exc.file, exc.problem, hint=hint) from exc
+        return p
+    found = latest_verified_checkpoint(p, log=log)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {p}")
+    return found
 
 
 # ---------------------------------------------------------------------- optimiser state

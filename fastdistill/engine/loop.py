@@ -263,15 +263,13 @@ class Distiller:
                 raise ConfigError(f"resume=none, but {self.out_dir} already holds checkpoints (up to {existing[-1].name}) "
                                   f"of a run: continue it with resume=auto, or start the new run in another out_dir")
             return None
+        log = None if self.main else (lambda msg: None)  # skipped (corrupt) checkpoints: said once, on stderr
         if r == "auto":
-            return ckpt.latest_checkpoint(self.out_dir)
-        p = Path(r)
-        if (p / ckpt.STATE_FILE).is_file():
-            return p
-        latest = ckpt.latest_checkpoint(p)  # a run directory
-        if latest is None:
-            raise FileNotFoundError(f"resume={r!r}: no complete checkpoint found there")
-        return latest
+            return ckpt.latest_verified_checkpoint(self.out_dir, log=log)
+        try:  # a checkpoint directory (verified; a corrupt one is an error) or a run directory
+            return ckpt.resolve_checkpoint(r, log=log)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"resume={r!r}: no complete checkpoint found there") from None
 
     def state_tensors(self) -> dict:
         og, gg = ckpt.optimizer_tensors(self.opt_g, "generator")
@@ -283,7 +281,7 @@ class Distiller:
     def save(self) -> Optional[Path]:
         """Checkpoint (collective: every rank contributes its RNG state; rank 0 writes)."""
         rngs = D.all_gather_object(ckpt.rng_state({"noise": self.gen, "data": self.data_gen}))
-        path = None
+        path = err = None
         if self.main:
             with self.nvtx("checkpoint"):
                 tensors = self.state_tensors()
@@ -296,7 +294,13 @@ class Distiller:
                     "arch_config": self.arch_config, "identity": self.identity, "config_changes": self.config_changes,
                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 }
-                path = ckpt.save_checkpoint(self.out_dir, self.step, tensors, state, self.cfg.keep_last)
+                try:
+                    path = ckpt.save_checkpoint(self.out_dir, self.step, tensors, state, self.cfg.keep_last)
+                except ckpt.CheckpointWriteError as exc:
+                    err = exc
+        msg = D.broadcast_object(None if err is None else str(err))  # a failed write stops every rank
+        if msg:
+            raise err if err is not None else ckpt.CheckpointWriteError(msg)
         D.barrier()
         return path
 
@@ -432,10 +436,15 @@ class Distiller:
             self.nan_steps += 1
             self.consecutive_nan += 1
             if self.consecutive_nan >= self.cfg.max_nan_steps:
+                try:
+                    good = ckpt.latest_verified_checkpoint(self.out_dir, log=None if self.main else (lambda m: None))
+                except ckpt.CheckpointCorruptError:
+                    good = None
                 raise TrainingDiverged(
                     f"stopping at step {self.step}: {self.consecutive_nan} consecutive non-finite steps "
                     f"({self.nan_steps} in total). Lower optim.lr, try precision=fp32, or check the teacher; "
-                    f"the last good checkpoint is in {ckpt.ckpt_root(self.out_dir)}")
+                    + (f"the last good checkpoint is {good}" if good is not None
+                       else f"no intact checkpoint in {ckpt.ckpt_root(self.out_dir)}"))
         return dict(loss_fake=loss_f, loss_gen=loss_g, nan_samples=nan_f + nan_g, ema_beta=beta,
                     skipped=int(not (ok_f and ok_g)), **self.method.log_terms())
 
