@@ -379,14 +379,14 @@ def test_leftover_temporaries_are_removed_when_a_run_starts(run6):
     assert temporaries(run6) == []
     assert d.step == 6
     (root / ".tmp-step-00000009-1").mkdir()
-    Distiller(config(run6, steps=8, resume="none"), teacher=teacher())
+    Distiller(config(run6, steps=8, resume="auto"), teacher=teacher())
     assert temporaries(run6) == []
 
 
 # ----------------------------------------------------------------------------- the command line
 def _cli(*args, env_extra=None, timeout=300):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop(ckpt.FAULT_ENV if hasattr(ckpt, "FAULT_ENV") else "FASTDISTILL_FAULT_INJECT", None)
+    env.pop(ckpt.FAULT_ENV, None)
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "fastdistill.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)

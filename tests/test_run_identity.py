@@ -75,6 +75,7 @@ def test_checkpoints_without_identity_resume_with_a_warning(tmp_path, capsys):
     state = json.loads((latest / ckpt.STATE_FILE).read_text())
     del state["identity"]
     (latest / ckpt.STATE_FILE).write_text(json.dumps(state))
+    (latest / ckpt.CHECKSUMS_FILE).unlink()  # as written before checkpoints had either
     assert _run(tmp_path, resume="auto", steps=6).step == 6
     assert "records no run identity" in capsys.readouterr().out
 

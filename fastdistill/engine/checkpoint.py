@@ -32,7 +32,6 @@ pruned) and ``prune`` (an old checkpoint renamed away, not yet deleted).
 from __future__ import annotations
 
 import base64
-import errno as _errno
 import hashlib
 import json
 import os
