@@ -11,10 +11,15 @@
 //                              coefficients, zero flag}; `aux` is the (B,) weight (or sigma
 //                              for dsm), nullptr when absent
 //   grads(x, coef, g)          pass 2: this element's gradients of scale * l_b
-// The kernels own the NaN rule: every sum is a sum over terms that are NaN whenever an input
-// of the element is NaN, so a sample with all sums finite has no NaN; when a sum is not
-// finite the kernel scans the sample for NaN explicitly (rare path) and, if found, writes
-// loss 0 and zero gradients.
+// The kernels own the non-finite rule (docs/losses.md): a sample with a NaN, +inf or -inf in
+// any input, or whose given weight (dsm: sigma) is not finite, gets loss 0 and zero gradients.
+// It costs no extra pass: each input of an element enters at least one sum through a term that
+// is NaN or +-inf whenever that input is (y and y_real through |y - yr|, y_fake through
+// (yr - yf) or its square; dsm pred and target through (pred - target)^2), and a non-finite
+// partial sum stays non-finite, so a sample whose sums are all finite has only finite inputs.
+// When a sum is not finite (a bad input, or finite inputs whose sums overflow) the kernel scans
+// the sample for a non-finite value explicitly (rare path) and, if it finds one, writes loss 0
+// and zero gradients. A non-finite given weight or sigma sets Coef::zero in `finalize`.
 #pragma once
 
 #include <cmath>
@@ -39,8 +44,6 @@ FD_HD float fd_sqrt(float v) { return sqrtf(v); }
 FD_HD double fd_sqrt(double v) { return sqrt(v); }
 FD_HD bool fd_isfinite(float v) { return isfinite(v); }
 FD_HD bool fd_isfinite(double v) { return isfinite(v); }
-FD_HD bool fd_isnan(float v) { return isnan(v); }
-FD_HD bool fd_isnan(double v) { return isnan(v); }
 #else
 FD_HD float fd_abs(float v) { return std::fabs(v); }
 FD_HD double fd_abs(double v) { return std::fabs(v); }
@@ -48,8 +51,6 @@ FD_HD float fd_sqrt(float v) { return std::sqrt(v); }
 FD_HD double fd_sqrt(double v) { return std::sqrt(v); }
 FD_HD bool fd_isfinite(float v) { return std::isfinite(v); }
 FD_HD bool fd_isfinite(double v) { return std::isfinite(v); }
-FD_HD bool fd_isnan(float v) { return std::isnan(v); }
-FD_HD bool fd_isnan(double v) { return std::isnan(v); }
 #endif
 #if !defined(__CUDACC__) && !defined(__HIPCC__)
 template <typename T>
@@ -64,6 +65,13 @@ FD_HD T resolve_weight(T abs_sum, const T* weight, int64_t n, int64_t b) {
   if (weight != nullptr) return weight[b];
   T w = abs_sum / static_cast<T>(n);
   return w > static_cast<T>(kWeightFloor) ? w : static_cast<T>(kWeightFloor);
+}
+
+// A given weight that is not finite zeroes the sample (the computed one is finite whenever
+// the sample's inputs are).
+template <typename T>
+FD_HD bool bad_weight(const T* weight, int64_t b) {
+  return weight != nullptr && !fd_isfinite(weight[b]);
 }
 
 // ---------------------------------------------------------------- SiD (section 2)
@@ -95,7 +103,7 @@ struct SidMath {
     c.neg_m = -m;
     c.c_yr = m * (T(1) - T(2) * alpha);
     c.c_yf = T(2) * alpha * m;
-    c.zero = false;
+    c.zero = bad_weight(weight, b);
     return c;
   }
   template <typename V>
@@ -140,7 +148,7 @@ struct SimMath {
     T K = pseudo_huber ? k.A * (s[1] / (N * N)) : T(0);
     k.neg_K = -K;
     k.K_plus_A = K + k.A;
-    k.zero = false;
+    k.zero = bad_weight(weight, b);
     return k;
   }
   template <typename V>
@@ -175,7 +183,7 @@ struct DmdMath {
     Coef k;
     k.loss = T(0.5) * (s[1] / (w * w)) * scale;
     k.m = scale / w;
-    k.zero = false;
+    k.zero = bad_weight(weight, b);
     return k;
   }
   template <typename V>
@@ -187,7 +195,7 @@ struct DmdMath {
 // ---------------------------------------------------------------- DSM (section 1)
 // x = (pred, target).  s0 = sum (pred - target)^2;  lambda = (s^2 + sd^2) / (s sd)^2
 // l = scale * lambda * s0;  dl/dpred = 2 scale lambda (pred - target) (= -dl/dtarget).
-// aux = sigma (B,); a NaN sigma zeroes the sample.
+// aux = sigma (B,); a non-finite sigma zeroes the sample.
 template <typename T>
 struct DsmMath {
   static constexpr int kIn = 2, kOut = 1, kSums = 1;
@@ -204,7 +212,7 @@ struct DsmMath {
   FD_HD Coef finalize(const T* s, const T* sigma, int64_t /*n*/, int64_t b) const {
     T sig = sigma[b];
     Coef k;
-    k.zero = fd_isnan(sig);
+    k.zero = !fd_isfinite(sig);
     T ss = sig * sigma_data;
     T lam = (sig * sig + sigma_data * sigma_data) / (ss * ss);
     k.loss = lam * s[0] * scale;

@@ -347,16 +347,18 @@ struct CpuLoss {
     for (int k = 0; k < kOut; ++k) std::fill(out[k] + b * N + lo, out[k] + b * N + hi, scalar_t(0));
   }
 
-  bool has_nan(int64_t b) const {
+  // Rare path (some sum is not finite): does sample b hold a NaN or +-inf in any input?
+  bool has_nonfinite(int64_t b) const {
     for (int k = 0; k < kIn; ++k) {
       const scalar_t* p = in[k] + b * N;
       for (int64_t i = 0; i < N; ++i)
-        if (math::fd_isnan(static_cast<T>(p[i]))) return true;
+        if (!math::fd_isfinite(static_cast<T>(p[i]))) return true;
     }
     return false;
   }
 
-  // Sums -> coefficients; stores the loss. Returns false when the sample is zeroed (NaN).
+  // Sums -> coefficients; stores the loss. Returns false when the sample is zeroed (a
+  // non-finite input, weight or sigma: loss_math.h).
   bool finish(int64_t b, const Sums& acc, Coef& c) const {
     T s[kS];
     bool finite = true;
@@ -364,7 +366,7 @@ struct CpuLoss {
       s[j] = static_cast<T>(acc[j]);
       finite = finite && math::fd_isfinite(s[j]);
     }
-    if (!finite && has_nan(b)) {
+    if (!finite && has_nonfinite(b)) {
       loss[b] = T(0);
       return false;
     }

@@ -155,11 +155,11 @@ struct BlockOps {
     bool finite = true;
 #pragma unroll
     for (int j = 0; j < kS; ++j) finite = finite && math::fd_isfinite(s[j]);
-    if (!finite) {  // block-uniform branch: rare explicit NaN scan
+    if (!finite) {  // block-uniform branch: rare explicit scan for NaN / +-inf (loss_math.h)
       int found = 0;
       for (int k = 0; k < kIn && !found; ++k)
         for (int64_t i = threadIdx.x; i < N; i += blockDim.x)
-          if (math::fd_isnan(static_cast<T>(p.in[k][base + i]))) {
+          if (!math::fd_isfinite(static_cast<T>(p.in[k][base + i]))) {
             found = 1;
             break;
           }

@@ -11,6 +11,13 @@ of ones and the backward pass returns the kernel's gradients without touching th
 computed without gradient: ``"mean_abs"`` is ``max(mean_i |y - y_real|, 1e-5)`` (SiD's weight
 and DMD2's normalisation), ``"none"`` divides by one, a (B,) tensor is used as given (detached).
 Options are keyword-only.
+
+Non-finite samples (the same in every backend): a sample with a NaN, +inf or -inf anywhere in
+its inputs (``y``, ``y_real``, ``y_fake``; ``pred``, ``target`` for DSM), or whose divisor
+tensor entry or DSM ``sigma`` is not finite, has per-sample loss exactly 0 and gradient exactly
+0 for every input. It still counts in the batch size of ``"batchmean"``: dropping it equals a
+sum over the other samples divided by the full B. Inputs with an empty sample (shape
+``(B, 0, ...)``) are rejected with a ValueError.
 """
 from __future__ import annotations
 
@@ -47,6 +54,9 @@ def _check_tensors(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) ->
             raise TypeError(f"{name} is {t.dtype} but {first_name} is {first.dtype}")
     if first.shape[0] == 0:
         raise ValueError(f"{first_name} has an empty batch (shape {tuple(first.shape)})")
+    if first.numel() == 0:
+        raise ValueError(f"{first_name} has empty samples (shape {tuple(first.shape)}: 0 elements per sample); "
+                         "each sample needs at least one element")
 
 
 def _check_finite(name: str, value: float) -> float:

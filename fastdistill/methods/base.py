@@ -29,7 +29,7 @@ import torch
 
 from ..conditioning import Conditioning
 from ..losses import dsm_loss
-from ..ops.reference import nan_sample_mask
+from ..ops.reference import nonfinite_sample_mask
 
 BACKENDS = ("auto", "reference", "cpp", "triton", "cuda")
 
@@ -273,7 +273,7 @@ class DistillMethod:
         x_g = self.generate(G, noise.z, noise.cond)
         y_real, y_fake = self.scores_at_noised(teacher, fake, x_g, noise)
         with torch.no_grad():
-            nan = nan_sample_mask(x_g, y_real, y_fake).sum()
+            nan = nonfinite_sample_mask(x_g, y_real, y_fake).sum()
         return self.loss(x_g, y_real, y_fake), nan
 
     def fake_samples(self, G, noise: FakeNoise) -> torch.Tensor:
@@ -292,5 +292,5 @@ class DistillMethod:
             loss_scale=self.cfg.fake_loss_scale, backend=self.backend,
         )
         with torch.no_grad():
-            nan = nan_sample_mask(x_g, pred).sum()
+            nan = nonfinite_sample_mask(x_g, pred).sum()
         return loss, nan

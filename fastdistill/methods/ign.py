@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 
 from ..conditioning import Conditioning
-from ..ops.reference import nan_sample_mask
+from ..ops.reference import nonfinite_sample_mask
 from .base import DistillMethod, GeneratorNoise, _bcast, check_positive, register_method
 from .idempotent import IdempotentConfig, IdempotentMethod, frozen_apply, student_apply
 
@@ -101,7 +101,7 @@ class IGN(IdempotentMethod, DistillMethod):
         f_x, f_z, f_fz = out.split(B)
         # NaN samples (of any of the three applications) drop out: zeros in, zero loss, no gradient
         with torch.no_grad():
-            bad = nan_sample_mask(f_x, f_z, f_fz, fz_frozen, noise.x_data)
+            bad = nonfinite_sample_mask(f_x, f_z, f_fz, fz_frozen, noise.x_data)
         f_x, f_z, f_fz, fz_frozen, x_data = (torch.where(_bcast(bad, t), torch.zeros_like(t), t)
                                              for t in (f_x, f_z, f_fz, fz_frozen, noise.x_data))
         good = (~bad).float()

@@ -63,7 +63,7 @@ import torch
 from ..conditioning import Conditioning
 from ..losses import dmd_loss, sid_loss
 from ..losses.functional import DIVISORS
-from ..ops.reference import nan_sample_mask
+from ..ops.reference import nonfinite_sample_mask
 from ..sampling import DEFAULT_SIGMA_END, heun_sampler, karras_sigmas, multistep_schedule
 from .base import (DistillMethod, FakeNoise, GeneratorNoise, MethodContext, _bcast, check, check_choice, check_positive,
                    register_method)
@@ -183,7 +183,7 @@ class SIGN(IdempotentMethod, DistillMethod):
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """``mean_b d(a_b, b_b)`` with the samples that have a NaN in ``a`` or ``b`` (or are flagged in
         ``bad``) contributing zero (and no gradient), and that (B,) mask -- the fused losses' rule."""
-        bad = nan_sample_mask(a, b) if bad is None else bad | nan_sample_mask(a, b)
+        bad = nonfinite_sample_mask(a, b) if bad is None else bad | nonfinite_sample_mask(a, b)
         a, b = (torch.where(_bcast(bad, t), torch.zeros_like(t), t) for t in (a, b))
         return torch.where(bad, torch.zeros_like(bad, dtype=torch.float32), self.d(a, b)).mean(), bad
 
@@ -298,7 +298,7 @@ class SIGN(IdempotentMethod, DistillMethod):
             total = total + l_dist
             terms["dist"] = l_dist.detach()
         with torch.no_grad():
-            bad = nan_sample_mask(*(t for t in (x_g, y_real, y_fake) if t is not None))
+            bad = nonfinite_sample_mask(*(t for t in (x_g, y_real, y_fake) if t is not None))
         pairs = []  # (name, weight, a, b, known NaN samples) of the idempotent terms
         # L_idem: gradient only through the inner application (NaN samples enter the outer one as zeros)
         if c.l_idem > 0:

@@ -8,8 +8,10 @@ Shared conventions (identical for every backend):
   already multiplied by `scale` (the caller folds loss_scale and the batch mean into it);
 - `weight` is the stop-gradient per-sample divisor `w_b`: a (B,) tensor, or None to use
   `max(mean_i |y - y_real|, 1e-5)`; it never receives a gradient;
-- a sample with a NaN in any input contributes zero loss and zero gradient; the others are
-  unaffected.
+- non-finite samples: a sample with a NaN, +inf or -inf anywhere in its inputs (y, y_real,
+  y_fake; for dsm pred and target), or whose given per-sample weight (dsm: sigma) is not
+  finite, has loss exactly 0 and gradient exactly 0 for every input; the other samples are
+  unaffected (docs/losses.md, "Non-finite samples").
 """
 from __future__ import annotations
 
@@ -29,16 +31,16 @@ def _math(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def nan_sample_mask(*tensors: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: True where a sample has a NaN in any of the tensors."""
+def nonfinite_sample_mask(*tensors: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: True where a sample has a non-finite value (NaN, +inf or -inf) in any of the tensors."""
     mask = torch.zeros(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
     for t in tensors:
-        mask |= torch.isnan(_per_sample(t)).any(dim=1)
+        mask |= ~torch.isfinite(_per_sample(t)).all(dim=1)
     return mask
 
 
 def _clean(mask: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Flatten to (B, N), at least fp32, with NaN samples replaced by zeros, so no NaN reaches a gradient."""
+    """Flatten to (B, N), at least fp32, with masked samples replaced by zeros, so no NaN or inf reaches a gradient."""
     out = []
     for t in tensors:
         flat = _math(_per_sample(t))
@@ -53,14 +55,22 @@ def mean_abs_weight(y: torch.Tensor, y_real: torch.Tensor) -> torch.Tensor:
         return diff.clamp_min(WEIGHT_FLOOR)
 
 
+def _sample_mask(y, y_real, y_fake, weight):
+    """The samples that are zeroed: a non-finite input value, or a non-finite given weight."""
+    mask = nonfinite_sample_mask(y, y_real, y_fake)
+    if weight is not None:
+        mask |= ~torch.isfinite(weight.detach().reshape(-1))
+    return mask
+
+
 def _resolve_weight(weight, y, y_real, mask):
-    w = mean_abs_weight(y, y_real) if weight is None else _math(weight.detach())
+    w = mean_abs_weight(y, y_real) if weight is None else _math(weight.detach()).reshape(-1)
     return torch.where(mask, torch.ones_like(w), w)
 
 
 def sid(y, y_real, y_fake, weight: Optional[torch.Tensor], alpha: float, scale: float) -> torch.Tensor:
     """SiD generator loss: `(1/w) sum_i delta_i (a_i - alpha delta_i)`, delta = yr - yf, a = yr - y."""
-    mask = nan_sample_mask(y, y_real, y_fake)
+    mask = _sample_mask(y, y_real, y_fake, weight)
     w = _resolve_weight(weight, y, y_real, mask)
     y_, yr, yf = _clean(mask, y, y_real, y_fake)
     delta = yr - yf
@@ -70,7 +80,7 @@ def sid(y, y_real, y_fake, weight: Optional[torch.Tensor], alpha: float, scale: 
 
 def sim(y, y_real, y_fake, weight: Optional[torch.Tensor], c: float, pseudo_huber: bool, scale: float) -> torch.Tensor:
     """SIM generator loss: `S / N` with S = sum delta*r, N = sqrt(|delta|^2 + c^2) (or N = 1 for l2), over w."""
-    mask = nan_sample_mask(y, y_real, y_fake)
+    mask = _sample_mask(y, y_real, y_fake, weight)
     w = _resolve_weight(weight, y, y_real, mask)
     y_, yr, yf = _clean(mask, y, y_real, y_fake)
     delta = yr - yf
@@ -83,7 +93,7 @@ def sim(y, y_real, y_fake, weight: Optional[torch.Tensor], c: float, pseudo_hube
 
 def dmd(y, y_real, y_fake, weight: Optional[torch.Tensor], scale: float) -> torch.Tensor:
     """DMD2 loss `0.5 |y - sg(y - g)|^2` with g = (yf - yr)/w; the teacher outputs get no gradient."""
-    mask = nan_sample_mask(y, y_real, y_fake)
+    mask = _sample_mask(y, y_real, y_fake, weight)
     w = _resolve_weight(weight, y, y_real, mask)
     y_, yr, yf = _clean(mask, y, y_real.detach(), y_fake.detach())
     g = (yf - yr) / w[:, None]
@@ -95,7 +105,7 @@ def dmd(y, y_real, y_fake, weight: Optional[torch.Tensor], scale: float) -> torc
 def dsm(pred, target, sigma, sigma_data: float, scale: float) -> torch.Tensor:
     """Fake-score (DSM) loss `lambda(sigma) sum_i (pred - target)^2`, lambda = (s^2+sd^2)/(s*sd)^2."""
     sig = _math(sigma.detach()).reshape(-1)
-    mask = nan_sample_mask(pred, target) | torch.isnan(sig)
+    mask = nonfinite_sample_mask(pred, target) | ~torch.isfinite(sig)
     p, t = _clean(mask, pred, target)
     sig = torch.where(mask, torch.ones_like(sig), sig)
     lam = (sig**2 + sigma_data**2) / (sig * sigma_data) ** 2

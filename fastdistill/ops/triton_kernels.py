@@ -14,12 +14,15 @@ Conventions: inputs (B, ...) of float16/bfloat16/float32/float64; math in fp32 (
 input is fp64, so float64 gradcheck works); the loss is fp32 (fp64 for fp64 `y`/`pred`); the
 gradients are contiguous, in the dtype and shape of their input. `weight=None` means
 `w_b = max(mean_i |y - y_real|, 1e-5)` computed inside the kernel (a constant, no gradient);
-a given weight is a (B,) tensor used as is. A sample with a NaN in any input (DSM: in pred,
-target or sigma_b) gets loss 0 and zero gradients. Empty batches (B == 0) or empty samples
-(numel per sample == 0) launch nothing and return zero losses.
+a given weight is a (B,) tensor used as is. A sample with a NaN, +inf or -inf in any input
+(y, y_real, y_fake; DSM: pred, target), or whose given weight (DSM: sigma_b) is not finite,
+gets loss 0 and zero gradients (the rule of docs/losses.md). Empty batches (B == 0) or empty
+samples (numel per sample == 0) launch nothing and return zero losses (the public API rejects
+empty samples before they get here).
 
 Kernel design: one program per sample, two passes over it. Pass 1 streams y, y_real, y_fake in
-BLOCK chunks and accumulates every per-sample sum (sum|y - yr|, a NaN count, the loss sums);
+BLOCK chunks and accumulates every per-sample sum (sum|y - yr|, a count of non-finite
+elements, the loss sums: the finiteness test rides on the loads already made);
 the program then forms the loss and the per-sample gradient coefficients (closed forms of
 docs/algorithms.md sections 2-4); pass 2 re-reads the sample (from L2) and writes the gradients.
 DMD's pass 2 does not read y. When the batch is too small to fill the GPU and samples are
@@ -112,6 +115,15 @@ if triton is not None:
         return x
 
     @triton.jit
+    def _finite(x):
+        # True where x is neither NaN (every comparison with NaN is false) nor +-inf.
+        return tl.abs(x) < float("inf")
+
+    @triton.jit
+    def _nonfinite(x):
+        return (x != x) | (tl.abs(x) == float("inf"))
+
+    @triton.jit
     def _weight_floor(FP64: tl.constexpr):
         # an exact 1e-5 in the math dtype (a bare literal would be rounded to fp32 first)
         if FP64:
@@ -127,7 +139,7 @@ if triton is not None:
     ):
         """Sums over elements [lo, hi) of one sample (pointers already at the sample start).
 
-        Returns (sum|y - yr|, NaN count, s1, s2):
+        Returns (sum|y - yr|, count of elements with a non-finite input, s1, s2):
         SiD s1 = sum delta*(a - alpha*delta); SIM s1 = sum delta*r, s2 = sum delta^2;
         DMD s1 = sum (yf - yr)^2; DSM s1 = sum (pred - target)^2.
         """
@@ -139,19 +151,19 @@ if triton is not None:
         acc_abs = zero
         acc1 = zero
         acc2 = zero
-        acc_nan = tl.zeros([BLOCK], dtype=tl.int32)
+        acc_bad = tl.zeros([BLOCK], dtype=tl.int32)
         for start in range(lo, hi, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             m = offs < hi
             y = _load_math(y_ptr, offs, m, FP64)
             yr = _load_math(yr_ptr, offs, m, FP64)
             if MODE == 3:
-                isnan = (y != y) | (yr != yr)
+                fin = _finite(y) & _finite(yr)
                 e = y - yr
                 acc1 += e * e
             else:
                 yf = _load_math(yf_ptr, offs, m, FP64)
-                isnan = (y != y) | (yr != yr) | (yf != yf)
+                fin = _finite(y) & _finite(yr) & _finite(yf)
                 if NEED_ABS:
                     acc_abs += tl.abs(y - yr)
                 if MODE == 0:
@@ -165,22 +177,23 @@ if triton is not None:
                 else:
                     g = yf - yr
                     acc1 += g * g
-            acc_nan += isnan.to(tl.int32)
-        return tl.sum(acc_abs, axis=0), tl.sum(acc_nan, axis=0), tl.sum(acc1, axis=0), tl.sum(acc2, axis=0)
+            acc_bad += tl.where(fin, 0, 1)
+        return tl.sum(acc_abs, axis=0), tl.sum(acc_bad, axis=0), tl.sum(acc1, axis=0), tl.sum(acc2, axis=0)
 
     @triton.jit
     def _coefficients(
-        s_abs, s_nan, s1, s2, w_ptr, pid, N, p0h, p0l, sch, scl,
+        s_abs, s_bad, s1, s2, w_ptr, pid, N, p0h, p0l, sch, scl,
         MODE: tl.constexpr, HAS_W: tl.constexpr, PH: tl.constexpr, FP64: tl.constexpr,
     ):
-        """(loss, c1, c2, bad) of one sample from its sums; zero loss and coefficients when bad."""
+        """(loss, c1, c2, bad) of one sample from its sums; zero loss and coefficients when bad
+        (a non-finite input element, or a non-finite given weight / sigma)."""
         p = _scalar(p0h, p0l, FP64)
         sc = _scalar(sch, scl, FP64)
-        bad = s_nan > 0
+        bad = s_bad > 0
         c2 = s1 * 0.0
         if MODE == 3:
             sig = _to_math(tl.load(w_ptr + pid), FP64)
-            bad = bad | (sig != sig)
+            bad = bad | _nonfinite(sig)
             sig = tl.where(bad, 1.0, sig)
             lam = (sig * sig + p * p) / ((sig * p) * (sig * p))
             loss = lam * s1 * sc
@@ -188,6 +201,7 @@ if triton is not None:
         else:
             if HAS_W:
                 w = _to_math(tl.load(w_ptr + pid), FP64)
+                bad = bad | _nonfinite(w)
             else:
                 w = tl.maximum(s_abs / _to_math(N, FP64), _weight_floor(FP64))
             w = tl.where(bad, 1.0, w)
@@ -266,8 +280,8 @@ if triton is not None:
         gy_ptr += base
         gyr_ptr += base
         gyf_ptr += base
-        s_abs, s_nan, s1, s2 = _accumulate(y_ptr, yr_ptr, yf_ptr, 0, N, p0h, p0l, MODE, NEED_ABS, PH, FP64, BLOCK)
-        loss, c1, c2, bad = _coefficients(s_abs, s_nan, s1, s2, w_ptr, pid, N, p0h, p0l, sch, scl, MODE, HAS_W, PH, FP64)
+        s_abs, s_bad, s1, s2 = _accumulate(y_ptr, yr_ptr, yf_ptr, 0, N, p0h, p0l, MODE, NEED_ABS, PH, FP64, BLOCK)
+        loss, c1, c2, bad = _coefficients(s_abs, s_bad, s1, s2, w_ptr, pid, N, p0h, p0l, sch, scl, MODE, HAS_W, PH, FP64)
         tl.store(loss_ptr + pid, loss.to(loss_ptr.dtype.element_ty))
         _write_grads(y_ptr, yr_ptr, yf_ptr, gy_ptr, gyr_ptr, gyf_ptr, 0, N, c1, c2, p0h, p0l, bad, MODE, FP64, BLOCK)
 
@@ -283,12 +297,12 @@ if triton is not None:
         base = pid.to(tl.int64) * N
         lo = sid * CHUNK
         hi = tl.minimum(lo + CHUNK, N)
-        s_abs, s_nan, s1, s2 = _accumulate(y_ptr + base, yr_ptr + base, yf_ptr + base, lo, hi, p0h, p0l,
+        s_abs, s_bad, s1, s2 = _accumulate(y_ptr + base, yr_ptr + base, yf_ptr + base, lo, hi, p0h, p0l,
                                            MODE, NEED_ABS, PH, FP64, BLOCK)
         out = part_ptr + (pid.to(tl.int64) * S + sid) * 4
         ty = part_ptr.dtype.element_ty
         tl.store(out + 0, s_abs.to(ty))
-        tl.store(out + 1, s_nan.to(ty))
+        tl.store(out + 1, s_bad.to(ty))
         tl.store(out + 2, s1.to(ty))
         tl.store(out + 3, s2.to(ty))
 
@@ -307,10 +321,10 @@ if triton is not None:
         sm = so < S
         prow = part_ptr + (pid.to(tl.int64) * S + so) * 4
         s_abs = tl.sum(_load_math(prow, 0, sm, FP64), axis=0)
-        s_nan = tl.sum(_load_math(prow, 1, sm, FP64), axis=0)
+        s_bad = tl.sum(_load_math(prow, 1, sm, FP64), axis=0)
         s1 = tl.sum(_load_math(prow, 2, sm, FP64), axis=0)
         s2 = tl.sum(_load_math(prow, 3, sm, FP64), axis=0)
-        loss, c1, c2, bad = _coefficients(s_abs, s_nan, s1, s2, w_ptr, pid, N, p0h, p0l, sch, scl, MODE, HAS_W, PH, FP64)
+        loss, c1, c2, bad = _coefficients(s_abs, s_bad, s1, s2, w_ptr, pid, N, p0h, p0l, sch, scl, MODE, HAS_W, PH, FP64)
         if sid == 0:
             tl.store(loss_ptr + pid, loss.to(loss_ptr.dtype.element_ty))
         lo = sid * CHUNK
