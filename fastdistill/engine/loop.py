@@ -376,7 +376,7 @@ class Distiller:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def _phase(self, kind: str) -> tuple[float, int, bool]:
-        """One fake or generator update. Returns (mean loss, NaN samples, applied)."""
+        """One fake or generator update. Returns (mean loss, non-finite samples, applied)."""
         accum = self.cfg.optim.grad_accum
         if kind == "fake":
             self.G.eval().requires_grad_(False)
@@ -387,7 +387,7 @@ class Distiller:
             self.fake.eval().requires_grad_(False)
             opt, params, ddp = self.opt_g, list(self.G.parameters()), self.g_ddp
         opt.zero_grad(set_to_none=True)
-        stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, NaN samples, stop flag
+        stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, non-finite samples, stop flag
         for m, noise in enumerate(self._noises(kind)):
             with D.no_sync(ddp, m < accum - 1):
                 if kind == "fake":

@@ -265,7 +265,7 @@ class DistillMethod:
 
     def generator_loss(self, G, teacher, fake, noise: GeneratorNoise):
         """Generator-step loss. Returns ``(loss, nan_samples)``: the scalar loss and the number of
-        samples with a NaN in x_g, D_teacher(x_t) or D_fake(x_t) (they contribute zero loss).
+        samples with a non-finite value in x_g, D_teacher(x_t) or D_fake(x_t) (they contribute zero loss).
 
         The caller freezes the teacher's and fake network's parameters (requires_grad False);
         x_t is not detached, so gradients reach x_g through both score networks.

@@ -10,7 +10,7 @@ itself* with three terms on a data batch ``x`` and source noise ``z``:
   ``L_tight = -tanh(L~_tight / (a R)) a R`` with ``R = sg(L_rec)`` (batch mean), ``a = ign_clamp``.
 
 ``f'`` is the current weights without gradient (``torch.func.functional_call`` on detached
-parameters). A sample with a NaN in any application drops out (zero loss, no gradient) and is
+parameters). A sample with a non-finite value in any application drops out (zero loss, no gradient) and is
 counted for the loop's ``max_nan_fraction``. Official choices: ``d`` = L1, weights rec/idem/tight = 20/20/2.5
 (``method.ign_rec/ign_idem/ign_tight``), Adam lr 1e-4, betas (0.5, 0.999) (set in the
 ``toy-ign`` preset through ``optim.*``). On this engine ``f(x) = D_theta(x; sigma_init)`` (the
@@ -99,7 +99,7 @@ class IGN(IdempotentMethod, DistillMethod):
             out = student_apply(G, torch.cat([noise.x_data, z_src, fz_frozen]), s,
                                 Conditioning.cat([noise.data_cond, noise.cond, noise.cond]))
         f_x, f_z, f_fz = out.split(B)
-        # NaN samples (of any of the three applications) drop out: zeros in, zero loss, no gradient
+        # non-finite samples (of any of the three applications) drop out: zeros in, zero loss, no gradient
         with torch.no_grad():
             bad = nonfinite_sample_mask(f_x, f_z, f_fz, fz_frozen, noise.x_data)
         f_x, f_z, f_fz, fz_frozen, x_data = (torch.where(_bcast(bad, t), torch.zeros_like(t), t)

@@ -42,8 +42,8 @@ data manifold. Everything below is our derivation from that, not the authors' co
   Heun ODE solutions ``y*`` started from the same ``z`` (``sigma_max z``);
 - total ``L_dist + l_idem L_idem + l_rec L_rec + l_flow L_flow + l_reg L_reg``.
 
-NaN samples drop out per sample, as in the fused losses: a sample with a NaN in an idempotent
-term's inputs contributes zero to that term (and no gradient) and counts as a NaN sample for
+Non-finite samples drop out per sample, as in the fused losses: a sample with a NaN or inf in an idempotent
+term's inputs contributes zero to that term (and no gradient) and counts as a bad sample for
 the loop, which skips the step only above ``max_nan_fraction``.
 
 Distances (``method.idem_distance``), per sample, normalised per element so weights do not
@@ -181,7 +181,7 @@ class SIGN(IdempotentMethod, DistillMethod):
 
     def term(self, a: torch.Tensor, b: torch.Tensor, bad: Optional[torch.Tensor] = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``mean_b d(a_b, b_b)`` with the samples that have a NaN in ``a`` or ``b`` (or are flagged in
+        """``mean_b d(a_b, b_b)`` with the samples that have a NaN or inf in ``a`` or ``b`` (or are flagged in
         ``bad``) contributing zero (and no gradient), and that (B,) mask -- the fused losses' rule."""
         bad = nonfinite_sample_mask(a, b) if bad is None else bad | nonfinite_sample_mask(a, b)
         a, b = (torch.where(_bcast(bad, t), torch.zeros_like(t), t) for t in (a, b))
@@ -299,8 +299,8 @@ class SIGN(IdempotentMethod, DistillMethod):
             terms["dist"] = l_dist.detach()
         with torch.no_grad():
             bad = nonfinite_sample_mask(*(t for t in (x_g, y_real, y_fake) if t is not None))
-        pairs = []  # (name, weight, a, b, known NaN samples) of the idempotent terms
-        # L_idem: gradient only through the inner application (NaN samples enter the outer one as zeros)
+        pairs = []  # (name, weight, a, b, known bad samples) of the idempotent terms
+        # L_idem: gradient only through the inner application (non-finite samples enter the outer one as zeros)
         if c.l_idem > 0:
             x_in = torch.where(_bcast(bad, x_g), torch.zeros_like(x_g), x_g)
             with self.autocast():
