@@ -176,8 +176,8 @@ def _doctor(args: argparse.Namespace) -> int:
     for device in ("cpu", "cuda"):
         for name in registry.BACKENDS:
             ok, reason = registry.backend_status(name, device)
-            # built for a device type is not usable here: say so when that device is missing
-            status = ("yes" if device in devices else "built, no device") if ok else "no"
+            # runnable on that device type, but the device is missing here: not a "yes"
+            status = "no" if not ok else "yes" if device in devices else "built, no device" if name == "cuda" else "no device"
             print(f"  {device:4} {name:9} {status:16}  {reason}")
         chosen = registry.resolve_backend("auto", device).name if device in devices else "-"
         print(f"  {device:4} auto    -> {chosen}")
