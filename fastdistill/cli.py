@@ -428,7 +428,8 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("sample", help="samples of a distilled student (PNG grid + .npz)")
     _add_student_arguments(p)
     p.add_argument("-n", type=_positive_int, default=64, help="number of samples")
-    p.add_argument("--out", help="output path stem (default: <checkpoint>/samples-seed<seed>)")
+    p.add_argument("--out", help="output path stem: <out>.png and <out>.npz; a directory (an existing one, or a path "
+                                 "ending in /) gets samples.png and samples.npz (default: <checkpoint>/samples-seed<seed>)")
     p.set_defaults(func=_sample)
     return p
 
@@ -444,8 +445,8 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
         "default: the shipped digits teacher at 1-18 Heun/Euler steps against one-step SiD, SIM and DMD "
         "students distilled side by side (FID table, time per sample, pictures in runs/digits; at most "
         "10 minutes on 2 CPU cores). Otherwise settings come from a preset or a JSON/TOML config file, "
-        "then from key=value overrides (e.g. method.name=sim optim.lr=1e-4); an unknown key is an error "
-        "that lists the valid ones.",
+        "then from key=value overrides (e.g. method.name=sim optim.lr=1e-4; options and overrides mix in any "
+        "order); an unknown key is an error that lists the valid ones.",
         epilog=describe_config(), formatter_class=argparse.RawDescriptionHelpFormatter)
     distill.add_argument("overrides", nargs="*", metavar="key=value",
                          help="dotted config overrides (digits default: applied to every student run; out_dir= is the report's directory)")
