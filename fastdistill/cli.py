@@ -3,7 +3,9 @@ and every argument parser lives here."""
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import os
 import platform
 import sys
 from pathlib import Path
@@ -12,9 +14,58 @@ from pathlib import Path
 BAD_INPUT = 2
 
 
-def _fail(command: str, exc: Exception) -> int:
-    print(f"fastdistill {command}: {exc}", file=sys.stderr)
+def _debug(args=None) -> bool:
+    """``--debug`` (before or after the command) or ``FASTDISTILL_DEBUG=1``: show tracebacks."""
+    from .engine.entry import debug_enabled
+
+    return debug_enabled(bool(getattr(args, "debug", False)))
+
+
+def _fail(command: str, exc: Exception, args=None, prefix: str = "") -> int:
+    """One line on stderr and exit code 2 for an error the user caused; with ``--debug`` the
+    exception itself, traceback and all."""
+    if _debug(args):
+        raise exc
+    from .engine.entry import error_message
+
+    print(f"fastdistill {command}: {prefix}{error_message(exc)}", file=sys.stderr)
     return BAD_INPUT
+
+
+def _command(name: str):
+    """The one error path of every command: the user-error types of
+    :data:`fastdistill.engine.entry.USER_ERRORS` become ``fastdistill <name>: <message>`` and exit
+    code 2; anything else (a bug) keeps its traceback."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(args: argparse.Namespace) -> int:
+            from .engine.entry import USER_ERRORS
+
+            try:
+                return fn(args)
+            except USER_ERRORS as exc:
+                return _fail(name, exc, args)
+
+        return run
+
+    return wrap
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A (sub)command parser where options and positionals (``key=value`` overrides) mix in any
+    order: ``distill --preset toy steps=10 --teacher X out_dir=Y``."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside or any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._get_positional_actions()):
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -57,6 +108,26 @@ def _steps_list(text: str) -> list[int]:
     return out
 
 
+def _check_device(text: str, flag: str = "--device") -> str:
+    """A ``--device`` that can run here (cpu, cuda, cuda:N), checked before any work starts."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{flag} {text!r} is not a device: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {text}: no CUDA device is visible here (torch.cuda.is_available() is False); "
+                             f"use {flag} cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {text}: there are {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type != "cpu":
+        raise ValueError(f"{flag} {text!r}: fastdistill runs on cpu or cuda / cuda:N")
+    return text
+
+
 def _add_student_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments ``sample`` and ``project`` share, in one style."""
     p.add_argument("checkpoint", help="run directory, checkpoint directory or exported student.safetensors")
@@ -73,6 +144,7 @@ def _labels(args):
 
 
 # ----------------------------------------------------------------------------- commands
+@_command("doctor")
 def _doctor(args: argparse.Namespace) -> int:
     """Versions, devices, and which loss backends can run here (and why not)."""
     import importlib.metadata as md
@@ -104,7 +176,9 @@ def _doctor(args: argparse.Namespace) -> int:
     for device in ("cpu", "cuda"):
         for name in registry.BACKENDS:
             ok, reason = registry.backend_status(name, device)
-            print(f"  {device:4} {name:9} {'yes' if ok else 'no ':3}  {reason}")
+            # runnable on that device type, but the device is missing here: not a "yes"
+            status = "no" if not ok else "yes" if device in devices else "built, no device" if name == "cuda" else "no device"
+            print(f"  {device:4} {name:9} {status:16}  {reason}")
         chosen = registry.resolve_backend("auto", device).name if device in devices else "-"
         print(f"  {device:4} auto    -> {chosen}")
     return 0
@@ -112,8 +186,6 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _digits_report(args: argparse.Namespace) -> int:
     """``fastdistill distill`` with no preset or config: the digits report (``out_dir=`` is its directory)."""
-    from .engine import ConfigError
-    from .metrics import EvalError
     from .reports.digits import DEFAULT_OUT, digits_report, format_report
 
     out, rest = DEFAULT_OUT, []
@@ -123,17 +195,18 @@ def _digits_report(args: argparse.Namespace) -> int:
             out = value
         else:
             rest.append(o)
+    if not str(out).strip():
+        return _fail("distill", ValueError("out_dir must not be empty: give the report's directory, e.g. "
+                                           "out_dir=runs/digits"), args)
     methods = [m for m in (args.methods or "sid,sim,dmd").split(",") if m]
-    try:
-        rep = digits_report(out, 570.0 if args.budget is None else args.budget, methods=methods,
-                            teacher=args.teacher or "digits", workers=3 if args.workers is None else args.workers,
-                            draws=3 if args.draws is None else args.draws, overrides=rest)
-    except (ConfigError, EvalError, FileNotFoundError, ValueError) as exc:
-        return _fail("distill", exc)
+    rep = digits_report(out, 570.0 if args.budget is None else args.budget, methods=methods,
+                        teacher=args.teacher or "digits", workers=3 if args.workers is None else args.workers,
+                        draws=3 if args.draws is None else args.draws, overrides=rest)
     print(format_report(rep))
     return 0
 
 
+@_command("distill")
 def _distill(args: argparse.Namespace) -> int:
     from .engine import distill_command
 
@@ -147,34 +220,50 @@ def _distill(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.teacher:
         overrides += ["teacher.kind=checkpoint", f"teacher.path={args.teacher}"]
-    return distill_command(args.config, overrides, args.preset)
+    if args.force:
+        overrides.append("force=true")
+    return distill_command(args.config, overrides, args.preset, debug=_debug(args))
 
 
+@_command("config")
 def _config(args: argparse.Namespace) -> int:
-    from .engine import ConfigError, load_config
+    from .engine import load_config
     from .engine.config import describe_config
 
     if args.list:
         print(describe_config())
         return 0
-    try:
-        print(load_config(args.config, args.overrides, args.preset).to_json())
-    except (ConfigError, FileNotFoundError) as exc:
-        return _fail("config", exc)
+    print(load_config(args.config, args.overrides, args.preset).to_json())
     return 0
 
 
+def _sample_stem(args: argparse.Namespace) -> Path:
+    """``--out``: a stem (``x`` or ``x.png`` -> ``x.png`` + ``x.npz``), or a directory (an existing one,
+    or a path ending in ``/``) to write ``samples.png`` / ``samples.npz`` in; by default
+    ``samples-seed<seed>`` beside the checkpoint."""
+    if args.out:
+        out = Path(args.out)
+        if args.out.endswith(("/", os.sep)) or out.is_dir():
+            return out / "samples"
+        return out
+    where = Path(args.checkpoint)
+    return (where.parent if where.is_file() else where) / f"samples-seed{args.seed}"
+
+
+@_command("sample")
 def _sample(args: argparse.Namespace) -> int:
     """Write ``<out>.png`` and ``<out>.npz`` with ``n`` samples of a student."""
+    from .projection import check_output_path
     from .student import load_student, save_samples
 
-    try:
-        x = load_student(args.checkpoint, which=args.which, device=args.device).sample(
-            args.n, steps=args.steps, seed=args.seed, cond=_labels(args))
-    except (FileNotFoundError, ValueError) as exc:
-        return _fail("sample", exc)
-    where = Path(args.checkpoint)
-    stem = Path(args.out) if args.out else (where.parent if where.is_file() else where) / f"samples-seed{args.seed}"
+    _check_device(args.device)
+    stem = _sample_stem(args)
+    for suffix in (".npz", ".png"):  # before any work: where the files go must be writable
+        check_output_path(stem.with_suffix(suffix))
+    student = load_student(args.checkpoint, which=args.which, device=args.device)
+    if args.label and not student.info.label_dim:
+        raise ValueError("--label given, but the student is unconditional")
+    x = student.sample(args.n, steps=args.steps, seed=args.seed, cond=_labels(args))
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = save_samples(x, npz_path=stem.with_suffix(".npz"))
     try:
@@ -185,27 +274,40 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("project")
 def _project(args: argparse.Namespace) -> int:
-    from .projection import project, save_output
+    from .projection import check_output_path, load_input, project, save_output
+    from .student import load_student
 
-    try:
-        x = project(args.checkpoint, args.input, sigma=args.sigma, steps=args.steps, seed=args.seed,
-                    cond=_labels(args), schedule=args.schedule, which=args.which, device=args.device)
-        p = save_output(x, args.out)
-    except (FileNotFoundError, ValueError) as exc:
-        return _fail("project", exc)
+    _check_device(args.device)
+    check_output_path(args.out)  # before any work
+    student = load_student(args.checkpoint, which=args.which, device=args.device)
+    y = load_input(args.input)
+    labels = _labels(args)
+    if student.info.label_dim and labels is None:
+        raise ValueError(f"the student is class-conditional ({student.info.label_dim} classes): pass --label K "
+                         f"(one class for every input) or one --label per input")
+    if labels is not None and not student.info.label_dim:
+        raise ValueError("--label given, but the student is unconditional")
+    x = project(student, y, sigma=args.sigma, steps=args.steps, seed=args.seed, cond=labels,
+                schedule=args.schedule)
+    p = save_output(x, args.out)
     print(f"projected {1 if x.dim() in (1, 3) else x.shape[0]} input(s) with sigma={args.sigma}, "
           f"steps={args.steps}: {p}")
     return 0
 
 
+@_command("eval")
 def _eval(args: argparse.Namespace) -> int:
     """Print the comparison table, write JSON."""
     import torch
 
     from .evaluation import Model, evaluate_models, format_table
-    from .metrics import EvalError
+    from .projection import check_output_path
 
+    _check_device(args.device)
+    out = Path(args.out or "eval.json")
+    check_output_path(out, suffixes=None)  # before any work
     torch.set_num_threads(max(1, int(args.threads)))
     solvers = [s for s in args.solver.split(",") if s]
     try:
@@ -213,13 +315,14 @@ def _eval(args: argparse.Namespace) -> int:
         models += [Model.student(s, k) for s in args.student or [] for k in args.student_steps]
         res = evaluate_models(models, data=args.data, n=args.n, extractor=args.extractor, full=not args.fid_only,
                               device=args.device)
-    except (FileNotFoundError, EvalError, ValueError, ImportError) as exc:
-        return _fail("eval", exc)
+    except ImportError as exc:  # an optional dependency (torch-fidelity) missing
+        return _fail("eval", exc, args)
     print(format_table(res))
-    print(f"wrote {res.save(args.out or 'eval.json')} ({res.elapsed_s:.1f} s)")
+    print(f"wrote {res.save(out)} ({res.elapsed_s:.1f} s)")
     return 0
 
 
+@_command("train-teacher")
 def _train_teacher(args: argparse.Namespace) -> int:
     import torch
 
@@ -230,14 +333,15 @@ def _train_teacher(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     data_kwargs = {"resolution": args.resolution} if args.resolution else {}
     try:
+        if args.device is not None:
+            _check_device(args.device)
         result = train_digits_teacher(
             args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, data=args.data,
             arch=args.arch, conditional=not args.unconditional, lr_warmup_steps=args.warmup, lr_decay=args.lr_decay,
             weights_dtype=args.weights_dtype, device=args.device, progress=not args.quiet, data_kwargs=data_kwargs)
         net = load_teacher(result.path)  # check that what was written loads
     except (FileNotFoundError, ValueError, KeyError, TypeError, CheckpointError) as e:
-        print(f"fastdistill train-teacher: error: {e}", file=sys.stderr)
-        return BAD_INPUT
+        return _fail("train-teacher", e, args, prefix="error: ")
     n_params = sum(p.numel() for p in net.parameters())
     losses = result.losses
     tail = losses[-max(1, len(losses) // 10):]
@@ -247,6 +351,7 @@ def _train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("train-classifier")
 def _train_classifier(args: argparse.Namespace) -> int:
     """Retrain the shipped digits classifier (FID's feature space) and/or report its held-out accuracy."""
     import json
@@ -360,7 +465,8 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("sample", help="samples of a distilled student (PNG grid + .npz)")
     _add_student_arguments(p)
     p.add_argument("-n", type=_positive_int, default=64, help="number of samples")
-    p.add_argument("--out", help="output path stem (default: <checkpoint>/samples-seed<seed>)")
+    p.add_argument("--out", help="output path stem: <out>.png and <out>.npz; a directory (an existing one, or a path "
+                                 "ending in /) gets samples.png and samples.npz (default: <checkpoint>/samples-seed<seed>)")
     p.set_defaults(func=_sample)
     return p
 
@@ -376,14 +482,15 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
         "default: the shipped digits teacher at 1-18 Heun/Euler steps against one-step SiD, SIM and DMD "
         "students distilled side by side (FID table, time per sample, pictures in runs/digits; at most "
         "10 minutes on 2 CPU cores). Otherwise settings come from a preset or a JSON/TOML config file, "
-        "then from key=value overrides (e.g. method.name=sim optim.lr=1e-4); an unknown key is an error "
-        "that lists the valid ones.",
+        "then from key=value overrides (e.g. method.name=sim optim.lr=1e-4; options and overrides mix in any "
+        "order); an unknown key is an error that lists the valid ones.",
         epilog=describe_config(), formatter_class=argparse.RawDescriptionHelpFormatter)
     distill.add_argument("overrides", nargs="*", metavar="key=value",
                          help="dotted config overrides (digits default: applied to every student run; out_dir= is the report's directory)")
     distill.add_argument("--config", help="JSON or TOML config file")
     distill.add_argument("--preset", choices=sorted(PRESETS), help="built-in configuration (e.g. toy: the 2-D ring, about a minute)")
     distill.add_argument("--teacher", help="teacher: 'digits', analytic:NAME, an EDM/SiD pickle, a fastdistill safetensors file or a diffusers folder")
+    distill.add_argument("--force", action="store_true", help="take over a run directory locked from another host (force=true)")
     report = distill.add_argument_group("digits default only")
     report.add_argument("--methods", help="comma-separated subset of sid,sim,dmd (default: all three)")
     report.add_argument("--budget", type=float, help="wall-clock cap in seconds (default 570)")
@@ -407,9 +514,13 @@ def add_config_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+DEBUG_HELP = "show the full traceback of an error instead of one line (also: FASTDISTILL_DEBUG=1)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastdistill", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_IntermixedParser)
     sub.add_parser("doctor", help="versions, devices and available loss backends").set_defaults(func=_doctor)
     add_distill_parser(sub)
     add_config_parser(sub)
@@ -418,12 +529,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_project_parser(sub)
     add_train_teacher_parser(sub)
     add_train_classifier_parser(sub)
+    for p in sub.choices.values():  # --debug after the command too (it does not reset one given before it)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, run the command, and give every error the user caused one path: one line
+    ``fastdistill <command>: <message>`` on stderr and exit code 2 (``--debug`` or
+    ``FASTDISTILL_DEBUG=1``: the traceback instead). Bugs keep their tracebacks."""
+    from .engine.entry import USER_ERRORS
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:  # each command catches these already; this covers a func set elsewhere
+        return _fail(args.command, exc, args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ Inputs: a tensor or NumPy array, or a file: ``.npy`` / ``.npz`` (first array, or
 ``samples``/``x``/``images``) or an image (``.png`` etc.). Image data must be (C, H, W), (H, W)
 for one channel, (N, C, H, W), or channels-last (N, H, W, C) / (H, W, C), with the student's
 channels and resolution, and values in [-1, 1] (floats) or 0..255 (uint8, rescaled). Vector
-data (2-D toys) is (d,) or (N, d). Anything else is a clear ``ValueError``.
+data (2-D toys) is (d,) or (N, d) and unbounded, but inputs whose magnitude exceeds
+``MAX_ABS_INPUT`` (1e6), and ``sigma`` above it, are refused, not clipped: the student computes
+in float32, and such values overflow its arithmetic (the output would be NaN). An output that is
+not finite anyway is an error too. Anything else is a clear ``ValueError``.
 
 CLI: ``fastdistill project runs/digits-sign --input noisy.npy --sigma 0.5 --out clean.png``.
 """
@@ -31,10 +34,13 @@ import torch
 from .plotting import save_samples_picture
 from .student import Student, load_student
 
-__all__ = ["project", "load_input", "save_output"]
+__all__ = ["project", "load_input", "save_output", "check_output_path"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
+OUTPUT_SUFFIXES = (".npy", ".npz", ".png")
 RANGE_TOL = 1e-3
+#: largest input magnitude (vector data) and sigma accepted: beyond it float32 arithmetic in the network overflows
+MAX_ABS_INPUT = 1e6
 
 
 def load_input(path: Union[str, os.PathLike]) -> np.ndarray:
@@ -70,6 +76,7 @@ def _as_batch(y, shape: tuple) -> tuple[torch.Tensor, bool]:
     if not (t.is_floating_point() or is_uint8 or t.dtype in (torch.int32, torch.int64)):
         raise ValueError(f"input must be a numeric array, got dtype {t.dtype}")
     t = t.detach().cpu()
+    given = tuple(t.shape)
     single = False
     if len(shape) == 1:  # vector data
         d = shape[0]
@@ -78,6 +85,13 @@ def _as_batch(y, shape: tuple) -> tuple[torch.Tensor, bool]:
         if t.ndim != 2 or t.shape[1] != d:
             raise ValueError(f"the student works on {d}-dimensional vectors: input must be ({d},) or (N, {d}), "
                              f"got {tuple(t.shape)}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError("input contains NaN or infinite values")
+        big = float(t.abs().max()) if t.numel() else 0.0  # before float32, where 1e39 would become inf
+        if big > MAX_ABS_INPUT:
+            raise ValueError(f"input values reach {big:.3g} in magnitude; the student computes in float32 and "
+                             f"inputs beyond {MAX_ABS_INPUT:.0e} overflow its arithmetic (the output would be NaN): "
+                             f"rescale the data to the scale the student was trained on")
         t = t.float()
     else:
         c, h, w = shape
@@ -89,10 +103,14 @@ def _as_batch(y, shape: tuple) -> tuple[torch.Tensor, bool]:
             t, single = t[None], True
         elif t.ndim != 4:
             raise ValueError(f"image input must be (H, W), (C, H, W) or (N, C, H, W), got {tuple(t.shape)}")
-        if t.shape[1] != c and t.shape[-1] == c and t.shape[1:3] == (h, w):
-            t = t.permute(0, 3, 1, 2)  # channels-last
+        layout = "channels-first"
+        if t.shape[1] != c and (t.shape[-1] == c or (t.shape[-1] in (1, 3, 4) and t.shape[1] > 4)):
+            t, layout = t.permute(0, 3, 1, 2), "channels-last"  # (N, H, W, C) / (H, W, C), e.g. an RGB image file
         if t.shape[1] != c:
-            raise ValueError(f"input has {t.shape[1]} channels, the student expects {c} (shape {tuple(t.shape)})")
+            hint = {(3, 1): "; convert it to grayscale first", (4, 1): "; convert it to grayscale first",
+                    (1, 3): "; convert it to RGB first", (4, 3): "; drop the alpha channel first"}.get((t.shape[1], c), "")
+            raise ValueError(f"input {given} read as {layout} images with {t.shape[1]} channels at "
+                             f"{t.shape[2]}x{t.shape[3]}; the student expects {c}-channel {h}x{w} images{hint}")
         if tuple(t.shape[2:]) != (h, w):
             raise ValueError(f"input resolution {tuple(t.shape[2:])} does not match the student's {(h, w)}; "
                              f"resize it first")
@@ -126,14 +144,36 @@ def project(student, y, sigma: float = 0.0, steps: int = 1, seed: int = 0, cond=
         student = load_student(student, which=which, device=device)
     if isinstance(y, (str, os.PathLike)):
         y = load_input(y)
+    if isinstance(sigma, (int, float)) and sigma > MAX_ABS_INPUT:
+        raise ValueError(f"sigma={sigma:.3g} is beyond {MAX_ABS_INPUT:.0e}: the noised input would overflow the "
+                         f"student's float32 arithmetic")
     x, single = _as_batch(y, student.info.data_shape)
     out = student.project(x, sigma=sigma, steps=steps, seed=seed, cond=cond, schedule=schedule, batch_size=batch_size)
+    if not torch.isfinite(out).all():
+        raise ValueError("the student's output is not finite (NaN or infinite values) for these inputs; check the "
+                         "input's scale and the checkpoint")
     return out[0] if single else out
+
+
+def check_output_path(path: Union[str, os.PathLike], suffixes=OUTPUT_SUFFIXES) -> Path:
+    """Fail before any work when ``path`` cannot be written: a suffix not in ``suffixes`` (None: any),
+    an existing directory, or a parent that is a regular file."""
+    p = Path(path)
+    if suffixes is not None and p.suffix.lower() not in suffixes:
+        raise ValueError(f"output {str(p)!r}: use {', '.join(suffixes[:-1])} or {suffixes[-1]}")
+    if p.is_dir():
+        raise IsADirectoryError(f"output {str(p)!r} is a directory; give a file name")
+    for parent in p.parents:  # the nearest existing ancestor must be a directory
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"cannot write {str(p)!r}: {str(parent)!r} is a file, not a directory")
+            break
+    return p
 
 
 def save_output(x: torch.Tensor, path: Union[str, os.PathLike]) -> Path:
     """``.npy`` / ``.npz`` (key ``samples``) / ``.png`` (image grid, or a scatter plot for 2-D vectors)."""
-    p = Path(path)
+    p = check_output_path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     suf = p.suffix.lower()
     arr = x.detach().cpu().numpy()

@@ -159,3 +159,11 @@ def test_sigterm_exit_code_of_the_command(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert "SIGTERM received; checkpointing" in out and _steps(tmp_path), out
     assert main(["sample", str(tmp_path), "-n", "4"]) == 0  # the checkpoint it wrote is usable
+
+
+def test_force_flag_of_the_command(tmp_path, capsys):
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "then"}))
+    args = ["distill", "--preset", "toy", "teacher.fit_steps=5", "steps=2", "eval_every=0", "eval_samples=64",
+            "progress=false", f"out_dir={tmp_path}"]
+    assert main(args) == 2 and "--force" in capsys.readouterr().err
+    assert main(args + ["--force"]) == 0 and _steps(tmp_path) == ["step-00000002"]

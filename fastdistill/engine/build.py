@@ -17,6 +17,7 @@ import math
 import torch
 
 from ..data import load_dataset
+from ..methods import ConfigError
 from ..sampling import data_shape_of
 from ..teachers import MLPDenoiser, load_teacher
 from ..teachers.loading import ANALYTIC_PREFIX
@@ -60,12 +61,25 @@ def has_weights(net) -> bool:
     return isinstance(net, torch.nn.Module) and any(p.numel() for p in net.parameters())
 
 
+def _teacher_name(cfg) -> str:
+    t = cfg.teacher
+    return {"analytic": f"analytic:{t.name}", "checkpoint": repr(t.path)}.get(t.kind, "given as a network")
+
+
 def resolve_init(cfg, teacher) -> str:
+    """What the generator starts from, checked right after the teacher is built and before
+    anything else is done: ``teacher`` (copies of its weights) or ``fit`` (an MLP fitted to its
+    denoiser on its own samples, which needs ``teacher.sample``)."""
     init = cfg.teacher.init
     if init == "auto":
         init = "teacher" if has_weights(teacher) else "fit"
     if init == "teacher" and not has_weights(teacher):
-        raise ValueError("the teacher has no weights to copy; use teacher.init=fit")
+        raise ConfigError("the teacher has no weights to copy; use teacher.init=fit")
+    if init == "fit" and cfg.teacher.fit_steps > 0 and not hasattr(teacher, "sample"):
+        raise ConfigError(
+            f"teacher.init=fit fits an MLP to samples of the teacher, but the teacher ({_teacher_name(cfg)}) has no "
+            f"sample() method: for a network teacher use teacher.init=teacher (the generator starts as a copy of "
+            f"it; teacher.init=auto picks that too)")
     return init
 
 

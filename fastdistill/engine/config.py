@@ -112,15 +112,38 @@ class DistillConfig:
 
     @classmethod
     def from_file(cls, path) -> "DistillConfig":
+        """A JSON file, or TOML for a ``.toml`` suffix: a table of (nested) settings, optionally
+        naming a ``preset`` to start from. Unreadable or malformed files are a :class:`ConfigError`
+        naming the file (and the line, for a syntax error)."""
         path = Path(path)
-        text = path.read_text()
+        if not path.exists():
+            raise FileNotFoundError(f"config file {str(path)!r} not found")
+        if path.is_dir():
+            raise IsADirectoryError(f"config file {str(path)!r} is a directory; give a JSON or TOML file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path}: not a text file (JSON or TOML expected)") from None
         if path.suffix.lower() == ".toml":
             import tomllib
 
-            d = tomllib.loads(text)
+            try:
+                d = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {path}: not valid TOML ({exc})") from None
         else:
-            d = json.loads(text)
+            try:
+                d = json.loads(text)
+            except json.JSONDecodeError as exc:
+                hint = "" if path.suffix.lower() == ".json" else "; a TOML file needs the .toml suffix"
+                raise ConfigError(f"config file {path}: not valid JSON ({exc.msg} at line {exc.lineno}, "
+                                  f"column {exc.colno}){hint}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"config file {path}: the top level must be a table/object of settings "
+                              f"(e.g. {{\"steps\": 100}}), got a {type(d).__name__}")
         preset = d.pop("preset", None)
+        if preset is not None and not isinstance(preset, str):
+            raise ConfigError(f"config file {path}: preset must be a preset name, got {preset!r}")
         base = preset_config(preset) if preset else cls()
         return base.merged(d)
 
@@ -184,10 +207,34 @@ class DistillConfig:
                  f"log.{package}=true needs the {package} package: pip install {package}")
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         need(isinstance(self.steps, int) and self.steps >= 0, f"steps must be an integer >= 0, got {self.steps!r}")
-        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        need(isinstance(self.out_dir, str) and self.out_dir.strip() != "",
+             "out_dir must not be empty (it would write the run into the current directory): give the run's "
+             "directory, e.g. out_dir=runs/my-run")
+        # the device and the loss backend must exist here: checked before any teacher is loaded or fitted
+        import torch
+
+        from ..ops.registry import backend_status
+
+        dev = self.device
+        need(isinstance(dev, str) and (dev in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", dev) is not None),
+             f"device must be auto, cpu, cuda or cuda:N, got {dev!r}")
+        if dev.startswith("cuda"):
+            need(torch.cuda.is_available(),
+                 f"device={dev}: no CUDA device is visible here (torch.cuda.is_available() is False); "
+                 f"use device=cpu or device=auto")
+            count = torch.cuda.device_count()
+            need(dev == "cuda" or int(dev[5:]) < count,
+                 f"device={dev}: there are {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})")
+        dev_type = "cuda" if dev.startswith("cuda") or (dev == "auto" and torch.cuda.is_available()) else "cpu"
+        if m.backend != "auto":
+            ok, reason = backend_status(m.backend, dev_type)
+            need(ok, f"method.backend={m.backend} cannot run on this run's {dev_type} device ({reason}); "
+                     f"use method.backend=auto")
         choice("precision", self.precision, ("fp32", "bf16", "fp16"))
         need(isinstance(self.resume, str) and self.resume != "", "resume must be auto, none or a checkpoint path")
+        need(self.resume in ("auto", "none") or Path(self.resume).exists(),
+             f"resume={self.resume}: no such checkpoint or run directory (use resume=auto to continue the run in "
+             f"out_dir, resume=none to start afresh, or the path of a checkpoint)")
         for k in ("ckpt_every", "log_every", "sample_every", "eval_every", "threads"):
             need(isinstance(getattr(self, k), int) and getattr(self, k) >= 0, f"{k} must be an integer >= 0, got {getattr(self, k)!r}")
         need(isinstance(self.keep_last, int) and self.keep_last >= 1, f"keep_last must be an integer >= 1, got {self.keep_last!r}")

@@ -2,18 +2,47 @@
 
 ``config`` is a JSON/TOML file (it may name a ``preset``); with neither, the ``toy`` preset
 (the CLI's default without either is the digits report, ``fastdistill.reports.digits``).
-Errors in the configuration are printed with the list of valid keys and give exit code 2.
+Errors the user caused (:data:`USER_ERRORS`: the configuration, with the list of valid keys for
+an unknown one; a teacher that does not load; a missing path; a device that is not there) are
+printed as one line and give exit code 2; ``debug=True`` or ``FASTDISTILL_DEBUG=1`` re-raises
+them instead, traceback and all. A diverged run gives exit code 3.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..methods import ConfigError
+from ..metrics import EvalError
+from ..teachers import CheckpointError, UnsafeCheckpointError
 from .config import DistillConfig, preset_config
-from .loop import TrainingDiverged, run_distillation
+from .loop import Distiller, TrainingDiverged
+
+#: what the user can get wrong: one line and exit code 2 from the CLI (ValueError: the checks of
+#: configs, inputs and shapes; the others: paths, files and checkpoints). Anything else is a bug
+#: and keeps its traceback.
+USER_ERRORS = (ConfigError, CheckpointError, UnsafeCheckpointError, EvalError, FileNotFoundError, FileExistsError,
+               NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
+
+DEBUG_ENV = "FASTDISTILL_DEBUG"
+
+
+def debug_enabled(flag: Optional[bool] = None) -> bool:
+    """``flag`` (the CLI's ``--debug``), else ``$FASTDISTILL_DEBUG`` set to anything but 0/false/no/empty."""
+    if flag:
+        return True
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def error_message(exc: BaseException) -> str:
+    """The one line shown for ``exc``: its message (its type when it has none)."""
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror and text.startswith("[Errno"):
+        text = f"{exc.filename}: {exc.strerror}"  # an OS error straight from open() / mkdir()
+    return " ".join(text.split()) if text else type(exc).__name__
 
 
 def load_config(config: Optional[str] = None, overrides: Sequence[str] = (), preset: Optional[str] = None) -> DistillConfig:
@@ -54,19 +83,21 @@ def format_summary(result) -> str:
     return "\n".join(lines)
 
 
-def distill_command(config: Optional[str] = None, overrides: Sequence[str] = (), preset: Optional[str] = None) -> int:
+def distill_command(config: Optional[str] = None, overrides: Sequence[str] = (), preset: Optional[str] = None,
+                    *, debug: Optional[bool] = None) -> int:
+    """Run ``fastdistill distill --config/--preset``; returns the exit code (0 done, 2 bad input,
+    3 diverged, 128 + the signal when a signal stopped it)."""
     try:
-        cfg = load_config(config, overrides, preset)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"fastdistill distill: {exc}", file=sys.stderr)
-        return 2
-    try:
-        result = run_distillation(cfg)
+        result = Distiller(load_config(config, overrides, preset)).run()
     except TrainingDiverged as exc:
-        print(f"fastdistill distill: {exc}", file=sys.stderr)
+        if debug_enabled(debug):
+            raise
+        print(f"fastdistill distill: {error_message(exc)}", file=sys.stderr)
         return 3
-    except (PermissionError, ConfigError) as exc:
-        print(f"fastdistill distill: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        if debug_enabled(debug):
+            raise
+        print(f"fastdistill distill: {error_message(exc)}", file=sys.stderr)
         return 2
     print(format_summary(result))
     if result.interrupted:

@@ -541,6 +541,11 @@ class Distiller:
 
     def run(self) -> DistillResult:
         cfg = self.cfg
+        if self.step > cfg.steps:  # a resumed run already past the requested length: touch nothing
+            torch.set_num_threads(self._prev_threads)
+            self.release()
+            raise ConfigError(f"the run in {cfg.out_dir} is already at step {self.step}, past steps={cfg.steps}: "
+                              f"nothing was trained (raise steps= to continue it, or start a new run in another out_dir)")
         t0 = time.time()
         logger = self._logger()
         if self.main:

@@ -236,10 +236,12 @@ def resolve_inception_weights(path: Optional[Union[str, os.PathLike]] = None) ->
     if hub_file.is_file():
         return hub_file
     raise InceptionWeightsNotFoundError(
-        "Inception FID needs a local Inception-v3 weights file and fastdistill never downloads it. Pass "
-        f"inception_weights=/path/to/{INCEPTION_FILENAME} (torch-fidelity's converted TF-FID weights, from "
-        "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILENAME + "), set "
-        f"${INCEPTION_ENV}, or place it at {hub_file}. For 8x8 digits use extractor='digits' instead."
+        "Inception FID needs a local Inception-v3 weights file and fastdistill never downloads it. Get "
+        f"{INCEPTION_FILENAME} (torch-fidelity's converted TF-FID weights, from "
+        "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILENAME + ") and set "
+        f"{INCEPTION_ENV}=/path/to/{INCEPTION_FILENAME} (fastdistill eval and Python), or place it at {hub_file}; "
+        "from Python, the inception_weights= argument of compute_metrics / extract_features works too. For 8x8 digits use "
+        "the digits extractor (fastdistill eval --extractor digits) instead."
     )
 
 
