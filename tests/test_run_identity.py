@@ -167,3 +167,14 @@ def test_force_flag_of_the_command(tmp_path, capsys):
             "progress=false", f"out_dir={tmp_path}"]
     assert main(args) == 2 and "--force" in capsys.readouterr().err
     assert main(args + ["--force"]) == 0 and _steps(tmp_path) == ["step-00000002"]
+
+
+def test_the_summary_keeps_the_initial_generator_after_a_resume(tmp_path):
+    from fastdistill.engine import format_summary
+
+    over = {"teacher.kind": "analytic", "teacher.init": "fit", "teacher.fit_steps": 5, "eval_samples": 64,
+            "eval_every": 0}
+    first = Distiller(tiny_config(tmp_path, **{**OVER, **over}), teacher=None).run()
+    resumed = Distiller(tiny_config(tmp_path, **{**OVER, **over, "resume": "auto", "steps": 6}), teacher=None).run()
+    assert resumed.quality.initial == first.quality.initial is not None
+    assert "generator before distillation" in format_summary(resumed)

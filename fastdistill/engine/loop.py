@@ -292,6 +292,7 @@ class Distiller:
                     "world_size": self.world, "rng": rngs, "student": self.student_record(),
                     "sigma_data": self.sigma_data, "init": self.init, "arch": self.arch,
                     "arch_config": self.arch_config, "identity": self.identity, "config_changes": self.config_changes,
+                    "initial_quality": self.initial_quality,
                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 }
                 try:
@@ -349,6 +350,7 @@ class Distiller:
         ckpt.load_optimizer(self.opt_f, tensors["optim"], groups["fake"], "fake")
         self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
         self.nan_steps, self.consecutive_nan = int(state["nan_steps"]), int(state["consecutive_nan"])
+        self.initial_quality = state.get("initial_quality")  # the generator before distillation, for the summary
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
