@@ -178,3 +178,16 @@ def test_the_summary_keeps_the_initial_generator_after_a_resume(tmp_path):
     resumed = Distiller(tiny_config(tmp_path, **{**OVER, **over, "resume": "auto", "steps": 6}), teacher=None).run()
     assert resumed.quality.initial == first.quality.initial is not None
     assert "generator before distillation" in format_summary(resumed)
+
+
+def test_a_run_that_fails_before_training_leaves_no_empty_folder(tmp_path):
+    out = tmp_path / "new" / "run"
+    with pytest.raises(ValueError, match="unknown analytic teacher"):
+        Distiller(tiny_config(out, **{**OVER, "teacher.kind": "analytic", "teacher.name": "nope"}), teacher=None)
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    (kept / "notes.txt").parent.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="unknown analytic teacher"):
+        Distiller(tiny_config(kept, **{**OVER, "teacher.kind": "analytic", "teacher.name": "nope"}), teacher=None)
+    assert (kept / "notes.txt").read_text() == "mine" and not (kept / "checkpoints").exists()

@@ -114,6 +114,7 @@ class Distiller:
                 self.load(self.resume_path)
         except BaseException:
             self.release()
+            self._remove_empty_output()
             raise
 
     # ------------------------------------------------------------------ set-up, in order
@@ -149,6 +150,7 @@ class Distiller:
     def _check_output(self) -> None:
         """Fail before any teacher loading or fitting when the output directory is not writable."""
         self.out_dir = Path(self.cfg.out_dir)
+        self._created = [p for p in (ckpt.ckpt_root(self.out_dir), self.out_dir) if not p.exists()]
         err = None
         if self.main:
             try:
@@ -158,6 +160,16 @@ class Distiller:
         err = D.broadcast_object(err)
         if err:
             raise PermissionError(err)
+
+    def _remove_empty_output(self) -> None:
+        """A run that failed before training leaves no empty folders behind (only those it made)."""
+        if not self.main:
+            return
+        for p in self._created:
+            try:
+                p.rmdir()
+            except OSError:  # not empty (or already gone): keep it
+                pass
 
     def _seed_global_rngs(self) -> None:
         seed = self.cfg.seed + 1000 * self.rank
