@@ -53,25 +53,26 @@ class Conditioning:
     def from_labels(cls, labels, num_classes: int, n: Optional[int] = None) -> "Conditioning":
         """Class labels from an int, a sequence or tensor of class indices, or (B, num_classes) one-hot.
 
-        ``n``: the batch size an int (or a single index) is repeated to.
+        ``n``: the batch size: an int is repeated to it, a sequence must have that length.
         """
         num_classes = int(num_classes)
         if num_classes < 1:
             raise ValueError("this model is unconditional: it takes no class labels")
         t = torch.as_tensor(labels)
         if t.ndim == 2:
-            if t.shape[1] != num_classes:
-                raise ValueError(f"one-hot labels must have {num_classes} columns, got shape {tuple(t.shape)}")
+            if t.shape[1] != num_classes or (n is not None and t.shape[0] != int(n)):
+                want = f"({n}, {num_classes})" if n is not None else f"(B, {num_classes})"
+                raise ValueError(f"one-hot labels must have shape {want}, got {tuple(t.shape)}")
             return cls(labels=t.float())
-        if t.is_floating_point() and not torch.equal(t, t.round()):
+        if t.is_floating_point():
             raise ValueError(f"class indices must be integers, got {t.tolist()}")
         idx = t.long().reshape(-1)
-        if n is not None and idx.numel() == 1:
+        if n is not None and t.ndim == 0:  # one class for every sample
             idx = idx.expand(int(n))
         if n is not None and idx.numel() != int(n):
-            raise ValueError(f"need one class label or {n}, got {idx.numel()}")
+            raise ValueError(f"need one class index (an int) or {n}, got {idx.numel()}")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_classes):
-            raise ValueError(f"class labels must be in [0, {num_classes}), got {idx.tolist()}")
+            raise ValueError(f"class indices must be in [0, {num_classes}), got {idx.tolist()}")
         return cls(labels=torch.nn.functional.one_hot(idx, num_classes).float())
 
     # ------------------------------------------------------------------ what it holds

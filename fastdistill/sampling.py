@@ -244,18 +244,7 @@ def sample(
         if class_labels is None:
             labels = _random_labels(n, label_dim, generator, "cpu")
         else:
-            cl = torch.as_tensor(class_labels)
-            if cl.ndim == 0:
-                cl = cl.reshape(1).expand(n)
-            if cl.ndim == 1:
-                if cl.shape[0] != n or cl.is_floating_point():
-                    raise ValueError(f"class indices must be {n} integers")
-                if (cl < 0).any() or (cl >= label_dim).any():
-                    raise ValueError(f"class indices must be in [0, {label_dim})")
-                cl = torch.nn.functional.one_hot(cl.long(), label_dim)
-            if cl.shape != (n, label_dim):
-                raise ValueError(f"class_labels must be (n, label_dim) = ({n}, {label_dim}), got {tuple(cl.shape)}")
-            labels = cl.to(torch.float32).cpu()
+            labels = Conditioning.from_labels(class_labels, label_dim, n=n).labels.cpu()
     elif class_labels is not None:
         raise ValueError("class_labels given but the teacher is unconditional (label_dim 0)")
 
