@@ -225,8 +225,8 @@ def save_teacher(module: nn.Module, path: "str | os.PathLike", extra: Optional[M
 # ---------------------------------------------------------------------------------------
 # Loading.
 
-def _read_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
-    """All tensors and the metadata of a safetensors file, with clear errors."""
+def _read_safetensors(path: str, with_tensors: bool = True) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """The tensors (none with ``with_tensors=False``) and the metadata of a safetensors file, with clear errors."""
     try:
         from safetensors import safe_open
     except ImportError as e:  # pragma: no cover - safetensors is a dependency
@@ -234,7 +234,7 @@ def _read_safetensors(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
     except FileNotFoundError:
         raise
     except Exception as e:  # SafetensorError and friends
@@ -262,7 +262,7 @@ def _parse_config(text: str, source: str) -> dict:
 
 def read_teacher_extra(path: "str | os.PathLike") -> dict:
     """The ``extra`` record :func:`save_teacher` stored with a safetensors teacher (``{}`` if none)."""
-    _, meta = _read_safetensors(os.fspath(path))
+    _, meta = _read_safetensors(os.fspath(path), with_tensors=False)
     if "config" not in meta:
         return {}
     return _parse_config(meta["config"], os.fspath(path)).get("extra", {}) or {}
