@@ -1,4 +1,4 @@
-"""Shared machinery of the loss benchmarks: options, the per-session results table, the summary.
+"""Shared machinery of the benchmarks: options, the per-session results tables, the summaries.
 
 Every benchmark records its median time (and a few facts) in `RESULTS`; at the end of the
 session `pytest_terminal_summary` prints, per (op, batch, shape), the fused backend against the
@@ -79,6 +79,18 @@ def _fmt_ratio(x):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    _loss_summary(terminalreporter)
+    import sys
+
+    iteration = sys.modules.get("test_iteration_benchmark")
+    lines = iteration.summary_lines() if iteration is not None else []
+    if lines:
+        terminalreporter.section("fastdistill iteration benchmark: images/s of one full iteration (one session)")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def _loss_summary(terminalreporter):
     losses = RESULTS["loss"]
     if not losses:
         return

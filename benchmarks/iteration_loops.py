@@ -1,0 +1,288 @@
+"""What the iteration benchmark runs: the architectures, the authors'-style eager loops, and the
+measurements (FLOPs, dense-matmul yardstick, share of time in matmul/conv, peak memory).
+
+Shared by ``test_iteration_benchmark.py`` and ``scripts/gpu_check.sh``. The eager loops are
+written the way each method's own code is, in fp32:
+
+- SiD (the SiD repository's training loop): a fake-score step on a fresh generator forward
+  under ``no_grad``, then a generator step on a new ``z``; unfused losses in plain tensor ops;
+  ``nan_to_num`` of every gradient; ``torch.optim.Adam`` with its defaults for the device;
+  the EMA parameter by parameter.
+- DMD (DMD2's loop): the generator step first, scores without gradient, the distribution
+  matching gradient as an MSE against a detached target; then the fake-score step on the same
+  generator samples, detached (DMD2 reuses them); the same Adam and EMA.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from fastdistill.methods import karras_sigma
+
+SIGMA_INIT, SIGMA_DATA, ALPHA = 2.5, 0.5, 1.2
+P_MEAN, P_STD = -1.2, 1.2
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One benchmarked network: ``build()`` gives the teacher (an EDMPrecond)."""
+
+    name: str
+    build: Callable[[], torch.nn.Module]
+    batch: dict  # device type -> batch size
+    note: str
+
+
+def _ddpmpp(resolution=32, channels=128, mult=(2, 2, 2), blocks=4, attn=(16,)):
+    def build():
+        from fastdistill.teachers.precond import EDMPrecond
+
+        torch.manual_seed(0)
+        return EDMPrecond(img_resolution=resolution, img_channels=3, model_type="SongUNet", model_channels=channels,
+                          channel_mult=list(mult), num_blocks=blocks, attn_resolutions=list(attn), dropout=0.13,
+                          embedding_type="positional", encoder_type="standard", decoder_type="standard",
+                          channel_mult_noise=1, resample_filter=[1, 1])
+    return build
+
+
+def _digits():
+    from fastdistill.teachers.digits import load_digits_teacher
+
+    return load_digits_teacher()
+
+
+ARCHS = {
+    # EDM's CIFAR-10 DDPM++ configuration (random weights): 56M parameters, 32x32x3.
+    "ddpmpp": Arch("ddpmpp", _ddpmpp(), {"cpu": 2, "cuda": 64}, "EDM CIFAR-10 DDPM++ (SongUNet 128x[2,2,2], 4 blocks)"),
+    # The shipped digits teacher (the main job's network): 0.75M parameters, 8x8x1, 10 classes.
+    "digits": Arch("digits", _digits, {"cpu": 32, "cuda": 256}, "shipped digits U-Net (main job)"),
+    # Smoke-test size of the DDPM++ layout.
+    "tiny": Arch("tiny", _ddpmpp(resolution=16, channels=32, mult=(1, 2), blocks=1, attn=(8,)), {"cpu": 4, "cuda": 8},
+                 "DDPM++ layout, 16x16, 32 channels"),
+}
+
+
+def _labels(net, n, device):
+    k = int(getattr(net, "label_dim", 0) or 0)
+    if not k:
+        return None
+    return torch.nn.functional.one_hot(torch.randint(0, k, (n,), device=device), k).float()
+
+
+def _bcast(s):
+    return s.reshape(-1, 1, 1, 1)
+
+
+class EagerLoop:
+    """One authors'-style iteration (fp32) of SiD or DMD; ``step()`` runs it."""
+
+    def __init__(self, teacher: torch.nn.Module, method: str, batch: int, device: torch.device, lr: float = 1e-5):
+        if method not in ("sid", "dmd"):
+            raise ValueError(method)
+        self.method, self.batch, self.device = method, batch, device
+        self.teacher = teacher.to(device).eval().requires_grad_(False)
+        self.G = copy.deepcopy(self.teacher).requires_grad_(True)
+        self.fake = copy.deepcopy(self.teacher).requires_grad_(True)
+        self.ema = copy.deepcopy(self.teacher).eval().requires_grad_(False)
+        self.shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8)
+        self.opt_f = torch.optim.Adam(self.fake.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8)
+        self.nimg = 0
+
+    def _z(self):
+        return torch.randn(self.batch, *self.shape, device=self.device)
+
+    def _generate(self, z, labels):
+        return self.G(z * SIGMA_INIT, torch.full((z.shape[0],), SIGMA_INIT, device=self.device), labels)
+
+    def _fake_step(self, x_g, labels):
+        self.G.eval().requires_grad_(False)
+        self.fake.train().requires_grad_(True)
+        sigma = _bcast((torch.randn(self.batch, device=self.device) * P_STD + P_MEAN).exp())
+        pred = self.fake(x_g + sigma * torch.randn_like(x_g), sigma.flatten(), labels)
+        lam = (sigma**2 + SIGMA_DATA**2) / (sigma * SIGMA_DATA) ** 2
+        loss = (lam * (pred - x_g) ** 2).sum(dim=[1, 2, 3]).mean()
+        self.opt_f.zero_grad()
+        loss.backward()
+        self._clean(self.fake)
+        self.opt_f.step()
+
+    def _clean(self, net):
+        if self.method == "sid":  # SiD's clean-up; DMD2 has none
+            for p in net.parameters():
+                if p.grad is not None:
+                    torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+
+    def _generator_step(self):
+        self.G.train().requires_grad_(True)
+        self.fake.eval().requires_grad_(False)
+        labels = _labels(self.teacher, self.batch, self.device)
+        x_g = self._generate(self._z(), labels)
+        sig = _bcast(karras_sigma(torch.rand(self.batch, device=self.device) * 0.8, 0.002, 80.0, 7.0))
+        x_t = x_g + sig * torch.randn_like(x_g)
+        if self.method == "sid":
+            y_real = self.teacher(x_t, sig.flatten(), labels)
+            y_fake = self.fake(x_t, sig.flatten(), labels)
+            nan = torch.isnan(y_real) | torch.isnan(y_fake) | torch.isnan(x_g)
+            w = (x_g - y_real).abs().mean(dim=[1, 2, 3], keepdim=True).clip(min=1e-5).detach()
+            loss = (y_real - y_fake) * ((y_real - x_g) - ALPHA * (y_real - y_fake)) / w
+            loss = torch.where(nan, torch.zeros_like(loss), loss)
+            loss = loss.sum(dim=[1, 2, 3]).mean()
+        else:
+            with torch.no_grad():
+                y_real = self.teacher(x_t.detach(), sig.flatten(), labels)
+                y_fake = self.fake(x_t.detach(), sig.flatten(), labels)
+                w = (x_g - y_real).abs().mean(dim=[1, 2, 3], keepdim=True).clip(min=1e-5)
+                grad = torch.nan_to_num((y_fake - y_real) / w)
+            loss = 0.5 * torch.nn.functional.mse_loss(x_g, (x_g - grad).detach(), reduction="sum") / self.batch
+        self.opt_g.zero_grad()
+        loss.backward()
+        self._clean(self.G)
+        self.opt_g.step()
+        return x_g.detach(), labels
+
+    def _ema(self):
+        hl = min(500e3, 0.05 * self.nimg)
+        beta = 0.5 ** (self.batch / max(hl, 1e-8))
+        with torch.no_grad():
+            for p_ema, p in zip(self.ema.parameters(), self.G.parameters()):
+                p_ema.copy_(p.detach().lerp(p_ema, beta))
+        self.nimg += self.batch
+
+    def step(self):
+        if self.method == "sid":
+            labels = _labels(self.teacher, self.batch, self.device)
+            with torch.no_grad():
+                x_g = self._generate(self._z(), labels)
+            self._fake_step(x_g, labels)
+            self._generator_step()
+        else:
+            x_g, labels = self._generator_step()
+            self._fake_step(x_g, labels)
+        self._ema()
+
+
+def engine(teacher: torch.nn.Module, method: str, batch: int, device: str, out_dir, options: list[str]):
+    """fastdistill's Distiller on the same teacher; ``options`` are extra config overrides."""
+    from fastdistill.engine import DistillConfig, Distiller
+
+    cfg = DistillConfig().with_overrides([
+        "teacher.kind=network", "teacher.init=teacher", f"method.name={method}", f"batch_size={batch}",
+        f"device={device}", f"out_dir={out_dir}", "resume=none", "progress=false", "nvtx=false",
+        "log.tensorboard=false", *options])
+    return Distiller(cfg, teacher=teacher)
+
+
+# ----------------------------------------------------------------------------- measurements
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step: Callable[[], object], device, iters: int) -> list[float]:
+    """Wall time of each of ``iters`` calls of ``step``."""
+    out = []
+    for _ in range(iters):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def count_flops(step: Callable[[], object]) -> int:
+    """Matmul/conv FLOPs of one call (``torch.utils.flop_counter``: forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mode = FlopCounterMode(display=False)
+    with mode:
+        step()
+    return int(mode.get_total_flops())
+
+
+DENSE_OPS = ("conv", "mm", "matmul", "linear", "bmm", "addmm", "baddbmm", "attention")
+
+
+def dense_time_share(step: Callable[[], object], device) -> float:
+    """Fraction of one call's operator self time spent in matmul / convolution kernels (profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step()
+        sync(device)
+    cuda = torch.device(device).type == "cuda"
+    total = dense = 0.0
+    for e in prof.key_averages():
+        t = e.self_device_time_total if cuda else e.self_cpu_time_total
+        total += t
+        name = e.key.lower()
+        if any(k in name for k in DENSE_OPS):
+            dense += t
+    return dense / total if total else float("nan")
+
+
+def peak_memory(step: Callable[[], object], device) -> int:
+    """Peak bytes allocated during one call above what was allocated before it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    events.sort(key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def dense_yardstick(device, dtype: torch.dtype, repeats: int = 3) -> dict:
+    """Same-run FLOP/s of a large matmul and of a 3x3 convolution in ``dtype`` (best of ``repeats``)."""
+    dev = torch.device(device)
+    n = 2048 if dev.type == "cpu" else 8192
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    nb = 4 if dev.type == "cpu" else 128
+    x = torch.randn(nb, 256, 32, 32, device=dev, dtype=dtype)
+    w = torch.randn(256, 256, 3, 3, device=dev, dtype=dtype)
+
+    def best(fn, flops):
+        fn()
+        times = time_steps(fn, dev, repeats)
+        return flops / min(times)
+
+    mm = best(lambda: a @ b, 2 * n**3)
+    conv = best(lambda: torch.nn.functional.conv2d(x, w, padding=1), 2 * nb * 256 * 256 * 9 * 32 * 32)
+    return {"matmul": mm, "conv": conv, "peak": max(mm, conv)}
+
+
+def amdahl(dense_share: float, speedup_of_dense: float) -> float:
+    """Speed-up of the whole when only the dense share gets ``speedup_of_dense`` faster."""
+    if not math.isfinite(dense_share):
+        return float("nan")
+    return 1.0 / ((1.0 - dense_share) + dense_share / speedup_of_dense)
+
+
+def parameters(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def median(xs: list[float]) -> float:
+    s = sorted(xs)
+    k = len(s) // 2
+    return s[k] if len(s) % 2 else 0.5 * (s[k - 1] + s[k])

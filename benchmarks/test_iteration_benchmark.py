@@ -1,0 +1,135 @@
+"""Images/s of one full distillation iteration (fake step + generator step + EMA), per architecture
+and method: the authors'-style eager loop (fp32) against the engine's configurations, in one run.
+
+    pytest benchmarks/test_iteration_benchmark.py -s                 # timed; the table prints at the end
+    pytest benchmarks/test_iteration_benchmark.py -k "ddpmpp and sid"  # one architecture / method
+    pytest benchmarks/ --benchmark-disable                             # smoke: small architectures, once each
+
+Every row also reports the iteration's matmul/conv FLOPs (``torch.utils.flop_counter``), the
+achieved FLOP/s as a fraction of a same-run dense matmul/conv of the row's dtype (model FLOP
+utilisation) and its peak memory. On CPU every row runs on one thread. The eager fp32 row
+records the share of its time in matmul/conv kernels: with bf16 speeding up only those by the
+yardstick's bf16/fp32 ratio, Amdahl's law bounds what bf16 can give (printed as "bound").
+Loops and measurements: ``iteration_loops.py``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import iteration_loops as L
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+RESULTS: dict = {"yardstick": {}, "rows": {}}
+
+# (row name, engine overrides); "eager" is the authors'-style loop. Order = run order, so each
+# row is timed within a minute of the eager row it is compared with.
+ROWS = [
+    ("eager", None),
+    ("engine fp32", []),
+    ("engine bf16", ["precision=bf16"]),
+    ("engine bf16 compiled", ["precision=bf16", "compile=true"]),
+]
+ITERS = {"ddpmpp": (1, 3), "digits": (3, 10), "tiny": (3, 10)}  # (warm-up, timed) iterations
+SMOKE_ARCHS = ("tiny", "digits")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread on CPU: the issue's measurement set-up, and stable numbers on 2 cores."""
+    n = torch.get_num_threads()
+    if DEVICE == "cpu":
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.benchmark(group="iteration-yardstick")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_dense_yardstick(benchmark, dtype):
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    y = L.dense_yardstick(DEVICE, dt, repeats=1 if benchmark.disabled else 3)
+    RESULTS["yardstick"][dtype] = y
+    benchmark.extra_info.update({k: v / 1e9 for k, v in y.items()})
+    benchmark(lambda: None)
+
+
+CASES = [(arch, method, row) for arch in L.ARCHS for method in ("sid", "dmd") for row, _ in ROWS]
+
+
+@pytest.mark.benchmark(group="iteration")
+@pytest.mark.parametrize("arch,method,row", CASES, ids=[f"{a}-{m}-{r.replace(' ', '_')}" for a, m, r in CASES])
+def test_iteration(benchmark, tmp_path, arch, method, row):
+    a = L.ARCHS[arch]
+    if benchmark.disabled and arch not in SMOKE_ARCHS:
+        pytest.skip(f"{arch}: timed runs only (seconds per iteration on CPU); the smoke run covers {SMOKE_ARCHS}")
+    options = dict(ROWS)[row]
+    if benchmark.disabled and options and "compile=true" in options:
+        pytest.skip("compiled rows: timed runs only (compilation takes minutes)")
+    batch = a.batch["cuda" if DEVICE == "cuda" else "cpu"]
+    teacher = a.build()
+    if options is None:
+        loop = L.EagerLoop(teacher, method, batch, torch.device(DEVICE))
+        step = loop.step
+    else:
+        d = L.engine(teacher, method, batch, DEVICE, tmp_path, options)
+        step = d.train_step
+    warm, timed = ITERS[arch]
+    compiled = options is not None and "compile=true" in options
+    key = (arch, method)
+    if benchmark.disabled:
+        benchmark(step)
+        return
+    flops = None
+    if not compiled:
+        flops = L.count_flops(step)
+        warm -= 1
+    for _ in range(max(warm, 0) + (2 if compiled else 0)):
+        step()
+    times = L.time_steps(step, DEVICE, timed)
+    benchmark.pedantic(step, rounds=1, iterations=1)
+    rec = dict(time=L.median(times), times=times, batch=batch, flops=flops,
+               dtype="bf16" if options and "precision=bf16" in options else "fp32",
+               peak_bytes=L.peak_memory(step, DEVICE), params=L.parameters(teacher))
+    if options is None:
+        rec["dense_share"] = L.dense_time_share(step, DEVICE)
+    RESULTS["rows"].setdefault(key, {})[row] = rec
+    eager = RESULTS["rows"][key].get("eager")
+    benchmark.extra_info.update(images_per_s=batch / rec["time"], batch=batch, arch=arch, method=method, row=row,
+                                flops=flops, peak_bytes=rec["peak_bytes"],
+                                speedup_vs_eager=(eager["time"] / rec["time"]) if eager else None)
+
+
+def summary_lines() -> list[str]:
+    """The table of the timed rows (called from conftest's terminal summary)."""
+    rows, yard = RESULTS["rows"], RESULTS["yardstick"]
+    if not rows:
+        return []
+    lines = [f"torch {torch.__version__}, device {DEVICE}, {torch.get_num_threads() if DEVICE == 'cpu' else ''} "
+             f"thread(s); yardstick (dense matmul / 3x3 conv, GFLOP/s): "
+             + ", ".join(f"{k} {v['matmul'] / 1e9:.0f} / {v['conv'] / 1e9:.0f}" for k, v in yard.items())]
+    header = f"{'arch':7} {'method':6} {'row':24} {'img/s':>8} {'vs eager':>8} {'GFLOP/img':>9} {'GFLOP/s':>8} {'MFU':>5} {'peak MB':>8}"
+    lines += [header, "-" * len(header)]
+    for (arch, method), by_row in rows.items():
+        eager = by_row.get("eager")
+        for name, r in by_row.items():
+            flops = r["flops"] if r["flops"] is not None else _uncompiled_flops(by_row, name)
+            ips = r["batch"] / r["time"]
+            fps = flops / r["time"] if flops else None
+            peak = yard.get(r["dtype"], {}).get("peak")
+            mfu = f"{fps / peak:5.0%}" if fps and peak else "    -"
+            vs = f"{eager['time'] / r['time']:7.2f}x" if eager else "       -"
+            lines.append(f"{arch:7} {method:6} {name:24} {ips:8.2f} {vs:>8} {(flops or 0) / r['batch'] / 1e9:9.1f} "
+                         f"{(fps or 0) / 1e9:8.1f} {mfu} {r['peak_bytes'] / 2**20:8.0f}")
+        if eager and "dense_share" in eager and "fp32" in yard and "bf16" in yard:
+            s = eager["dense_share"]
+            r_dense = yard["bf16"]["peak"] / yard["fp32"]["peak"]
+            lines.append(f"{'':15}eager: {s:.0%} of its time in matmul/conv; bf16 runs them {r_dense:.2f}x faster: "
+                         f"bound {L.amdahl(s, r_dense):.2f}x if nothing else speeds up")
+    return lines
+
+
+def _uncompiled_flops(by_row: dict, name: str):
+    """A compiled row does the work of the same row uncompiled (FlopCounterMode counts eager ops)."""
+    base = by_row.get(name.replace(" compiled", ""))
+    return base["flops"] if base else None
