@@ -150,6 +150,58 @@ def test_engine_iteration_matches_handwritten(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("method,over", [("dmd", {}), ("sid", {"method.reuse_samples": True})])
+def test_sample_reuse_iteration_matches_handwritten(tmp_path, method, over):
+    """With reuse_samples (DMD's default, DMD2's recipe) the generator step runs first and the
+    fake step fits its samples x_g (detached, from the generator before its update)."""
+    teacher = tiny_teacher(0)
+    cfg = tiny_config(tmp_path, steps=1, batch_size=8, **{"optim.lr": 1e-2, "method.name": method, **over})
+    d = Distiller(cfg, teacher=teacher)
+    assert d.method.reuses_samples
+    gen_state = d.gen.get_state()
+    G0, F0 = copy.deepcopy(d.G), copy.deepcopy(d.fake)
+    d.train_step()
+
+    from fastdistill.ops import reference as ref
+
+    g = torch.Generator().manual_seed(0)
+    g.set_state(gen_state)
+    m = d.method
+
+    def adam_first_step(params, grads, lr):  # betas (0, 0.999), eps 1e-8, step 1
+        for p, gr in zip(params, grads):
+            p.data -= lr * gr / ((0.001 * gr * gr / (1 - 0.999)).sqrt() + 1e-8)
+
+    gn = m.draw_generator_noise(8, (2,), 0, g, "cpu")
+    x_g = G0(2.5 * gn.z, torch.full((8,), 2.5))
+    x_t = x_g + gn.sigma[:, None] * gn.eps
+    F0.requires_grad_(False)
+    if method == "dmd":
+        with torch.no_grad():
+            y_real, y_fake = teacher(x_t, gn.sigma), F0(x_t, gn.sigma)
+        loss_g = 100 * ref.dmd(x_g, y_real, y_fake, None, 1.0).mean()
+    else:
+        loss_g = 100 * ref.sid(x_g, teacher(x_t, gn.sigma), F0(x_t, gn.sigma), None, 1.2, 1.0).mean()
+    samples = x_g.detach()
+    adam_first_step(list(G0.parameters()), torch.autograd.grad(loss_g, list(G0.parameters())), 1e-2)
+    F0.requires_grad_(True)
+    fn = m.draw_fake_noise(8, (2,), 0, g, "cpu")
+    pred = F0(samples + fn.sigma[:, None] * fn.noise, fn.sigma)
+    loss_f = ref.dsm(pred, samples, fn.sigma, 0.5, 1.0).mean()
+    adam_first_step(list(F0.parameters()), torch.autograd.grad(loss_f, list(F0.parameters())), 1e-2)
+
+    for a, b in zip(d.G.parameters(), G0.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(d.fake.parameters(), F0.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sample_reuse_is_off_for_sid_and_sim():
+    assert not preset_config("digits").method.reuse_samples
+    assert not preset_config("digits-sim").method.reuse_samples
+    assert preset_config("digits-dmd").method.reuse_samples
+
+
 # ---------------------------------------------------------------------- options
 def _final(tmp_path, name, **over):
     d = Distiller(tiny_config(tmp_path / name, **over), teacher=tiny_teacher(0))

@@ -254,3 +254,18 @@ def test_bf16_distillation_of_an_edm_teacher(tmp_path):
 
     r = run_distillation(tiny_config(tmp_path, precision="bf16", steps=2, batch_size=4), teacher=_tiny_edm("SongUNet"))
     assert r.step == 2 and r.nan_steps == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_attention_matches_explicit_softmax(dtype):
+    """SDPA in the channel-first layout = EDM's einsum form (weights softmax(q^T k / sqrt C))."""
+    from fastdistill.teachers.networks import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 16, 20, generator=g, dtype=dtype) * 2 for _ in range(3))
+    w = torch.einsum("ncq,nck->nqk", q, k / math.sqrt(16)).softmax(dim=2)
+    expected = torch.einsum("nqk,nck->ncq", w, v)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(attention(q, k, v), expected, **tol)
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(attention, [t.detach().requires_grad_() for t in (q, k, v)])

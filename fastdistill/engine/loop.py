@@ -1,7 +1,9 @@
 """The training loop: one loop for every method and every Denoiser teacher.
 
 One iteration = one fake-score (DSM) update, then one generator update, each on a fresh
-``z`` (docs/algorithms.md section 1), then the generator EMA. Entry point: :func:`run_distillation`.
+``z`` (docs/algorithms.md section 1), then the generator EMA. With ``method.reuse_samples``
+(DMD's default, DMD2's recipe) the generator update comes first and the fake update fits its
+samples. Entry point: :func:`run_distillation`.
 """
 from __future__ import annotations
 
@@ -389,8 +391,10 @@ class Distiller:
     def _backward(self, loss):
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def _phase(self, kind: str) -> tuple[float, int, bool]:
-        """One fake or generator update. Returns (mean loss, non-finite samples, applied)."""
+    def _phase(self, kind: str, samples: Optional[list] = None, keep_samples: bool = False):
+        """One fake or generator update. Returns (mean loss, non-finite samples, applied, kept):
+        ``kept`` holds each generator micro-batch's detached samples and conditioning when
+        ``keep_samples``; a fake update given ``samples`` fits those instead of fresh ones."""
         accum = self.cfg.optim.grad_accum
         if kind == "fake":
             self.G.eval().requires_grad_(False)
@@ -402,10 +406,18 @@ class Distiller:
             opt, params, ddp = self.opt_g, list(self.G.parameters()), self.g_ddp
         opt.zero_grad(set_to_none=True)
         stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, non-finite samples, stop flag
+        kept = []
         for m, noise in enumerate(self._noises(kind)):
             with D.no_sync(ddp, m < accum - 1):
-                if kind == "fake":
+                if kind == "fake" and samples is not None:
+                    x_g, cond = samples[m]
+                    loss, nan = self.method.fake_loss(self.g_eval, self.f_train, dataclasses.replace(noise, cond=cond),
+                                                      samples=x_g)
+                elif kind == "fake":
                     loss, nan = self.method.fake_loss(self.g_eval, self.f_train, noise)
+                elif keep_samples:
+                    loss, nan, x_g = self.method.generator_loss_and_samples(self.g_train, self.t_call, self.f_frozen, noise)
+                    kept.append((x_g, noise.cond))
                 else:
                     loss, nan = self.method.generator_loss(self.g_train, self.t_call, self.f_frozen, noise)
                 self._backward(loss / accum)
@@ -429,16 +441,23 @@ class Distiller:
             else:
                 opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss_mean, nan_samples, ok
+        return loss_mean, nan_samples, ok, kept
 
     def train_step(self) -> dict:
-        if self.method.uses_fake:
-            with self.nvtx("fake_step"):
-                loss_f, nan_f, ok_f = self._phase("fake")
-        else:  # e.g. IGN: no fake-score network
+        if not self.method.uses_fake:  # e.g. IGN: no fake-score network
+            with self.nvtx("generator_step"):
+                loss_g, nan_g, ok_g, _ = self._phase("generator")
             loss_f, nan_f, ok_f = 0.0, 0, True
-        with self.nvtx("generator_step"):
-            loss_g, nan_g, ok_g = self._phase("generator")
+        elif self.method.reuses_samples:  # DMD2's order: the generator step, then the fake step on its samples
+            with self.nvtx("generator_step"):
+                loss_g, nan_g, ok_g, kept = self._phase("generator", keep_samples=True)
+            with self.nvtx("fake_step"):
+                loss_f, nan_f, ok_f, _ = self._phase("fake", samples=kept)
+        else:
+            with self.nvtx("fake_step"):
+                loss_f, nan_f, ok_f, _ = self._phase("fake")
+            with self.nvtx("generator_step"):
+                loss_g, nan_g, ok_g, _ = self._phase("generator")
         with self.nvtx("ema"):
             beta = ema_beta(self.cfg.batch_size, self.images_seen, self.cfg.ema.halflife_kimg, self.cfg.ema.rampup)
             self.ema.update(beta)

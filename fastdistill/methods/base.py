@@ -263,6 +263,12 @@ class DistillMethod:
         with torch.no_grad():
             return self._scores(teacher, fake, x_t.detach(), noise.sigma, noise.cond)
 
+    @property
+    def reuses_samples(self) -> bool:
+        """Whether the fake step fits the generator step's own samples (``method.reuse_samples``;
+        only methods whose fake step trains on one-step samples have the option)."""
+        return bool(getattr(self.cfg, "reuse_samples", False))
+
     def generator_loss(self, G, teacher, fake, noise: GeneratorNoise):
         """Generator-step loss. Returns ``(loss, nan_samples)``: the scalar loss and the number of
         samples with a non-finite value in x_g, D_teacher(x_t) or D_fake(x_t) (they contribute zero loss).
@@ -270,20 +276,30 @@ class DistillMethod:
         The caller freezes the teacher's and fake network's parameters (requires_grad False);
         x_t is not detached, so gradients reach x_g through both score networks.
         """
+        loss, nan, _ = self.generator_loss_and_samples(G, teacher, fake, noise)
+        return loss, nan
+
+    def generator_loss_and_samples(self, G, teacher, fake, noise: GeneratorNoise):
+        """:meth:`generator_loss` and the detached samples ``x_g`` it was computed on (for
+        :meth:`fake_loss` when the method reuses them)."""
         x_g = self.generate(G, noise.z, noise.cond)
         y_real, y_fake = self.scores_at_noised(teacher, fake, x_g, noise)
         with torch.no_grad():
             nan = nonfinite_sample_mask(x_g, y_real, y_fake).sum()
-        return self.loss(x_g, y_real, y_fake), nan
+        return self.loss(x_g, y_real, y_fake), nan, x_g.detach()
 
     def fake_samples(self, G, noise: FakeNoise) -> torch.Tensor:
         """The generator samples the fake network is fitted to (called without gradient): one step."""
         return self.generate(G, noise.z, noise.cond)
 
-    def fake_loss(self, G, fake, noise: FakeNoise):
-        """DSM loss of the fake network on detached generator samples. Returns ``(loss, nan_samples)``."""
-        with torch.no_grad():
-            x_g = self.fake_samples(G, noise)
+    def fake_loss(self, G, fake, noise: FakeNoise, samples: Optional[torch.Tensor] = None):
+        """DSM loss of the fake network on detached generator samples: ``samples`` when given (the
+        generator step's, drawn with ``noise.cond``), else fresh ones. Returns ``(loss, nan_samples)``."""
+        if samples is not None:
+            x_g = samples
+        else:
+            with torch.no_grad():
+                x_g = self.fake_samples(G, noise)
         x_n = x_g + _bcast(noise.sigma, x_g) * noise.noise
         with self.autocast():
             pred = fake(x_n, noise.sigma, noise.cond)

@@ -9,6 +9,7 @@ from .base import DistillMethod, MethodConfig, check_choice, register_method
 class DMDConfig(MethodConfig):
     name: str = "dmd"
     divisor: str = "mean_abs"  # per-sample stop-gradient divisor: mean_abs (DMD2 normalisation) | none (Diff-Instruct)
+    reuse_samples: bool = True  # the fake step fits the generator step's samples (DMD2's recipe; saves a generator forward); false: fresh samples
 
     def validate(self) -> None:
         super().validate()

@@ -11,6 +11,7 @@ class SiDConfig(MethodConfig):
     name: str = "sid"
     alpha: float = 1.2  # SiD alpha
     divisor: str = "mean_abs"  # per-sample stop-gradient divisor of the loss: mean_abs (official) | none
+    reuse_samples: bool = False  # the fake step fits the generator step's samples instead of fresh ones (faster; not SiD's recipe, which draws fresh noise)
 
     def validate(self) -> None:
         super().validate()

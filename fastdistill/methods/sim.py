@@ -16,6 +16,7 @@ class SIMConfig(MethodConfig):
     distance: str = "pseudo_huber"  # pseudo_huber | l2
     c: float = 1e-3  # pseudo-Huber c
     divisor: str = "none"  # per-sample stop-gradient divisor of the loss: none | mean_abs
+    reuse_samples: bool = False  # the fake step fits the generator step's samples instead of fresh ones (faster; not the recipe)
 
     def validate(self) -> None:
         super().validate()

@@ -29,7 +29,7 @@ __all__ = [
     "FourierEmbedding",
     "SongUNet",
     "DhariwalUNet",
-    "attention_weights",
+    "attention",
 ]
 
 
@@ -146,11 +146,12 @@ class GroupNorm(nn.Module):
                             bias=self.bias.to(x.dtype), eps=self.eps)
 
 
-def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Softmax attention weights (N, Q, K) from q (N, C, Q), k (N, C, K), computed in fp32."""
-    logits = torch.einsum("ncq,nck->nqk", q.to(torch.float32),
-                          (k / math.sqrt(k.shape[1])).to(torch.float32))
-    return logits.softmax(dim=2).to(q.dtype)
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Single-head softmax attention in EDM's channel-first layout: q (N, C, Q), k and v (N, C, K)
+    give (N, C, Q), ``v softmax(q^T k / sqrt(C))^T``. Through ``scaled_dot_product_attention``, so
+    the fused (flash / memory-efficient) kernels run and the (Q, K) weights are never stored."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
 
 
 class UNetBlock(nn.Module):
@@ -217,8 +218,7 @@ class UNetBlock(nn.Module):
             b, c = x.shape[0], x.shape[1]
             qkv = self.qkv(self.norm2(x)).reshape(b * self.num_heads, c // self.num_heads, 3, -1)
             q, k, v = qkv.unbind(2)
-            w = attention_weights(q, k)
-            a = torch.einsum("nqk,nck->ncq", w, v)
+            a = attention(q, k, v)
             x = self.proj(a.reshape(*x.shape)).add_(x)
             x = x * self.skip_scale
         return x
