@@ -23,14 +23,33 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 RESULTS: dict = {"yardstick": {}, "rows": {}}
 
 # (row name, engine overrides); "eager" is the authors'-style loop. Order = run order, so each
-# row is timed within a minute of the eager row it is compared with.
-ROWS = [
+# row is timed within minutes of the eager row it is compared with. Each engine option has its
+# own row: its value is the difference to the row above it.
+COMMON_ROWS = [
     ("eager", None),
     ("engine fp32", []),
     ("engine bf16", ["precision=bf16"]),
-    ("engine bf16 compiled", ["precision=bf16", "compile=true"]),
+    ("engine bf16 channels_last", ["precision=bf16", "channels_last=true"]),
 ]
+METHOD_ROWS = {  # sample reuse: SiD's option (not its recipe); DMD's default (DMD2's recipe)
+    "sid": [("engine bf16 reuse samples", ["precision=bf16", "method.reuse_samples=true"])],
+    "dmd": [("engine bf16 fresh samples", ["precision=bf16", "method.reuse_samples=false"])],
+}
+COMPILED_ROWS = [
+    ("engine bf16 compiled regional", ["precision=bf16", "compile=true", "compile_scope=regional"]),
+    ("engine bf16 compiled full", ["precision=bf16", "compile=true", "compile_scope=full"]),
+]
+# Compiling the 56M-parameter DDPM++ step takes many minutes on CPU (and runs no faster there):
+# its compiled rows run on CUDA only.
+COMPILED_ARCHS = {"cpu": ("digits", "tiny"), "cuda": ("digits", "tiny", "ddpmpp")}
 ITERS = {"ddpmpp": (1, 3), "digits": (3, 10), "tiny": (3, 10)}  # (warm-up, timed) iterations
+
+
+def rows_of(arch: str, method: str) -> list:
+    compiled = COMPILED_ROWS if arch in COMPILED_ARCHS["cuda" if DEVICE == "cuda" else "cpu"] else []
+    return COMMON_ROWS + METHOD_ROWS[method] + compiled
+
+
 SMOKE_ARCHS = ("tiny", "digits")
 
 
@@ -54,20 +73,23 @@ def test_dense_yardstick(benchmark, dtype):
     benchmark(lambda: None)
 
 
-CASES = [(arch, method, row) for arch in L.ARCHS for method in ("sid", "dmd") for row, _ in ROWS]
+CASES = [(arch, method, row) for arch in L.ARCHS for method in ("sid", "dmd") for row, _ in rows_of(arch, method)]
 
 
 @pytest.mark.benchmark(group="iteration")
 @pytest.mark.parametrize("arch,method,row", CASES, ids=[f"{a}-{m}-{r.replace(' ', '_')}" for a, m, r in CASES])
-def test_iteration(benchmark, tmp_path, arch, method, row):
+def test_iteration(benchmark, tmp_path, monkeypatch, arch, method, row):
     a = L.ARCHS[arch]
     if benchmark.disabled and arch not in SMOKE_ARCHS:
         pytest.skip(f"{arch}: timed runs only (seconds per iteration on CPU); the smoke run covers {SMOKE_ARCHS}")
-    options = dict(ROWS)[row]
+    options = dict(rows_of(arch, method))[row]
     if benchmark.disabled and options and "compile=true" in options:
         pytest.skip("compiled rows: timed runs only (compilation takes minutes)")
     batch = a.batch["cuda" if DEVICE == "cuda" else "cpu"]
     teacher = a.build()
+    if options is not None and "compile=true" in options and not benchmark.disabled:
+        torch._dynamo.reset()
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-cache"))
     if options is None:
         loop = L.EagerLoop(teacher, method, batch, torch.device(DEVICE))
         step = loop.step
@@ -80,15 +102,20 @@ def test_iteration(benchmark, tmp_path, arch, method, row):
     if benchmark.disabled:
         benchmark(step)
         return
-    flops = None
-    if not compiled:
+    flops = compile_s = None
+    if compiled:  # the first call compiles: timed on a cold cache (a fresh inductor cache, dynamo reset)
+        compile_s = L.time_steps(step, DEVICE, 1)[0]
+        warm += 1
+    else:
         flops = L.count_flops(step)
         warm -= 1
-    for _ in range(max(warm, 0) + (2 if compiled else 0)):
+    for _ in range(max(warm, 0)):
         step()
     times = L.time_steps(step, DEVICE, timed)
     benchmark.pedantic(step, rounds=1, iterations=1)
-    rec = dict(time=L.median(times), times=times, batch=batch, flops=flops,
+    if compile_s is not None:
+        compile_s -= L.median(times)  # the first call's time beyond one iteration
+    rec = dict(time=L.median(times), times=times, batch=batch, flops=flops, compile_s=compile_s,
                dtype="bf16" if options and "precision=bf16" in options else "fp32",
                peak_bytes=L.peak_memory(step, DEVICE), params=L.parameters(teacher))
     if options is None:
@@ -96,7 +123,7 @@ def test_iteration(benchmark, tmp_path, arch, method, row):
     RESULTS["rows"].setdefault(key, {})[row] = rec
     eager = RESULTS["rows"][key].get("eager")
     benchmark.extra_info.update(images_per_s=batch / rec["time"], batch=batch, arch=arch, method=method, row=row,
-                                flops=flops, peak_bytes=rec["peak_bytes"],
+                                flops=flops, peak_bytes=rec["peak_bytes"], compile_s=compile_s,
                                 speedup_vs_eager=(eager["time"] / rec["time"]) if eager else None)
 
 
@@ -108,7 +135,7 @@ def summary_lines() -> list[str]:
     lines = [f"torch {torch.__version__}, device {DEVICE}, {torch.get_num_threads() if DEVICE == 'cpu' else ''} "
              f"thread(s); yardstick (dense matmul / 3x3 conv, GFLOP/s): "
              + ", ".join(f"{k} {v['matmul'] / 1e9:.0f} / {v['conv'] / 1e9:.0f}" for k, v in yard.items())]
-    header = f"{'arch':7} {'method':6} {'row':24} {'img/s':>8} {'vs eager':>8} {'GFLOP/img':>9} {'GFLOP/s':>8} {'MFU':>5} {'peak MB':>8}"
+    header = f"{'arch':7} {'method':6} {'row':24} {'img/s':>8} {'vs eager':>8} {'GFLOP/img':>9} {'GFLOP/s':>8} {'MFU':>5} {'peak MB':>8} {'compile s':>9}"
     lines += [header, "-" * len(header)]
     for (arch, method), by_row in rows.items():
         eager = by_row.get("eager")
@@ -120,7 +147,8 @@ def summary_lines() -> list[str]:
             mfu = f"{fps / peak:5.0%}" if fps and peak else "    -"
             vs = f"{eager['time'] / r['time']:7.2f}x" if eager else "       -"
             lines.append(f"{arch:7} {method:6} {name:24} {ips:8.2f} {vs:>8} {(flops or 0) / r['batch'] / 1e9:9.1f} "
-                         f"{(fps or 0) / 1e9:8.1f} {mfu} {r['peak_bytes'] / 2**20:8.0f}")
+                         f"{(fps or 0) / 1e9:8.1f} {mfu} {r['peak_bytes'] / 2**20:8.0f} "
+                         f"{'-' if r['compile_s'] is None else format(r['compile_s'], '.0f'):>9}")
         if eager and "dense_share" in eager and "fp32" in yard and "bf16" in yard:
             s = eager["dense_share"]
             r_dense = yard["bf16"]["peak"] / yard["fp32"]["peak"]
@@ -131,5 +159,5 @@ def summary_lines() -> list[str]:
 
 def _uncompiled_flops(by_row: dict, name: str):
     """A compiled row does the work of the same row uncompiled (FlopCounterMode counts eager ops)."""
-    base = by_row.get(name.replace(" compiled", ""))
+    base = by_row.get(name.split(" compiled")[0])
     return base["flops"] if base else None

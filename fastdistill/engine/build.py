@@ -159,3 +159,34 @@ def fit_denoiser(net: torch.nn.Module, teacher, steps: int, batch: int, lr: floa
 
 def copy_net(net: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(net)
+
+
+def repeated_blocks(net: torch.nn.Module) -> list[torch.nn.Module]:
+    """The submodules whose class a module of ``net`` lists in ``_repeated_blocks`` (diffusers'
+    convention; our U-Nets list ``UNetBlock``)."""
+    names = set()
+    for m in net.modules():
+        names |= set(getattr(m, "_repeated_blocks", ()))
+    return [m for m in net.modules() if type(m).__name__ in names]
+
+
+def compile_network(net: torch.nn.Module, scope: str, mode: str):
+    """``torch.compile`` of a network, static shapes (a training batch does not change shape): ``full`` compiles the whole call; ``regional`` compiles each
+    repeated block in place, so blocks of the same shape share one compiled graph across the
+    generator, fake network and teacher, and compile time grows with the number of distinct
+    blocks, not with depth. A network without repeated blocks is compiled whole. Returns the
+    callable to use in place of ``net``."""
+    blocks = repeated_blocks(net) if scope == "regional" else []
+    if not blocks:
+        return torch.compile(net, mode=mode, dynamic=False)
+    import torch._dynamo as dynamo
+
+    # one compiled graph per distinct block and calling context (train / eval, with / without
+    # gradient): more than dynamo's default limit for one code object
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
+        if hasattr(dynamo.config, name):
+            setattr(dynamo.config, name, max(getattr(dynamo.config, name), 128))
+    for b in blocks:
+        b.compile(mode=mode, dynamic=False)
+    return net
+

@@ -507,6 +507,14 @@ def load_optimizer(opt: torch.optim.Optimizer, flat: dict, groups: list, prefix:
     for g in groups:
         g["betas"] = tuple(g["betas"])
     opt.load_state_dict({"state": state, "param_groups": groups})
+    # checkpoints store contiguous tensors; moments laid out unlike their parameter (channels_last)
+    # would be read in the wrong order by the fused Adam kernels
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 # ---------------------------------------------------------------------- RNG states

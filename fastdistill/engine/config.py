@@ -22,6 +22,9 @@ from typing import Any, Optional, get_type_hints
 from ..methods import ConfigError, MethodConfig, available_methods, method_config
 from ..methods.base import check as need, check_choice as choice, check_positive as positive
 
+COMPILE_SCOPES = ("regional", "full")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 @dataclass
 class TeacherConfig:
@@ -85,7 +88,10 @@ class DistillConfig:
     steps: int = 1000  # iterations; one = one fake step + one generator step
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast of the network forwards; fp32 master weights)
-    compile: bool = False  # torch.compile the networks
+    compile: bool = False  # torch.compile the networks (the kernels of the fused losses are compiled regardless)
+    compile_scope: str = "regional"  # regional: each repeated block once, shared by all networks (fast to compile) | full: whole networks
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs; CUDA only) | max-autotune | max-autotune-no-cudagraphs
+    channels_last: bool = False  # convolution networks in NHWC memory format (faster convolutions on most GPUs; none here on CPU)
     activation_checkpointing: bool = False
     threads: int = 0  # torch CPU threads; 0 = leave as is
     resume: str = "auto"  # auto (latest checkpoint in out_dir) | none (a new run; refused where checkpoints exist) | <checkpoint dir>
@@ -231,6 +237,10 @@ class DistillConfig:
             need(ok, f"method.backend={m.backend} cannot run on this run's {dev_type} device ({reason}); "
                      f"use method.backend=auto")
         choice("precision", self.precision, ("fp32", "bf16", "fp16"))
+        choice("compile_scope", self.compile_scope, COMPILE_SCOPES)
+        choice("compile_mode", self.compile_mode, COMPILE_MODES)
+        need(not (self.compile and self.compile_mode == "reduce-overhead" and dev_type != "cuda"),
+             "compile_mode=reduce-overhead captures CUDA graphs: it needs a CUDA device (use compile_mode=default on CPU)")
         need(isinstance(self.resume, str) and self.resume != "", "resume must be auto, none or a checkpoint path")
         need(self.resume in ("auto", "none") or Path(self.resume).exists(),
              f"resume={self.resume}: no such checkpoint or run directory (use resume=auto to continue the run in "

@@ -8,7 +8,6 @@ once, so every logged student number has its floor and its target beside it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -22,6 +21,7 @@ from ..methods import ConfigError
 from ..metrics import sliced_wasserstein
 from ..metrics.quality import ReferenceData, quality, reference_data
 from ..sampling import draw, sample
+from .identity import weights_hash
 
 __all__ = ["Quality", "LoopEvaluator", "teacher_samples", "teacher_nfe", "read_jsonl", "plot_run_curve"]
 
@@ -50,15 +50,10 @@ def teacher_nfe(steps: int, solver: str) -> int:
 
 
 def _fingerprint(net) -> str:
+    """The cache key of a teacher: the hash of its weights (the run identity's), else the object."""
     if not isinstance(net, torch.nn.Module):
         return f"{type(net).__name__}:{id(net)}"
-    h = hashlib.sha1(type(net).__name__.encode())
-    with torch.no_grad():
-        for name, p in net.state_dict().items():
-            if p.numel():
-                t = p.detach().double()
-                h.update(f"{name}{tuple(p.shape)}{float(t.sum()):.10e}{float(t.abs().sum()):.10e}".encode())
-    return h.hexdigest()
+    return weights_hash(net)
 
 
 def teacher_samples(teacher, n: int, steps: int = 18, solver: str = "heun", seed: int = TEACHER_SEED,

@@ -28,7 +28,7 @@ from ..plotting import image_grid, scatter_panels
 from ..sampling import DEFAULT_SIGMA_END, data_shape_of, draw
 from . import checkpoint as ckpt
 from . import distributed as D
-from .build import build_data, build_teacher, copy_net, fit_denoiser, make_mlp, mlp_arch, resolve_init
+from .build import build_data, build_teacher, compile_network, copy_net, fit_denoiser, make_mlp, mlp_arch, resolve_init
 from .config import DistillConfig, preset_config
 from .ema import EMA, ema_beta
 from .evaluator import LoopEvaluator, Quality, plot_run_curve
@@ -215,6 +215,10 @@ class Distiller:
             self.arch_config = None
         self.fake = copy_net(base)
         self.ema = EMA(self.G, copy_net(base))
+        if cfg.channels_last:  # 4-D weights only; activations follow the weights' layout
+            for net in (self.teacher, self.G, self.fake, self.ema.module):
+                if isinstance(net, torch.nn.Module):
+                    net.to(memory_format=torch.channels_last)
 
     def _build_method(self) -> None:
         cfg = self.cfg
@@ -236,7 +240,7 @@ class Distiller:
 
         def prep(fn, grad_path=True):
             if cfg.compile:
-                fn = torch.compile(fn)
+                fn = compile_network(fn, cfg.compile_scope, cfg.compile_mode)
             if cfg.activation_checkpointing and grad_path:
                 fn = _Checkpointed(fn)
             return fn

@@ -270,6 +270,8 @@ class SongUNet(nn.Module):
     ``forward(x, noise_labels, class_labels, augment_labels=None)``.
     """
 
+    _repeated_blocks = ("UNetBlock",)  # what regional compilation compiles once per shape
+
     def __init__(self, img_resolution: int, in_channels: int, out_channels: int,
                  label_dim: int = 0, augment_dim: int = 0, model_channels: int = 128,
                  channel_mult: Sequence[int] = (1, 2, 2, 2), channel_mult_emb: int = 4,
@@ -412,6 +414,8 @@ class SongUNet(nn.Module):
 class DhariwalUNet(nn.Module):
     """The ADM U-Net of Dhariwal & Nichol (2021) in EDM's configuration space.
     ``forward(x, noise_labels, class_labels, augment_labels=None)``."""
+
+    _repeated_blocks = ("UNetBlock",)  # what regional compilation compiles once per shape
 
     def __init__(self, img_resolution: int, in_channels: int, out_channels: int,
                  label_dim: int = 0, augment_dim: int = 0, model_channels: int = 192,
