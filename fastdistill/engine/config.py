@@ -89,7 +89,7 @@ class DistillConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast of the network forwards; fp32 master weights)
     compile: bool = False  # torch.compile the networks (the kernels of the fused losses are compiled regardless)
-    compile_scope: str = "regional"  # regional: each repeated block once, shared by all networks (fast to compile) | full: whole networks
+    compile_scope: str = "full"  # full: whole networks | regional: each repeated block compiled once per shape, shared by all networks (docs/performance.md: which pays where)
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs; CUDA only) | max-autotune | max-autotune-no-cudagraphs
     channels_last: bool = False  # convolution networks in NHWC memory format (faster convolutions on most GPUs; none here on CPU)
     activation_checkpointing: bool = False
