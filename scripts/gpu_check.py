@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -634,8 +635,15 @@ def probe(out: Path) -> dict:
 
 
 def run_step(c: Check, name: str, skip: Optional[str]) -> Step:
+    """One step; an error of this script inside it (a parser meeting output it does not expect, say)
+    fails that step, with the traceback in its log, and the check goes on."""
     step = Step(name, reason=skip or "", limit_s=round(c.limit(name), 1))
-    RUNNERS[name](c, step, skip)
+    try:
+        RUNNERS[name](c, step, skip)
+    except Exception as exc:
+        with open(c.logs / f"{name}.log", "a") as f:
+            f.write("gpu_check: " + traceback.format_exc())
+        step.status, step.reason, step.log = "fail", f"gpu_check itself failed here: {type(exc).__name__}: {exc}", f"logs/{name}.log"
     print(f"gpu_check: {name}: {step.status} ({step.seconds:.0f} s){': ' + step.reason if step.reason else ''}", flush=True)
     return step
 

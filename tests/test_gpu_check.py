@@ -93,6 +93,18 @@ def test_failed_build_skips_the_steps_that_need_it(tmp_path, monkeypatch):
     assert "**FAIL**" in (tmp_path / "out" / "summary.md").read_text()
 
 
+def test_an_error_of_the_script_fails_only_its_step(tmp_path, monkeypatch):
+    def broken_parser(c, step, skip):
+        raise ValueError("unexpected benchmark output")
+
+    monkeypatch.setitem(gc.RUNNERS, "loss-benchmarks", broken_parser)
+    (tmp_path / "logs").mkdir()
+    c = gc.Check(tmp_path, "--dry given", time.monotonic(), 300, {})
+    step = gc.run_step(c, "loss-benchmarks", None)
+    assert step.status == "fail" and "ValueError: unexpected benchmark output" in step.reason
+    assert "Traceback" in (tmp_path / step.log).read_text()
+
+
 def test_a_command_past_its_limit_is_stopped(tmp_path):
     """SIGINT GRACE_S before the step's limit: the command's own handler gets to finish."""
     (tmp_path / "logs").mkdir()
