@@ -1,7 +1,8 @@
 """Every picture fastdistill draws, through the libraries users already know.
 
-Image grids go through ``torchvision.utils`` (``make_grid`` / ``save_image``), so a tile's
-pixels are exactly the samples mapped from [-1, 1] to 0..255. Line plots, scatter panels and
+Image grids go through ``torchvision.utils`` (``make_grid`` / ``save_image``, imported when a
+grid is drawn, so the rest of fastdistill runs without torchvision), so a tile's pixels are
+exactly the samples mapped from [-1, 1] to 0..255. Line plots, scatter panels and
 labelled rows are drawn with matplotlib, an optional extra (``pip install 'fastdistill[plots]'``)
 imported only when such a plot is drawn. Figures are built as ``matplotlib.figure.Figure``
 objects rendered by Agg, never through pyplot: no global backend switch, no open-figure
@@ -15,7 +16,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid, save_image
 
 DPI = 100  # figure sizes are given in pixels; inches = pixels / DPI
 _REFERENCE_COLOURS = ("0.45", "#aa7828")  # dashed reference lines alternate grey / brown
@@ -28,6 +28,15 @@ def _figure(width_px: float, height_px: float, **kwargs):
     except ImportError as e:
         raise ImportError("fastdistill.plotting needs matplotlib: pip install 'fastdistill[plots]'") from e
     return Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI, **kwargs)
+
+
+def _torchvision_utils():
+    """torchvision.utils, imported on first use (only image grids need torchvision)."""
+    try:
+        from torchvision import utils
+    except ImportError as e:
+        raise ImportError("fastdistill's image grids need torchvision: pip install torchvision") from e
+    return utils
 
 
 def _save(fig, path, **savefig_kwargs) -> Path:
@@ -97,7 +106,7 @@ def image_grid(x: torch.Tensor, path, ncol: Optional[int] = None) -> Path:
     ncol = ncol or max(1, math.ceil(math.sqrt(x.shape[0])))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(x, path, nrow=ncol, padding=2, pad_value=1.0, normalize=True, value_range=(-1, 1))
+    _torchvision_utils().save_image(x, path, nrow=ncol, padding=2, pad_value=1.0, normalize=True, value_range=(-1, 1))
     return path
 
 
@@ -105,6 +114,7 @@ def labelled_rows(rows: Sequence[tuple[str, torch.Tensor]], path, scale: int = 4
     """Save rows of small images, each ``(label, (k, C, H, W) tensor in [-1, 1])``, as one PNG:
     every row a strip of its images nearest-upscaled ``scale`` times (so tiny samples stay
     legible), the label written to its left. Rows with fewer images are padded white."""
+    make_grid = _torchvision_utils().make_grid
     strips = []
     for _, x in rows:
         x = _as_images(x).repeat_interleave(scale, -2).repeat_interleave(scale, -1)

@@ -45,6 +45,15 @@ def test_auto_prefers_fused_cpu_kernel_when_built():
     assert registry.resolve_backend("auto", "cpu").name == expected
 
 
+@pytest.mark.gpu
+def test_auto_prefers_fused_cuda_kernel_when_built():
+    """CUDA tensors: the CUDA kernel when _C has it, else Triton; a required CUDA build must have it."""
+    if {"cuda", "cuda-build"} & required_backends():
+        assert registry.extension_has_kernel("CUDA"), registry.EXTENSION_REASON
+    expected = "cuda" if registry.extension_has_kernel("CUDA") else "triton"
+    assert registry.resolve_backend("auto", "cuda").name == expected
+
+
 def test_doctor_reports_every_backend(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out

@@ -148,6 +148,16 @@ def test_defect6_init_fit_needs_a_teacher_with_sample(tmp_path, capsys):
     assert "sample()" in line and "teacher.init=teacher" in line
 
 
+def test_fid_tracking_without_torch_fidelity_is_one_line(tmp_path, capsys, monkeypatch):
+    """torch-fidelity is optional: without it a digits run stops before training and names eval_data=none."""
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # `import torch_fidelity` fails, find_spec says None
+    run = tmp_path / "run"
+    assert main(["distill", "--preset", "digits", *TINY, f"out_dir={run}"]) == 2
+    line = _one_line_error(capsys, "distill")
+    assert "needs torch-fidelity" in line and "eval_data=none" in line
+    assert not run.exists()
+
+
 def test_defect6_output_under_a_regular_file(toy_student, bad_files, tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.zeros((3, 2), np.float32))
     blocked = bad_files / "afile"
@@ -219,6 +229,7 @@ def test_defect9_sample_arguments(toy_student, tmp_path, capsys):
         assert main(["sample", str(toy_student), "-n", "4", "--device", device, "--out", str(tmp_path / "s")]) == 2
         assert message in _one_line_error(capsys, "sample")
     assert not list(tmp_path.iterdir())
+    pytest.importorskip("matplotlib")  # the 2-D samples' picture is a scatter plot
     # a trailing slash or an existing directory: samples.npz / samples.png inside it
     for out in (tmp_path / "new", tmp_path / "existing"):
         if out.name == "existing":

@@ -87,8 +87,9 @@ def test_short_digits_distillation_improves_fid(tmp_path):
     assert q.student < 0.5 * q.initial, q
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert "fid_initial" in rows[0] and rows[-1]["step"] == 150 and "fid_student" in rows[-1]
-    assert (tmp_path / "fid_vs_iterations.png").is_file()
     print(f"digits SiD 150 steps: FID {q.initial:.3f} -> {q.student:.3f} in {elapsed:.0f} s")
+    pytest.importorskip("matplotlib")  # the curve
+    assert (tmp_path / "fid_vs_iterations.png").is_file()
 
 
 @needs_teacher
@@ -103,11 +104,12 @@ def test_digits_report(tmp_path):
     d = json.loads((tmp_path / "report.json").read_text())
     assert {r["method"] for r in d["student_rows"]} == {"sid", "sim", "dmd"}
     assert {(r["solver"], r["steps"]) for r in d["teacher_rows"]} >= {("heun", k) for k in (1, 2, 4, 8, 18)}
-    for k in ("teacher_samples", "samples", "fid_vs_iterations"):
-        assert (tmp_path / f"{k}.png").is_file()
     for r in d["student_rows"]:
         assert r["fid"] < r["fid_initial"]
     assert rep.elapsed_s < 900
+    pytest.importorskip("matplotlib")  # the pictures
+    for k in ("teacher_samples", "samples", "fid_vs_iterations"):
+        assert (tmp_path / f"{k}.png").is_file()
 
 
 def test_progress_line_reads_the_run_log(tmp_path):
@@ -135,8 +137,9 @@ def test_small_report_end_to_end(tmp_path):
     (s,) = d["student_rows"]
     assert s["method"] == "dmd" and s["train_steps"] == 4 and len(s["fid_draws"]) == 2 and s["ms_per_sample"] > 0
     assert isinstance(s["meets_target"], bool) and len(d["verdicts"]) == 1
-    for k in ("teacher_samples", "samples", "fid_vs_iterations"):
-        assert (tmp_path / f"{k}.png").is_file()
     text = format_report(rep)
     assert "DMD student" in text and "teacher Heun 18 steps" in text and "(2)" in text
     assert any("distilling dmd" in line for line in lines)
+    pytest.importorskip("matplotlib")  # the pictures
+    for k in ("teacher_samples", "samples", "fid_vs_iterations"):
+        assert (tmp_path / f"{k}.png").is_file()

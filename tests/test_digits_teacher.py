@@ -68,6 +68,7 @@ def test_shipped_teacher_loads_as_denoiser(teacher, one_thread):
 def test_shipped_teacher_samples_are_digits(teacher, one_thread):
     """Heun samples score a far better FID than 1-step Euler and than noise, and the digits
     classifier reads the requested class from most class-conditional samples."""
+    pytest.importorskip("torch_fidelity")
     from fastdistill.data import load_dataset
     from fastdistill.metrics import compute_metrics, load_digits_classifier
     from fastdistill.sampling import sample

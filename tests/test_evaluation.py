@@ -59,6 +59,7 @@ def test_loop_logs_fid_and_draws_the_curve(tiny_run):
     assert q.metric == "fid"
     for v in (q.student, q.initial, q.data_vs_data, q.teacher_heun35):
         assert math.isfinite(v)
+    pytest.importorskip("matplotlib")  # the curve
     from PIL import Image
 
     im = Image.open(f"{res.out_dir}/fid_vs_iterations.png")
@@ -147,6 +148,7 @@ def test_reference_split_is_fixed_and_disjoint():
 
 
 def test_line_plot_handles_curves_and_bad_values(tmp_path):
+    pytest.importorskip("matplotlib")
     p = line_plot({"a": [(0, 50.0), (10, 5.0), (20, float("nan"))], "b": [(0, 40.0), (20, 0.5)]},
                   tmp_path / "c.png", title="t", hlines={"teacher": 1.0, "none": None})
     from PIL import Image

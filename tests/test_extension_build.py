@@ -85,10 +85,20 @@ def test_matches_reference_float64(name, shape, given_weight):
         assert out[0][r] == 0 and all(bool((g.view(shape[0], -1)[r] == 0).all()) for g in out[1:])
 
 
+def _on(device, xs, kw):
+    """The case's tensors moved to `device`."""
+    return [x.to(device) for x in xs], {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("shape", [(4, 3, 8, 8), (4, 3, 64, 64)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", ["sid", "sim", "dmd", "dsm"])
-def test_low_precision_dtypes(name, dtype):
-    xs, kw = _case(name, (4, 3, 8, 8), dtype, False, nan_rows=(2,))
+def test_low_precision_dtypes(name, dtype, shape, device):
+    """Against the reference on the same device. On a GPU, samples of 192 values take the
+    one-block-per-sample kernel, those of 12,288 the split one (several blocks per sample); both
+    with vector loads."""
+    xs, kw = _on(device, *_case(name, shape, dtype, False, nan_rows=(2,)))
     ref_loss, ref_grads = _reference(name, xs, kw)
     out = _fused(name, xs, kw)
     tol = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
@@ -147,8 +157,7 @@ def test_cuda_matches_cpu(name, shape):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastdistill::{name}_fused", "CUDA")
     xs, kw = _case(name, shape, torch.float64, False, nan_rows=(1,))
     cpu = _fused(name, xs, kw)
-    kw_cuda = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-    gpu = _fused(name, [x.cuda() for x in xs], kw_cuda)
+    gpu = _fused(name, *_on("cuda", xs, kw))
     for a, b in zip(cpu, gpu):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-10, atol=1e-12)
 

@@ -11,6 +11,15 @@ from fastdistill.ops import backend_status
 from .conftest import required_backends
 
 FUSED = ["cpp", "triton"]
+# (backend, device) pairs: the fused kernels on CPU tensors here, and on CUDA tensors with a GPU.
+CPU_FUSED = [("cpp", "cpu"), ("triton", "cpu")]
+CUDA_FUSED = [("cuda", "cuda"), ("triton", "cuda")]
+
+
+def on_devices(pairs):
+    """(backend, device) params, marked gpu on CUDA; ids: the backend, plus "-cuda" where that is not its name."""
+    return [pytest.param(b, d, id=b if d in ("cpu", b) else f"{b}-{d}", marks=[pytest.mark.gpu] if d == "cuda" else [])
+            for b, d in pairs]
 
 # (loss name, function, keyword arguments): every option of every loss.
 CASES = [
@@ -27,8 +36,8 @@ CASES = [
 CASE_IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for name, _, kw in CASES]
 
 
-def use_backend(name: str) -> str:
-    ok, reason = backend_status(name, "cpu")
+def use_backend(name: str, device: str = "cpu") -> str:
+    ok, reason = backend_status(name, device)
     if not ok:
         if name in required_backends():
             pytest.fail(f"backend {name} is required here but unavailable: {reason}")
@@ -36,7 +45,8 @@ def use_backend(name: str) -> str:
     return name
 
 
-def make_inputs(loss: str, shape, dtype=torch.float32, seed=0, permuted=False):
+def make_inputs(loss: str, shape, dtype=torch.float32, seed=0, permuted=False, device="cpu"):
+    """Drawn on the CPU (the same values on every device), then moved to `device`."""
     g = torch.Generator().manual_seed(seed)
 
     def rand():
@@ -47,10 +57,12 @@ def make_inputs(loss: str, shape, dtype=torch.float32, seed=0, permuted=False):
 
     if loss == "dsm":
         sigma = torch.exp(torch.randn(shape[0], generator=g, dtype=torch.float64) * 1.2 - 1.2)
-        return [rand(), rand(), sigma.to(dtype)]
-    y = rand()
-    # y_real close to y, y_fake between: the regime a distillation run lives in.
-    return [y, (y.double() + 0.3 * rand().double()).to(dtype), (y.double() + 0.2 * rand().double()).to(dtype)]
+        inputs = [rand(), rand(), sigma.to(dtype)]
+    else:
+        y = rand()
+        # y_real close to y, y_fake between: the regime a distillation run lives in.
+        inputs = [y, (y.double() + 0.3 * rand().double()).to(dtype), (y.double() + 0.2 * rand().double()).to(dtype)]
+    return [t.to(device) for t in inputs]
 
 
 def run(fn, inputs, backend, upstream=None, **kwargs):
@@ -98,12 +110,17 @@ def test_fused_matches_reference(backend, name, fn, kwargs, shape):
     assert_matches(run(fn, inputs, backend, upstream, loss_scale=3.0, **kwargs), run(fn, inputs, "reference", upstream, loss_scale=3.0, **kwargs), torch.float32)
 
 
-@pytest.mark.parametrize("backend", FUSED)
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+# CPU: the half types and fp64 (fp32 is the other tests' dtype); CUDA: the training dtypes.
+DTYPES = {"cpu": (torch.float16, torch.bfloat16, torch.float64), "cuda": (torch.float32, torch.float16, torch.bfloat16)}
+DTYPE_PARAMS = [pytest.param(*p.values, dtype, id=f"{p.id}-{str(dtype).removeprefix('torch.')}", marks=p.marks)
+                for p in on_devices(CPU_FUSED + CUDA_FUSED) for dtype in DTYPES[p.values[1]]]
+
+
+@pytest.mark.parametrize("backend,device,dtype", DTYPE_PARAMS)
 @pytest.mark.parametrize("name,fn,kwargs", CASES[::2], ids=CASE_IDS[::2])
-def test_fused_dtypes(backend, dtype, name, fn, kwargs):
-    use_backend(backend)
-    inputs = make_inputs(name, (3, 2, 5, 6), dtype)
+def test_fused_dtypes(backend, device, dtype, name, fn, kwargs):
+    use_backend(backend, device)
+    inputs = make_inputs(name, (3, 2, 5, 6), dtype, device=device)
     got, want = run(fn, inputs, backend, **kwargs), run(fn, inputs, "reference", **kwargs)
     assert got[0].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert_matches(got, want, dtype)
@@ -119,13 +136,13 @@ def test_fused_non_contiguous(backend, name, fn, kwargs):
     assert_matches(run(fn, inputs, backend, upstream, **kwargs), run(fn, inputs, "reference", upstream, **kwargs), torch.float32)
 
 
-@pytest.mark.parametrize("backend", ["reference"] + FUSED)
+@pytest.mark.parametrize("backend,device", on_devices([("reference", "cpu"), *CPU_FUSED, ("reference", "cuda"), *CUDA_FUSED]))
 @pytest.mark.parametrize("name,fn,kwargs", CASES[::2], ids=CASE_IDS[::2])
 @pytest.mark.parametrize("nan_input", [0, 1])
-def test_nan_samples_are_dropped(backend, name, fn, kwargs, nan_input):
+def test_nan_samples_are_dropped(backend, device, name, fn, kwargs, nan_input):
     """A NaN anywhere in a sample zeroes its loss and gradients; the other samples are untouched."""
-    use_backend(backend)
-    inputs = make_inputs(name, (4, 3, 5, 5))
+    use_backend(backend, device)
+    inputs = make_inputs(name, (4, 3, 5, 5), device=device)
     poisoned = [t.clone() for t in inputs]
     poisoned[nan_input][2].view(-1)[7] = float("nan")
     out, grads = run(fn, poisoned, backend, **kwargs)
@@ -181,14 +198,14 @@ def test_gradcheck_float64(backend, name, fn, kwargs, reduction):
     assert torch.autograd.gradcheck(f, tensors, eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("backend,device", on_devices(CPU_FUSED + CUDA_FUSED))
 @pytest.mark.parametrize("name", ["sid", "sim", "dmd", "dsm"])
-def test_opcheck(backend, name):
-    use_backend(backend)
-    inputs = [t.requires_grad_(i < 2) for i, t in enumerate(make_inputs(name, (2, 3, 4)))]
+def test_opcheck(backend, device, name):
+    use_backend(backend, device)
+    inputs = [t.requires_grad_(i < 2) for i, t in enumerate(make_inputs(name, (2, 3, 4), device=device))]
     suffix = "_triton" if backend == "triton" else ""
     op = getattr(torch.ops.fastdistill, f"{name}_fused{suffix}").default
-    weight = torch.tensor([0.5, 2.0])
+    weight = torch.tensor([0.5, 2.0], device=device)
     args = {
         "sid": (inputs[0], inputs[1], inputs[2], weight, 1.2, 0.5),
         "sim": (inputs[0], inputs[1], inputs[2], None, 1e-3, True, 0.5),
@@ -215,16 +232,30 @@ def test_compile_fullgraph_no_graph_break(backend):
         torch.testing.assert_close(a.grad, b.grad)
 
 
-def test_compile_inductor_cpp():
-    use_backend("cpp")
-    y, yr, yf = make_inputs("sid", (3, 2, 4, 4))
+@pytest.mark.parametrize("backend,device", on_devices([("cpp", "cpu"), *CUDA_FUSED]))
+def test_compile_inductor(backend, device):
+    """Inductor (the default torch.compile backend) keeps the fused op in one graph, forward and backward."""
+    use_backend(backend, device)
+    y, yr, yf = make_inputs("sid", (3, 2, 4, 4), device=device)
     leaves = [t.clone().requires_grad_() for t in (y, yr, yf)]
-    out = torch.compile(lambda *xs: sid_loss(*xs, backend="cpp"), fullgraph=True)(*leaves)
+    out = torch.compile(lambda *xs: sid_loss(*xs, backend=backend), fullgraph=True)(*leaves)
     out.backward()
     want, want_grads = run(sid_loss, [y, yr, yf], "reference")
     torch.testing.assert_close(out.detach(), want.mean())
     for g, w in zip((leaf.grad for leaf in leaves), want_grads):
         torch.testing.assert_close(g, w / 3)
+
+
+@pytest.mark.parametrize("backend,device", on_devices([("cpp", "cpu"), *CUDA_FUSED]))
+@pytest.mark.parametrize("name,fn,kwargs", CASES[::2], ids=CASE_IDS[::2])
+def test_large_samples_small_batch(backend, device, name, fn, kwargs):
+    """Two samples of 98,304 values with a NaN in the second one's last value: on a GPU both
+    kernels split each sample over several blocks / programs (fewer samples than 2 x #SMs)."""
+    use_backend(backend, device)
+    inputs = make_inputs(name, (2, 3, 128, 256), device=device)
+    inputs[0][1, -1, -1, -1] = float("nan")
+    upstream = torch.tensor([0.7, -1.3], device=device)
+    assert_matches(run(fn, inputs, backend, upstream, **kwargs), run(fn, inputs, "reference", upstream, **kwargs), torch.float32)
 
 
 @pytest.mark.parametrize("backend", ["reference"] + FUSED)

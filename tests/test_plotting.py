@@ -1,4 +1,5 @@
 """fastdistill.plotting: each function writes a PNG with the expected size and content."""
+import importlib.util
 import sys
 
 import numpy as np
@@ -7,6 +8,10 @@ import torch
 from PIL import Image
 
 from fastdistill.plotting import image_grid, labelled_rows, line_figure, line_plot, save_samples_picture, scatter_panels
+
+
+needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                                      reason="matplotlib is an optional extra (fastdistill[plots])")
 
 
 def _images(n, c=1, h=8, w=8, seed=0):
@@ -36,6 +41,7 @@ def test_image_grid_grey_and_default_columns(tmp_path):
     assert np.abs(arr[2:10, 2:10] - ((x[0, 0] + 1) * 127.5).numpy()).max() <= 1
 
 
+@needs_matplotlib
 def test_labelled_rows_grow_with_rows(tmp_path):
     one = Image.open(labelled_rows([("data samples", _images(4))], tmp_path / "a" / "one.png"))
     rows = [("data samples", _images(4)), ("teacher Heun 35 NFE", _images(3, seed=1)),
@@ -50,6 +56,7 @@ def _legend_texts(fig):
     return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
 
 
+@needs_matplotlib
 def test_line_plot_log_axis_hlines_and_bad_values(tmp_path):
     curves = {"SiD student": [(0, 50.0), (10, 5.0), (20, float("nan")), (30, 0.0), (40, None)],
               "DMD (1 NFE)": [(0, 40.0), (20, 0.5)]}
@@ -65,6 +72,7 @@ def test_line_plot_log_axis_hlines_and_bad_values(tmp_path):
     assert list(xs) == [0.0, 10.0]
 
 
+@needs_matplotlib
 def test_line_plot_linear_axis_keeps_non_positive(tmp_path):
     curves = {"loss a": [(1, -2.0), (2, 0.0), (3, 1.5)]}
     p = line_plot(curves, tmp_path / "lin.png", logy=False, hlines={"zero line": 0.0}, size=(400, 300))
@@ -75,6 +83,7 @@ def test_line_plot_linear_axis_keeps_non_positive(tmp_path):
     assert len(fig.axes[0].lines[0].get_xdata()) == 3
 
 
+@needs_matplotlib
 def test_scatter_panels_and_vector_samples(tmp_path):
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(500, 2, generator=g), torch.randn(300, 2, generator=g) * 2
@@ -103,3 +112,12 @@ def test_missing_matplotlib_says_how_to_install(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match="needs matplotlib"):
         labelled_rows([("a", _images(2))], tmp_path / "z.png")
     assert image_grid(_images(2), tmp_path / "g.png").exists()  # torchvision only: still works
+
+
+def test_missing_torchvision_says_how_to_install(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")] + ["torchvision"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match="image grids need torchvision: pip install torchvision"):
+        image_grid(_images(2), tmp_path / "g.png")
+    with pytest.raises(ImportError, match="need torchvision"):
+        labelled_rows([("a", _images(2))], tmp_path / "z.png")

@@ -473,6 +473,7 @@ def test_toy_projection_brings_points_closer(toy_sign):
 @pytest.mark.slow
 def test_digits_sign_projection(tmp_path):
     pytest.importorskip("fastdistill.teachers.digits")
+    pytest.importorskip("torch_fidelity")  # the run tracks FID on digits
     from fastdistill.teachers.digits import digits_teacher_path
 
     try:

@@ -8,6 +8,7 @@ once, so every logged student number has its floor and its target beside it.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -111,6 +112,9 @@ class LoopEvaluator:
         name = cfg.eval_data or cfg.data or ("digits" if cfg.teacher.path == "digits" else "")
         if len(shape) != 3 or not name or name == "none":
             return None
+        if importlib.util.find_spec("torch_fidelity") is None:  # before any work, not at the first evaluation
+            raise ConfigError(f"FID tracking (eval_data={name}) needs torch-fidelity: pip install 'torch-fidelity>=0.4'; "
+                              f"or set eval_data=none to train without it")
         ref = reference_data(name)
         if ref.data_shape != tuple(shape):
             raise ConfigError(f"eval_data {name!r} has sample shape {ref.data_shape}, the teacher {tuple(shape)}")

@@ -212,7 +212,7 @@ def __getattr__(name):  # the extractor class exists only once torch-fidelity is
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-if "torch_fidelity" in sys.modules:  # already paid for: make the name usable right away
+if sys.modules.get("torch_fidelity") is not None:  # already paid for: make the name usable right away
     register_digits_extractor()
 
 
