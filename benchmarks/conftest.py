@@ -18,6 +18,8 @@ RESULTS: dict = {"copy": {}, "loss": {}}
 def pytest_addoption(parser):
     group = parser.getgroup("fastdistill benchmarks")
     group.addoption("--fd-threads", type=int, default=None, help="torch.set_num_threads for the CPU benchmarks (default: torch's)")
+    group.addoption("--fd-iters", default=None, metavar="WARM,TIMED",
+                    help="iteration benchmark: warm-up and timed iterations of every row (default: per architecture)")
     group.addoption(
         "--fd-compile-all",
         action="store_true",

@@ -209,23 +209,23 @@ def count_flops(step: Callable[[], object]) -> int:
 DENSE_OPS = ("conv", "mm", "matmul", "linear", "bmm", "addmm", "baddbmm", "attention")
 
 
-def dense_time_share(step: Callable[[], object], device) -> float:
-    """Fraction of one call's operator self time spent in matmul / convolution kernels (profiler)."""
+def dense_time(step: Callable[[], object], device) -> tuple[float, float]:
+    """(matmul/convolution kernel time, all operator time) of one call, in seconds: profiler
+    self times (which add the profiler's per-operator overhead to the second)."""
     from torch.profiler import ProfilerActivity, profile
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    cuda = torch.device(device).type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         step()
         sync(device)
-    cuda = torch.device(device).type == "cuda"
     total = dense = 0.0
     for e in prof.key_averages():
-        t = e.self_device_time_total if cuda else e.self_cpu_time_total
+        t = (e.self_device_time_total if cuda else e.self_cpu_time_total) * 1e-6
         total += t
-        name = e.key.lower()
-        if any(k in name for k in DENSE_OPS):
+        if any(k in e.key.lower() for k in DENSE_OPS):
             dense += t
-    return dense / total if total else float("nan")
+    return dense, total
 
 
 def peak_memory(step: Callable[[], object], device) -> int:
@@ -252,7 +252,9 @@ def peak_memory(step: Callable[[], object], device) -> int:
 
 
 def dense_yardstick(device, dtype: torch.dtype, repeats: int = 3) -> dict:
-    """Same-run FLOP/s of a large matmul and of a 3x3 convolution in ``dtype`` (best of ``repeats``)."""
+    """Same-run FLOP/s of a large matmul and of a 3x3 convolution in ``dtype`` (best of
+    ``repeats``). The convolution's FLOPs are counted as direct convolution, so a library that
+    uses a faster algorithm (Winograd) shows more than the hardware's FLOP/s."""
     dev = torch.device(device)
     n = 2048 if dev.type == "cpu" else 8192
     a = torch.randn(n, n, device=dev, dtype=dtype)

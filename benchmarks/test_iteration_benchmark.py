@@ -3,13 +3,15 @@ and method: the authors'-style eager loop (fp32) against the engine's configurat
 
     pytest benchmarks/test_iteration_benchmark.py -s                 # timed; the table prints at the end
     pytest benchmarks/test_iteration_benchmark.py -k "ddpmpp and sid"  # one architecture / method
+    pytest benchmarks/test_iteration_benchmark.py -k "not compiled" --fd-iters 1,3   # shorter
     pytest benchmarks/ --benchmark-disable                             # smoke: small architectures, once each
 
 Every row also reports the iteration's matmul/conv FLOPs (``torch.utils.flop_counter``), the
 achieved FLOP/s as a fraction of a same-run dense matmul/conv of the row's dtype (model FLOP
-utilisation) and its peak memory. On CPU every row runs on one thread. The eager fp32 row
-records the share of its time in matmul/conv kernels: with bf16 speeding up only those by the
-yardstick's bf16/fp32 ratio, Amdahl's law bounds what bf16 can give (printed as "bound").
+utilisation) and its peak memory. On CPU every row runs on one thread. Every row also profiles
+one iteration for its time in matmul/conv kernels: the eager row's share of it, sped up by the
+ratio of the eager and engine-bf16 matmul/conv times, bounds by Amdahl's law what bf16 can give
+when nothing else gets faster (printed under each architecture and method).
 Loops and measurements: ``iteration_loops.py``.
 """
 from __future__ import annotations
@@ -35,9 +37,12 @@ METHOD_ROWS = {  # sample reuse: SiD's option (not its recipe); DMD's default (D
     "sid": [("engine bf16 reuse samples", ["precision=bf16", "method.reuse_samples=true"])],
     "dmd": [("engine bf16 fresh samples", ["precision=bf16", "method.reuse_samples=false"])],
 }
+# Compiled rows use the precision that is faster uncompiled: bf16 on CUDA, fp32 for the small
+# networks on CPU (too small for bf16 to pay there).
+PRECISION = "bf16" if DEVICE == "cuda" else "fp32"
 COMPILED_ROWS = [
-    ("engine bf16 compiled regional", ["precision=bf16", "compile=true", "compile_scope=regional"]),
-    ("engine bf16 compiled full", ["precision=bf16", "compile=true", "compile_scope=full"]),
+    (f"engine {PRECISION} compiled regional", [f"precision={PRECISION}", "compile=true", "compile_scope=regional"]),
+    (f"engine {PRECISION} compiled full", [f"precision={PRECISION}", "compile=true", "compile_scope=full"]),
 ]
 # Compiling takes minutes on CPU (about 2 for the digits step, 8 and more for DDPM++, which then
 # runs no faster there): compiled rows run for SiD on the small networks on CPU, everywhere on CUDA.
@@ -78,7 +83,7 @@ CASES = [(arch, method, row) for arch in L.ARCHS for method in ("sid", "dmd") fo
 
 @pytest.mark.benchmark(group="iteration")
 @pytest.mark.parametrize("arch,method,row", CASES, ids=[f"{a}-{m}-{r.replace(' ', '_')}" for a, m, r in CASES])
-def test_iteration(benchmark, tmp_path, monkeypatch, arch, method, row):
+def test_iteration(benchmark, request, tmp_path, monkeypatch, arch, method, row):
     a = L.ARCHS[arch]
     if benchmark.disabled and arch not in SMOKE_ARCHS:
         pytest.skip(f"{arch}: timed runs only (seconds per iteration on CPU); the smoke run covers {SMOKE_ARCHS}")
@@ -97,6 +102,8 @@ def test_iteration(benchmark, tmp_path, monkeypatch, arch, method, row):
         d = L.engine(teacher, method, batch, DEVICE, tmp_path, options)
         step = d.train_step
     warm, timed = ITERS[arch]
+    if request.config.getoption("--fd-iters"):
+        warm, timed = (int(v) for v in request.config.getoption("--fd-iters").split(","))
     compiled = options is not None and "compile=true" in options
     key = (arch, method)
     if benchmark.disabled:
@@ -118,12 +125,15 @@ def test_iteration(benchmark, tmp_path, monkeypatch, arch, method, row):
     rec = dict(time=L.median(times), times=times, batch=batch, flops=flops, compile_s=compile_s,
                dtype="bf16" if options and "precision=bf16" in options else "fp32",
                peak_bytes=L.peak_memory(step, DEVICE), params=L.parameters(teacher))
-    if options is None:
-        rec["dense_share"] = L.dense_time_share(step, DEVICE)
+    rec["dense_s"], rec["profiled_s"] = L.dense_time(step, DEVICE)
     RESULTS["rows"].setdefault(key, {})[row] = rec
     eager = RESULTS["rows"][key].get("eager")
+    flops = flops if flops is not None else _uncompiled_flops(RESULTS["rows"][key], row)
+    peak = RESULTS["yardstick"].get(rec["dtype"], {}).get("peak")
     benchmark.extra_info.update(images_per_s=batch / rec["time"], batch=batch, arch=arch, method=method, row=row,
-                                flops=flops, peak_bytes=rec["peak_bytes"], compile_s=compile_s,
+                                flops=flops, peak_bytes=rec["peak_bytes"], compile_s=compile_s, dtype=rec["dtype"],
+                                yardstick_flops_per_s=peak,
+                                mfu=(flops / rec["time"] / peak) if flops and peak else None,
                                 speedup_vs_eager=(eager["time"] / rec["time"]) if eager else None)
 
 
@@ -132,10 +142,10 @@ def summary_lines() -> list[str]:
     rows, yard = RESULTS["rows"], RESULTS["yardstick"]
     if not rows:
         return []
-    lines = [f"torch {torch.__version__}, device {DEVICE}, {torch.get_num_threads() if DEVICE == 'cpu' else ''} "
-             f"thread(s); yardstick (dense matmul / 3x3 conv, GFLOP/s): "
+    where = "CPU, one thread" if DEVICE == "cpu" else torch.cuda.get_device_name()
+    lines = [f"torch {torch.__version__}, {where}; yardstick (dense matmul / 3x3 conv, GFLOP/s): "
              + ", ".join(f"{k} {v['matmul'] / 1e9:.0f} / {v['conv'] / 1e9:.0f}" for k, v in yard.items())]
-    header = f"{'arch':7} {'method':6} {'row':24} {'img/s':>8} {'vs eager':>8} {'GFLOP/img':>9} {'GFLOP/s':>8} {'MFU':>5} {'peak MB':>8} {'compile s':>9}"
+    header = f"{'arch':7} {'method':6} {'row':30} {'img/s':>8} {'vs eager':>8} {'GFLOP/img':>9} {'GFLOP/s':>8} {'MFU':>5} {'peak MB':>8} {'compile s':>9}"
     lines += [header, "-" * len(header)]
     for (arch, method), by_row in rows.items():
         eager = by_row.get("eager")
@@ -146,14 +156,18 @@ def summary_lines() -> list[str]:
             peak = yard.get(r["dtype"], {}).get("peak")
             mfu = f"{fps / peak:5.0%}" if fps and peak else "    -"
             vs = f"{eager['time'] / r['time']:7.2f}x" if eager else "       -"
-            lines.append(f"{arch:7} {method:6} {name:24} {ips:8.2f} {vs:>8} {(flops or 0) / r['batch'] / 1e9:9.1f} "
+            lines.append(f"{arch:7} {method:6} {name:30} {ips:8.2f} {vs:>8} {(flops or 0) / r['batch'] / 1e9:9.1f} "
                          f"{(fps or 0) / 1e9:8.1f} {mfu} {r['peak_bytes'] / 2**20:8.0f} "
                          f"{'-' if r['compile_s'] is None else format(r['compile_s'], '.0f'):>9}")
-        if eager and "dense_share" in eager and "fp32" in yard and "bf16" in yard:
-            s = eager["dense_share"]
-            r_dense = yard["bf16"]["peak"] / yard["fp32"]["peak"]
-            lines.append(f"{'':15}eager: {s:.0%} of its time in matmul/conv; bf16 runs them {r_dense:.2f}x faster: "
-                         f"bound {L.amdahl(s, r_dense):.2f}x if nothing else speeds up")
+        bf16 = by_row.get("engine bf16")
+        if eager and bf16:
+            s = eager["dense_s"] / eager["profiled_s"]
+            r_dense = eager["dense_s"] / bf16["dense_s"]
+            bound = L.amdahl(s, r_dense)
+            got = eager["time"] / bf16["time"]
+            lines.append(f"{'':15}Amdahl: eager spends {s:.0%} of its profiled time in matmul/conv, which run "
+                         f"{r_dense:.2f}x faster in the engine's bf16: {bound:.2f}x if nothing else sped up; "
+                         f"engine bf16 {got:.2f}x ({got / bound:.0%} of that)")
     return lines
 
 
