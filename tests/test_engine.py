@@ -63,6 +63,7 @@ def test_unknown_keys_list_valid_ones():
     ("batch_size=0", "batch_size"), ("optim.lr=-1", "optim.lr"), ("method.t_max=2000", "t_max"),
     ("optim.beta2=1.0", "beta"), ("precision=fp8", "precision"), ("method.name=foo", "method.name"),
     ("steps=1.5", "integer"), ("method.alpha=abc", "number"), ("optim.grad_accum=0", "grad_accum"),
+    ("compile_scope=blocks", "compile_scope"), ("compile_mode=fast", "compile_mode"),
 ])
 def test_out_of_range_values(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -239,6 +240,46 @@ def test_bf16_autocast_runs(tmp_path):
 def test_compile_matches_eager(tmp_path):
     a = _final(tmp_path, "a", steps=2)
     b = _final(tmp_path, "b", steps=2, compile=True)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_cuda_graphs_refused_on_cpu():
+    with pytest.raises(ConfigError, match="reduce-overhead"):
+        DistillConfig().with_overrides(["compile=true", "compile_mode=reduce-overhead", "device=cpu"]).validate()
+
+
+def _conv_net(seed=0):
+    from fastdistill.teachers.precond import EDMPrecond
+
+    torch.manual_seed(seed)
+    return EDMPrecond(img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=16, channel_mult=[1, 1],
+                      num_blocks=1, attn_resolutions=[4], dropout=0.0)
+
+
+def test_regional_compile_finds_the_repeated_blocks():
+    from fastdistill.engine.build import compile_network, repeated_blocks
+    from fastdistill.teachers.networks import UNetBlock
+
+    net = _conv_net()
+    blocks = repeated_blocks(net)
+    assert blocks and len(blocks) == sum(isinstance(m, UNetBlock) for m in net.modules())
+    assert compile_network(net, "regional", "default") is net  # blocks compiled in place
+    assert all(b._compiled_call_impl is not None for b in blocks)
+    whole = compile_network(TinyDenoiser(), "regional", "default")  # no repeated blocks: the whole network
+    assert isinstance(whole, torch._dynamo.eval_frame.OptimizedModule)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scope", ["regional", "full"])
+def test_compiled_scopes_match_eager(tmp_path, scope):
+    def final(name, **over):
+        d = Distiller(tiny_config(tmp_path / name, steps=2, batch_size=4, **over), teacher=_conv_net())
+        d.run()
+        return params_of(d.G)
+
+    a = final("eager")
+    b = final(scope, compile=True, compile_scope=scope)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
 

@@ -171,11 +171,13 @@ def repeated_blocks(net: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def compile_network(net: torch.nn.Module, scope: str, mode: str):
-    """``torch.compile`` of a network, static shapes (a training batch does not change shape): ``full`` compiles the whole call; ``regional`` compiles each
-    repeated block in place, so blocks of the same shape share one compiled graph across the
-    generator, fake network and teacher, and compile time grows with the number of distinct
-    blocks, not with depth. A network without repeated blocks is compiled whole. Returns the
-    callable to use in place of ``net``."""
+    """``torch.compile`` of a network with static shapes (a training batch keeps its shape).
+
+    ``full`` compiles the whole call. ``regional`` compiles each repeated block in place, so
+    blocks of the same shape share one compiled graph across the generator, fake network and
+    teacher, and compile time grows with the number of distinct blocks, not with depth; a network
+    without repeated blocks is compiled whole. Returns the callable to use in place of ``net``.
+    """
     blocks = repeated_blocks(net) if scope == "regional" else []
     if not blocks:
         return torch.compile(net, mode=mode, dynamic=False)

@@ -88,7 +88,7 @@ class DistillConfig:
     steps: int = 1000  # iterations; one = one fake step + one generator step
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast of the network forwards; fp32 master weights)
-    compile: bool = False  # torch.compile the networks (the kernels of the fused losses are compiled regardless)
+    compile: bool = False  # torch.compile the networks
     compile_scope: str = "full"  # full: whole networks | regional: each repeated block compiled once per shape, shared by all networks (docs/performance.md: which pays where)
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs; CUDA only) | max-autotune | max-autotune-no-cudagraphs
     channels_last: bool = False  # convolution networks in NHWC memory format (faster convolutions on most GPUs; none here on CPU)
