@@ -273,15 +273,19 @@ def test_regional_compile_finds_the_repeated_blocks():
 @pytest.mark.slow
 @pytest.mark.parametrize("scope", ["regional", "full"])
 def test_compiled_scopes_match_eager(tmp_path, scope):
-    def final(name, **over):
-        d = Distiller(tiny_config(tmp_path / name, steps=2, batch_size=4, **over), teacher=_conv_net())
-        d.run()
-        return params_of(d.G)
+    """The same losses as eager, step by step (parameters are not compared: inductor sums in
+    another order, and Adam's first steps amplify that rounding where a gradient is near zero)."""
+    def losses(name, **over):
+        d = Distiller(tiny_config(tmp_path / name, batch_size=4, **over), teacher=_conv_net())
+        out = [d.train_step() for _ in range(3)]
+        d.release()
+        return out
 
-    a = final("eager")
-    b = final(scope, compile=True, compile_scope=scope)
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+    a = losses("eager")
+    b = losses(scope, compile=True, compile_scope=scope)
+    for k in ("loss_fake", "loss_gen"):
+        assert a[0][k] == pytest.approx(b[0][k], rel=1e-5)
+        assert [r[k] for r in a] == pytest.approx([r[k] for r in b], rel=1e-3)
 
 
 # ---------------------------------------------------------------------- failure handling
