@@ -6,7 +6,9 @@ and method: the authors'-style eager loop (fp32) against the engine's configurat
     pytest benchmarks/test_iteration_benchmark.py -k "not compiled" --fd-iters 1,3   # shorter
     pytest benchmarks/ --benchmark-disable                             # smoke: small architectures, once each
 
-Every row also reports the iteration's matmul/conv FLOPs (``torch.utils.flop_counter``), the
+Each engine row is timed alternately with a fresh eager loop of its own, iteration by
+iteration, and "vs eager" is that ratio: the machine's drift between rows (minutes apart) does
+not enter it. Every row also reports the iteration's matmul/conv FLOPs (``torch.utils.flop_counter``), the
 achieved FLOP/s as a fraction of a same-run dense matmul/conv of the row's dtype (model FLOP
 utilisation) and its peak memory. On CPU every row runs on one thread. Every row also profiles
 one iteration for its time in matmul/conv kernels: the eager row's share of it, sped up by the
@@ -118,23 +120,33 @@ def test_iteration(benchmark, request, tmp_path, monkeypatch, arch, method, row)
         warm -= 1
     for _ in range(max(warm, 0)):
         step()
-    times = L.time_steps(step, DEVICE, timed)
+    ref_times = None
+    if options is None:
+        times = L.time_steps(step, DEVICE, timed)
+    else:  # timed alternately with a fresh eager loop: the ratio is immune to the machine's drift between rows
+        ref = L.EagerLoop(a.build(), method, batch, torch.device(DEVICE))
+        ref.step()
+        times, ref_times = [], []
+        for _ in range(timed):
+            times += L.time_steps(step, DEVICE, 1)
+            ref_times += L.time_steps(ref.step, DEVICE, 1)
+        del ref
     benchmark.pedantic(step, rounds=1, iterations=1)
     if compile_s is not None:
         compile_s -= L.median(times)  # the first call's time beyond one iteration
     rec = dict(time=L.median(times), times=times, batch=batch, flops=flops, compile_s=compile_s,
+               eager_time=L.median(ref_times) if ref_times else None,
                dtype="bf16" if options and "precision=bf16" in options else "fp32",
                peak_bytes=L.peak_memory(step, DEVICE), params=L.parameters(teacher))
     rec["dense_s"], rec["profiled_s"] = L.dense_time(step, DEVICE)
     RESULTS["rows"].setdefault(key, {})[row] = rec
-    eager = RESULTS["rows"][key].get("eager")
     flops = flops if flops is not None else _uncompiled_flops(RESULTS["rows"][key], row)
     peak = RESULTS["yardstick"].get(rec["dtype"], {}).get("peak")
     benchmark.extra_info.update(images_per_s=batch / rec["time"], batch=batch, arch=arch, method=method, row=row,
                                 flops=flops, peak_bytes=rec["peak_bytes"], compile_s=compile_s, dtype=rec["dtype"],
                                 yardstick_flops_per_s=peak,
                                 mfu=(flops / rec["time"] / peak) if flops and peak else None,
-                                speedup_vs_eager=(eager["time"] / rec["time"]) if eager else None)
+                                speedup_vs_eager=_vs_eager(rec))
 
 
 def summary_lines() -> list[str]:
@@ -155,7 +167,7 @@ def summary_lines() -> list[str]:
             fps = flops / r["time"] if flops else None
             peak = yard.get(r["dtype"], {}).get("peak")
             mfu = f"{fps / peak:5.0%}" if fps and peak else "    -"
-            vs = f"{eager['time'] / r['time']:7.2f}x" if eager else "       -"
+            vs = f"{_vs_eager(r):7.2f}x"
             lines.append(f"{arch:7} {method:6} {name:30} {ips:8.2f} {vs:>8} {(flops or 0) / r['batch'] / 1e9:9.1f} "
                          f"{(fps or 0) / 1e9:8.1f} {mfu} {r['peak_bytes'] / 2**20:8.0f} "
                          f"{'-' if r['compile_s'] is None else format(r['compile_s'], '.0f'):>9}")
@@ -164,11 +176,16 @@ def summary_lines() -> list[str]:
             s = eager["dense_s"] / eager["profiled_s"]
             r_dense = eager["dense_s"] / bf16["dense_s"]
             bound = L.amdahl(s, r_dense)
-            got = eager["time"] / bf16["time"]
+            got = _vs_eager(bf16)
             lines.append(f"{'':15}Amdahl: eager spends {s:.0%} of its profiled time in matmul/conv, which run "
                          f"{r_dense:.2f}x faster in the engine's bf16: {bound:.2f}x if nothing else sped up; "
                          f"engine bf16 {got:.2f}x ({got / bound:.0%} of that)")
     return lines
+
+
+def _vs_eager(rec: dict):
+    """Images/s over the eager loop's, both timed alternately in the row's own test (1 for the eager row)."""
+    return rec["eager_time"] / rec["time"] if rec["eager_time"] else 1.0
 
 
 def _uncompiled_flops(by_row: dict, name: str):
