@@ -1,19 +1,19 @@
 """Images/s of one full distillation iteration (fake step + generator step + EMA), per architecture
 and method: the authors'-style eager loop (fp32) against the engine's configurations, in one run.
 
-    pytest benchmarks/test_iteration_benchmark.py -s                 # timed; the table prints at the end
+    pytest benchmarks/test_iteration_benchmark.py                    # timed; the table prints at the end
     pytest benchmarks/test_iteration_benchmark.py -k "ddpmpp and sid"  # one architecture / method
     pytest benchmarks/test_iteration_benchmark.py -k "not compiled" --fd-iters 1,3   # shorter
     pytest benchmarks/ --benchmark-disable                             # smoke: small architectures, once each
 
 Each engine row is timed alternately with a fresh eager loop of its own, iteration by
 iteration, and "vs eager" is that ratio: the machine's drift between rows (minutes apart) does
-not enter it. Every row also reports the iteration's matmul/conv FLOPs (``torch.utils.flop_counter``), the
-achieved FLOP/s as a fraction of a same-run dense matmul/conv of the row's dtype (model FLOP
-utilisation) and its peak memory. On CPU every row runs on one thread. Every row also profiles
-one iteration for its time in matmul/conv kernels: the eager row's share of it, sped up by the
-ratio of the eager and engine-bf16 matmul/conv times, bounds by Amdahl's law what bf16 can give
-when nothing else gets faster (printed under each architecture and method).
+not enter it. Every row also reports the iteration's matmul/conv FLOPs
+(``torch.utils.flop_counter``), the achieved FLOP/s as a fraction of a same-run dense
+matmul/conv of the row's dtype (model FLOP utilisation), its peak memory, and its profiled time
+in matmul/conv kernels: the eager row's share of that, sped up by the ratio of the eager and
+engine-bf16 matmul/conv times, bounds by Amdahl's law what bf16 can give when nothing else gets
+faster (printed under each architecture and method). On CPU every row runs on one thread.
 Loops and measurements: ``iteration_loops.py``.
 """
 from __future__ import annotations
@@ -26,8 +26,7 @@ import iteration_loops as L
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 RESULTS: dict = {"yardstick": {}, "rows": {}}
 
-# (row name, engine overrides); "eager" is the authors'-style loop. Order = run order, so each
-# row is timed within minutes of the eager row it is compared with. Each engine option has its
+# (row name, engine overrides); "eager" is the authors'-style loop. Each engine option has its
 # own row: its value is the difference to the row above it.
 COMMON_ROWS = [
     ("eager", None),
@@ -62,7 +61,7 @@ SMOKE_ARCHS = ("tiny", "digits")
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """One intra-op thread on CPU: the issue's measurement set-up, and stable numbers on 2 cores."""
+    """One intra-op thread on CPU: docs/performance.md's set-up, and stable numbers on 2 cores."""
     n = torch.get_num_threads()
     if DEVICE == "cpu":
         torch.set_num_threads(1)
