@@ -19,6 +19,7 @@ import torch
 
 from fastdistill.losses import dmd_loss, dsm_loss, sid_loss, sim_loss
 from fastdistill.ops import reference, registry
+from iteration_loops import peak_memory
 
 BATCHES = (64, 256)
 SHAPES = ((3, 32, 32), (3, 64, 64), (4, 64, 64))
@@ -128,27 +129,6 @@ def _fwd_bwd(loss_fn, inputs, device):
     return run
 
 
-def _peak_bytes(run, device):
-    """Peak bytes allocated during one call of `run` above what was allocated before it."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        run()
-        return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        run()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    events.sort(key=lambda e: e.start_ns())
-    current = peak = 0
-    for e in events:
-        current += e.nbytes()
-        peak = max(peak, current)
-    return peak
-
-
 def _median(benchmark):
     stats = getattr(benchmark, "stats", None)
     if stats is None or getattr(benchmark, "disabled", False):
@@ -194,7 +174,7 @@ def test_loss(benchmark, results, request, op, device, batch, shape, provider):
     inputs = _make_inputs(op, device, batch, shape)
     run = _fwd_bwd(_loss_fn(op, provider), inputs, device)
     run()  # warm-up (and compilation for the compiled provider)
-    peak = _peak_bytes(run, device)
+    peak = peak_memory(run, device)
 
     benchmark(run)
 

@@ -109,25 +109,30 @@ def test_sanitize_grads():
 
 
 # ---------------------------------------------------------------------- one engine iteration by hand
-def test_engine_iteration_matches_handwritten(tmp_path):
-    """Fake Adam step, generator Adam step and EMA of one engine iteration, written out by hand."""
+def _one_engine_step(tmp_path, **over):
+    """One engine iteration at lr 1e-2, batch 8, and what a hand-written copy needs: the teacher,
+    the generator and fake network before the step, and a generator replaying its noise."""
     teacher = tiny_teacher(0)
-    cfg = tiny_config(tmp_path, steps=1, batch_size=8, **{"optim.lr": 1e-2, "ema.halflife_kimg": 0.01})
-    d = Distiller(cfg, teacher=teacher)
-    gen_state = d.gen.get_state()
+    d = Distiller(tiny_config(tmp_path, steps=1, batch_size=8, **{"optim.lr": 1e-2, **over}), teacher=teacher)
+    g = torch.Generator().manual_seed(0)
+    g.set_state(d.gen.get_state())
     G0, F0 = copy.deepcopy(d.G), copy.deepcopy(d.fake)
     d.train_step()
+    return d, teacher, G0, F0, g
 
+
+def adam_first_step(params, grads, lr):  # betas (0, 0.999), eps 1e-8, step 1
+    for p, gr in zip(params, grads):
+        v_hat = (0.001 * gr * gr) / (1 - 0.999)
+        p.data -= lr * gr / (v_hat.sqrt() + 1e-8)
+
+
+def test_engine_iteration_matches_handwritten(tmp_path):
+    """Fake Adam step, generator Adam step and EMA of one engine iteration, written out by hand."""
     from fastdistill.ops import reference as ref
 
-    g = torch.Generator().manual_seed(0)
-    g.set_state(gen_state)
+    d, teacher, G0, F0, g = _one_engine_step(tmp_path, **{"ema.halflife_kimg": 0.01})
     m = d.method
-
-    def adam_first_step(params, grads, lr):  # betas (0, 0.999), eps 1e-8, step 1
-        for p, gr in zip(params, grads):
-            v_hat = (0.001 * gr * gr) / (1 - 0.999)
-            p.data -= lr * gr / (v_hat.sqrt() + 1e-8)
 
     # fake step
     fn = m.draw_fake_noise(8, (2,), 0, g, "cpu")
@@ -156,23 +161,11 @@ def test_engine_iteration_matches_handwritten(tmp_path):
 def test_sample_reuse_iteration_matches_handwritten(tmp_path, method, over):
     """With reuse_samples (DMD's default, DMD2's recipe) the generator step runs first and the
     fake step fits its samples x_g (detached, from the generator before its update)."""
-    teacher = tiny_teacher(0)
-    cfg = tiny_config(tmp_path, steps=1, batch_size=8, **{"optim.lr": 1e-2, "method.name": method, **over})
-    d = Distiller(cfg, teacher=teacher)
-    assert d.method.reuses_samples
-    gen_state = d.gen.get_state()
-    G0, F0 = copy.deepcopy(d.G), copy.deepcopy(d.fake)
-    d.train_step()
-
     from fastdistill.ops import reference as ref
 
-    g = torch.Generator().manual_seed(0)
-    g.set_state(gen_state)
+    d, teacher, G0, F0, g = _one_engine_step(tmp_path, **{"method.name": method, **over})
+    assert d.method.reuses_samples
     m = d.method
-
-    def adam_first_step(params, grads, lr):  # betas (0, 0.999), eps 1e-8, step 1
-        for p, gr in zip(params, grads):
-            p.data -= lr * gr / ((0.001 * gr * gr / (1 - 0.999)).sqrt() + 1e-8)
 
     gn = m.draw_generator_noise(8, (2,), 0, g, "cpu")
     x_g = G0(2.5 * gn.z, torch.full((8,), 2.5))
