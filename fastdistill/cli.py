@@ -12,6 +12,8 @@ from pathlib import Path
 
 #: exit code for bad input (configuration, paths, shapes)
 BAD_INPUT = 2
+#: the preset ``distill --teacher PIPELINE --prompts FILE`` uses without --preset / --config
+TEXT_TO_IMAGE_PRESET = "sid-lsg-sd15"
 
 
 def _debug(args=None) -> bool:
@@ -143,6 +145,13 @@ def _labels(args):
     return None if not args.label else (args.label[0] if len(args.label) == 1 else args.label)
 
 
+def _prompt_list(args) -> list:
+    """``--prompt`` texts, then the prompts of the ``--prompts`` file."""
+    from .data.prompts import read_prompts
+
+    return list(args.prompt or []) + (read_prompts(args.prompts) if args.prompts else [])
+
+
 # ----------------------------------------------------------------------------- commands
 @_command("doctor")
 def _doctor(args: argparse.Namespace) -> int:
@@ -211,6 +220,8 @@ def _distill(args: argparse.Namespace) -> int:
     from .engine import distill_command
 
     report_only = {"--methods": args.methods, "--budget": args.budget, "--workers": args.workers, "--draws": args.draws}
+    if not args.config and not args.preset and args.prompts:
+        args.preset = TEXT_TO_IMAGE_PRESET
     if not args.config and not args.preset:
         return _digits_report(args)
     given = [k for k, v in report_only.items() if v is not None]
@@ -220,6 +231,8 @@ def _distill(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.teacher:
         overrides += ["teacher.kind=checkpoint", f"teacher.path={args.teacher}"]
+    if args.prompts:
+        overrides.append(f"prompts={args.prompts}")
     if args.force:
         overrides.append("force=true")
     return distill_command(args.config, overrides, args.preset, debug=_debug(args))
@@ -263,14 +276,21 @@ def _sample(args: argparse.Namespace) -> int:
     student = load_student(args.checkpoint, which=args.which, device=args.device)
     if args.label and not student.info.label_dim:
         raise ValueError("--label given, but the student is unconditional")
-    x = student.sample(args.n, steps=args.steps, seed=args.seed, cond=_labels(args))
+    cond, n, ncol = _labels(args), args.n or 64, None
+    prompts = _prompt_list(args)
+    if prompts:
+        if cond is not None:
+            raise ValueError("give --label or --prompt / --prompts, not both")
+        ncol = args.n or 8  # one row of samples per prompt
+        cond, n = [p for p in prompts for _ in range(ncol)], ncol * len(prompts)
+    x = student.decode(student.sample(n, steps=args.steps, seed=args.seed, cond=cond))
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = save_samples(x, npz_path=stem.with_suffix(".npz"))
     try:
-        paths.update(save_samples(x, png_path=stem.with_suffix(".png")))
+        paths.update(save_samples(x, png_path=stem.with_suffix(".png"), ncol=ncol))
     except ImportError as exc:
         print(f"fastdistill sample: picture skipped: {exc}", file=sys.stderr)
-    print(f"{args.n} samples of shape {tuple(x.shape[1:])}: {', '.join(paths.values())}")
+    print(f"{n} samples of shape {tuple(x.shape[1:])}: {', '.join(paths.values())}")
     return 0
 
 
@@ -464,7 +484,10 @@ def add_project_parser(subparsers) -> argparse.ArgumentParser:
 def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("sample", help="samples of a distilled student (PNG grid + .npz)")
     _add_student_arguments(p)
-    p.add_argument("-n", type=_positive_int, default=64, help="number of samples")
+    p.add_argument("-n", type=_positive_int, default=None,
+                   help="number of samples (default 64); with prompts: samples per prompt, one grid row each (default 8)")
+    p.add_argument("--prompt", action="append", help="text-to-image students: a prompt (repeat for several)")
+    p.add_argument("--prompts", help="text-to-image students: a prompt file (one a line, or CSV / JSONL)")
     p.add_argument("--out", help="output path stem: <out>.png and <out>.npz; a directory (an existing one, or a path "
                                  "ending in /) gets samples.png and samples.npz (default: <checkpoint>/samples-seed<seed>)")
     p.set_defaults(func=_sample)
@@ -490,6 +513,8 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     distill.add_argument("--config", help="JSON or TOML config file")
     distill.add_argument("--preset", choices=sorted(PRESETS), help="built-in configuration (e.g. toy: the 2-D ring, about a minute)")
     distill.add_argument("--teacher", help="teacher: 'digits', analytic:NAME, an EDM/SiD pickle, a fastdistill safetensors file or a diffusers folder")
+    distill.add_argument("--prompts", help=f"text-to-image teachers: the training prompts (one a line, CSV or JSONL); "
+                                          f"without --preset / --config the {TEXT_TO_IMAGE_PRESET} preset is used")
     distill.add_argument("--force", action="store_true", help="take over a run directory locked from another host (force=true)")
     report = distill.add_argument_group("digits default only")
     report.add_argument("--methods", help="comma-separated subset of sid,sim,dmd (default: all three)")

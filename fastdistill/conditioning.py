@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
-__all__ = ["Conditioning", "as_conditioning", "labels_of"]
+__all__ = ["Conditioning", "ConditioningBank", "as_conditioning", "labels_of"]
 
 _TENSOR_FIELDS = ("labels", "embeds", "pooled", "mask")
 
@@ -143,6 +143,20 @@ class Conditioning:
             return replace(self.null.repeat(self.batch_size), null=self.null)
         return self._map(torch.zeros_like)
 
+    def unconditional_where(self, mask: torch.Tensor) -> "Conditioning":
+        """The samples where the (B,) boolean ``mask`` is set replaced by the unconditional input."""
+        u = self.unconditional()
+        m = mask.reshape(-1).to(torch.bool)
+        if m.numel() != self.batch_size:
+            raise ValueError(f"mask for {m.numel()} samples, the conditioning has {self.batch_size}")
+
+        def pick(name, t):
+            other = u.extra[name[6:]] if name.startswith("extra.") else getattr(u, name)
+            return torch.where(m.to(t.device).reshape(-1, *([1] * (t.ndim - 1))), other.to(t.device, t.dtype), t)
+
+        kw = {name: pick(name, getattr(self, name)) for name in _TENSOR_FIELDS if getattr(self, name) is not None}
+        return replace(self, **kw, extra={k: pick(f"extra.{k}", v) for k, v in self.extra.items()})
+
     @property
     def kind(self) -> str:
         """``"labels"``, ``"text"`` (token embeddings) or ``"other"``: what a checkpoint records."""
@@ -153,6 +167,22 @@ class Conditioning:
     def __repr__(self) -> str:
         parts = ", ".join(f"{name}={tuple(t.shape)}" for name, t in self.tensors().items())
         return f"Conditioning({parts})"
+
+
+class ConditioningBank:
+    """A training set of conditionings (e.g. every prompt's text embedding, encoded once) that
+    batches are drawn from uniformly, with replacement, by the run's noise generator (so a
+    resumed run draws the same prompts)."""
+
+    def __init__(self, cond: Conditioning):
+        self.cond = cond
+
+    def __len__(self) -> int:
+        return self.cond.batch_size
+
+    def draw(self, n: int, gen: torch.Generator, device) -> Conditioning:
+        idx = torch.randint(0, len(self), (int(n),), generator=gen, device=gen.device)
+        return self.cond[idx.cpu()].to(device)
 
 
 def as_conditioning(cond) -> Optional[Conditioning]:

@@ -158,9 +158,9 @@ def scatter_panels(panels: Sequence[tuple[str, torch.Tensor]], path, size: int =
     return _save(fig, path)
 
 
-def save_samples_picture(x: torch.Tensor, path, title: str = "samples") -> Path:
-    """The picture that suits the samples: a grid of the first 64 for images (N, C, H, W), a
-    scatter plot of the first two coordinates for vector data."""
+def save_samples_picture(x: torch.Tensor, path, title: str = "samples", ncol: Optional[int] = None) -> Path:
+    """The picture that suits the samples: a grid for images (N, C, H, W; the first 64 unless
+    ``ncol`` per row is given), a scatter plot of the first two coordinates for vector data."""
     if x.dim() == 4:
-        return image_grid(x[:64], path)
+        return image_grid(x if ncol else x[:64], path, ncol=ncol)
     return scatter_panels([(title, x.reshape(x.shape[0], -1))], path)

@@ -55,7 +55,7 @@ class StudentInfo:
     data_shape: tuple
     label_dim: int = 0
     sigma_end: float = DEFAULT_SIGMA_END  # the last re-noise level it was trained with (multi-step)
-    cond_kind: str = "none"  # none | labels
+    cond_kind: str = "none"  # none | labels | text
     teacher: Optional[str] = None  # the teacher spec it was distilled from ("digits", "analytic:NAME", a path)
     step: Optional[int] = None
 
@@ -98,7 +98,17 @@ class Student:
         return p.device if p is not None else torch.device("cpu")
 
     def conditioning(self, cond, n: int) -> Optional[Conditioning]:
-        """``cond`` for ``n`` samples: a Conditioning, one class index or one per sample, one-hot labels, or None."""
+        """``cond`` for ``n`` samples: a Conditioning, one class index or one per sample, one-hot labels,
+        one prompt or one per sample (text-to-image students), or None."""
+        if isinstance(cond, str) or (isinstance(cond, (list, tuple)) and cond and all(isinstance(p, str) for p in cond)):
+            if not hasattr(self.net, "encode_prompt"):
+                raise ValueError("prompts given, but the student is not a text-to-image model")
+            prompts = [cond] * n if isinstance(cond, str) else list(cond)
+            if len(prompts) != n:
+                raise ValueError(f"need one prompt or {n}, got {len(prompts)}")
+            return self.net.encode_prompt(prompts)
+        if cond is None and self.info.cond_kind == "text":
+            raise ValueError("the student is a text-to-image model: pass a prompt (or one per sample)")
         if cond is None or isinstance(cond, Conditioning):
             if cond is not None and cond.batch_size != n:
                 raise ValueError(f"conditioning for {cond.batch_size} samples, need {n}")
@@ -155,6 +165,10 @@ class Student:
         noises, c = draw(n, self.info.data_shape, seed, label_dim=self.info.label_dim,
                          cond=self.conditioning(cond, n), noises=1 + len(levels))
         return self._chain(noises[0] * s, c, [lv * e for lv, e in zip(levels, noises[1:])], batch_size)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from samples: the VAE's decoding for latent students, else ``x`` itself."""
+        return self.net.decode(x) if hasattr(self.net, "decode") else x
 
     def project(self, y: torch.Tensor, sigma: float = 0.0, steps: int = 1, seed: int = 0, cond=None,
                 schedule: str = "reapply", batch_size: int = 1024) -> torch.Tensor:
@@ -272,11 +286,11 @@ def sample(path, n: int, seed: int = 0, cond=None, which: str = "ema", device="c
                                                              sigma_end=sigma_end, batch_size=batch_size)
 
 
-def save_samples(x: torch.Tensor, png_path=None, npz_path=None) -> dict:
-    """Write a picture (image grid or 2-D scatter) and/or an .npz (key ``samples``)."""
+def save_samples(x: torch.Tensor, png_path=None, npz_path=None, ncol: Optional[int] = None) -> dict:
+    """Write a picture (image grid, ``ncol`` per row, or 2-D scatter) and/or an .npz (key ``samples``)."""
     out = {}
     if png_path:
-        out["png"] = str(save_samples_picture(x, png_path))
+        out["png"] = str(save_samples_picture(x, png_path, ncol=ncol))
     if npz_path:
         np.savez(npz_path, samples=x.detach().cpu().numpy())
         out["npz"] = str(npz_path)

@@ -218,6 +218,28 @@ def test_activation_checkpointing_same_result(tmp_path):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
 
 
+def test_fake_steps_clipping_and_weight_decay(tmp_path, monkeypatch):
+    """DMD2's recipe knobs: optim.fake_steps fake updates per iteration, gradient-norm clipping
+    (at 1e-12 Adam's first step shrinks from about lr to nearly nothing), AdamW weight decay."""
+    phases = []
+    real = Distiller._phase
+    monkeypatch.setattr(Distiller, "_phase", lambda self, kind, *a, **k: phases.append(kind) or real(self, kind, *a, **k))
+    d = Distiller(tiny_config(tmp_path / "a", steps=1, **{"optim.fake_steps": 3}), teacher=tiny_teacher(0))
+    d.train_step()
+    assert phases == ["fake", "generator", "fake", "fake"]
+    monkeypatch.setattr(Distiller, "_phase", real)
+    moved = {}
+    for clip in (0.0, 1e-12):
+        d = Distiller(tiny_config(tmp_path / f"c{clip}", steps=1, **{"optim.clip_grad": clip, "optim.lr": 1e-2}),
+                      teacher=tiny_teacher(0))
+        before = params_of(d.G)
+        d.train_step()
+        moved[clip] = max(float((a - b).abs().max()) for a, b in zip(params_of(d.G), before))
+    assert moved[0.0] > 5e-3 and moved[1e-12] < 1e-4
+    d = Distiller(tiny_config(tmp_path / "w", steps=1, **{"optim.weight_decay": 0.01}), teacher=tiny_teacher(0))
+    assert isinstance(d.opt_g, torch.optim.AdamW) and d.opt_g.param_groups[0]["weight_decay"] == 0.01
+
+
 @pytest.mark.parametrize("method", ["sim", "dmd"])
 def test_other_methods_run(tmp_path, method):
     r = run_distillation(tiny_config(tmp_path, **{"method.name": method, "steps": 3}), teacher=tiny_teacher(0))

@@ -340,6 +340,26 @@ def test_dsm_bad_sigma():
         dsm_loss(GOOD[0], GOOD[1], math.nan)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_dsm_eps_weighting(backend):
+    """``weighting="eps"`` is ``sum_i (pred - target)^2 / sigma^2`` (a VP teacher's epsilon MSE),
+    gradient included, and a sample with a non-finite sigma still contributes exactly zero."""
+    if not backend_status(backend, "cpu")[0]:
+        pytest.skip(f"backend {backend} unavailable")
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64)
+    sigma = torch.tensor([0.03, 1.0, 3.0, 150.0], dtype=torch.float64)
+    got = dsm_loss(pred, target, sigma, weighting="eps", loss_scale=2.0, backend=backend)
+    torch.testing.assert_close(got, 2 * (((pred - target) ** 2).sum((1, 2, 3)) / sigma**2).mean())
+    assert torch.autograd.gradcheck(lambda p: dsm_loss(p, target, sigma, weighting="eps", backend=backend), (pred,))
+    sigma[2] = math.inf
+    per = dsm_loss(pred, target, sigma, weighting="eps", reduction="none", backend=backend)
+    assert per[2] == 0 and torch.isfinite(per).all()
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        dsm_loss(pred, target, sigma, weighting="snr")
+
+
 def test_backend_env_override(monkeypatch):
     monkeypatch.setenv("FASTDISTILL_BACKEND", "reference")
     from fastdistill.ops import resolve_backend

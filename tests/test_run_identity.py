@@ -69,6 +69,20 @@ def test_changed_settings_need_the_flag_and_are_recorded(tmp_path):
     assert state["config_changes"] == [{"step": 4, "changes": {"optim.lr": [0.01, 0.001]}}]
 
 
+def test_settings_added_since_a_checkpoint_count_as_their_defaults(tmp_path):
+    """A checkpoint written before a setting existed resumes without the flag while the setting is
+    at its default, and is refused when it is not."""
+    _run(tmp_path)
+    latest = ckpt.latest_checkpoint(tmp_path)
+    state = json.loads((latest / ckpt.STATE_FILE).read_text())
+    del state["config"]["optim"]["fake_steps"], state["config"]["method"]["guidance_teacher"]
+    (latest / ckpt.STATE_FILE).write_text(json.dumps(state))
+    (latest / ckpt.CHECKSUMS_FILE).unlink()
+    with pytest.raises(ConfigError, match=r"changed settings \(optim.fake_steps: 1 -> 2\)"):
+        _run(tmp_path, resume="auto", steps=6, **{"optim.fake_steps": 2})
+    assert _run(tmp_path, resume="auto", steps=6).step == 6
+
+
 def test_checkpoints_without_identity_resume_with_a_warning(tmp_path, capsys):
     _run(tmp_path)
     latest = ckpt.latest_checkpoint(tmp_path)

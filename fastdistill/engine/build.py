@@ -29,7 +29,9 @@ def build_teacher(cfg, teacher=None):
         return teacher
     if t.kind == "network":
         raise ValueError("teacher.kind=network needs a Denoiser object passed to run_distillation(config, teacher=...)")
-    return load_teacher(ANALYTIC_PREFIX + t.name if t.kind == "analytic" else t.path)
+    if t.kind == "analytic":
+        return load_teacher(ANALYTIC_PREFIX + t.name)
+    return load_teacher(t.path, resolution=t.resolution or None)
 
 
 def build_data(cfg, teacher, shape, label_dim: int):

@@ -33,6 +33,7 @@ class TeacherConfig:
     kind: str = "analytic"  # analytic (exact Gaussian-mixture denoiser) | checkpoint (load_teacher(path)) | network (a Denoiser object passed in Python)
     name: str = "8gaussians"  # analytic teacher, named like its dataset: 8gaussians | 25gaussians | gaussian | ringN
     path: str = ""  # kind=checkpoint: "digits" (shipped), an EDM pickle, a fastdistill .safetensors or a diffusers folder
+    resolution: int = 0  # text-to-image pipelines: the image side in pixels, a multiple of the VAE's factor (0 = the pipeline's own)
     init: str = "auto"  # teacher: generator/fake/EMA are copies of the teacher | fit: an MLP fitted to the teacher's denoiser (needed for analytic teachers) | auto
     mlp_hidden: int = 128  # width of the fitted MLP (init=fit)
     mlp_layers: int = 3  # hidden layers of the fitted MLP
@@ -50,6 +51,9 @@ class OptimConfig:
     eps: float = 0.0  # 0 = 1e-8 (1e-6 with fp16)
     impl: str = "auto"  # auto (fused where supported, else foreach) | fused | foreach | plain
     grad_accum: int = 1  # micro-batches per step (per rank)
+    weight_decay: float = 0.0  # decoupled (AdamW) weight decay of both networks; 0 = Adam (SiD); DMD2 uses 0.01
+    clip_grad: float = 0.0  # clip each network's gradient norm to this after sanitising (DMD2: 10); 0 = off
+    fake_steps: int = 1  # fake-network updates per generator update (DMD2: 10); the extra ones fit fresh samples
 
 
 @dataclass
@@ -82,6 +86,7 @@ class DistillConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     data: str = ""  # real data for methods that use it (sign, ign): a load_dataset name or path; "" = the analytic teacher's exact samples, else (sign) a bank of teacher samples
+    prompts: str = ""  # text-to-image teachers: the training prompts, a text file (one a line), CSV or JSONL
     out_dir: str = "runs/distill"
     seed: int = 0
     batch_size: int = 256  # global batch (all ranks, all micro-batches)
@@ -187,6 +192,7 @@ class DistillConfig:
         need(t.kind != "checkpoint" or t.path, "teacher.path is required with teacher.kind=checkpoint")
         need(not (t.kind == "analytic" and t.init == "teacher"),
              "an analytic teacher has no network to copy: use teacher.init=fit (or auto)")
+        need(isinstance(t.resolution, int) and t.resolution >= 0, f"teacher.resolution must be an integer >= 0, got {t.resolution!r}")
         for k in ("mlp_hidden", "mlp_layers", "fit_batch", "fit_lr"):
             positive(f"teacher.{k}", getattr(t, k))
         positive("teacher.fit_steps", t.fit_steps, allow_zero=True)
@@ -203,6 +209,9 @@ class DistillConfig:
         positive("optim.eps", o.eps, allow_zero=True)
         choice("optim.impl", o.impl, ("auto", "fused", "foreach", "plain"))
         need(isinstance(o.grad_accum, int) and o.grad_accum >= 1, f"optim.grad_accum must be an integer >= 1, got {o.grad_accum!r}")
+        positive("optim.weight_decay", o.weight_decay, allow_zero=True)
+        positive("optim.clip_grad", o.clip_grad, allow_zero=True)
+        need(isinstance(o.fake_steps, int) and o.fake_steps >= 1, f"optim.fake_steps must be an integer >= 1, got {o.fake_steps!r}")
         positive("ema.halflife_kimg", e.halflife_kimg)
         positive("ema.rampup", e.rampup, allow_zero=True)
         choice("distributed.backend", dd.backend, ("auto", "nccl", "gloo"))
@@ -241,6 +250,7 @@ class DistillConfig:
         choice("compile_mode", self.compile_mode, COMPILE_MODES)
         need(not (self.compile and self.compile_mode == "reduce-overhead" and dev_type != "cuda"),
              "compile_mode=reduce-overhead captures CUDA graphs: it needs a CUDA device (use compile_mode=default on CPU)")
+        need(not self.prompts or Path(self.prompts).is_file(), f"prompts={self.prompts}: no such file")
         need(isinstance(self.resume, str) and self.resume != "", "resume must be auto, none or a checkpoint path")
         need(self.resume in ("auto", "none") or Path(self.resume).exists(),
              f"resume={self.resume}: no such checkpoint or run directory (use resume=auto to continue the run in "
@@ -589,7 +599,57 @@ def _imagenet64() -> DistillConfig:
     return cfg
 
 
-PRESETS = {"toy": _toy, "toy-sid": _toy_sid, "toy-sign": _toy_sign, "toy-ign": _toy_ign, "digits-sign": _digits_sign, "digits": _digits, "digits-sim": _digits_sim, "digits-dmd": _digits_dmd, "cifar10": _cifar10, "ffhq64": _ffhq64, "afhq64": _afhq64, "imagenet64": _imagenet64}
+def _sid_lsg_sd15() -> DistillConfig:
+    """SiD-LSG's recipe for Stable Diffusion 1.5 / 2.1-base (docs/algorithms.md section 9):
+    ``distill --teacher PIPELINE_DIR --prompts FILE``. SiD with alpha 1 and all four guidance
+    scales 1.5 (the paper's best FID), timesteps in [20, 980), generator input at t 625,
+    Adam betas (0, 0.999) with lr 1e-6 for both networks, loss scales 1, EMA half-life 50 kimg,
+    batch 512, fp32. Left out: the paper's 8-GPU throughput (here: whatever batch fits) and its
+    COCO evaluation during training (``fastdistill eval`` afterwards)."""
+    cfg = DistillConfig()
+    cfg.teacher = TeacherConfig(kind="checkpoint", path="", init="teacher")
+    cfg.method = method_config("sid", alpha=1.0, generator_loss_scale=1.0, fake_loss_scale=1.0, noise_levels="teacher",
+                               guidance_teacher=1.5, guidance_fake=1.5, guidance_fake_train=1.5)
+    cfg.optim.lr = 1e-6
+    cfg.optim.fake_lr = 1e-6
+    cfg.ema.halflife_kimg = 50.0
+    cfg.batch_size = 512
+    cfg.steps = 20000
+    cfg.ckpt_every = 500
+    cfg.sample_every = 500
+    cfg.eval_data = "none"
+    cfg.out_dir = "runs/sid-lsg-sd15"
+    return cfg
+
+
+def _dmd2_sd15_nogan() -> DistillConfig:
+    """DMD2's Stable Diffusion 1.5 recipe without its GAN stage (so not its published FID 8.35;
+    9.28 was reported without the GAN): teacher guidance 1.75, fake network unguided, timesteps
+    in [20, 980), generator input at t 999 (DMD2's conditioning timestep), AdamW lr 1e-5 for both
+    networks with betas (0.9, 0.999) and weight decay 0.01, gradient norms clipped at 10, 10 fake
+    updates per generator update, batch 2048 (32 on each of 64 GPUs). Left out: the GAN head on
+    real latents and the second stage at lr 5e-7."""
+    cfg = DistillConfig()
+    cfg.teacher = TeacherConfig(kind="checkpoint", path="", init="teacher")
+    cfg.method = method_config("dmd", generator_loss_scale=1.0, fake_loss_scale=1.0, noise_levels="teacher",
+                               t_init=999, guidance_teacher=1.75)
+    cfg.optim.lr = 1e-5
+    cfg.optim.fake_lr = 1e-5
+    cfg.optim.beta1, cfg.optim.beta2 = 0.9, 0.999
+    cfg.optim.weight_decay = 0.01
+    cfg.optim.clip_grad = 10.0
+    cfg.optim.fake_steps = 10
+    cfg.batch_size = 2048
+    cfg.steps = 20000
+    cfg.ckpt_every = 500
+    cfg.sample_every = 500
+    cfg.eval_data = "none"
+    cfg.out_dir = "runs/dmd2-sd15-nogan"
+    return cfg
+
+
+PRESETS = {"toy": _toy, "toy-sid": _toy_sid, "toy-sign": _toy_sign, "toy-ign": _toy_ign, "digits-sign": _digits_sign, "digits": _digits, "digits-sim": _digits_sim, "digits-dmd": _digits_dmd, "cifar10": _cifar10, "ffhq64": _ffhq64, "afhq64": _afhq64, "imagenet64": _imagenet64,
+           "sid-lsg-sd15": _sid_lsg_sd15, "dmd2-sd15-nogan": _dmd2_sd15_nogan}
 
 
 def preset_config(name: Optional[str] = "toy") -> DistillConfig:

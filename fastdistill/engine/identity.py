@@ -89,11 +89,12 @@ def identity_differences(recorded: dict, current: dict) -> dict:
             if json.dumps(recorded.get(k), sort_keys=True) != json.dumps(current.get(k), sort_keys=True)}
 
 
-def changed_settings(recorded_config: dict, current_config: dict) -> dict:
-    """``{key: (recorded, current)}`` for the settings outside the identity and the free keys."""
-    a, b = _flat(recorded_config), _flat(current_config)
+def changed_settings(recorded_config: dict, current_config: dict, defaults: Optional[dict] = None) -> dict:
+    """``{key: (recorded, current)}`` for the settings outside the identity and the free keys. A key
+    the recording lacks (a setting added since it was written) counts as its value in ``defaults``."""
+    a, b, d = _flat(recorded_config), _flat(current_config), _flat(defaults or {})
     keys = [k for k in sorted(set(a) | set(b)) if not _matches(k, FREE_KEYS) and not _matches(k, IDENTITY_KEYS)]
-    return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
+    return {k: (a.get(k, d.get(k)), b.get(k)) for k in keys if a.get(k, d.get(k)) != b.get(k)}
 
 
 def describe(diffs: dict) -> str:

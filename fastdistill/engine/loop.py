@@ -1,7 +1,8 @@
 """The training loop: one loop for every method and every Denoiser teacher.
 
 One iteration = one fake-score (DSM) update, then one generator update, each on a fresh
-``z`` (docs/algorithms.md section 1), then the generator EMA. With ``method.reuse_samples``
+``z`` (docs/algorithms.md section 1), then ``optim.fake_steps - 1`` further fake updates
+(DMD2's update ratio), then the generator EMA. With ``method.reuse_samples``
 (DMD's default, DMD2's recipe) the generator update comes first and the fake update fits its
 samples. Entry point: :func:`run_distillation`.
 """
@@ -23,7 +24,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..conditioning import ConditioningBank
+from ..data.prompts import read_prompts
 from ..methods import ConfigError, MethodContext, get_method
+from ..methods.base import teacher_timestep_sigmas
 from ..plotting import image_grid, scatter_panels
 from ..sampling import DEFAULT_SIGMA_END, data_shape_of, draw
 from . import checkpoint as ckpt
@@ -180,12 +184,13 @@ class Distiller:
         random.seed(seed)
 
     def _build_networks(self, teacher, init_network) -> None:
-        """The frozen teacher, then the generator, fake network and EMA, which start from the
-        teacher's weights, from ``init_network``, or from an MLP fitted to the teacher."""
+        """The frozen teacher (and its training prompts), then the generator, fake network and EMA,
+        which start from the teacher's weights, from ``init_network``, or from an MLP fitted to it."""
         cfg = self.cfg
         self.teacher = build_teacher(cfg, teacher)
         if isinstance(self.teacher, torch.nn.Module):
             self.teacher = self.teacher.to(self.device).eval().requires_grad_(False)
+        self._build_conditions()
         self.shape = data_shape_of(self.teacher)
         self.label_dim = int(getattr(self.teacher, "label_dim", 0) or 0)
         self.sigma_data = float(getattr(self.teacher, "sigma_data", 0.5))
@@ -220,13 +225,33 @@ class Distiller:
                 if isinstance(net, torch.nn.Module):
                     net.to(memory_format=torch.channels_last)
 
+    def _build_conditions(self) -> None:
+        """A text-to-image teacher's training prompts (``prompts``), encoded once: the bank the
+        training batches (and the pictures, in order) draw their conditions from."""
+        cfg = self.cfg
+        self.conditions = None
+        text = hasattr(self.teacher, "encode_prompt")
+        if not text:
+            if cfg.prompts:
+                raise ConfigError(f"prompts={cfg.prompts} given, but the teacher is not a text-to-image pipeline")
+            return
+        if not cfg.prompts:
+            raise ConfigError("a text-to-image teacher needs training prompts: prompts=FILE (one prompt a line, "
+                              "or CSV / JSONL with a prompt column)")
+        if cfg.method.name in ("sign", "ign"):
+            raise ConfigError(f"method.name={cfg.method.name} is for pixel teachers; text-to-image teachers take "
+                              f"sid, sim or dmd")
+        self.conditions = ConditioningBank(self.teacher.encode_prompt(read_prompts(cfg.prompts)))
+
     def _build_method(self) -> None:
         cfg = self.cfg
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         dev_type = self.device.type
         autocast = (lambda: torch.autocast(dev_type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         self.method = get_method(cfg.method.name, cfg.method, backend=cfg.method.backend,
-                                 sigma_data=self.sigma_data, autocast=autocast)
+                                 sigma_data=self.sigma_data, autocast=autocast,
+                                 timestep_sigmas=teacher_timestep_sigmas(cfg.method, self.teacher),
+                                 conditions=self.conditions)
         self.scaler = torch.amp.GradScaler(dev_type) if cfg.precision == "fp16" else None
 
     def _build_callables(self) -> None:
@@ -254,8 +279,9 @@ class Distiller:
     def _build_optimizers(self) -> None:
         cfg, o = self.cfg, self.cfg.optim
         eps = o.eps or (1e-6 if cfg.precision == "fp16" else 1e-8)
-        self.opt_g = make_adam(self.G.parameters(), o.lr, (o.beta1, o.beta2), eps, o.impl, self.device)
-        self.opt_f = make_adam(self.fake.parameters(), o.fake_lr or o.lr, (o.beta1, o.beta2), eps, o.impl, self.device)
+        self.opt_g = make_adam(self.G.parameters(), o.lr, (o.beta1, o.beta2), eps, o.impl, self.device, o.weight_decay)
+        self.opt_f = make_adam(self.fake.parameters(), o.fake_lr or o.lr, (o.beta1, o.beta2), eps, o.impl, self.device,
+                               o.weight_decay)
         # noise generators (per rank, or shared for rng=global); real-data batches have their own CPU stream
         noise_seed = cfg.seed * 7919 + 17 + (0 if cfg.distributed.rng == "global" else 104729 * self.rank)
         self.gen = torch.Generator(device=self.device).manual_seed(noise_seed)
@@ -327,10 +353,11 @@ class Distiller:
         """What a trained student is, for ``fastdistill.student`` (checkpoints and exports carry it)."""
         t = self.cfg.teacher
         teacher = {"analytic": f"analytic:{t.name}", "checkpoint": t.path}.get(t.kind)
-        return dict(method=self.cfg.method.name, sigma_init=float(self.cfg.method.sigma_init),
+        kind = "text" if self.conditions is not None else "labels" if self.label_dim else "none"
+        return dict(method=self.cfg.method.name, sigma_init=self.method.sigma_init,
                     sigma_end=float(getattr(self.cfg.method, "sign_sigma_end", DEFAULT_SIGMA_END)),
                     data_shape=list(self.shape), label_dim=self.label_dim,
-                    cond_kind="labels" if self.label_dim else "none", teacher=teacher, step=self.step)
+                    cond_kind=kind, teacher=teacher, step=self.step)
 
     def _check_identity(self, path: Path, state: dict) -> None:
         """Resume only the same run: refuse another identity, and changed settings unless allowed."""
@@ -344,7 +371,8 @@ class Distiller:
             if diffs:
                 raise ConfigError(f"{path.parent.parent} holds a different run ({describe(diffs)}): start this one in "
                                   f"another out_dir, or resume with that run's settings")
-        changed = changed_settings(state.get("config", {}), self.cfg.to_dict())
+        defaults = DistillConfig().with_overrides([f"method.name={self.cfg.method.name}"]).to_dict()
+        changed = changed_settings(state.get("config", {}), self.cfg.to_dict(), defaults)
         self.config_changes = list(state.get("config_changes", []))
         if changed:
             if not self.cfg.allow_config_change:
@@ -439,6 +467,8 @@ class Distiller:
             if self.scaler is not None:
                 self.scaler.unscale_(opt)
             sanitize_grads(params)
+            if self.cfg.optim.clip_grad:
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad)
             if self.scaler is not None:
                 self.scaler.step(opt)
                 self.scaler.update()
@@ -462,6 +492,10 @@ class Distiller:
                 loss_f, nan_f, ok_f, _ = self._phase("fake")
             with self.nvtx("generator_step"):
                 loss_g, nan_g, ok_g, _ = self._phase("generator")
+        for _ in range(self.cfg.optim.fake_steps - 1 if self.method.uses_fake else 0):  # DMD2's extra fake updates
+            with self.nvtx("fake_step"):
+                loss_f, nan_more, ok_more, _ = self._phase("fake")
+            nan_f, ok_f = nan_f + nan_more, ok_f and ok_more
         with self.nvtx("ema"):
             beta = ema_beta(self.cfg.batch_size, self.images_seen, self.cfg.ema.halflife_kimg, self.cfg.ema.rampup)
             self.ema.update(beta)
@@ -491,7 +525,8 @@ class Distiller:
         """``n`` one-step samples of ``net`` (default: the EMA) from :func:`fastdistill.sampling.draw`,
         the draw ``fastdistill sample`` and ``eval`` use too, on the CPU."""
         net = net if net is not None else self.ema.module
-        (z,), cond = draw(n, self.shape, seed, label_dim=self.label_dim)
+        prompts = None if self.conditions is None else self.conditions.cond[torch.arange(n) % len(self.conditions)]
+        (z,), cond = draw(n, self.shape, seed, label_dim=self.label_dim, cond=prompts)
         was = net.training
         net.eval()
         out = []
@@ -518,6 +553,10 @@ class Distiller:
             print(f"fastdistill: pictures skipped: {exc}")
 
     def save_picture(self, path: Path) -> Path:
+        """A grid of one-step samples (decoded by the VAE for latent teachers; for text teachers
+        the first training prompts in turn), or for vector data a scatter beside data and teacher."""
+        if hasattr(self.teacher, "decode"):
+            return image_grid(self.teacher.decode(self.student_samples(16, seed=9_000_004)), path)
         if len(self.shape) == 3:
             return image_grid(self.student_samples(64, seed=9_000_004), path)
         x = self.student_samples(min(self.cfg.eval_samples, 2000), seed=9_000_004)

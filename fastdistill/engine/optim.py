@@ -1,20 +1,24 @@
-"""Adam as SiD uses it (betas (0, 0.999), constant lr, no weight decay), fused or foreach."""
+"""Adam as SiD uses it (betas (0, 0.999), constant lr, no weight decay), or AdamW with decoupled
+weight decay (DMD2's), fused or foreach; gradient sanitising and clipping."""
 from __future__ import annotations
 
 import torch
 
 
-def make_adam(params, lr: float, betas, eps: float, impl: str, device: torch.device) -> torch.optim.Adam:
-    """``impl``: fused (one kernel; CUDA and recent CPU builds), foreach (multi-tensor), plain, or auto."""
+def make_adam(params, lr: float, betas, eps: float, impl: str, device: torch.device,
+              weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam, or AdamW when ``weight_decay`` > 0. ``impl``: fused (one kernel; CUDA and recent CPU
+    builds), foreach (multi-tensor), plain, or auto."""
     params = [p for p in params if p.requires_grad]
-    kw = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=0.0)
+    cls = torch.optim.AdamW if weight_decay > 0 else torch.optim.Adam
+    kw = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=float(weight_decay))
     if impl == "auto":
         impl = "fused" if _fused_supported(device) else "foreach"
     if impl == "fused":
-        return torch.optim.Adam(params, fused=True, **kw)
+        return cls(params, fused=True, **kw)
     if impl == "foreach":
-        return torch.optim.Adam(params, foreach=True, **kw)
-    return torch.optim.Adam(params, foreach=False, **kw)
+        return cls(params, foreach=True, **kw)
+    return cls(params, foreach=False, **kw)
 
 
 def _fused_supported(device: torch.device) -> bool:

@@ -174,6 +174,7 @@ def dsm_loss(
     sigma: Union[torch.Tensor, float],
     *,
     sigma_data: float = 0.5,
+    weighting: str = "edm",
     reduction: str = "batchmean",
     loss_scale: float = 1.0,
     backend: str = "auto",
@@ -181,8 +182,13 @@ def dsm_loss(
     """Fake-score denoising loss ``lambda(sigma) sum_i (pred - target)^2`` (docs/algorithms.md section 1).
 
     sigma: a number, or a tensor with one value per sample ((B,) or (B, 1, ..., 1)).
+    weighting: ``"edm"``, ``lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2``; or
+    ``"eps"``, ``lambda = 1 / sigma^2``: a VP teacher's own objective (section 9), since
+    ``|eps_hat - eps|^2`` and the SNR/(SNR+1)-weighted ``|v_hat - v|^2`` both equal
+    ``|D - x0|^2 / sigma^2`` (the fused op's EDM weight times a detached per-sample factor).
     """
     _check_tensors(("pred", "target"), (pred, target))
+    _check_choice("weighting", weighting, ("edm", "eps"))
     sigma_data = _check_finite("sigma_data", sigma_data)
     if sigma_data <= 0:
         raise ValueError(f"sigma_data must be positive, got {sigma_data}")
@@ -195,4 +201,7 @@ def dsm_loss(
         sigma = torch.full((batch,), _check_finite("sigma", sigma), dtype=acc, device=pred.device)
     scale = _scale(reduction, loss_scale, batch)
     op = registry.resolve_backend(backend, pred.device.type).dsm
-    return _reduce(op(pred, target, sigma, sigma_data, scale), reduction)
+    if weighting == "edm":
+        return _reduce(op(pred, target, sigma, sigma_data, scale), reduction)
+    factor = torch.nan_to_num(sigma_data**2 / (sigma**2 + sigma_data**2), nan=0.0)  # 1/sigma^2 over the EDM weight
+    return _reduce(op(pred, target, sigma, sigma_data, 1.0) * (factor * scale).to(pred.dtype), reduction)

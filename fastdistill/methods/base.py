@@ -21,17 +21,20 @@ network, noise) -- real data, the generator's EMA, the raw generator module -- d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass, fields
 from typing import Callable, ClassVar, Optional
 
 import torch
 
-from ..conditioning import Conditioning
+from ..conditioning import Conditioning, ConditioningBank
 from ..losses import dsm_loss
 from ..ops.reference import nonfinite_sample_mask
+from ..teachers.base import guided
 
 BACKENDS = ("auto", "reference", "cpp", "triton", "cuda")
+NOISE_LEVELS = ("auto", "edm", "teacher")
 
 
 class ConfigError(ValueError):
@@ -69,15 +72,55 @@ class MethodConfig:
     generator_loss_scale: float = 100.0  # multiplies the generator loss
     fake_loss_scale: float = 1.0  # multiplies the fake network's DSM loss
     backend: str = "auto"  # loss backend: auto | reference | cpp | triton | cuda
+    noise_levels: str = "auto"  # auto (teacher for latent pipeline teachers, else edm) | edm (the schedules above) | teacher (timesteps of the teacher's own discrete schedule, docs/algorithms.md section 9)
+    t_lo: int = 20  # noise_levels=teacher: both steps draw timesteps uniformly from [t_lo, t_hi)
+    t_hi: int = 980
+    t_init: int = 625  # noise_levels=teacher: the generator's input timestep (sigma_init = sigma_t of it; 2.50 for SD)
+    guidance_teacher: float = 1.0  # classifier-free guidance of the teacher in the generator loss (SiD-LSG kappa4; DMD2's guidance scale); 1 = none
+    guidance_fake: float = 1.0  # guidance of the fake network in the generator loss (SiD-LSG kappa2 = kappa3)
+    guidance_fake_train: float = 1.0  # guidance of the fake network in its own DSM step (SiD-LSG kappa1)
+    uncond_fraction: float = 0.1  # share of the fake step's conditions replaced by the unconditional one when guidance_fake or guidance_fake_train is not 1 (SiD-LSG: 10%)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on an out-of-range value (subclasses add their own checks)."""
         check_choice("method.backend", self.backend, BACKENDS)
+        check_choice("method.noise_levels", self.noise_levels, NOISE_LEVELS)
+        for k in ("t_lo", "t_hi", "t_init"):
+            v = getattr(self, k)
+            check(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"method.{k} must be an integer >= 0, got {v!r}")
+        check(self.t_lo < self.t_hi, f"method.t_lo ({self.t_lo}) must be below method.t_hi ({self.t_hi})")
+        for k in ("guidance_teacher", "guidance_fake", "guidance_fake_train"):
+            v = getattr(self, k)
+            check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+                  f"method.{k} must be a finite number, got {v!r}")
+        check(isinstance(self.uncond_fraction, (int, float)) and 0 <= self.uncond_fraction < 1,
+              f"method.uncond_fraction must be in [0, 1), got {self.uncond_fraction!r}")
         for k in ("sigma_init", "sigma_min", "sigma_max", "rho", "fake_p_std", "generator_loss_scale", "fake_loss_scale"):
             check_positive(f"method.{k}", getattr(self, k))
         check(0 < self.t_max <= 1000, f"method.t_max must be in (0, 1000], got {self.t_max!r}")
         check(self.sigma_min < self.sigma_max, f"method.sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
         check(math.isfinite(self.fake_p_mean), "method.fake_p_mean must be finite")
+
+
+def teacher_timestep_sigmas(cfg: MethodConfig, teacher) -> Optional[torch.Tensor]:
+    """The teacher's per-timestep ``sigma_t`` (float32, (T,)) when the method draws its noise levels
+    from them (``method.noise_levels``; ``auto``: for latent pipeline teachers), else None."""
+    mode = cfg.noise_levels
+    if mode == "auto":
+        mode = "teacher" if getattr(teacher, "latent", False) else "edm"
+    if mode == "edm":
+        return None
+    sig = getattr(teacher, "sigmas", None)
+    check(torch.is_tensor(sig) and sig.ndim == 1,
+          "method.noise_levels=teacher needs a teacher with a discrete timestep schedule (a diffusers teacher); "
+          "this one has none: use method.noise_levels=edm")
+    T = sig.numel()
+    check(cfg.t_hi <= T and cfg.t_init < T,
+          f"method.t_hi ({cfg.t_hi}) and method.t_init ({cfg.t_init}) must lie in the teacher's {T} timesteps")
+    sig = sig.float().cpu()
+    check(bool(torch.isfinite(sig[cfg.t_lo:cfg.t_hi]).all()) and bool(torch.isfinite(sig[cfg.t_init])),
+          f"the teacher's schedule has non-finite noise levels in [{cfg.t_lo}, {cfg.t_hi}) or at t_init {cfg.t_init}")
+    return sig
 
 
 _REGISTRY: dict[str, type["DistillMethod"]] = {}
@@ -150,6 +193,7 @@ class FakeNoise:
     sigma: torch.Tensor
     noise: torch.Tensor
     cond: Optional[Conditioning]
+    drop: Optional[torch.Tensor]  # (B,) bool or None: samples whose condition is replaced by the unconditional one
 
 
 @dataclass
@@ -192,14 +236,28 @@ class DistillMethod:
     config_class: ClassVar[type] = MethodConfig
 
     def __init__(self, cfg: MethodConfig, backend: str = "auto", *, sigma_data: float = 0.5,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 timestep_sigmas: Optional[torch.Tensor] = None, conditions: Optional[ConditioningBank] = None):
         """``sigma_data``: the teacher's data standard deviation (DSM weighting); ``autocast``: a
-        zero-argument callable giving the mixed-precision context of the network forwards."""
+        zero-argument callable giving the mixed-precision context of the network forwards;
+        ``timestep_sigmas``: the teacher's per-timestep noise levels (:func:`teacher_timestep_sigmas`)
+        when both steps draw from them; ``conditions``: the bank training conditions are drawn
+        from (e.g. prompt embeddings), else uniform class labels."""
         self.cfg = cfg
         self.backend = backend
         self.sigma_data = float(sigma_data)
         self.autocast = autocast
+        self.timestep_sigmas = timestep_sigmas
+        self.conditions = conditions
         self.ctx: Optional[MethodContext] = None
+
+    @property
+    def sigma_init(self) -> float:
+        """The generator's input noise level: ``sigma_t`` at ``t_init`` on the teacher's schedule,
+        else ``method.sigma_init``."""
+        if self.timestep_sigmas is not None:
+            return float(self.timestep_sigmas[self.cfg.t_init])
+        return float(self.cfg.sigma_init)
 
     def bind(self, ctx: MethodContext) -> None:
         """Receive the loop's context (called once, before the first step, when ``needs`` is set)."""
@@ -216,7 +274,10 @@ class DistillMethod:
 
     # ----------------------------------------------------------------------- noise drawing
     def _cond(self, n: int, label_dim: int, gen: torch.Generator, device) -> Optional[Conditioning]:
-        """Uniformly random class labels for a training batch (None for an unconditional teacher)."""
+        """A training batch's conditions: drawn from the bank, else uniformly random class labels
+        (None for an unconditional teacher)."""
+        if self.conditions is not None:
+            return self.conditions.draw(n, gen, device)
         if label_dim <= 0:
             return None
         idx = torch.randint(0, label_dim, (n,), generator=gen, device=device)
@@ -226,8 +287,11 @@ class DistillMethod:
         c = self.cfg
         z = torch.randn((n, *shape), generator=gen, device=device)
         cond = self._cond(n, label_dim, gen, device)
-        u = torch.rand((n,), generator=gen, device=device) * (c.t_max / 1000.0)
-        sigma = karras_sigma(u, c.sigma_min, c.sigma_max, c.rho)
+        if self.timestep_sigmas is not None:
+            sigma = self._teacher_levels(n, gen, device)
+        else:
+            u = torch.rand((n,), generator=gen, device=device) * (c.t_max / 1000.0)
+            sigma = karras_sigma(u, c.sigma_min, c.sigma_max, c.rho)
         eps = torch.randn((n, *shape), generator=gen, device=device)
         return GeneratorNoise(z, sigma, eps, cond)
 
@@ -235,23 +299,34 @@ class DistillMethod:
         c = self.cfg
         z = torch.randn((n, *shape), generator=gen, device=device)
         cond = self._cond(n, label_dim, gen, device)
-        sigma = (torch.randn((n,), generator=gen, device=device) * c.fake_p_std + c.fake_p_mean).exp()
+        if self.timestep_sigmas is not None:
+            sigma = self._teacher_levels(n, gen, device)
+        else:
+            sigma = (torch.randn((n,), generator=gen, device=device) * c.fake_p_std + c.fake_p_mean).exp()
         noise = torch.randn((n, *shape), generator=gen, device=device)
-        return FakeNoise(z, sigma, noise, cond)
+        drop = None
+        if cond is not None and c.uncond_fraction > 0 and (c.guidance_fake != 1 or c.guidance_fake_train != 1):
+            drop = torch.rand((n,), generator=gen, device=device) < c.uncond_fraction
+        return FakeNoise(z, sigma, noise, cond, drop)
+
+    def _teacher_levels(self, n: int, gen: torch.Generator, device) -> torch.Tensor:
+        t = torch.randint(self.cfg.t_lo, self.cfg.t_hi, (n,), generator=gen, device=device)
+        return self.timestep_sigmas.to(device)[t]
 
     # --------------------------------------------------------------------- shared pieces
     def generate(self, G, z: torch.Tensor, cond: Optional[Conditioning] = None) -> torch.Tensor:
         """One-step generation ``D_theta(sigma_init z; sigma_init, c)`` in float32."""
-        s = self.cfg.sigma_init
+        s = self.sigma_init
         sigma = torch.full((z.shape[0],), s, dtype=torch.float32, device=z.device)
         with self.autocast():
             x = G(z * s, sigma, cond)
         return x.float()
 
     def _scores(self, teacher, fake, x_t, sigma, cond):
+        c = self.cfg
         with self.autocast():
-            y_real = teacher(x_t, sigma, cond)
-            y_fake = fake(x_t, sigma, cond)
+            y_real = guided(teacher, x_t, sigma, cond, c.guidance_teacher)
+            y_fake = guided(fake, x_t, sigma, cond, c.guidance_fake)
         return y_real.float(), y_fake.float()
 
     def scores_at_noised(self, teacher, fake, x_g: torch.Tensor, noise: "GeneratorNoise"):
@@ -294,7 +369,11 @@ class DistillMethod:
 
     def fake_loss(self, G, fake, noise: FakeNoise, samples: Optional[torch.Tensor] = None):
         """DSM loss of the fake network on detached generator samples: ``samples`` when given (the
-        generator step's, drawn with ``noise.cond``), else fresh ones. Returns ``(loss, nan_samples)``."""
+        generator step's, drawn with ``noise.cond``), else fresh ones. The conditions ``noise.drop``
+        marks are unconditional throughout (fresh samples too). With the teacher's noise levels the
+        loss is the teacher's own objective (epsilon / weighted v MSE). Returns ``(loss, nan_samples)``."""
+        if noise.drop is not None:
+            noise = dataclasses.replace(noise, cond=noise.cond.unconditional_where(noise.drop), drop=None)
         if samples is not None:
             x_g = samples
         else:
@@ -302,9 +381,10 @@ class DistillMethod:
                 x_g = self.fake_samples(G, noise)
         x_n = x_g + _bcast(noise.sigma, x_g) * noise.noise
         with self.autocast():
-            pred = fake(x_n, noise.sigma, noise.cond)
+            pred = guided(fake, x_n, noise.sigma, noise.cond, self.cfg.guidance_fake_train)
         loss = dsm_loss(
             pred.float(), x_g, noise.sigma, sigma_data=self.sigma_data,
+            weighting="eps" if self.timestep_sigmas is not None else "edm",
             loss_scale=self.cfg.fake_loss_scale, backend=self.backend,
         )
         with torch.no_grad():

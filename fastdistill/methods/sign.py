@@ -247,7 +247,7 @@ class SIGN(IdempotentMethod, DistillMethod):
     def draw_fake_noise(self, n, shape, label_dim, gen, device) -> SIGNFakeNoise:
         base = super().draw_fake_noise(n, shape, label_dim, gen, device)
         pos, ch_eps = self._draw_chain(n, shape, gen, device)
-        return SIGNFakeNoise(base.z, base.sigma, base.noise, base.cond, pos, ch_eps)
+        return SIGNFakeNoise(base.z, base.sigma, base.noise, base.cond, base.drop, pos, ch_eps)
 
     def fake_samples(self, G, noise: SIGNFakeNoise) -> torch.Tensor:
         """The outputs of all applications of the sampler, as L_dist sees them (so the fake score tracks them)."""

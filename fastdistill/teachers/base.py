@@ -13,7 +13,7 @@ import torch
 
 from ..conditioning import Conditioning
 
-__all__ = ["Denoiser", "score_from_denoiser"]
+__all__ = ["Denoiser", "score_from_denoiser", "guided"]
 
 
 @runtime_checkable
@@ -44,3 +44,15 @@ def score_from_denoiser(denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Te
     """Score of the noised density, ``(D(x) - x) / sigma^2``, with sigma broadcast per sample."""
     sigma = sigma.reshape(-1, *([1] * (x.ndim - 1)))
     return (denoised - x) / sigma**2
+
+
+def guided(denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[Conditioning], scale: float) -> torch.Tensor:
+    """Classifier-free guidance on the denoiser, ``D(x, u) + scale (D(x, c) - D(x, u))`` with ``u``
+    the conditioning's unconditional input, in one pass over the doubled batch (as pipelines do).
+    ``scale = 1`` (or no conditioning) is the plain denoiser. The x0, eps, v and flow outputs are
+    affine in each other at fixed ``(x, sigma)``, so this equals guidance on any of them."""
+    if scale == 1 or cond is None:
+        return denoiser(x, sigma, cond)
+    both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), Conditioning.cat([cond.unconditional(), cond]))
+    d_u, d_c = both.chunk(2)
+    return d_u + scale * (d_c - d_u)

@@ -134,8 +134,21 @@ class DiffusersDenoiser(nn.Module):
                                                       device=s.device)
 
     # -- forward -------------------------------------------------------------------------
+    def network_inputs(self, cond, batch: int, device, dtype) -> dict:
+        """The keyword inputs of the network call besides ``(x_vp, t)``: class indices (argmax of
+        the one-hot labels) for a class-conditional UNet; subclasses read text conditioning."""
+        class_labels = labels_of(cond)
+        if self.label_dim:
+            if class_labels is None:
+                raise ValueError(f"this teacher is class-conditional (label_dim {self.label_dim}); pass class_labels")
+            return {"class_labels": class_labels.reshape(batch, -1).argmax(1).to(device)}
+        if class_labels is not None:
+            raise ValueError("class_labels given but the teacher is unconditional (label_dim 0)")
+        return {}
+
     def forward(self, x: torch.Tensor, sigma, cond=None, *, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        class_labels = labels_of(cond, class_labels)
+        if class_labels is not None:
+            cond = labels_of(cond, class_labels)
         if x.ndim != 4 or x.shape[1] != self.img_channels:
             raise ValueError(f"x must be (B, {self.img_channels}, H, W), got {tuple(x.shape)}")
         B = x.shape[0]
@@ -148,18 +161,11 @@ class DiffusersDenoiser(nn.Module):
         t = self.timestep_for(s).to(x.device)
         if self.timestep_mode == "interpolate":
             t = t.to(torch.float32)
-        labels = None
-        if self.label_dim:
-            if class_labels is None:
-                raise ValueError(f"this teacher is class-conditional (label_dim {self.label_dim}); pass class_labels")
-            labels = class_labels.reshape(B, -1).argmax(1).to(x.device)
-        elif class_labels is not None:
-            raise ValueError("class_labels given but the teacher is unconditional (label_dim 0)")
         s4 = s.reshape(B, 1, 1, 1)
         scale = (1.0 + s4**2).rsqrt()
         x_vp = x * scale
         dtype = next(self.unet.parameters()).dtype if any(True for _ in self.unet.parameters()) else torch.float32
-        out = self.unet(x_vp.to(dtype), t, class_labels=labels) if labels is not None else self.unet(x_vp.to(dtype), t)
+        out = self.unet(x_vp.to(dtype), t, **self.network_inputs(cond, B, x.device, dtype))
         out = getattr(out, "sample", out)
         if isinstance(out, (tuple, list)):
             out = out[0]

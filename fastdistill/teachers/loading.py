@@ -11,7 +11,9 @@
   ``network_kwargs``), see :mod:`.checkpoint`;
 - a directory with ``fastdistill_teacher.json``: fastdistill's directory format;
 - a directory that looks like a diffusers model/pipeline (``model_index.json``,
-  ``config.json``, ``unet/``): :func:`fastdistill.teachers.diffusers_adapter.load_diffusers_teacher`.
+  ``config.json``, ``unet/``): a text-to-image pipeline by
+  :func:`fastdistill.teachers.pipelines.load_pipeline_teacher`, a ``UNet2DModel`` by
+  :func:`fastdistill.teachers.diffusers_adapter.load_diffusers_teacher`.
 
 The result is an ``nn.Module`` satisfying the Denoiser protocol, in eval mode with
 ``requires_grad=False`` (a frozen teacher; copy it and re-enable gradients for a generator).
@@ -84,22 +86,30 @@ def sniff_format(path: "str | os.PathLike") -> str:
         f"safetensors teachers (.safetensors), fastdistill or diffusers directories")
 
 
-def _load_diffusers(path: str, device) -> nn.Module:
+def _load_diffusers(path: str, device, resolution) -> nn.Module:
     """Through the adapter module as installed (it imports diffusers only when a model is loaded)."""
     try:
         adapter = importlib.import_module("fastdistill.teachers.diffusers_adapter")
     except ImportError as e:
         raise CheckpointError(f"{path}: looks like a diffusers model, but the diffusers adapter "
                               f"(fastdistill.teachers.diffusers_adapter) is not available") from e
+    pipelines = importlib.import_module("fastdistill.teachers.pipelines")
+    if pipelines.is_pipeline_folder(path):
+        return pipelines.load_pipeline_teacher(path, device=device, resolution=resolution)
+    if resolution is not None:
+        raise ValueError(f"{path}: a resolution is chosen only for text-to-image pipelines")
     return adapter.load_diffusers_teacher(path).to(device).eval().requires_grad_(False)
 
 
 ANALYTIC_PREFIX = "analytic:"
 
 
-def load_teacher(spec: "str | os.PathLike", device="cpu") -> nn.Module:
-    """The teacher denoiser ``spec`` names (see the module docstring for what is accepted)."""
+def load_teacher(spec: "str | os.PathLike", device="cpu", resolution: "int | None" = None) -> nn.Module:
+    """The teacher denoiser ``spec`` names (see the module docstring for what is accepted).
+    ``resolution``: the image side in pixels of a text-to-image pipeline (default: its own)."""
     path = os.fspath(spec)
+    if resolution is not None and not os.path.isdir(path):
+        raise ValueError(f"teacher {path!r}: a resolution is chosen only for text-to-image pipeline folders")
     if path.startswith(ANALYTIC_PREFIX):
         return analytic_teacher(path[len(ANALYTIC_PREFIX):]).to(device)
     if path == "digits" and not os.path.exists(path):
@@ -114,4 +124,4 @@ def load_teacher(spec: "str | os.PathLike", device="cpu") -> nn.Module:
         return load_safetensors_teacher(path, device=device)
     if kind == "fastdistill_dir":
         return load_teacher_checkpoint(path, device=device)
-    return _load_diffusers(path, device)
+    return _load_diffusers(path, device, resolution)

@@ -1,0 +1,258 @@
+"""Text-to-image pipeline teachers (docs/algorithms.md section 9) against diffusers' own code.
+
+Tiny random Stable Diffusion pipelines are built in code and saved with ``save_pretrained``
+(tests/tiny_pipelines.py), then loaded through the folder path a user takes.
+"""
+import copy
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from tests.tiny_pipelines import make_sd_pipeline  # noqa: E402
+
+from fastdistill.conditioning import Conditioning  # noqa: E402
+from fastdistill.engine import DistillConfig  # noqa: E402
+from fastdistill.engine.loop import Distiller  # noqa: E402
+from fastdistill.ops import reference as ref  # noqa: E402
+from fastdistill.teachers import guided, load_teacher  # noqa: E402
+
+PROMPTS = ["a photo of a cat", "the digit seven", "a dog", "a handwritten three"]
+
+
+@pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
+def sd_folder(request, tmp_path_factory):
+    return make_sd_pipeline(tmp_path_factory.mktemp(request.param) / "pipe", prediction_type=request.param)
+
+
+@pytest.fixture(scope="module")
+def sd_eps_folder(tmp_path_factory):
+    return make_sd_pipeline(tmp_path_factory.mktemp("eps") / "pipe")
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+def _pipeline(folder):
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True, safety_checker=None,
+                                             requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _ddim_step_with(teacher, D, x_vp, t, t_prev):
+    """One DDIM (eta 0) step written in the VE form with a denoiser: ``x' = D + sigma' (x - D) / sigma``."""
+    s, s_prev = teacher.sigmas[t].float(), teacher.sigmas[t_prev].float() if t_prev >= 0 else None
+    x = x_vp * (1 + s**2).sqrt()
+    d = D(x, s.expand(x.shape[0]))
+    if s_prev is None:  # the last step lands on the final alpha (alphas_cumprod[0] without set_alpha_to_one)
+        s_prev = teacher.sigmas[0].float()
+    return (d + s_prev * (x - d) / s) / (1 + s_prev**2).sqrt()
+
+
+@pytest.mark.parametrize("t_index", [0, 3])
+def test_denoiser_ddim_step_equals_the_scheduler(sd_folder, t_index):
+    """One DDIM step of the pipeline's own scheduler on the UNet's output equals the same step
+    taken with the adapter's D, for epsilon and v prediction."""
+    pipe = _pipeline(sd_folder)
+    teacher = load_teacher(str(sd_folder))
+    sched = pipe.scheduler
+    sched.set_timesteps(5)
+    t = int(sched.timesteps[t_index])
+    t_prev = t - sched.config.num_train_timesteps // 5
+    cond = teacher.encode_prompt(PROMPTS[:2])
+    x_vp = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = pipe.unet(x_vp, t, encoder_hidden_states=cond.embeds).sample
+        want = sched.step(out, t, x_vp).prev_sample
+        got = _ddim_step_with(teacher, lambda x, s: teacher(x, s, cond), x_vp, t, t_prev)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_guided_denoiser_equals_the_pipeline_call(sd_folder):
+    """The guided D's DDIM step equals the pipeline's own one-step call at guidance 3 (its
+    empty-prompt negative, its doubled batch and its guidance combination)."""
+    pipe = _pipeline(sd_folder)
+    teacher = load_teacher(str(sd_folder))
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = pipe(PROMPTS[:2], num_inference_steps=1, guidance_scale=3.0, latents=latents.clone(),
+                    output_type="latent").images
+        t = int(pipe.scheduler.timesteps[0])
+        cond = teacher.encode_prompt(PROMPTS[:2])
+        got = _ddim_step_with(teacher, lambda x, s: guided(teacher, x, s, cond, 3.0), latents, t, -1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_prompt_encoding_and_decoding(sd_folder):
+    teacher = load_teacher(str(sd_folder))
+    cond = teacher.encode_prompt(PROMPTS)
+    assert isinstance(cond, Conditioning) and cond.kind == "text" and cond.batch_size == 4
+    assert cond.null is not None and cond.null.embeds.shape[1:] == cond.embeds.shape[1:]
+    torch.testing.assert_close(cond.unconditional().embeds[0], teacher.encode_prompt([""]).embeds[0])
+    with pytest.warns(UserWarning, match="truncated"):
+        teacher.encode_prompt(["a " * 40])
+    images = teacher.decode(torch.randn(3, 4, 8, 8))
+    assert images.shape == (3, 3, teacher.resolution, teacher.resolution) and images.abs().max() <= 1
+    with pytest.raises(ValueError, match="text conditioning"):
+        teacher(torch.randn(1, 4, 8, 8), torch.ones(1))
+
+
+def test_copies_share_the_frozen_pipeline_parts(sd_folder):
+    teacher = load_teacher(str(sd_folder))
+    g = copy.deepcopy(teacher)
+    assert g.parts is teacher.parts and g.unet is not teacher.unet
+    assert set(g.state_dict()) == set(teacher.state_dict()) and all(k.startswith("unet.") for k in g.state_dict())
+
+
+# ---------------------------------------------------------------------- one distillation step by hand
+def _x0(unet, x_vp, t, cond_embeds, abar, pred_type):
+    """The pipeline's x0 from its raw UNet output (pred_original_sample, written out)."""
+    out = unet(x_vp, t, encoder_hidden_states=cond_embeds).sample
+    a = abar[t].reshape(-1, 1, 1, 1).float()
+    if pred_type == "epsilon":
+        return (x_vp - (1 - a).sqrt() * out) / a.sqrt(), out
+    return a.sqrt() * x_vp - (1 - a).sqrt() * out, (1 - a).sqrt() * x_vp + a.sqrt() * out  # x0, eps
+
+
+def _guided_x0_eps(unet, x_vp, t, cond, w, abar, pred_type):
+    if w == 1:
+        return _x0(unet, x_vp, t, cond.embeds, abar, pred_type)
+    u = cond.unconditional().embeds
+    x0_u, e_u = _x0(unet, x_vp, t, u, abar, pred_type)
+    x0_c, e_c = _x0(unet, x_vp, t, cond.embeds, abar, pred_type)
+    return x0_u + w * (x0_c - x0_u), e_u + w * (e_c - e_u)
+
+
+def adam_first_step(params, grads, lr=1.0, eps=1.0):
+    """Adam's first step (betas (0, 0.999)): ``lr g / (|g| + eps)``; eps 1 keeps it about linear in
+    the gradient, so float noise in a tiny gradient is not amplified to a whole step."""
+    for p, gr in zip(params, grads):
+        p.data -= lr * gr / ((0.001 * gr * gr / 0.001).sqrt() + eps)
+
+
+@pytest.mark.parametrize("method", ["sid", "sim", "dmd"])
+def test_guided_step_matches_handwritten_sid_lsg(tmp_path, sd_folder, prompt_file, method):
+    """One engine iteration on a pipeline teacher (teacher timesteps, generator at t_init, all
+    three guidance scales 1.5, 50% unconditional fake-step prompts, the fake network on the
+    teacher's own epsilon / v objective) equals SiD-LSG's step written with the raw UNets."""
+    cfg = DistillConfig().with_overrides([
+        "teacher.kind=checkpoint", f"teacher.path={sd_folder}", f"prompts={prompt_file}", f"method.name={method}",
+        "method.guidance_teacher=1.5", "method.guidance_fake=1.5", "method.guidance_fake_train=1.5",
+        "method.uncond_fraction=0.5", "method.generator_loss_scale=1", "method.reuse_samples=false",
+        "optim.lr=1", "optim.eps=1", "batch_size=4", "steps=1", "seed=1", f"out_dir={tmp_path}", "progress=false", "eval_data=none"])
+    d = Distiller(cfg)
+    teacher, m = d.teacher, d.method
+    pred = teacher.prediction_type
+    abar = 1 / (1 + teacher.sigmas**2)
+    g = torch.Generator().manual_seed(0)
+    g.set_state(d.gen.get_state())
+    G0, F0 = copy.deepcopy(d.G), copy.deepcopy(d.fake)
+    d.train_step()
+
+    def timestep(sigma):
+        return (teacher.sigmas.float()[None] - sigma[:, None]).abs().argmin(1)
+
+    t_init = torch.full((4,), 625)
+    a_init = abar[625].float()
+    # fake step: SiD-LSG's eps (or SNR-weighted v) loss with the dropped prompts made empty
+    fn = m.draw_fake_noise(4, (4, 8, 8), 0, g, "cpu")
+    assert fn.drop is not None and 0 < int(fn.drop.sum()) < 4
+    cond = Conditioning(embeds=torch.where(fn.drop[:, None, None], fn.cond.unconditional().embeds, fn.cond.embeds),
+                        null=fn.cond.null)
+    with torch.no_grad():
+        x_g, _ = _x0(G0.unet, (1 - a_init).sqrt() * fn.z, t_init, cond.embeds, abar, pred)
+    t = timestep(fn.sigma)
+    a = abar[t].reshape(-1, 1, 1, 1).float()
+    x_t = a.sqrt() * x_g + (1 - a).sqrt() * fn.noise
+    _, eps_f = _guided_x0_eps(F0.unet, x_t, t, cond, 1.5, abar, pred)
+    loss_f = ((eps_f - fn.noise) ** 2).sum() / 4  # = the SNR/(SNR+1)-weighted v loss for v models
+    adam_first_step(list(F0.parameters()), torch.autograd.grad(loss_f, list(F0.parameters())))
+    # generator step: both score networks guided at 1.5 on the one x_t
+    gn = m.draw_generator_noise(4, (4, 8, 8), 0, g, "cpu")
+    x_g, _ = _x0(G0.unet, (1 - a_init).sqrt() * gn.z, t_init, gn.cond.embeds, abar, pred)
+    t = timestep(gn.sigma)
+    a = abar[t].reshape(-1, 1, 1, 1).float()
+    x_t = a.sqrt() * x_g + (1 - a).sqrt() * gn.eps
+    F0.requires_grad_(False)
+    if method == "dmd":
+        with torch.no_grad():
+            y_real, _ = _guided_x0_eps(teacher.unet, x_t.detach(), t, gn.cond, 1.5, abar, pred)
+            y_fake, _ = _guided_x0_eps(F0.unet, x_t.detach(), t, gn.cond, 1.5, abar, pred)
+        loss_g = ref.dmd(x_g, y_real, y_fake, None, 1.0).mean()
+    else:
+        y_real, _ = _guided_x0_eps(teacher.unet, x_t, t, gn.cond, 1.5, abar, pred)
+        y_fake, _ = _guided_x0_eps(F0.unet, x_t, t, gn.cond, 1.5, abar, pred)
+        loss_g = (ref.sid(x_g, y_real, y_fake, None, 1.2, 1.0) if method == "sid"
+                  else ref.sim(x_g, y_real, y_fake, torch.ones(4), 1e-3, True, 1.0)).mean()
+    adam_first_step(list(G0.parameters()), torch.autograd.grad(loss_g, list(G0.parameters())))
+
+    # the whole update as one vector: float32 through two UNets leaves 1e-6 to 6e-5 of it (single
+    # weights whose gradient cancels are off by more); guidance 1.4 for 1.5 in the fake step leaves 3e-2
+    for net, want in ((d.fake, F0), (d.G, G0)):
+        err = sum(float(((a_ - b_) ** 2).sum()) for a_, b_ in zip(net.parameters(), want.parameters()))
+        step = sum(float(((a_ - t_) ** 2).sum()) for a_, t_ in zip(net.parameters(), teacher.parameters()))
+        assert step > 0 and (err / step) ** 0.5 < 1e-3
+    assert d.method.sigma_init == pytest.approx(float(teacher.sigmas[625]))
+
+
+# ---------------------------------------------------------------------- the user's path
+def test_cli_distill_resume_and_sample(tmp_path, sd_eps_folder, prompt_file):
+    """``distill --teacher PIPELINE --prompts FILE`` (the sid-lsg-sd15 preset), a resumed longer
+    run, then ``sample --prompt`` writing a decoded grid, one row per prompt."""
+    from fastdistill.cli import main
+    from fastdistill.student import load_student
+
+    run = tmp_path / "run"
+    common = ["distill", "--teacher", str(sd_eps_folder), "--prompts", str(prompt_file), "batch_size=2",
+              f"out_dir={run}", "progress=false", "ckpt_every=1", "sample_every=0"]
+    assert main(common + ["steps=2"]) == 0
+    assert main(common + ["steps=3"]) == 0  # resumes at step 2
+    student = load_student(run)
+    assert student.info.cond_kind == "text" and student.info.step == 3
+    assert student.info.sigma_init == pytest.approx(2.50, abs=0.01)  # sigma_t at t_init 625 on SD's schedule
+    assert (run / "samples.png").is_file()
+    out = tmp_path / "grid"
+    assert main(["sample", str(run), "--prompt", "a cat", "--prompt", "a dog", "-n", "3", "--out", str(out)]) == 0
+    x = __import__("numpy").load(out.with_suffix(".npz"))["samples"]
+    assert x.shape == (6, 3, 16, 16) and abs(x).max() <= 1
+    x1 = student.decode(student.sample(3, seed=0, cond="a cat"))
+    torch.testing.assert_close(torch.as_tensor(x[:3]), x1)
+
+
+def test_bad_input(tmp_path, sd_eps_folder, prompt_file):
+    sd_folder = sd_eps_folder
+    import json
+    import shutil
+
+    from fastdistill.methods import ConfigError
+    from fastdistill.teachers.pipelines import load_pipeline_teacher
+
+    with pytest.raises(ValueError, match="multiple of 2"):
+        load_teacher(str(sd_folder), resolution=15)
+    other = tmp_path / "flux"
+    shutil.copytree(sd_folder, other)
+    index = json.loads((other / "model_index.json").read_text())
+    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
+    with pytest.raises(ValueError, match="FluxPipeline is not supported.*StableDiffusionPipeline"):
+        load_teacher(str(other))
+    (other / "model_index.json").write_text(json.dumps(index))
+    shutil.rmtree(other / "vae")
+    with pytest.raises(FileNotFoundError, match="lacks vae"):
+        load_pipeline_teacher(other)
+    base = ["teacher.kind=checkpoint", f"teacher.path={sd_folder}", f"out_dir={tmp_path / 'r'}", "progress=false"]
+    with pytest.raises(ConfigError, match="needs training prompts"):
+        Distiller(DistillConfig().with_overrides(base))
+    with pytest.raises(ConfigError, match="guidance_teacher must be a finite number"):
+        DistillConfig().with_overrides(base + [f"prompts={prompt_file}", "method.guidance_teacher=NaN"]).validate()
+    with pytest.raises(ConfigError, match="not a text-to-image pipeline"):
+        Distiller(DistillConfig().with_overrides([f"prompts={prompt_file}", f"out_dir={tmp_path / 's'}"]))
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()  # nothing half-written
