@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from tests.tiny_pipelines import make_sd_pipeline  # noqa: E402
+from tests.tiny_pipelines import make_sd_pipeline, make_sdxl_pipeline  # noqa: E402
 
 from fastdistill.conditioning import Conditioning  # noqa: E402
 from fastdistill.engine import DistillConfig  # noqa: E402
@@ -22,9 +22,20 @@ from fastdistill.teachers import guided, load_teacher  # noqa: E402
 PROMPTS = ["a photo of a cat", "the digit seven", "a dog", "a handwritten three"]
 
 
-@pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
+@pytest.fixture(scope="module", params=["epsilon", "v_prediction", "sdxl"])
 def sd_folder(request, tmp_path_factory):
-    return make_sd_pipeline(tmp_path_factory.mktemp(request.param) / "pipe", prediction_type=request.param)
+    where = tmp_path_factory.mktemp(request.param) / "pipe"
+    if request.param == "sdxl":
+        return make_sdxl_pipeline(where, scheduler="ddim")
+    return make_sd_pipeline(where, prediction_type=request.param)
+
+
+def _unet_kwargs(cond):
+    """The UNet's conditioning inputs as the pipelines pass them (SDXL: pooled text and time ids)."""
+    kw = {"encoder_hidden_states": cond.embeds}
+    if cond.pooled is not None:
+        kw["added_cond_kwargs"] = {"text_embeds": cond.pooled, "time_ids": cond.extra["time_ids"]}
+    return kw
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +72,7 @@ def _ddim_step_with(teacher, D, x_vp, t, t_prev):
 @pytest.mark.parametrize("t_index", [0, 3])
 def test_denoiser_ddim_step_equals_the_scheduler(sd_folder, t_index):
     """One DDIM step of the pipeline's own scheduler on the UNet's output equals the same step
-    taken with the adapter's D, for epsilon and v prediction."""
+    taken with the adapter's D, for epsilon and v prediction and for SDXL."""
     pipe = _pipeline(sd_folder)
     teacher = load_teacher(str(sd_folder))
     sched = pipe.scheduler
@@ -71,7 +82,7 @@ def test_denoiser_ddim_step_equals_the_scheduler(sd_folder, t_index):
     cond = teacher.encode_prompt(PROMPTS[:2])
     x_vp = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        out = pipe.unet(x_vp, t, encoder_hidden_states=cond.embeds).sample
+        out = pipe.unet(x_vp, t, **_unet_kwargs(cond)).sample
         want = sched.step(out, t, x_vp).prev_sample
         got = _ddim_step_with(teacher, lambda x, s: teacher(x, s, cond), x_vp, t, t_prev)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -97,7 +108,12 @@ def test_prompt_encoding_and_decoding(sd_folder):
     cond = teacher.encode_prompt(PROMPTS)
     assert isinstance(cond, Conditioning) and cond.kind == "text" and cond.batch_size == 4
     assert cond.null is not None and cond.null.embeds.shape[1:] == cond.embeds.shape[1:]
-    torch.testing.assert_close(cond.unconditional().embeds[0], teacher.encode_prompt([""]).embeds[0])
+    u = cond.unconditional()
+    if teacher.family == "SDXL":  # force_zeros_for_empty_prompt: zeros, with the same time ids
+        assert u.embeds.abs().max() == 0 and u.pooled.abs().max() == 0
+        torch.testing.assert_close(u.extra["time_ids"], cond.extra["time_ids"])
+    else:  # the empty prompt's encoding
+        torch.testing.assert_close(u.embeds[0], teacher.encode_prompt([""]).embeds[0])
     with pytest.warns(UserWarning, match="truncated"):
         teacher.encode_prompt(["a " * 40])
     images = teacher.decode(torch.randn(3, 4, 8, 8))
@@ -114,9 +130,9 @@ def test_copies_share_the_frozen_pipeline_parts(sd_folder):
 
 
 # ---------------------------------------------------------------------- one distillation step by hand
-def _x0(unet, x_vp, t, cond_embeds, abar, pred_type):
+def _x0(unet, x_vp, t, cond, abar, pred_type):
     """The pipeline's x0 from its raw UNet output (pred_original_sample, written out)."""
-    out = unet(x_vp, t, encoder_hidden_states=cond_embeds).sample
+    out = unet(x_vp, t, **_unet_kwargs(cond)).sample
     a = abar[t].reshape(-1, 1, 1, 1).float()
     if pred_type == "epsilon":
         return (x_vp - (1 - a).sqrt() * out) / a.sqrt(), out
@@ -125,11 +141,22 @@ def _x0(unet, x_vp, t, cond_embeds, abar, pred_type):
 
 def _guided_x0_eps(unet, x_vp, t, cond, w, abar, pred_type):
     if w == 1:
-        return _x0(unet, x_vp, t, cond.embeds, abar, pred_type)
-    u = cond.unconditional().embeds
-    x0_u, e_u = _x0(unet, x_vp, t, u, abar, pred_type)
-    x0_c, e_c = _x0(unet, x_vp, t, cond.embeds, abar, pred_type)
+        return _x0(unet, x_vp, t, cond, abar, pred_type)
+    x0_u, e_u = _x0(unet, x_vp, t, _emptied(cond, torch.ones(cond.batch_size, dtype=torch.bool)), abar, pred_type)
+    x0_c, e_c = _x0(unet, x_vp, t, cond, abar, pred_type)
     return x0_u + w * (x0_c - x0_u), e_u + w * (e_c - e_u)
+
+
+def _emptied(cond, mask):
+    """``cond`` with the masked samples' text replaced by the pipeline's unconditional input."""
+    null = cond.null
+
+    def pick(t, u):
+        return torch.where(mask.reshape(-1, *[1] * (t.ndim - 1)), u.expand_as(t), t)
+
+    return Conditioning(embeds=pick(cond.embeds, null.embeds),
+                        pooled=None if cond.pooled is None else pick(cond.pooled, null.pooled),
+                        extra=cond.extra, null=null)
 
 
 def adam_first_step(params, grads, lr=1.0, eps=1.0):
@@ -166,10 +193,9 @@ def test_guided_step_matches_handwritten_sid_lsg(tmp_path, sd_folder, prompt_fil
     # fake step: SiD-LSG's eps (or SNR-weighted v) loss with the dropped prompts made empty
     fn = m.draw_fake_noise(4, (4, 8, 8), 0, g, "cpu")
     assert fn.drop is not None and 0 < int(fn.drop.sum()) < 4
-    cond = Conditioning(embeds=torch.where(fn.drop[:, None, None], fn.cond.unconditional().embeds, fn.cond.embeds),
-                        null=fn.cond.null)
+    cond = _emptied(fn.cond, fn.drop)
     with torch.no_grad():
-        x_g, _ = _x0(G0.unet, (1 - a_init).sqrt() * fn.z, t_init, cond.embeds, abar, pred)
+        x_g, _ = _x0(G0.unet, (1 - a_init).sqrt() * fn.z, t_init, cond, abar, pred)
     t = timestep(fn.sigma)
     a = abar[t].reshape(-1, 1, 1, 1).float()
     x_t = a.sqrt() * x_g + (1 - a).sqrt() * fn.noise
@@ -178,7 +204,7 @@ def test_guided_step_matches_handwritten_sid_lsg(tmp_path, sd_folder, prompt_fil
     adam_first_step(list(F0.parameters()), torch.autograd.grad(loss_f, list(F0.parameters())))
     # generator step: both score networks guided at 1.5 on the one x_t
     gn = m.draw_generator_noise(4, (4, 8, 8), 0, g, "cpu")
-    x_g, _ = _x0(G0.unet, (1 - a_init).sqrt() * gn.z, t_init, gn.cond.embeds, abar, pred)
+    x_g, _ = _x0(G0.unet, (1 - a_init).sqrt() * gn.z, t_init, gn.cond, abar, pred)
     t = timestep(gn.sigma)
     a = abar[t].reshape(-1, 1, 1, 1).float()
     x_t = a.sqrt() * x_g + (1 - a).sqrt() * gn.eps

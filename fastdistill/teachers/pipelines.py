@@ -1,6 +1,6 @@
 """Latent text-to-image teachers from diffusers pipeline folders (docs/algorithms.md section 9).
 
-``load_pipeline_teacher(folder)`` turns a Stable Diffusion 1.x/2.x pipeline folder into a
+``load_pipeline_teacher(folder)`` turns a Stable Diffusion 1.x/2.x or SDXL pipeline folder into a
 :class:`PipelineTeacher`: the Denoiser ``D(x, sigma, cond)`` on VAE latents in the teacher's
 training scale, plus the pipeline's own prompt encoding and VAE decoding. diffusers loads the
 folder and encodes prompts; only the conversion of the network's epsilon / v output to an
@@ -13,6 +13,7 @@ a student can encode prompts and decode latents without holding three VAEs.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -27,8 +28,9 @@ from .diffusers_adapter import DiffusersDenoiser, _alphas_cumprod_from_config, _
 __all__ = ["PipelineTeacher", "load_pipeline_teacher", "is_pipeline_folder", "SUPPORTED_PIPELINES"]
 
 #: pipeline class (model_index.json ``_class_name``) -> the family this adapter knows
-SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "Stable Diffusion 1.x/2.x"}
+SUPPORTED_PIPELINES = {"StableDiffusionPipeline": "Stable Diffusion 1.x/2.x", "StableDiffusionXLPipeline": "SDXL"}
 _REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_REQUIRED_XL = _REQUIRED + ("text_encoder_2", "tokenizer_2")
 
 
 class _Shared:
@@ -54,11 +56,15 @@ def is_pipeline_folder(path) -> bool:
 
 
 class PipelineTeacher(DiffusersDenoiser):
-    """A Stable Diffusion UNet as a latent Denoiser, with ``encode_prompt`` and ``decode``.
+    """A Stable Diffusion (1.x/2.x or XL) UNet as a latent Denoiser, with ``encode_prompt`` and ``decode``.
 
     ``cond`` is a :class:`~fastdistill.conditioning.Conditioning` whose ``embeds`` are the text
-    encoder's hidden states (B, L, D) and whose ``null`` is the empty prompt's (classifier-free
-    guidance's unconditional input). ``sigma_data`` is 1: scaled latents have about unit std.
+    encoder's hidden states (B, L, D) and whose ``null`` is classifier-free guidance's
+    unconditional input: the empty prompt's encoding, or zeros where the pipeline sets
+    ``force_zeros_for_empty_prompt`` (SDXL does). SDXL adds the second encoder's ``pooled``
+    embedding and ``extra["time_ids"]`` (original size, crop corner, target size; the pipeline's
+    defaults: no crop, both sizes the resolution). ``sigma_data`` is 1: scaled latents have
+    about unit std.
     """
 
     latent = True  # the methods use section 9's recipe (teacher timesteps, the teacher's own objective)
@@ -87,7 +93,13 @@ class PipelineTeacher(DiffusersDenoiser):
             raise ValueError(f"conditioning for {cond.batch_size} samples, the input has {batch}")
         if cond.embeds.shape[-1] != self.cond_dim:
             raise ValueError(f"text embeddings of width {cond.embeds.shape[-1]}, the UNet reads {self.cond_dim}")
-        return {"encoder_hidden_states": cond.embeds.to(device=device, dtype=dtype)}
+        inputs = {"encoder_hidden_states": cond.embeds.to(device=device, dtype=dtype)}
+        if self.family == "SDXL":
+            if cond.pooled is None or "time_ids" not in cond.extra:
+                raise ValueError("an SDXL teacher needs pooled embeddings and time ids: cond = teacher.encode_prompt(prompts)")
+            inputs["added_cond_kwargs"] = {"text_embeds": cond.pooled.to(device=device, dtype=dtype),
+                                           "time_ids": cond.extra["time_ids"].to(device=device, dtype=dtype)}
+        return inputs
 
     # -- prompts and pictures ------------------------------------------------------------
     @torch.no_grad()
@@ -101,15 +113,25 @@ class PipelineTeacher(DiffusersDenoiser):
             raise ValueError("encode_prompt needs a non-empty list of strings")
         self._warn_truncation(prompts)
         if self._null is None:
-            self._null = Conditioning(embeds=self._encode([""]))
-        embeds = torch.cat([self._encode(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)])
-        return Conditioning(embeds=embeds, null=self._null)
+            empty = self._encode([""])
+            if getattr(self.parts.pipe.config, "force_zeros_for_empty_prompt", False):
+                empty = Conditioning(embeds=torch.zeros_like(empty.embeds), pooled=torch.zeros_like(empty.pooled),
+                                     extra=empty.extra)
+            self._null = empty
+        cond = Conditioning.cat([self._encode(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)])
+        return dataclasses.replace(cond, null=self._null)
 
-    def _encode(self, prompts: list) -> torch.Tensor:
+    def _encode(self, prompts: list) -> Conditioning:
         pipe = self.parts.pipe
         device = pipe.text_encoder.device
-        embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
-        return embeds.float().cpu()
+        if self.family != "SDXL":
+            embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
+            return Conditioning(embeds=embeds.float().cpu())
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
+        r = self.resolution
+        time_ids = torch.tensor([[r, r, 0, 0, r, r]], dtype=torch.float32).repeat(len(prompts), 1)
+        return Conditioning(embeds=embeds.float().cpu(), pooled=pooled.float().cpu(), extra={"time_ids": time_ids})
 
     def _warn_truncation(self, prompts: list) -> None:
         tok = self.parts.pipe.tokenizer
@@ -161,23 +183,26 @@ def load_pipeline_teacher(path, *, resolution: Optional[int] = None, device="cpu
     if name not in SUPPORTED_PIPELINES:
         known = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_PIPELINES.items())
         raise ValueError(f"{root}: a {name} is not supported as a teacher; supported pipelines: {known}")
-    missing = [c for c in _REQUIRED if not isinstance(index.get(c), list) or index.get(c)[0] is None
+    required = _REQUIRED_XL if SUPPORTED_PIPELINES[name] == "SDXL" else _REQUIRED
+    missing = [c for c in required if not isinstance(index.get(c), list) or index.get(c)[0] is None
                or not (root / c).is_dir()]
     if missing:
         raise FileNotFoundError(f"{root}: the pipeline lacks {', '.join(missing)} (a {name} needs "
-                                f"{', '.join(_REQUIRED)}; each a sub-folder listed in model_index.json)")
+                                f"{', '.join(required)}; each a sub-folder listed in model_index.json)")
     _require_diffusers()
     import diffusers
 
     scfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     abar = _alphas_cumprod_from_config(scfg, str(root / "scheduler"))
     kw = {} if dtype == torch.float32 else {"torch_dtype": dtype}
-    pipe = getattr(diffusers, name).from_pretrained(str(root), local_files_only=True, safety_checker=None,
-                                                    requires_safety_checker=False, **kw)
+    if name == "StableDiffusionPipeline":
+        kw.update(safety_checker=None, requires_safety_checker=False)
+    pipe = getattr(diffusers, name).from_pretrained(str(root), local_files_only=True, **kw)
     pipe.set_progress_bar_config(disable=True)
     teacher = PipelineTeacher(pipe, abar, scfg.get("prediction_type", "epsilon"), SUPPORTED_PIPELINES[name],
                               resolution)
     pipe.to(device)
-    for part in (pipe.text_encoder, pipe.vae):
-        part.eval().requires_grad_(False)
+    for part in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.vae):
+        if part is not None:
+            part.eval().requires_grad_(False)
     return teacher.to(device).eval().requires_grad_(False)
