@@ -294,6 +294,17 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("export")
+def _export(args: argparse.Namespace) -> int:
+    """A text-to-image student as a diffusers pipeline folder."""
+    from .export import export_student
+    from .student import load_student
+
+    out = export_student(load_student(args.checkpoint, which=args.which), args.out, lora=args.lora)
+    print(f"exported to {out} (one-step use: {out / 'README.md'})")
+    return 0
+
+
 @_command("project")
 def _project(args: argparse.Namespace) -> int:
     from .projection import check_output_path, load_input, project, save_output
@@ -494,6 +505,19 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("export", help="write a text-to-image student as a diffusers pipeline folder",
+                              description="The teacher's pipeline folder with the student's UNet, loadable with "
+                              "diffusers' from_pretrained; its README.md shows one-step generation.")
+    p.add_argument("checkpoint", help="run directory or checkpoint directory")
+    p.add_argument("out", help="the new folder")
+    p.add_argument("--lora", choices=("merge", "adapter"), default="merge",
+                   help="LoRA students: adapters merged into the UNet (default) or kept as pytorch_lora_weights.safetensors")
+    p.add_argument("--which", choices=("ema", "generator"), default="ema", help="EMA or raw generator weights")
+    p.set_defaults(func=_export)
+    return p
+
+
 def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     from .engine import PRESETS
     from .engine.config import describe_config
@@ -550,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_parser(sub)
     add_config_parser(sub)
     add_sample_parser(sub)
+    add_export_parser(sub)
     add_eval_parser(sub)
     add_project_parser(sub)
     add_train_teacher_parser(sub)

@@ -157,6 +157,27 @@ class Conditioning:
         kw = {name: pick(name, getattr(self, name)) for name in _TENSOR_FIELDS if getattr(self, name) is not None}
         return replace(self, **kw, extra={k: pick(f"extra.{k}", v) for k, v in self.extra.items()})
 
+    def to_tensors(self) -> dict:
+        """Every tensor by name (``null.<name>`` for the unconditional input), for safetensors."""
+        out = dict(self.tensors())
+        if self.null is not None:
+            out.update({f"null.{k}": v for k, v in self.null.tensors().items()})
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> "Conditioning":
+        """The inverse of :meth:`to_tensors`."""
+        def fields_of(own: dict) -> dict:
+            extra = {k[6:]: v for k, v in own.items() if k.startswith("extra.")}
+            unknown = set(own) - set(_TENSOR_FIELDS) - {f"extra.{k}" for k in extra}
+            if unknown:
+                raise ValueError(f"not conditioning tensors: {sorted(unknown)}")
+            return {**{k: own[k] for k in _TENSOR_FIELDS if k in own}, "extra": extra}
+
+        null = {k[5:]: v for k, v in tensors.items() if k.startswith("null.")}
+        main = {k: v for k, v in tensors.items() if not k.startswith("null.")}
+        return cls(**fields_of(main), null=cls(**fields_of(null)) if null else None)
+
     @property
     def kind(self) -> str:
         """``"labels"``, ``"text"`` (token embeddings) or ``"other"``: what a checkpoint records."""

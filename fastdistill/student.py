@@ -31,6 +31,8 @@ import torch
 from .conditioning import Conditioning
 from .engine import checkpoint as ckpt
 from .engine.build import make_mlp
+from .engine.config import LoRAConfig
+from .engine.lora import add_lora
 from .engine.loop import FORMAT
 from .metrics import EvalError
 from .plotting import save_samples_picture
@@ -217,17 +219,24 @@ def _checkpoint_dir(path: Path, log=None) -> Path:
 
 def _rebuild(state: dict, network: Optional[torch.nn.Module]) -> torch.nn.Module:
     """The generator's architecture, from the checkpoint's record (or ``network``, for a teacher that
-    was a Python object): a registered class, the fitted MLP, or the teacher checkpoint itself."""
+    was a Python object): a registered class, the fitted MLP, or the teacher checkpoint itself;
+    with the run's LoRA adapters when it trained them."""
     if network is not None:
-        return copy.deepcopy(network)
-    if state.get("arch_config"):
+        net = copy.deepcopy(network)
+    elif state.get("arch_config"):
         arch = state["arch_config"]
-        return build_teacher(arch["class_name"], decode_init_kwargs(arch["init_kwargs"]))
-    if state.get("arch"):
-        return make_mlp(state["arch"])
-    if state["config"]["teacher"]["kind"] == "checkpoint":
-        return load_teacher(state["config"]["teacher"]["path"])
-    raise ValueError("the generator's architecture came from a Python object; pass network=<module>")
+        net = build_teacher(arch["class_name"], decode_init_kwargs(arch["init_kwargs"]))
+    elif state.get("arch"):
+        net = make_mlp(state["arch"])
+    elif state["config"]["teacher"]["kind"] == "checkpoint":
+        teacher = state["config"]["teacher"]
+        net = load_teacher(teacher["path"], resolution=teacher.get("resolution") or None)
+    else:
+        raise ValueError("the generator's architecture came from a Python object; pass network=<module>")
+    lora = LoRAConfig(**state["config"].get("lora", {}))
+    if lora.rank and lora.networks in ("both", "generator"):
+        add_lora(net, lora)
+    return net
 
 
 def load_student(path, which: str = "ema", device="cpu", network: Optional[torch.nn.Module] = None,

@@ -166,16 +166,19 @@ def adam_first_step(params, grads, lr=1.0, eps=1.0):
         p.data -= lr * gr / ((0.001 * gr * gr / 0.001).sqrt() + eps)
 
 
+@pytest.mark.parametrize("lora", [0, 2])
 @pytest.mark.parametrize("method", ["sid", "sim", "dmd"])
-def test_guided_step_matches_handwritten_sid_lsg(tmp_path, sd_folder, prompt_file, method):
+def test_guided_step_matches_handwritten_sid_lsg(tmp_path, sd_folder, prompt_file, method, lora):
     """One engine iteration on a pipeline teacher (teacher timesteps, generator at t_init, all
     three guidance scales 1.5, 50% unconditional fake-step prompts, the fake network on the
-    teacher's own epsilon / v objective) equals SiD-LSG's step written with the raw UNets."""
+    teacher's own epsilon / v objective), fully fine-tuned or with LoRA adapters on both trained
+    networks, equals SiD-LSG's step written with the raw UNets; with LoRA only the adapters move."""
     cfg = DistillConfig().with_overrides([
         "teacher.kind=checkpoint", f"teacher.path={sd_folder}", f"prompts={prompt_file}", f"method.name={method}",
         "method.guidance_teacher=1.5", "method.guidance_fake=1.5", "method.guidance_fake_train=1.5",
         "method.uncond_fraction=0.5", "method.generator_loss_scale=1", "method.reuse_samples=false",
-        "optim.lr=1", "optim.eps=1", "batch_size=4", "steps=1", "seed=1", f"out_dir={tmp_path}", "progress=false", "eval_data=none"])
+        f"lora.rank={lora}", "optim.lr=1", "optim.eps=1", "batch_size=4", "steps=1", "seed=1", f"out_dir={tmp_path}",
+        "progress=false", "eval_data=none"])
     d = Distiller(cfg)
     teacher, m = d.teacher, d.method
     pred = teacher.prediction_type
@@ -183,6 +186,10 @@ def test_guided_step_matches_handwritten_sid_lsg(tmp_path, sd_folder, prompt_fil
     g = torch.Generator().manual_seed(0)
     g.set_state(d.gen.get_state())
     G0, F0 = copy.deepcopy(d.G), copy.deepcopy(d.fake)
+    start = {net: {n: p.detach().clone() for n, p in net.named_parameters()} for net in (d.G, d.fake)}
+    g_train = [p for p in G0.parameters() if p.requires_grad]
+    f_train = [p for p in F0.parameters() if p.requires_grad]
+    assert (len(g_train) < len(list(G0.parameters()))) == bool(lora)
     d.train_step()
 
     def timestep(sigma):
@@ -201,7 +208,7 @@ def test_guided_step_matches_handwritten_sid_lsg(tmp_path, sd_folder, prompt_fil
     x_t = a.sqrt() * x_g + (1 - a).sqrt() * fn.noise
     _, eps_f = _guided_x0_eps(F0.unet, x_t, t, cond, 1.5, abar, pred)
     loss_f = ((eps_f - fn.noise) ** 2).sum() / 4  # = the SNR/(SNR+1)-weighted v loss for v models
-    adam_first_step(list(F0.parameters()), torch.autograd.grad(loss_f, list(F0.parameters())))
+    adam_first_step(f_train, torch.autograd.grad(loss_f, f_train))
     # generator step: both score networks guided at 1.5 on the one x_t
     gn = m.draw_generator_noise(4, (4, 8, 8), 0, g, "cpu")
     x_g, _ = _x0(G0.unet, (1 - a_init).sqrt() * gn.z, t_init, gn.cond, abar, pred)
@@ -219,14 +226,18 @@ def test_guided_step_matches_handwritten_sid_lsg(tmp_path, sd_folder, prompt_fil
         y_fake, _ = _guided_x0_eps(F0.unet, x_t, t, gn.cond, 1.5, abar, pred)
         loss_g = (ref.sid(x_g, y_real, y_fake, None, 1.2, 1.0) if method == "sid"
                   else ref.sim(x_g, y_real, y_fake, torch.ones(4), 1e-3, True, 1.0)).mean()
-    adam_first_step(list(G0.parameters()), torch.autograd.grad(loss_g, list(G0.parameters())))
+    adam_first_step(g_train, torch.autograd.grad(loss_g, g_train))
 
     # the whole update as one vector: float32 through two UNets leaves 1e-6 to 6e-5 of it (single
     # weights whose gradient cancels are off by more); guidance 1.4 for 1.5 in the fake step leaves 3e-2
     for net, want in ((d.fake, F0), (d.G, G0)):
-        err = sum(float(((a_ - b_) ** 2).sum()) for a_, b_ in zip(net.parameters(), want.parameters()))
-        step = sum(float(((a_ - t_) ** 2).sum()) for a_, t_ in zip(net.parameters(), teacher.parameters()))
+        got, ref_ = dict(net.named_parameters()), dict(want.named_parameters())
+        err = sum(float(((got[n] - ref_[n]) ** 2).sum()) for n in got)
+        moved = {n: float(((got[n] - start[net][n]) ** 2).sum()) for n in got}
+        step = sum(moved.values())
         assert step > 0 and (err / step) ** 0.5 < 1e-3
+        if lora:  # only the adapters moved; the base weights are still the teacher's
+            assert all(v == 0 for n, v in moved.items() if "lora_" not in n)
     assert d.method.sigma_init == pytest.approx(float(teacher.sigmas[625]))
 
 
@@ -282,3 +293,137 @@ def test_bad_input(tmp_path, sd_eps_folder, prompt_file):
     with pytest.raises(ConfigError, match="not a text-to-image pipeline"):
         Distiller(DistillConfig().with_overrides([f"prompts={prompt_file}", f"out_dir={tmp_path / 's'}"]))
     assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()  # nothing half-written
+
+
+# ---------------------------------------------------------------------- LoRA, the prompt cache, resume
+def _lora_config(out, folder, prompts, **over):
+    items = {"teacher.kind": "checkpoint", "teacher.path": str(folder), "prompts": str(prompts), "lora.rank": 2,
+             "method.guidance_teacher": 1.5, "method.guidance_fake": 1.5, "method.guidance_fake_train": 1.5,
+             "optim.lr": 1e-3, "batch_size": 2, "steps": 4, "ckpt_every": 2, "threads": 1, "out_dir": str(out),
+             "progress": False, "eval_data": "none", **over}
+    return DistillConfig().with_overrides([f"{k}={v}" for k, v in items.items()])
+
+
+def _state(d):
+    out = {}
+    for name, sd in d.state_tensors().items():
+        out.update({f"{name}.{k}": v.detach().clone() for k, v in sd.items()})
+    return out
+
+
+LORA_KILL_SCRIPT = """
+import os, signal, sys
+from tests.test_pipelines import _lora_config
+from fastdistill.engine.loop import Distiller
+def kill_at_3(dist, row):
+    if dist.step == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+Distiller(_lora_config(sys.argv[1], sys.argv[2], sys.argv[3]), callback=kill_at_3).run()
+"""
+
+
+def test_lora_run_killed_resumes_bit_identical(tmp_path, sd_eps_folder, prompt_file):
+    """A LoRA run SIGKILLed in step 3 resumes from its step-2 checkpoint (prompt embeddings from
+    the cache) and ends bit-identical to a run that never stopped; the student loads with its
+    adapters."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fastdistill.student import load_student
+
+    threads = torch.get_num_threads()
+    full = Distiller(_lora_config(tmp_path / "full", sd_eps_folder, prompt_file))
+    full.run()
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", LORA_KILL_SCRIPT, str(out), str(sd_eps_folder), str(prompt_file)],
+                          cwd=repo, env=env, timeout=300, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    resumed = Distiller(_lora_config(out, sd_eps_folder, prompt_file, resume="auto"))
+    assert resumed.step == 2 and resumed.teacher.text_encoders == []  # released after the cache load
+    resumed.run()
+    torch.set_num_threads(threads)
+    a, b = _state(full), _state(resumed)
+    assert a.keys() == b.keys() and any("lora_" in k for k in a)
+    assert not [k for k in a if not torch.equal(a[k], b[k])]
+    student = load_student(out)
+    torch.testing.assert_close(dict(student.net.named_parameters())["unet.conv_in.weight"],
+                               dict(full.teacher.named_parameters())["unet.conv_in.weight"])  # base untouched
+    x = student.sample(2, seed=0, cond="a cat")
+    assert x.shape == (2, 4, 8, 8) and torch.isfinite(x).all()
+
+
+def test_prompt_cache_is_shared_and_keyed(tmp_path, sd_eps_folder, prompt_file, monkeypatch):
+    from fastdistill.teachers.pipelines import PipelineTeacher
+
+    cache = tmp_path / "cache"
+    over = {"prompt_cache": str(cache), "steps": 1, "lora.rank": 0}
+    Distiller(_lora_config(tmp_path / "a", sd_eps_folder, prompt_file, **over))
+    files = list(cache.glob("prompts-*.safetensors"))
+    assert len(files) == 1
+
+    def no_encoding(self, prompts, batch_size=64):
+        raise AssertionError("encoded again despite the cache")
+
+    monkeypatch.setattr(PipelineTeacher, "encode_prompt", no_encoding)
+    d = Distiller(_lora_config(tmp_path / "b", sd_eps_folder, prompt_file, **over))
+    assert len(d.conditions) == len(PROMPTS)
+    other = tmp_path / "other.txt"
+    other.write_text("a cat\n")
+    with pytest.raises(AssertionError, match="encoded again"):  # other prompts: another cache entry
+        Distiller(_lora_config(tmp_path / "c", sd_eps_folder, other, **over))
+
+
+def test_lora_rank_and_targets_that_do_not_fit(tmp_path, sd_eps_folder, prompt_file):
+    from fastdistill.methods import ConfigError
+
+    with pytest.raises(ConfigError, match="lora.rank=64 does not fit .*to_q"):
+        Distiller(_lora_config(tmp_path / "a", sd_eps_folder, prompt_file, **{"lora.rank": 64}))
+    with pytest.raises(ConfigError, match="matches no module.*to_q"):
+        Distiller(_lora_config(tmp_path / "b", sd_eps_folder, prompt_file, **{"lora.targets": "attn_qkv"}))
+
+
+# ---------------------------------------------------------------------- export
+@pytest.fixture(scope="module")
+def sdxl_folder(tmp_path_factory):
+    return make_sdxl_pipeline(tmp_path_factory.mktemp("xl") / "pipe", scheduler="ddim")
+
+
+@pytest.mark.parametrize("kind,lora,mode", [("sd", 2, "merge"), ("sd", 2, "adapter"), ("sd", 0, "merge"),
+                                            ("sdxl", 2, "merge")])
+def test_export_round_trip(tmp_path, sd_eps_folder, sdxl_folder, prompt_file, kind, lora, mode):
+    """``fastdistill export`` writes a folder diffusers loads; the documented one-step snippet run on
+    it gives ``Student.sample`` for the same noise."""
+    from fastdistill.cli import main
+    from fastdistill.export import ONE_STEP_SNIPPET
+    from fastdistill.sampling import draw
+    from fastdistill.student import load_student
+
+    folder = sd_eps_folder if kind == "sd" else sdxl_folder
+    run = tmp_path / "run"
+    Distiller(_lora_config(run, folder, prompt_file, **{"lora.rank": lora, "steps": 2, "optim.lr": 1e-2})).run()
+    out = tmp_path / "exported"
+    assert main(["export", str(run), str(out), "--lora", mode]) == 0
+    assert (out / "fastdistill_student.json").is_file() and (out / "README.md").is_file()
+    assert (out / "pytorch_lora_weights.safetensors").is_file() == (mode == "adapter" and lora > 0)
+    student = load_student(run)
+    prompts = ["a cat", "the digit seven"]
+    want = student.sample(2, seed=3, cond=prompts)
+    (z,), _ = draw(2, student.info.data_shape, 3)
+    scope = {"folder": str(out), "prompts": prompts, "z": z}
+    snippet = ONE_STEP_SNIPPET
+    if mode == "adapter":
+        snippet = snippet.replace("pipe = DiffusionPipeline.from_pretrained(folder)\n",
+                                  "pipe = DiffusionPipeline.from_pretrained(folder)\npipe.load_lora_weights(folder)\n")
+    exec(snippet, scope)
+    torch.testing.assert_close(scope["x0"], want, rtol=1e-4, atol=1e-5)
+    assert scope["images"].shape == (2, 16, 16, 3)
+    teacher_scope = {"folder": str(folder), "prompts": prompts, "z": z}
+    exec(ONE_STEP_SNIPPET.replace('json.load(open(f"{folder}/fastdistill_student.json"))["t_init"]', "625"),
+         teacher_scope)
+    assert (teacher_scope["x0"] - want).abs().max() > 1e-3  # the student is not the teacher: the check can fail
+    assert main(["export", str(run), str(out)]) == 2  # an existing folder is refused, nothing overwritten

@@ -77,6 +77,15 @@ class LogConfig:
 
 
 @dataclass
+class LoRAConfig:
+    rank: int = 0  # 0 = full fine-tuning; > 0: LoRA adapters of this rank (peft) on the networks below, only they train
+    alpha: float = 0.0  # LoRA scale numerator (scale = alpha / rank); 0 = rank (scale 1)
+    targets: str = "to_q,to_k,to_v,to_out.0"  # comma-separated module names (name endings) that get adapters: diffusers' attention projections
+    networks: str = "both"  # both | generator | fake: which trained networks get adapters (the other is fully fine-tuned)
+    dropout: float = 0.0  # LoRA dropout
+
+
+@dataclass
 class DistillConfig:
     """Everything one distillation run needs."""
 
@@ -85,8 +94,10 @@ class DistillConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     data: str = ""  # real data for methods that use it (sign, ign): a load_dataset name or path; "" = the analytic teacher's exact samples, else (sign) a bank of teacher samples
     prompts: str = ""  # text-to-image teachers: the training prompts, a text file (one a line), CSV or JSONL
+    prompt_cache: str = "auto"  # where encoded prompts are cached (safetensors, keyed by the text encoders and prompts): auto = <out_dir>/prompt_cache | none | a directory shared by runs
     out_dir: str = "runs/distill"
     seed: int = 0
     batch_size: int = 256  # global batch (all ranks, all micro-batches)
@@ -214,6 +225,14 @@ class DistillConfig:
         need(isinstance(o.fake_steps, int) and o.fake_steps >= 1, f"optim.fake_steps must be an integer >= 1, got {o.fake_steps!r}")
         positive("ema.halflife_kimg", e.halflife_kimg)
         positive("ema.rampup", e.rampup, allow_zero=True)
+        lo = self.lora
+        need(isinstance(lo.rank, int) and not isinstance(lo.rank, bool) and lo.rank >= 0,
+             f"lora.rank must be an integer >= 0, got {lo.rank!r}")
+        positive("lora.alpha", lo.alpha, allow_zero=True)
+        choice("lora.networks", lo.networks, ("both", "generator", "fake"))
+        need(isinstance(lo.dropout, (int, float)) and 0 <= lo.dropout < 1, f"lora.dropout must be in [0, 1), got {lo.dropout!r}")
+        need(not lo.rank or bool([t for t in lo.targets.split(",") if t.strip()]), "lora.targets must name at least one module")
+        need(not lo.rank or importlib.util.find_spec("peft") is not None, "lora.rank > 0 needs peft: pip install peft")
         choice("distributed.backend", dd.backend, ("auto", "nccl", "gloo"))
         choice("distributed.rng", dd.rng, ("rank", "global"))
         choice("log.tensorboard", self.log.tensorboard, ("auto", "true", "false"))

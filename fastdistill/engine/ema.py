@@ -1,6 +1,8 @@
 """Generator EMA with SiD's half-life ramp-up (docs/algorithms.md section 7)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
@@ -15,14 +17,19 @@ def ema_beta(batch: int, images_seen: float, halflife_kimg: float, rampup: float
 class EMA:
     """EMA copy of a module's parameters, updated with one ``torch._foreach_lerp_``; buffers copied."""
 
-    def __init__(self, source: torch.nn.Module, ema_module: torch.nn.Module):
+    def __init__(self, source: torch.nn.Module, ema_module: torch.nn.Module, trained: Optional[list] = None):
+        """``trained``: the source parameters that change (e.g. LoRA adapters); the others are never
+        averaged (they stay equal). Default: all of them."""
         self.module = ema_module.requires_grad_(False).eval()
-        self._src_params = [p for p in source.parameters()]
-        self._ema_params = [p for p in self.module.parameters()]
+        src, dst = list(source.parameters()), list(self.module.parameters())
+        if len(src) != len(dst):
+            raise ValueError("EMA module does not match the source module")
+        keep = None if trained is None else {id(p) for p in trained}
+        pairs = [(a, b) for a, b in zip(src, dst) if keep is None or id(a) in keep]
+        self._src_params = [a for a, _ in pairs]
+        self._ema_params = [b for _, b in pairs]
         self._src_bufs = [b for b in source.buffers()]
         self._ema_bufs = [b for b in self.module.buffers()]
-        if len(self._src_params) != len(self._ema_params):
-            raise ValueError("EMA module does not match the source module")
 
     @torch.no_grad()
     def update(self, beta: float) -> None:

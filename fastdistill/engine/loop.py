@@ -35,6 +35,8 @@ from . import distributed as D
 from .build import build_data, build_teacher, compile_network, copy_net, fit_denoiser, make_mlp, mlp_arch, resolve_init
 from .config import DistillConfig, preset_config
 from .ema import EMA, ema_beta
+from .lora import add_lora, set_trainable, trainable_parameters
+from .prompts import encoded_prompts
 from .evaluator import LoopEvaluator, Quality, plot_run_curve
 from .identity import RunLock, architecture_of, changed_settings, describe, identity_differences, run_identity
 from .monitor import NVTX, MetricsLogger, progress_bar
@@ -208,9 +210,6 @@ class Distiller:
                              cfg.seed, self.device, progress=cfg.progress and self.main)
         base = base.to(self.device).float()
         base.requires_grad_(True)
-        if self.distributed:  # identical starting weights on every rank
-            for t in list(base.parameters()) + list(base.buffers()):
-                torch.distributed.broadcast(t.data, src=0)
         self.G = base
         from ..teachers.checkpoint import teacher_config
 
@@ -219,7 +218,17 @@ class Distiller:
         except TypeError:
             self.arch_config = None
         self.fake = copy_net(base)
-        self.ema = EMA(self.G, copy_net(base))
+        lo = cfg.lora
+        if lo.rank and lo.networks in ("both", "generator"):
+            add_lora(self.G, lo)
+        if lo.rank and lo.networks in ("both", "fake"):
+            add_lora(self.fake, lo)
+        self.trainable = {"generator": trainable_parameters(self.G), "fake": trainable_parameters(self.fake)}
+        if self.distributed:  # identical starting weights (adapters included) on every rank
+            for net in (self.G, self.fake):
+                for t in list(net.parameters()) + list(net.buffers()):
+                    torch.distributed.broadcast(t.data, src=0)
+        self.ema = EMA(self.G, copy_net(self.G), self.trainable["generator"])
         if cfg.channels_last:  # 4-D weights only; activations follow the weights' layout
             for net in (self.teacher, self.G, self.fake, self.ema.module):
                 if isinstance(net, torch.nn.Module):
@@ -241,7 +250,9 @@ class Distiller:
         if cfg.method.name in ("sign", "ign"):
             raise ConfigError(f"method.name={cfg.method.name} is for pixel teachers; text-to-image teachers take "
                               f"sid, sim or dmd")
-        self.conditions = ConditioningBank(self.teacher.encode_prompt(read_prompts(cfg.prompts)))
+        cache = {"none": None, "auto": self.out_dir / "prompt_cache"}.get(cfg.prompt_cache, cfg.prompt_cache)
+        log = print if self.main else (lambda msg: None)
+        self.conditions = ConditioningBank(encoded_prompts(self.teacher, read_prompts(cfg.prompts), cache, log))
 
     def _build_method(self) -> None:
         cfg = self.cfg
@@ -279,8 +290,8 @@ class Distiller:
     def _build_optimizers(self) -> None:
         cfg, o = self.cfg, self.cfg.optim
         eps = o.eps or (1e-6 if cfg.precision == "fp16" else 1e-8)
-        self.opt_g = make_adam(self.G.parameters(), o.lr, (o.beta1, o.beta2), eps, o.impl, self.device, o.weight_decay)
-        self.opt_f = make_adam(self.fake.parameters(), o.fake_lr or o.lr, (o.beta1, o.beta2), eps, o.impl, self.device,
+        self.opt_g = make_adam(self.trainable["generator"], o.lr, (o.beta1, o.beta2), eps, o.impl, self.device, o.weight_decay)
+        self.opt_f = make_adam(self.trainable["fake"], o.fake_lr or o.lr, (o.beta1, o.beta2), eps, o.impl, self.device,
                                o.weight_decay)
         # noise generators (per rank, or shared for rng=global); real-data batches have their own CPU stream
         noise_seed = cfg.seed * 7919 + 17 + (0 if cfg.distributed.rng == "global" else 104729 * self.rank)
@@ -429,13 +440,17 @@ class Distiller:
         ``keep_samples``; a fake update given ``samples`` fits those instead of fresh ones."""
         accum = self.cfg.optim.grad_accum
         if kind == "fake":
-            self.G.eval().requires_grad_(False)
-            self.fake.train().requires_grad_(True)
-            opt, params, ddp = self.opt_f, list(self.fake.parameters()), self.f_ddp
+            self.G.eval()
+            self.fake.train()
+            set_trainable(self.G, None)
+            set_trainable(self.fake, self.trainable["fake"])
+            opt, params, ddp = self.opt_f, self.trainable["fake"], self.f_ddp
         else:
-            self.G.train().requires_grad_(True)
-            self.fake.eval().requires_grad_(False)
-            opt, params, ddp = self.opt_g, list(self.G.parameters()), self.g_ddp
+            self.G.train()
+            self.fake.eval()
+            set_trainable(self.G, self.trainable["generator"])
+            set_trainable(self.fake, None)
+            opt, params, ddp = self.opt_g, self.trainable["generator"], self.g_ddp
         opt.zero_grad(set_to_none=True)
         stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, non-finite samples, stop flag
         kept = []

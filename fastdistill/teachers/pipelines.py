@@ -121,8 +121,30 @@ class PipelineTeacher(DiffusersDenoiser):
         cond = Conditioning.cat([self._encode(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)])
         return dataclasses.replace(cond, null=self._null)
 
+    @property
+    def text_encoders(self) -> list:
+        """The pipeline's text encoders (none once :meth:`release_text_encoders` ran)."""
+        pipe = self.parts.pipe
+        return [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
+
+    @property
+    def tokenizers(self) -> list:
+        pipe = self.parts.pipe
+        return [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None]
+
+    def release_text_encoders(self) -> None:
+        """Drop the text encoders (for this teacher and every copy): training needs only the
+        encoded prompts. Loading the folder again brings them back."""
+        pipe = self.parts.pipe
+        pipe.text_encoder = None
+        if hasattr(pipe, "text_encoder_2"):
+            pipe.text_encoder_2 = None
+
     def _encode(self, prompts: list) -> Conditioning:
         pipe = self.parts.pipe
+        if pipe.text_encoder is None:
+            raise RuntimeError("this teacher's text encoders were released after its training prompts were encoded; "
+                               "load the pipeline again (load_teacher / load_student) to encode new prompts")
         device = pipe.text_encoder.device
         if self.family != "SDXL":
             embeds, _ = pipe.encode_prompt(prompts, device, 1, False)

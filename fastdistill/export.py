@@ -1,0 +1,116 @@
+"""Export a text-to-image student as a diffusers pipeline folder that ``from_pretrained`` loads.
+
+The folder is the teacher's pipeline with the student's UNet: its LoRA adapters merged into the
+weights (``lora="merge"``), or the teacher's UNet untouched plus the adapters in diffusers' LoRA
+format (``lora="adapter"``, loaded with ``pipe.load_lora_weights(folder)``). Its
+``fastdistill_student.json`` and ``README.md`` say how to generate in one step (docs/algorithms.md
+section 9): feed the latents ``sqrt(1 - abar[t_init]) z`` at the single timestep ``t_init`` and
+read the scheduler's ``pred_original_sample``; :data:`ONE_STEP_SNIPPET` is that code (the tests
+run it). The folder is written beside its destination and renamed into place, so an interrupted
+export leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .engine.lora import has_lora
+
+__all__ = ["export_student", "ONE_STEP_SNIPPET", "LORA_MODES"]
+
+LORA_MODES = ("merge", "adapter")
+
+#: one-step generation with an exported folder, in diffusers alone (``folder``, ``prompts``,
+#: ``z``: (B, 4, h, w) standard normal latents); ``images`` in [0, 1], (B, H, W, 3)
+ONE_STEP_SNIPPET = '''\
+import json, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained(folder)
+t_init = json.load(open(f"{folder}/fastdistill_student.json"))["t_init"]
+embeds = pipe.encode_prompt(prompts, device="cpu", num_images_per_prompt=1,
+                            do_classifier_free_guidance=False)  # SD: (embeds, None); SDXL: 4 tensors
+abar = pipe.scheduler.alphas_cumprod[t_init]
+latents = (1 - abar).sqrt() * z                          # diffusers' add_noise of x0 = 0 at t_init
+t = torch.full((z.shape[0],), t_init)
+extra = {}
+if len(embeds) == 4:                                     # SDXL: pooled text and time ids
+    size = z.shape[-1] * pipe.vae_scale_factor
+    extra = {"added_cond_kwargs": {"text_embeds": embeds[2],
+                                   "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * z.shape[0])}}
+with torch.no_grad():
+    out = pipe.unet(latents, t, encoder_hidden_states=embeds[0], **extra).sample
+    pipe.scheduler.set_timesteps(1)
+    x0 = pipe.scheduler.step(out, t_init, latents).pred_original_sample  # the one-step sample (latents)
+    images = pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample
+images = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+'''
+
+
+def _merged_unet(unet: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``unet`` with every LoRA layer merged into its base layer and replaced by it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    unet = copy.deepcopy(unet)
+    for name, module in list(unet.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(unet.get_submodule(parent_name) if parent_name else unet, child, module.get_base_layer())
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        if attr in unet.__dict__:
+            delattr(unet, attr)
+    return unet
+
+
+def export_student(student, out, lora: str = "merge") -> Path:
+    """Write ``student`` (a text-to-image :class:`~fastdistill.student.Student`) to the new folder ``out``."""
+    if lora not in LORA_MODES:
+        raise ValueError(f"lora must be one of {LORA_MODES}, got {lora!r}")
+    net = student.net
+    if not hasattr(net, "parts") or student.info.cond_kind != "text":
+        raise ValueError("export to a diffusers folder is for text-to-image students; a pixel student's export "
+                         "is the run's student.safetensors")
+    source = Path(student.info.teacher or "")
+    if not (source / "model_index.json").is_file():
+        raise FileNotFoundError(f"the student's teacher pipeline {str(source)!r} is not there any more: the export "
+                                f"copies its tokenizer, text encoders, VAE and scheduler")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not empty: export into a new folder")
+    tmp = out.with_name(f".tmp-export-{os.getpid()}-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(".*"))
+        adapters = has_lora(net)
+        if adapters and lora == "adapter":
+            from peft.utils import get_peft_model_state_dict
+
+            layers = {k[len("unet."):]: v for k, v in get_peft_model_state_dict(net).items() if k.startswith("unet.")}
+            type(net.parts.pipe).save_lora_weights(str(tmp), unet_lora_layers=layers)
+        else:
+            shutil.rmtree(tmp / "unet")
+            (_merged_unet(net.unet) if adapters else net.unet).save_pretrained(str(tmp / "unet"))
+        info = {"t_init": int(round(float(net.timestep_for(torch.tensor(student.info.sigma_init))))),
+                "sigma_init": student.info.sigma_init, "method": student.info.method, "step": student.info.step,
+                "lora": ("adapter" if lora == "adapter" else "merged") if adapters else "none",
+                "input": "latents = sqrt(1 - alphas_cumprod[t_init]) * z, at the single timestep t_init",
+                "output": "the scheduler's pred_original_sample (latents; decode with the VAE)"}
+        (tmp / "fastdistill_student.json").write_text(json.dumps(info, indent=2) + "\n")
+        (tmp / "README.md").write_text(
+            f"# One-step student distilled by fastdistill ({student.info.method})\n\n"
+            f"Generate in one step (t_init = {info['t_init']}); `folder`, `prompts` and `z` (standard normal "
+            f"latents) are yours:\n\n```python\nfolder = {str(out)!r}\n{ONE_STEP_SNIPPET}```\n"
+            + ("\nThe adapters are in pytorch_lora_weights.safetensors: call `pipe.load_lora_weights(folder)` "
+               "after loading.\n" if info["lora"] == "adapter" else ""))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
