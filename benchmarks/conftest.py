@@ -84,12 +84,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     _loss_summary(terminalreporter)
     import sys
 
-    iteration = sys.modules.get("test_iteration_benchmark")
-    lines = iteration.summary_lines() if iteration is not None else []
-    if lines:
-        terminalreporter.section("fastdistill iteration benchmark: images/s of one full iteration (one session)")
-        for line in lines:
-            terminalreporter.write_line(line)
+    for module, title in (("test_iteration_benchmark", "iteration benchmark: images/s of one full iteration (one session)"),
+                          ("test_t2i_memory", "text-to-image memory: one subprocess a row, 1 thread")):
+        mod = sys.modules.get(module)
+        lines = mod.summary_lines() if mod is not None else []
+        if lines:
+            terminalreporter.section(f"fastdistill {title}")
+            for line in lines:
+                terminalreporter.write_line(line)
 
 
 def _loss_summary(terminalreporter):

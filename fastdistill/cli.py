@@ -110,6 +110,16 @@ def _steps_list(text: str) -> list[int]:
     return out
 
 
+def _floats_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
+
+
 def _check_device(text: str, flag: str = "--device") -> str:
     """A ``--device`` that can run here (cpu, cuda, cuda:N), checked before any work starts."""
     import torch
@@ -341,14 +351,35 @@ def _eval(args: argparse.Namespace) -> int:
     check_output_path(out, suffixes=None)  # before any work
     torch.set_num_threads(max(1, int(args.threads)))
     solvers = [s for s in args.solver.split(",") if s]
+    if args.prompts:
+        return _eval_text_to_image(args, solvers, out)
+    if args.clip or args.guidance != [1.0]:
+        raise ValueError("--clip and --guidance are for text-to-image models: give --prompts FILE")
     try:
         models = [Model.teacher(t, k, solver) for t in args.teacher or [] for solver in solvers for k in args.steps]
         models += [Model.student(s, k) for s in args.student or [] for k in args.student_steps]
-        res = evaluate_models(models, data=args.data, n=args.n, extractor=args.extractor, full=not args.fid_only,
-                              device=args.device)
+        res = evaluate_models(models, data=args.data, n=args.n, extractor=args.extractor or "digits",
+                              full=not args.fid_only, device=args.device)
     except ImportError as exc:  # an optional dependency (torch-fidelity) missing
         return _fail("eval", exc, args)
     print(format_table(res))
+    print(f"wrote {res.save(out)} ({res.elapsed_s:.1f} s)")
+    return 0
+
+
+def _eval_text_to_image(args: argparse.Namespace, solvers: list, out: Path) -> int:
+    from .data.prompts import read_prompts
+    from .evaluation_t2i import T2IModel, evaluate_text_to_image, format_t2i_table
+
+    models = [T2IModel.teacher(t, k, w, solver) for t in args.teacher or [] for solver in solvers for k in args.steps
+              for w in args.guidance]
+    models += [T2IModel.student(s) for s in args.student or []]
+    try:
+        res = evaluate_text_to_image(models, read_prompts(args.prompts), data=args.data, clip=args.clip, n=args.n,
+                                     extractor=args.extractor or "inception", device=args.device)
+    except ImportError as exc:
+        return _fail("eval", exc, args)
+    print(format_t2i_table(res))
     print(f"wrote {res.save(out)} ({res.elapsed_s:.1f} s)")
     return 0
 
@@ -466,9 +497,15 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_steps_list, default=[18], metavar="N[,N...]",
                    help="teacher sampler steps, e.g. 1,2,4,8,18 (Heun: 2N-1 evaluations, Euler: N)")
     p.add_argument("--solver", default="heun", help="heun, euler, or heun,euler (default heun)")
-    p.add_argument("--data", default=None, help="dataset name or path (default: inferred: digits / the toy)")
+    p.add_argument("--data", default=None, help="dataset name or path (default: inferred: digits / the toy); with --prompts: a folder of reference images for FID")
     p.add_argument("-n", type=int, default=None, help=f"samples per model (default: the held-out size, {DIGITS_N} on digits)")
-    p.add_argument("--extractor", default="digits", choices=("digits", "inception"), help="FID feature space for images")
+    p.add_argument("--extractor", default=None, choices=("digits", "inception"),
+                   help="FID feature space for images (default: digits; inception for text-to-image models)")
+    t2i = p.add_argument_group("text-to-image models (with --prompts)")
+    t2i.add_argument("--prompts", help="prompt file: every model samples these prompts (cycled to -n) on the same noise")
+    t2i.add_argument("--clip", help="local CLIP model folder (transformers CLIPModel + processor) for the CLIP score")
+    t2i.add_argument("--guidance", type=_floats_list, default=[1.0], metavar="W[,W...]",
+                     help="teachers' classifier-free guidance scales (default 1: none)")
     p.add_argument("--fid-only", action="store_true", help="images: FID only (skip KID and precision/recall)")
     p.add_argument("--out", default=None, help="JSON output path (default: eval.json)")
     p.add_argument("--device", default="cpu")

@@ -36,6 +36,7 @@ LAYERS = {
     "fastdistill.projection": 6,
     "fastdistill.reports": 6,
     "fastdistill.evaluation": 6,
+    "fastdistill.evaluation_t2i": 6,
     "fastdistill.export": 6,
     "fastdistill.cli": 7,
 }

@@ -427,3 +427,85 @@ def test_export_round_trip(tmp_path, sd_eps_folder, sdxl_folder, prompt_file, ki
          teacher_scope)
     assert (teacher_scope["x0"] - want).abs().max() > 1e-3  # the student is not the teacher: the check can fail
     assert main(["export", str(run), str(out)]) == 2  # an existing folder is refused, nothing overwritten
+
+
+def test_checkpointing_and_bf16_teacher(tmp_path, sd_eps_folder, prompt_file):
+    """Block-wise gradient checkpointing of the three UNets gives the step without it; a bf16
+    frozen teacher halves its UNet while the trained copies start from its fp32 weights."""
+    runs = {}
+    for name, over in (("plain", {}), ("ckpt", {"activation_checkpointing": True})):
+        d = Distiller(_lora_config(tmp_path / name, sd_eps_folder, prompt_file, **{"lora.rank": 0, **over}))
+        d.train_step()
+        runs[name] = d
+    assert runs["ckpt"].G.unet.is_gradient_checkpointing and runs["ckpt"].teacher.unet.is_gradient_checkpointing
+    assert not runs["plain"].G.unet.is_gradient_checkpointing
+    a, b = _state(runs["plain"]), _state(runs["ckpt"])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    d = Distiller(_lora_config(tmp_path / "bf16", sd_eps_folder, prompt_file, **{"teacher.dtype": "bf16"}))
+    assert next(d.teacher.unet.parameters()).dtype == torch.bfloat16
+    assert next(d.G.unet.parameters()).dtype == torch.float32
+    fp32 = load_teacher(str(sd_eps_folder))
+    torch.testing.assert_close(dict(d.G.named_parameters())["unet.conv_in.weight"],
+                               dict(fp32.named_parameters())["unet.conv_in.weight"], rtol=0, atol=0)
+    assert d.teacher.sigmas.dtype == torch.float64  # the schedule is not rounded
+    row = d.train_step()
+    assert row["skipped"] == 0
+
+
+# ---------------------------------------------------------------------- evaluation
+def test_clip_score_equals_transformers(tmp_path):
+    from transformers import CLIPModel, CLIPProcessor
+
+    from fastdistill.metrics import EvalError
+    from fastdistill.metrics.clip_score import clip_score
+    from tests.tiny_pipelines import make_clip_model
+
+    folder = make_clip_model(tmp_path / "clip")
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    prompts = ["a cat", "a dog", "the digit seven"]
+    mean, se = clip_score(images, prompts, folder)
+    model, proc = CLIPModel.from_pretrained(folder), CLIPProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        img = model.get_image_features(**proc(images=list((images + 1) / 2), return_tensors="pt", do_rescale=False))
+        txt = model.get_text_features(**proc(text=prompts, return_tensors="pt", padding=True))
+    img, txt = getattr(img, "pooler_output", img), getattr(txt, "pooler_output", txt)
+    cos = torch.nn.functional.cosine_similarity(img, txt)
+    assert mean == pytest.approx(float(cos.mean()), abs=1e-5)
+    assert se == pytest.approx(float(cos.double().std() / 3**0.5), abs=1e-5)
+    with pytest.raises(EvalError, match="local CLIP model folder.*Nothing is downloaded"):
+        clip_score(images, prompts, tmp_path / "openai/clip-vit-large-patch14")
+
+
+def test_eval_command_on_text_to_image_models(tmp_path, sd_eps_folder, prompt_file, capsys, monkeypatch):
+    """``fastdistill eval --prompts`` scores a guided teacher at two scales and a student on the
+    same prompts and noise (CLIP score), and refuses what it cannot measure."""
+    import json
+
+    from fastdistill.cli import main
+    from tests.tiny_pipelines import make_clip_model
+
+    clip = make_clip_model(tmp_path / "clip")
+    run = tmp_path / "run"
+    Distiller(_lora_config(run, sd_eps_folder, prompt_file, **{"lora.rank": 0, "steps": 1})).run()
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--prompts", str(prompt_file), "--teacher", str(sd_eps_folder), "--steps", "2",
+                 "--guidance", "1,3", "--student", str(run), "--clip", str(clip), "-n", "4", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r.get("guidance"), r["nfe"], r["passes"]) for r in rows] == [
+        ("teacher", 1.0, 3, 3), ("teacher", 3.0, 3, 6), ("student", None, 1, 1)]
+    assert all(-1 <= r["clip"] <= 1 for r in rows) and rows[0]["clip"] != rows[1]["clip"]
+    assert "CLIP" in capsys.readouterr().out
+    assert main(["eval", "--prompts", str(prompt_file), "--student", str(run)]) == 2  # no --clip, no --data
+    assert "nothing to measure" in capsys.readouterr().err
+    assert main(["eval", "--student", str(run), "--clip", str(clip)]) == 2  # --clip without --prompts
+    refs = tmp_path / "refs"  # FID against reference images: Inception from a local file, never downloaded
+    refs.mkdir()
+    from PIL import Image
+
+    for i in range(6):
+        Image.fromarray((torch.rand(20, 20, 3) * 255).byte().numpy()).save(refs / f"{i}.png")
+    monkeypatch.setenv("FASTDISTILL_INCEPTION_WEIGHTS", str(tmp_path / "missing.pth"))
+    capsys.readouterr()
+    assert main(["eval", "--prompts", str(prompt_file), "--student", str(run), "--data", str(refs), "-n", "2"]) == 2
+    assert "Inception-v3 weights file not found" in capsys.readouterr().err

@@ -120,15 +120,24 @@ def _vae(seed: int, sample_size: int):
     ).eval()
 
 
-def _unet(seed: int, sample_size: int, cross_attention_dim: int, **extra):
+#: UNet shapes: "tiny" (212k parameters, the tests) and "mid" (SD 1.5's block layout at a fifth of
+#: its width: 4 levels, 2 layers a level, cross-attention in the first 3; about 36M parameters)
+UNET_SIZES = {
+    "tiny": dict(layers_per_block=1, block_out_channels=(16, 32), attention_head_dim=2,
+                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+    "mid": dict(layers_per_block=2, block_out_channels=(64, 128, 256, 256), attention_head_dim=8,
+                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
+}
+
+
+def _unet(seed: int, sample_size: int, cross_attention_dim: int, size: str = "tiny", **extra):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8,
-        cross_attention_dim=cross_attention_dim, attention_head_dim=2, **extra,
+        sample_size=sample_size, in_channels=4, out_channels=4, norm_num_groups=8,
+        cross_attention_dim=cross_attention_dim, **UNET_SIZES[size], **extra,
     ).eval()
 
 
@@ -157,19 +166,23 @@ def _scheduler(name: str, prediction_type: str):
 
 def make_sd_pipeline(
     folder: PathLike, prediction_type: str = "epsilon", seed: int = 0, sample_size: int = 8, scheduler: str = "ddim",
+    size: str = "tiny",
 ) -> Path:
     """Save a random StableDiffusionPipeline to `folder` and return its path.
 
     Latents (4, sample_size, sample_size), images 2 * sample_size pixels square (16 x 16 by default);
-    scheduler is "ddim", "pndm", "ddpm" or "euler", all on SD's schedule.
+    scheduler is "ddim", "pndm", "ddpm" or "euler", all on SD's schedule; `size`: the UNet's
+    shape (:data:`UNET_SIZES`; "mid" has a 256-wide text encoder).
     """
     from diffusers import StableDiffusionPipeline
 
     folder = Path(folder)
     tokenizer = _tokenizer(folder / "tokenizer")
+    width = 16 if size == "tiny" else 256
     pipe = StableDiffusionPipeline(
-        vae=_vae(seed, sample_size), text_encoder=_text_encoder(tokenizer, seed), tokenizer=tokenizer,
-        unet=_unet(seed, sample_size, cross_attention_dim=16), scheduler=_scheduler(scheduler, prediction_type),
+        vae=_vae(seed, sample_size), text_encoder=_text_encoder(tokenizer, seed, hidden_size=width), tokenizer=tokenizer,
+        unet=_unet(seed, sample_size, cross_attention_dim=width, size=size),
+        scheduler=_scheduler(scheduler, prediction_type),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)
@@ -205,4 +218,25 @@ def make_sdxl_pipeline(
         scheduler=_scheduler(scheduler, prediction_type), force_zeros_for_empty_prompt=True,
     )
     pipe.save_pretrained(folder)
+    return folder
+
+
+def make_clip_model(folder: PathLike, seed: int = 0, image_size: int = 16) -> Path:
+    """Save a tiny random transformers CLIPModel with its processor (the tokenizer above and a
+    CLIPImageProcessor for `image_size` pixels) to `folder` and return its path."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    folder = Path(folder)
+    tokenizer = _tokenizer(folder / "_tokenizer")
+    text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=image_size, patch_size=4)
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    images = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    model.save_pretrained(folder)
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
     return folder

@@ -33,6 +33,7 @@ class TeacherConfig:
     kind: str = "analytic"  # analytic (exact Gaussian-mixture denoiser) | checkpoint (load_teacher(path)) | network (a Denoiser object passed in Python)
     name: str = "8gaussians"  # analytic teacher, named like its dataset: 8gaussians | 25gaussians | gaussian | ringN
     path: str = ""  # kind=checkpoint: "digits" (shipped), an EDM pickle, a fastdistill .safetensors or a diffusers folder
+    dtype: str = "fp32"  # fp32 | bf16: the frozen teacher's UNet in bf16 (diffusers teachers; halves its memory; the trained copies stay fp32)
     resolution: int = 0  # text-to-image pipelines: the image side in pixels, a multiple of the VAE's factor (0 = the pipeline's own)
     init: str = "auto"  # teacher: generator/fake/EMA are copies of the teacher | fit: an MLP fitted to the teacher's denoiser (needed for analytic teachers) | auto
     mlp_hidden: int = 128  # width of the fitted MLP (init=fit)
@@ -108,7 +109,7 @@ class DistillConfig:
     compile_scope: str = "full"  # full: whole networks | regional: each repeated block compiled once per shape, shared by all networks (docs/performance.md: which pays where)
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs; CUDA only) | max-autotune | max-autotune-no-cudagraphs
     channels_last: bool = False  # convolution networks in NHWC memory format (faster convolutions on most GPUs; none here on CPU)
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # recompute activations in backward: diffusers UNets block by block (all three networks), other networks as one call (generator, fake)
     threads: int = 0  # torch CPU threads; 0 = leave as is
     resume: str = "auto"  # auto (latest checkpoint in out_dir) | none (a new run; refused where checkpoints exist) | <checkpoint dir>
     allow_config_change: bool = False  # resume with changed settings beyond the free ones (lr, batch size, ...); recorded in the checkpoints
@@ -203,6 +204,7 @@ class DistillConfig:
         need(t.kind != "checkpoint" or t.path, "teacher.path is required with teacher.kind=checkpoint")
         need(not (t.kind == "analytic" and t.init == "teacher"),
              "an analytic teacher has no network to copy: use teacher.init=fit (or auto)")
+        choice("teacher.dtype", t.dtype, ("fp32", "bf16"))
         need(isinstance(t.resolution, int) and t.resolution >= 0, f"teacher.resolution must be an integer >= 0, got {t.resolution!r}")
         for k in ("mlp_hidden", "mlp_layers", "fit_batch", "fit_lr"):
             positive(f"teacher.{k}", getattr(t, k))

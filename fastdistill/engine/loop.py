@@ -229,6 +229,12 @@ class Distiller:
                 for t in list(net.parameters()) + list(net.buffers()):
                     torch.distributed.broadcast(t.data, src=0)
         self.ema = EMA(self.G, copy_net(self.G), self.trainable["generator"])
+        if cfg.teacher.dtype == "bf16":  # after the copies, which keep the teacher's fp32 weights
+            unet = getattr(self.teacher, "unet", None)
+            if unet is None:
+                raise ConfigError("teacher.dtype=bf16 is for diffusers teachers (their UNet runs in bf16, the "
+                                  "schedule stays in float64); use precision=bf16 to autocast other teachers")
+            unet.to(torch.bfloat16)
         if cfg.channels_last:  # 4-D weights only; activations follow the weights' layout
             for net in (self.teacher, self.G, self.fake, self.ema.module):
                 if isinstance(net, torch.nn.Module):
@@ -274,10 +280,18 @@ class Distiller:
         if self.distributed and cfg.distributed.fsdp_teacher and isinstance(self.teacher, torch.nn.Module):
             teacher_call = D.shard_teacher(self.teacher)
 
+        # diffusers UNets checkpoint block by block (their own implementation), all three networks,
+        # since SiD's and SIM's gradients pass through the teacher too; other networks as a whole call
+        per_block = cfg.activation_checkpointing and all(
+            hasattr(getattr(n, "unet", None), "enable_gradient_checkpointing") for n in (self.G, self.fake, self.teacher))
+        if per_block:
+            for net in (self.G, self.fake, self.teacher):
+                net.unet.enable_gradient_checkpointing()
+
         def prep(fn, grad_path=True):
             if cfg.compile:
                 fn = compile_network(fn, cfg.compile_scope, cfg.compile_mode)
-            if cfg.activation_checkpointing and grad_path:
+            if cfg.activation_checkpointing and grad_path and not per_block:
                 fn = _Checkpointed(fn)
             return fn
 

@@ -13,7 +13,7 @@ import torch
 
 from ..conditioning import Conditioning
 
-__all__ = ["Denoiser", "score_from_denoiser", "guided"]
+__all__ = ["Denoiser", "score_from_denoiser", "guided", "GuidedDenoiser"]
 
 
 @runtime_checkable
@@ -56,3 +56,23 @@ def guided(denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[Condit
     both = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), Conditioning.cat([cond.unconditional(), cond]))
     d_u, d_c = both.chunk(2)
     return d_u + scale * (d_c - d_u)
+
+
+class GuidedDenoiser(torch.nn.Module):
+    """A denoiser under classifier-free guidance at a fixed ``scale``, for the samplers: calls go
+    through :func:`guided`, every other attribute (``sigma_min``, ``round_sigma``, ...) is the
+    wrapped denoiser's."""
+
+    def __init__(self, denoiser, scale: float):
+        super().__init__()
+        self.denoiser = denoiser
+        self.scale = float(scale)
+
+    def forward(self, x, sigma, cond=None):
+        return guided(self.denoiser, x, sigma, cond, self.scale)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["denoiser"], name)
