@@ -11,6 +11,7 @@ written the way each method's own code is, in fp32:
 - DMD (DMD2's loop): the generator step first, scores without gradient, the distribution
   matching gradient as an MSE against a detached target; then the fake-score step on the same
   generator samples, detached (DMD2 reuses them); the same Adam and EMA.
+- On a Stable Diffusion teacher, SiD-LSG's loop (:class:`LatentEagerLoop`).
 """
 from __future__ import annotations
 
@@ -56,11 +57,45 @@ def _digits():
     return load_digits_teacher()
 
 
+PROMPTS = ["a photo of a cat", "a dog on a sofa", "the digit seven", "a handwritten three", "a red bicycle",
+           "a bowl of fruit", "a mountain lake", "a city street at night"]
+_PIPELINE_DIR: list = []
+
+
+def _sd_unet():
+    """A Stable Diffusion 1.5-shaped pipeline at a fifth of its width (35M-parameter
+    UNet2DConditionModel, 32x32x4 latents, a 256-wide CLIP text encoder), built once per process
+    in a temporary folder, with a prompt file beside it."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from fastdistill.teachers import load_teacher
+
+    if not _PIPELINE_DIR:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.tiny_pipelines import make_sd_pipeline
+
+        root = Path(tempfile.mkdtemp(prefix="fastdistill-sd-unet-"))
+        make_sd_pipeline(root / "pipe", size="mid", sample_size=32)
+        (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+        _PIPELINE_DIR.append(root)
+    torch.manual_seed(0)
+    return load_teacher(str(_PIPELINE_DIR[0] / "pipe"))
+
+
+def prompt_file() -> str:
+    """The prompt file of the latent architecture (after its first build)."""
+    return str(_PIPELINE_DIR[0] / "prompts.txt")
+
+
 ARCHS = {
     # EDM's CIFAR-10 DDPM++ configuration (random weights): 56M parameters, 32x32x3.
     "ddpmpp": Arch("ddpmpp", _ddpmpp(), {"cpu": 2, "cuda": 64}, "EDM CIFAR-10 DDPM++ (SongUNet 128x[2,2,2], 4 blocks)"),
     # The shipped digits teacher (the main job's network): 0.75M parameters, 8x8x1, 10 classes.
     "digits": Arch("digits", _digits, {"cpu": 32, "cuda": 256}, "shipped digits U-Net (main job)"),
+    # A latent text-to-image teacher: SD 1.5's UNet2DConditionModel layout at 1/5 width (35M parameters).
+    "sdunet": Arch("sdunet", _sd_unet, {"cpu": 2, "cuda": 64}, "SD-1.5-shaped UNet2DConditionModel, 1/5 width, 32x32x4"),
     # Smoke-test size of the DDPM++ layout.
     "tiny": Arch("tiny", _ddpmpp(resolution=16, channels=32, mult=(1, 2), blocks=1, attn=(8,)), {"cpu": 4, "cuda": 8},
                  "DDPM++ layout, 16x16, 32 channels"),
@@ -167,14 +202,135 @@ class EagerLoop:
         self._ema()
 
 
+class LatentEagerLoop:
+    """SiD-LSG's loop (its sid_training_loop.py; DMD2's order for DMD), fp32, guidance 1, on a
+    Stable Diffusion teacher: the prompts tokenized and encoded at every step, the generator the
+    UNet at t_init = 625 on ``sqrt(1 - abar) z`` read as ``pred_original_sample``, timesteps
+    uniform in [20, 980), the fake network on the epsilon MSE, the SiD loss with alpha 1 (DMD2's
+    MSE against a detached target for DMD), Adam betas (0, 0.999), the EMA parameter by parameter."""
+
+    T_INIT, T_LO, T_HI = 625, 20, 980
+
+    def __init__(self, teacher, method: str, batch: int, device: torch.device, lr: float = 1e-6):
+        if method not in ("sid", "dmd"):
+            raise ValueError(method)
+        import random
+
+        self.method, self.batch, self.device = method, batch, device
+        self.pipe = teacher.parts.pipe
+        self.teacher = teacher.unet.to(device).eval().requires_grad_(False)
+        self.G = copy.deepcopy(self.teacher).requires_grad_(True)
+        self.fake = copy.deepcopy(self.teacher).requires_grad_(True)
+        self.ema = copy.deepcopy(self.teacher).eval().requires_grad_(False)
+        self.abar = (1.0 / (1.0 + teacher.sigmas.double() ** 2)).float().to(device)
+        self.shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8)
+        self.opt_f = torch.optim.Adam(self.fake.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8)
+        self.rng = random.Random(0)
+        self.nimg = 0
+
+    def _embeds(self):
+        prompts = [self.rng.choice(PROMPTS) for _ in range(self.batch)]
+        tok = self.pipe.tokenizer(prompts, padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
+                                  truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            return self.pipe.text_encoder(tok.input_ids.to(self.device))[0]
+
+    def _x0(self, unet, x_t, t, emb):
+        a = _bcast(self.abar[t])
+        eps = unet(x_t, t, encoder_hidden_states=emb).sample
+        return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+    def _generate(self, emb):
+        t = torch.full((self.batch,), self.T_INIT, device=self.device)
+        z = torch.randn(self.batch, *self.shape, device=self.device)
+        return self._x0(self.G, (1 - self.abar[self.T_INIT]).sqrt() * z, t, emb)
+
+    def _noised(self, x0):
+        t = torch.randint(self.T_LO, self.T_HI, (self.batch,), device=self.device)
+        noise = torch.randn_like(x0)
+        a = _bcast(self.abar[t])
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise, t, noise
+
+    def _fake_step(self, x_g, emb):
+        self.fake.train().requires_grad_(True)
+        x_t, t, noise = self._noised(x_g)
+        loss = ((self.fake(x_t, t, encoder_hidden_states=emb).sample - noise) ** 2).sum() / self.batch
+        self.opt_f.zero_grad()
+        loss.backward()
+        self._clean(self.fake)
+        self.opt_f.step()
+
+    def _clean(self, net):
+        for p in net.parameters():
+            if p.grad is not None:
+                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+
+    def _generator_step(self):
+        self.G.train().requires_grad_(True)
+        self.fake.eval().requires_grad_(False)
+        emb = self._embeds()
+        x_g = self._generate(emb)
+        x_t, t, _ = self._noised(x_g)
+        if self.method == "sid":
+            y_fake = self._x0(self.fake, x_t, t, emb)
+            y_real = self._x0(self.teacher, x_t, t, emb)
+            with torch.no_grad():
+                w = (x_g - y_real).abs().mean(dim=[1, 2, 3], keepdim=True).clip(min=1e-5)
+            loss = ((y_real - y_fake) * (y_fake - x_g) / w).sum() / self.batch
+        else:
+            with torch.no_grad():
+                y_fake = self._x0(self.fake, x_t.detach(), t, emb)
+                y_real = self._x0(self.teacher, x_t.detach(), t, emb)
+                w = (x_g - y_real).abs().mean(dim=[1, 2, 3], keepdim=True).clip(min=1e-5)
+                grad = torch.nan_to_num((y_fake - y_real) / w)
+            loss = 0.5 * torch.nn.functional.mse_loss(x_g, (x_g - grad).detach(), reduction="sum") / self.batch
+        self.opt_g.zero_grad()
+        loss.backward()
+        self._clean(self.G)
+        self.opt_g.step()
+        self.G.eval().requires_grad_(False)
+        return x_g.detach(), emb
+
+    def _ema(self):
+        hl = min(50e3, 0.05 * self.nimg)
+        beta = 0.5 ** (self.batch / max(hl, 1e-8))
+        with torch.no_grad():
+            for p_ema, p in zip(self.ema.parameters(), self.G.parameters()):
+                p_ema.copy_(p.detach().lerp(p_ema, beta))
+        self.nimg += self.batch
+
+    def step(self):
+        if self.method == "sid":
+            self.G.eval().requires_grad_(False)
+            emb = self._embeds()
+            with torch.no_grad():
+                x_g = self._generate(emb)
+            self._fake_step(x_g, emb)
+            self._generator_step()
+        else:
+            x_g, emb = self._generator_step()
+            self._fake_step(x_g, emb)
+        self._ema()
+
+
+def eager_loop(teacher, method: str, batch: int, device: torch.device):
+    """The authors'-style loop for this teacher: SiD-LSG's for a text-to-image pipeline, else SiD's / DMD2's."""
+    cls = LatentEagerLoop if hasattr(teacher, "encode_prompt") else EagerLoop
+    return cls(teacher, method, batch, device)
+
+
 def engine(teacher: torch.nn.Module, method: str, batch: int, device: str, out_dir, options: list[str]):
-    """fastdistill's Distiller on the same teacher; ``options`` are extra config overrides."""
+    """fastdistill's Distiller on the same teacher; ``options`` are extra config overrides (a
+    text-to-image teacher gets the eager loop's prompts, recipe and loss scales)."""
     from fastdistill.engine import DistillConfig, Distiller
 
+    latent = ["prompts=" + prompt_file(), "method.generator_loss_scale=1", "optim.lr=1e-6"] + (
+        ["method.alpha=1"] if method == "sid" else []) if hasattr(teacher, "encode_prompt") else []
     cfg = DistillConfig().with_overrides([
         "teacher.kind=network", "teacher.init=teacher", f"method.name={method}", f"batch_size={batch}",
         f"device={device}", f"out_dir={out_dir}", "resume=none", "progress=false", "nvtx=false",
-        "log.tensorboard=false", *options])
+        "log.tensorboard=false", "prompt_cache=none", *latent, *options])
     return Distiller(cfg, teacher=teacher)
 
 

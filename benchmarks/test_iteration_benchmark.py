@@ -48,7 +48,7 @@ COMPILED_ROWS = [
 # Compiling takes minutes on CPU (about 2 for the digits step, 8 and more for DDPM++, which then
 # runs no faster there): compiled rows run for SiD on the small networks on CPU, everywhere on CUDA.
 COMPILED_CASES = {"cpu": {("digits", "sid"), ("tiny", "sid")}}
-ITERS = {"ddpmpp": (1, 3), "digits": (3, 10), "tiny": (3, 10)}  # (warm-up, timed) iterations
+ITERS = {"ddpmpp": (1, 3), "sdunet": (1, 3), "digits": (3, 10), "tiny": (3, 10)}  # (warm-up, timed) iterations
 
 
 def rows_of(arch: str, method: str) -> list:
@@ -97,7 +97,7 @@ def test_iteration(benchmark, request, tmp_path, monkeypatch, arch, method, row)
         torch._dynamo.reset()
         monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-cache"))
     if options is None:
-        loop = L.EagerLoop(teacher, method, batch, torch.device(DEVICE))
+        loop = L.eager_loop(teacher, method, batch, torch.device(DEVICE))
         step = loop.step
     else:
         d = L.engine(teacher, method, batch, DEVICE, tmp_path, options)
@@ -123,7 +123,7 @@ def test_iteration(benchmark, request, tmp_path, monkeypatch, arch, method, row)
     if options is None:
         times = L.time_steps(step, DEVICE, timed)
     else:  # timed alternately with a fresh eager loop: the ratio is immune to the machine's drift between rows
-        ref = L.EagerLoop(a.build(), method, batch, torch.device(DEVICE))
+        ref = L.eager_loop(a.build(), method, batch, torch.device(DEVICE))
         ref.step()
         times, ref_times = [], []
         for _ in range(timed):

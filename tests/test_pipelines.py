@@ -44,6 +44,11 @@ def sd_eps_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def sdxl_folder(tmp_path_factory):
+    return make_sdxl_pipeline(tmp_path_factory.mktemp("xl") / "pipe", scheduler="ddim")
+
+
+@pytest.fixture(scope="module")
 def prompt_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
     path.write_text("\n".join(PROMPTS) + "\n")
@@ -242,14 +247,16 @@ def test_guided_step_matches_handwritten_sid_lsg(tmp_path, sd_folder, prompt_fil
 
 
 # ---------------------------------------------------------------------- the user's path
-def test_cli_distill_resume_and_sample(tmp_path, sd_eps_folder, prompt_file):
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_cli_distill_resume_and_sample(tmp_path, request, prompt_file, kind):
     """``distill --teacher PIPELINE --prompts FILE`` (the sid-lsg-sd15 preset), a resumed longer
-    run, then ``sample --prompt`` writing a decoded grid, one row per prompt."""
+    run, then ``sample --prompt`` / ``--prompts`` writing decoded grids, one row per prompt."""
     from fastdistill.cli import main
     from fastdistill.student import load_student
 
+    folder = request.getfixturevalue("sd_eps_folder" if kind == "sd" else "sdxl_folder")
     run = tmp_path / "run"
-    common = ["distill", "--teacher", str(sd_eps_folder), "--prompts", str(prompt_file), "batch_size=2",
+    common = ["distill", "--teacher", str(folder), "--prompts", str(prompt_file), "batch_size=2",
               f"out_dir={run}", "progress=false", "ckpt_every=1", "sample_every=0"]
     assert main(common + ["steps=2"]) == 0
     assert main(common + ["steps=3"]) == 0  # resumes at step 2
@@ -263,6 +270,8 @@ def test_cli_distill_resume_and_sample(tmp_path, sd_eps_folder, prompt_file):
     assert x.shape == (6, 3, 16, 16) and abs(x).max() <= 1
     x1 = student.decode(student.sample(3, seed=0, cond="a cat"))
     torch.testing.assert_close(torch.as_tensor(x[:3]), x1)
+    assert main(["sample", str(run), "--prompts", str(prompt_file), "-n", "2", "--out", str(tmp_path / "file")]) == 0
+    assert __import__("numpy").load(tmp_path / "file.npz")["samples"].shape == (2 * len(PROMPTS), 3, 16, 16)
 
 
 def test_bad_input(tmp_path, sd_eps_folder, prompt_file):
@@ -388,11 +397,6 @@ def test_lora_rank_and_targets_that_do_not_fit(tmp_path, sd_eps_folder, prompt_f
 
 
 # ---------------------------------------------------------------------- export
-@pytest.fixture(scope="module")
-def sdxl_folder(tmp_path_factory):
-    return make_sdxl_pipeline(tmp_path_factory.mktemp("xl") / "pipe", scheduler="ddim")
-
-
 @pytest.mark.parametrize("kind,lora,mode", [("sd", 2, "merge"), ("sd", 2, "adapter"), ("sd", 0, "merge"),
                                             ("sdxl", 2, "merge")])
 def test_export_round_trip(tmp_path, sd_eps_folder, sdxl_folder, prompt_file, kind, lora, mode):
