@@ -57,8 +57,8 @@ def _digits():
     return load_digits_teacher()
 
 
-PROMPTS = ["a photo of a cat", "a dog on a sofa", "the digit seven", "a handwritten three", "a red bicycle",
-           "a bowl of fruit", "a mountain lake", "a city street at night"]
+PROMPTS = ["a photo of a cat", "a dog", "the digit seven", "a handwritten three", "a red bicycle", "a bowl of fruit",
+           "a mountain lake", "a city street"]  # each within the test tokenizer's 16 tokens
 _PIPELINE_DIR: list = []
 
 
