@@ -325,7 +325,7 @@ def engine(teacher: torch.nn.Module, method: str, batch: int, device: str, out_d
     text-to-image teacher gets the eager loop's prompts, recipe and loss scales)."""
     from fastdistill.engine import DistillConfig, Distiller
 
-    latent = ["prompts=" + prompt_file(), "method.generator_loss_scale=1", "optim.lr=1e-6"] + (
+    latent = ["prompts=" + prompt_file(), "teacher.dtype=fp32", "method.generator_loss_scale=1", "optim.lr=1e-6"] + (
         ["method.alpha=1"] if method == "sid" else []) if hasattr(teacher, "encode_prompt") else []
     cfg = DistillConfig().with_overrides([
         "teacher.kind=network", "teacher.init=teacher", f"method.name={method}", f"batch_size={batch}",

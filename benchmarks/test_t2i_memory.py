@@ -29,10 +29,10 @@ pytest.importorskip("peft")
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = {  # name -> config overrides
-    "full fine-tuning": {},
+    "full fine-tuning": {"teacher.dtype": "fp32"},
     "full, bf16 teacher": {"teacher.dtype": "bf16"},
-    "full, checkpointing": {"activation_checkpointing": True},
-    "LoRA rank 8": {"lora.rank": 8},
+    "full, checkpointing": {"teacher.dtype": "fp32", "activation_checkpointing": True},
+    "LoRA rank 8": {"teacher.dtype": "fp32", "lora.rank": 8},
     "LoRA 8, checkpointing, bf16 teacher": {"lora.rank": 8, "activation_checkpointing": True, "teacher.dtype": "bf16"},
 }
 SMOKE_ROWS = ("full fine-tuning", "LoRA rank 8")

@@ -182,7 +182,7 @@ def test_guided_step_matches_handwritten_sid_lsg(tmp_path, sd_folder, prompt_fil
         "teacher.kind=checkpoint", f"teacher.path={sd_folder}", f"prompts={prompt_file}", f"method.name={method}",
         "method.guidance_teacher=1.5", "method.guidance_fake=1.5", "method.guidance_fake_train=1.5",
         "method.uncond_fraction=0.5", "method.generator_loss_scale=1", "method.reuse_samples=false",
-        f"lora.rank={lora}", "optim.lr=1", "optim.eps=1", "batch_size=4", "steps=1", "seed=1", f"out_dir={tmp_path}",
+        f"lora.rank={lora}", "teacher.dtype=fp32", "optim.lr=1", "optim.eps=1", "batch_size=4", "steps=1", "seed=1", f"out_dir={tmp_path}",
         "progress=false", "eval_data=none"])
     d = Distiller(cfg)
     teacher, m = d.teacher, d.method
@@ -309,7 +309,7 @@ def _lora_config(out, folder, prompts, **over):
     items = {"teacher.kind": "checkpoint", "teacher.path": str(folder), "prompts": str(prompts), "lora.rank": 2,
              "method.guidance_teacher": 1.5, "method.guidance_fake": 1.5, "method.guidance_fake_train": 1.5,
              "optim.lr": 1e-3, "batch_size": 2, "steps": 4, "ckpt_every": 2, "threads": 1, "out_dir": str(out),
-             "progress": False, "eval_data": "none", **over}
+             "teacher.dtype": "fp32", "progress": False, "eval_data": "none", **over}
     return DistillConfig().with_overrides([f"{k}={v}" for k, v in items.items()])
 
 
@@ -434,8 +434,8 @@ def test_export_round_trip(tmp_path, sd_eps_folder, sdxl_folder, prompt_file, ki
 
 
 def test_checkpointing_and_bf16_teacher(tmp_path, sd_eps_folder, prompt_file):
-    """Block-wise gradient checkpointing of the three UNets gives the step without it; a bf16
-    frozen teacher halves its UNet while the trained copies start from its fp32 weights."""
+    """Block-wise gradient checkpointing of the three UNets gives the step without it; the frozen
+    teacher is bf16 by default (teacher.dtype=auto) while the trained copies start from its fp32 weights."""
     runs = {}
     for name, over in (("plain", {}), ("ckpt", {"activation_checkpointing": True})):
         d = Distiller(_lora_config(tmp_path / name, sd_eps_folder, prompt_file, **{"lora.rank": 0, **over}))
@@ -446,7 +446,7 @@ def test_checkpointing_and_bf16_teacher(tmp_path, sd_eps_folder, prompt_file):
     a, b = _state(runs["plain"]), _state(runs["ckpt"])
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    d = Distiller(_lora_config(tmp_path / "bf16", sd_eps_folder, prompt_file, **{"teacher.dtype": "bf16"}))
+    d = Distiller(_lora_config(tmp_path / "bf16", sd_eps_folder, prompt_file, **{"teacher.dtype": "auto"}))
     assert next(d.teacher.unet.parameters()).dtype == torch.bfloat16
     assert next(d.G.unet.parameters()).dtype == torch.float32
     fp32 = load_teacher(str(sd_eps_folder))

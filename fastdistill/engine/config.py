@@ -33,7 +33,7 @@ class TeacherConfig:
     kind: str = "analytic"  # analytic (exact Gaussian-mixture denoiser) | checkpoint (load_teacher(path)) | network (a Denoiser object passed in Python)
     name: str = "8gaussians"  # analytic teacher, named like its dataset: 8gaussians | 25gaussians | gaussian | ringN
     path: str = ""  # kind=checkpoint: "digits" (shipped), an EDM pickle, a fastdistill .safetensors or a diffusers folder
-    dtype: str = "fp32"  # fp32 | bf16: the frozen teacher's UNet in bf16 (diffusers teachers; halves its memory; the trained copies stay fp32)
+    dtype: str = "auto"  # the frozen teacher's network: auto (bf16 for text-to-image pipelines, else fp32) | fp32 | bf16 (diffusers teachers; halves its memory; the trained copies start from its fp32 weights and stay fp32)
     resolution: int = 0  # text-to-image pipelines: the image side in pixels, a multiple of the VAE's factor (0 = the pipeline's own)
     init: str = "auto"  # teacher: generator/fake/EMA are copies of the teacher | fit: an MLP fitted to the teacher's denoiser (needed for analytic teachers) | auto
     mlp_hidden: int = 128  # width of the fitted MLP (init=fit)
@@ -204,7 +204,7 @@ class DistillConfig:
         need(t.kind != "checkpoint" or t.path, "teacher.path is required with teacher.kind=checkpoint")
         need(not (t.kind == "analytic" and t.init == "teacher"),
              "an analytic teacher has no network to copy: use teacher.init=fit (or auto)")
-        choice("teacher.dtype", t.dtype, ("fp32", "bf16"))
+        choice("teacher.dtype", t.dtype, ("auto", "fp32", "bf16"))
         need(isinstance(t.resolution, int) and t.resolution >= 0, f"teacher.resolution must be an integer >= 0, got {t.resolution!r}")
         for k in ("mlp_hidden", "mlp_layers", "fit_batch", "fit_lr"):
             positive(f"teacher.{k}", getattr(t, k))
@@ -625,10 +625,11 @@ def _sid_lsg_sd15() -> DistillConfig:
     ``distill --teacher PIPELINE_DIR --prompts FILE``. SiD with alpha 1 and all four guidance
     scales 1.5 (the paper's best FID), timesteps in [20, 980), generator input at t 625,
     Adam betas (0, 0.999) with lr 1e-6 for both networks, loss scales 1, EMA half-life 50 kimg,
-    batch 512, fp32. Left out: the paper's 8-GPU throughput (here: whatever batch fits) and its
-    COCO evaluation during training (``fastdistill eval`` afterwards)."""
+    batch 512, fp32 throughout (the frozen teacher too: ``teacher.dtype=fp32``; ``auto`` halves its
+    memory). Left out: the paper's 8-GPU throughput (here: whatever batch fits) and its COCO
+    evaluation during training (``fastdistill eval`` afterwards)."""
     cfg = DistillConfig()
-    cfg.teacher = TeacherConfig(kind="checkpoint", path="", init="teacher")
+    cfg.teacher = TeacherConfig(kind="checkpoint", path="", init="teacher", dtype="fp32")
     cfg.method = method_config("sid", alpha=1.0, generator_loss_scale=1.0, fake_loss_scale=1.0, noise_levels="teacher",
                                guidance_teacher=1.5, guidance_fake=1.5, guidance_fake_train=1.5)
     cfg.optim.lr = 1e-6

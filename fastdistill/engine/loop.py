@@ -229,7 +229,8 @@ class Distiller:
                 for t in list(net.parameters()) + list(net.buffers()):
                     torch.distributed.broadcast(t.data, src=0)
         self.ema = EMA(self.G, copy_net(self.G), self.trainable["generator"])
-        if cfg.teacher.dtype == "bf16":  # after the copies, which keep the teacher's fp32 weights
+        bf16 = cfg.teacher.dtype == "bf16" or (cfg.teacher.dtype == "auto" and getattr(self.teacher, "latent", False))
+        if bf16:  # after the copies, which keep the teacher's fp32 weights
             unet = getattr(self.teacher, "unet", None)
             if unet is None:
                 raise ConfigError("teacher.dtype=bf16 is for diffusers teachers (their UNet runs in bf16, the "
