@@ -113,21 +113,75 @@ def _bcast(s):
     return s.reshape(-1, 1, 1, 1)
 
 
-class EagerLoop:
-    """One authors'-style iteration (fp32) of SiD or DMD; ``step()`` runs it."""
+def _dmd2_loss(x_g, y_real, y_fake, batch: int):
+    """DMD2's generator loss: the normalised distribution-matching gradient as an MSE against a
+    detached target (the scores computed without gradient)."""
+    with torch.no_grad():
+        w = (x_g - y_real).abs().mean(dim=[1, 2, 3], keepdim=True).clip(min=1e-5)
+        grad = torch.nan_to_num((y_fake - y_real) / w)
+    return 0.5 * torch.nn.functional.mse_loss(x_g, (x_g - grad).detach(), reduction="sum") / batch
 
-    def __init__(self, teacher: torch.nn.Module, method: str, batch: int, device: torch.device, lr: float = 1e-5):
+
+class _Loop:
+    """What both authors'-style loops share: the three networks copied from the teacher's network,
+    Adam with betas (0, 0.999), SiD's gradient clean-up (for the methods in ``CLEANS``), the EMA
+    parameter by parameter, and the two orders of an iteration (SiD: fake step on fresh samples,
+    then the generator step; DMD2: the generator step, then the fake step on its samples)."""
+
+    HALFLIFE = 500e3  # EMA half-life in images
+    CLEANS = ("sid",)
+
+    def _setup(self, net: torch.nn.Module, method: str, batch: int, device: torch.device, lr: float, shape):
         if method not in ("sid", "dmd"):
             raise ValueError(method)
-        self.method, self.batch, self.device = method, batch, device
-        self.teacher = teacher.to(device).eval().requires_grad_(False)
+        self.method, self.batch, self.device, self.shape = method, batch, device, shape
+        self.teacher = net.to(device).eval().requires_grad_(False)
         self.G = copy.deepcopy(self.teacher).requires_grad_(True)
         self.fake = copy.deepcopy(self.teacher).requires_grad_(True)
         self.ema = copy.deepcopy(self.teacher).eval().requires_grad_(False)
-        self.shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8)
         self.opt_f = torch.optim.Adam(self.fake.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8)
         self.nimg = 0
+
+    def _clean(self, net):
+        if self.method in self.CLEANS:
+            for p in net.parameters():
+                if p.grad is not None:
+                    torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+
+    def _ema(self):
+        hl = min(self.HALFLIFE, 0.05 * self.nimg)
+        beta = 0.5 ** (self.batch / max(hl, 1e-8))
+        with torch.no_grad():
+            for p_ema, p in zip(self.ema.parameters(), self.G.parameters()):
+                p_ema.copy_(p.detach().lerp(p_ema, beta))
+        self.nimg += self.batch
+
+    def step(self):
+        if self.method == "sid":
+            cond = self._cond()
+            with torch.no_grad():
+                x_g = self._sample(cond)
+            self._fake_step(x_g, cond)
+            self._generator_step()
+        else:
+            x_g, cond = self._generator_step()
+            self._fake_step(x_g, cond)
+        self._ema()
+
+
+class EagerLoop(_Loop):
+    """One authors'-style iteration (fp32) of SiD or DMD; ``step()`` runs it."""
+
+    def __init__(self, teacher: torch.nn.Module, method: str, batch: int, device: torch.device, lr: float = 1e-5):
+        self._setup(teacher, method, batch, device, lr,
+                    (teacher.img_channels, teacher.img_resolution, teacher.img_resolution))
+
+    def _cond(self):
+        return _labels(self.teacher, self.batch, self.device)
+
+    def _sample(self, labels):
+        return self._generate(self._z(), labels)
 
     def _z(self):
         return torch.randn(self.batch, *self.shape, device=self.device)
@@ -146,12 +200,6 @@ class EagerLoop:
         loss.backward()
         self._clean(self.fake)
         self.opt_f.step()
-
-    def _clean(self, net):
-        if self.method == "sid":  # SiD's clean-up; DMD2 has none
-            for p in net.parameters():
-                if p.grad is not None:
-                    torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
 
     def _generator_step(self):
         self.G.train().requires_grad_(True)
@@ -172,37 +220,15 @@ class EagerLoop:
             with torch.no_grad():
                 y_real = self.teacher(x_t.detach(), sig.flatten(), labels)
                 y_fake = self.fake(x_t.detach(), sig.flatten(), labels)
-                w = (x_g - y_real).abs().mean(dim=[1, 2, 3], keepdim=True).clip(min=1e-5)
-                grad = torch.nan_to_num((y_fake - y_real) / w)
-            loss = 0.5 * torch.nn.functional.mse_loss(x_g, (x_g - grad).detach(), reduction="sum") / self.batch
+            loss = _dmd2_loss(x_g, y_real, y_fake, self.batch)
         self.opt_g.zero_grad()
         loss.backward()
         self._clean(self.G)
         self.opt_g.step()
         return x_g.detach(), labels
 
-    def _ema(self):
-        hl = min(500e3, 0.05 * self.nimg)
-        beta = 0.5 ** (self.batch / max(hl, 1e-8))
-        with torch.no_grad():
-            for p_ema, p in zip(self.ema.parameters(), self.G.parameters()):
-                p_ema.copy_(p.detach().lerp(p_ema, beta))
-        self.nimg += self.batch
 
-    def step(self):
-        if self.method == "sid":
-            labels = _labels(self.teacher, self.batch, self.device)
-            with torch.no_grad():
-                x_g = self._generate(self._z(), labels)
-            self._fake_step(x_g, labels)
-            self._generator_step()
-        else:
-            x_g, labels = self._generator_step()
-            self._fake_step(x_g, labels)
-        self._ema()
-
-
-class LatentEagerLoop:
+class LatentEagerLoop(_Loop):
     """SiD-LSG's loop (its sid_training_loop.py; DMD2's order for DMD), fp32, guidance 1, on a
     Stable Diffusion teacher: the prompts tokenized and encoded at every step, the generator the
     UNet at t_init = 625 on ``sqrt(1 - abar) z`` read as ``pred_original_sample``, timesteps
@@ -210,26 +236,19 @@ class LatentEagerLoop:
     MSE against a detached target for DMD), Adam betas (0, 0.999), the EMA parameter by parameter."""
 
     T_INIT, T_LO, T_HI = 625, 20, 980
+    HALFLIFE = 50e3  # SiD-LSG's 0.05 M images
+    CLEANS = ("sid", "dmd")
 
     def __init__(self, teacher, method: str, batch: int, device: torch.device, lr: float = 1e-6):
-        if method not in ("sid", "dmd"):
-            raise ValueError(method)
         import random
 
-        self.method, self.batch, self.device = method, batch, device
+        self._setup(teacher.unet, method, batch, device, lr,
+                    (teacher.img_channels, teacher.img_resolution, teacher.img_resolution))
         self.pipe = teacher.parts.pipe
-        self.teacher = teacher.unet.to(device).eval().requires_grad_(False)
-        self.G = copy.deepcopy(self.teacher).requires_grad_(True)
-        self.fake = copy.deepcopy(self.teacher).requires_grad_(True)
-        self.ema = copy.deepcopy(self.teacher).eval().requires_grad_(False)
         self.abar = (1.0 / (1.0 + teacher.sigmas.double() ** 2)).float().to(device)
-        self.shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8)
-        self.opt_f = torch.optim.Adam(self.fake.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8)
         self.rng = random.Random(0)
-        self.nimg = 0
 
-    def _embeds(self):
+    def _cond(self):
         prompts = [self.rng.choice(PROMPTS) for _ in range(self.batch)]
         tok = self.pipe.tokenizer(prompts, padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
                                   truncation=True, return_tensors="pt")
@@ -240,6 +259,10 @@ class LatentEagerLoop:
         a = _bcast(self.abar[t])
         eps = unet(x_t, t, encoder_hidden_states=emb).sample
         return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+    def _sample(self, emb):
+        self.G.eval().requires_grad_(False)
+        return self._generate(emb)
 
     def _generate(self, emb):
         t = torch.full((self.batch,), self.T_INIT, device=self.device)
@@ -261,15 +284,10 @@ class LatentEagerLoop:
         self._clean(self.fake)
         self.opt_f.step()
 
-    def _clean(self, net):
-        for p in net.parameters():
-            if p.grad is not None:
-                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
-
     def _generator_step(self):
         self.G.train().requires_grad_(True)
         self.fake.eval().requires_grad_(False)
-        emb = self._embeds()
+        emb = self._cond()
         x_g = self._generate(emb)
         x_t, t, _ = self._noised(x_g)
         if self.method == "sid":
@@ -282,36 +300,13 @@ class LatentEagerLoop:
             with torch.no_grad():
                 y_fake = self._x0(self.fake, x_t.detach(), t, emb)
                 y_real = self._x0(self.teacher, x_t.detach(), t, emb)
-                w = (x_g - y_real).abs().mean(dim=[1, 2, 3], keepdim=True).clip(min=1e-5)
-                grad = torch.nan_to_num((y_fake - y_real) / w)
-            loss = 0.5 * torch.nn.functional.mse_loss(x_g, (x_g - grad).detach(), reduction="sum") / self.batch
+            loss = _dmd2_loss(x_g, y_real, y_fake, self.batch)
         self.opt_g.zero_grad()
         loss.backward()
         self._clean(self.G)
         self.opt_g.step()
         self.G.eval().requires_grad_(False)
         return x_g.detach(), emb
-
-    def _ema(self):
-        hl = min(50e3, 0.05 * self.nimg)
-        beta = 0.5 ** (self.batch / max(hl, 1e-8))
-        with torch.no_grad():
-            for p_ema, p in zip(self.ema.parameters(), self.G.parameters()):
-                p_ema.copy_(p.detach().lerp(p_ema, beta))
-        self.nimg += self.batch
-
-    def step(self):
-        if self.method == "sid":
-            self.G.eval().requires_grad_(False)
-            emb = self._embeds()
-            with torch.no_grad():
-                x_g = self._generate(emb)
-            self._fake_step(x_g, emb)
-            self._generator_step()
-        else:
-            x_g, emb = self._generator_step()
-            self._fake_step(x_g, emb)
-        self._ema()
 
 
 def eager_loop(teacher, method: str, batch: int, device: torch.device):

@@ -620,6 +620,23 @@ def _imagenet64() -> DistillConfig:
     return cfg
 
 
+def _pipeline_recipe(method: MethodConfig, lr: float, batch_size: int, out_dir: str) -> DistillConfig:
+    """What the text-to-image presets share: a pipeline teacher (``--teacher DIR``) copied into the
+    generator and fake network, one learning rate for both, 20000 iterations with checkpoints
+    and pictures every 500, no FID tracking during training."""
+    cfg = DistillConfig()
+    cfg.teacher = TeacherConfig(kind="checkpoint", path="", init="teacher")
+    cfg.method = method
+    cfg.optim.lr = cfg.optim.fake_lr = lr
+    cfg.batch_size = batch_size
+    cfg.steps = 20000
+    cfg.ckpt_every = 500
+    cfg.sample_every = 500
+    cfg.eval_data = "none"
+    cfg.out_dir = out_dir
+    return cfg
+
+
 def _sid_lsg_sd15() -> DistillConfig:
     """SiD-LSG's recipe for Stable Diffusion 1.5 / 2.1-base (docs/algorithms.md section 9):
     ``distill --teacher PIPELINE_DIR --prompts FILE``. SiD with alpha 1 and all four guidance
@@ -628,19 +645,11 @@ def _sid_lsg_sd15() -> DistillConfig:
     batch 512, fp32 throughout (the frozen teacher too: ``teacher.dtype=fp32``; ``auto`` halves its
     memory). Left out: the paper's 8-GPU throughput (here: whatever batch fits) and its COCO
     evaluation during training (``fastdistill eval`` afterwards)."""
-    cfg = DistillConfig()
-    cfg.teacher = TeacherConfig(kind="checkpoint", path="", init="teacher", dtype="fp32")
-    cfg.method = method_config("sid", alpha=1.0, generator_loss_scale=1.0, fake_loss_scale=1.0, noise_levels="teacher",
-                               guidance_teacher=1.5, guidance_fake=1.5, guidance_fake_train=1.5)
-    cfg.optim.lr = 1e-6
-    cfg.optim.fake_lr = 1e-6
+    cfg = _pipeline_recipe(method_config("sid", alpha=1.0, generator_loss_scale=1.0, fake_loss_scale=1.0,
+                                         noise_levels="teacher", guidance_teacher=1.5, guidance_fake=1.5,
+                                         guidance_fake_train=1.5), lr=1e-6, batch_size=512, out_dir="runs/sid-lsg-sd15")
+    cfg.teacher.dtype = "fp32"
     cfg.ema.halflife_kimg = 50.0
-    cfg.batch_size = 512
-    cfg.steps = 20000
-    cfg.ckpt_every = 500
-    cfg.sample_every = 500
-    cfg.eval_data = "none"
-    cfg.out_dir = "runs/sid-lsg-sd15"
     return cfg
 
 
@@ -651,22 +660,13 @@ def _dmd2_sd15_nogan() -> DistillConfig:
     networks with betas (0.9, 0.999) and weight decay 0.01, gradient norms clipped at 10, 10 fake
     updates per generator update, batch 2048 (32 on each of 64 GPUs). Left out: the GAN head on
     real latents and the second stage at lr 5e-7."""
-    cfg = DistillConfig()
-    cfg.teacher = TeacherConfig(kind="checkpoint", path="", init="teacher")
-    cfg.method = method_config("dmd", generator_loss_scale=1.0, fake_loss_scale=1.0, noise_levels="teacher",
-                               t_init=999, guidance_teacher=1.75)
-    cfg.optim.lr = 1e-5
-    cfg.optim.fake_lr = 1e-5
+    cfg = _pipeline_recipe(method_config("dmd", generator_loss_scale=1.0, fake_loss_scale=1.0, noise_levels="teacher",
+                                         t_init=999, guidance_teacher=1.75),
+                           lr=1e-5, batch_size=2048, out_dir="runs/dmd2-sd15-nogan")
     cfg.optim.beta1, cfg.optim.beta2 = 0.9, 0.999
     cfg.optim.weight_decay = 0.01
     cfg.optim.clip_grad = 10.0
     cfg.optim.fake_steps = 10
-    cfg.batch_size = 2048
-    cfg.steps = 20000
-    cfg.ckpt_every = 500
-    cfg.sample_every = 500
-    cfg.eval_data = "none"
-    cfg.out_dir = "runs/dmd2-sd15-nogan"
     return cfg
 
 
