@@ -14,6 +14,8 @@ from pathlib import Path
 BAD_INPUT = 2
 #: the preset ``distill --teacher PIPELINE --prompts FILE`` uses without --preset / --config
 TEXT_TO_IMAGE_PRESET = "sid-lsg-sd15"
+#: presets that run a report (several students and a table) rather than one run
+REPORT_PRESETS = ("digits-t2i", "digits-t2i-sweep")
 
 
 def _debug(args=None) -> bool:
@@ -225,6 +227,36 @@ def _digits_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _t2i_report(args: argparse.Namespace) -> int:
+    """``distill --preset digits-t2i`` (three students) or ``digits-t2i-sweep`` (SiD-LSG at four guidances)."""
+    from .reports import digits_t2i as r
+
+    sweep = args.preset == "digits-t2i-sweep"
+    if args.config or args.prompts:
+        raise ValueError(f"--preset {args.preset} is a report on the shipped teacher and its prompts: "
+                         f"it takes no --config or --prompts")
+    out, rest = r.SWEEP_OUT if sweep else r.DEFAULT_OUT, []
+    for o in args.overrides:
+        key, _, value = o.partition("=")
+        if key.strip() == "out_dir":
+            out = value
+        else:
+            rest.append(o)
+    if not str(out).strip():
+        raise ValueError("out_dir must not be empty: give the report's directory")
+    if sweep and args.methods:
+        raise ValueError("the guidance sweep trains SiD-LSG students only: --methods does not apply")
+    methods = [m for m in (args.methods or "sid,sim,dmd").split(",") if m]
+    students = r.SWEEP if sweep else [s for s in r.DEFAULT_STUDENTS if s[0] in methods]
+    if not sweep and len(students) != len(methods):
+        raise ValueError(f"--methods: a subset of {','.join(r.METHOD_PRESETS)}, got {args.methods}")
+    rep = r.digits_t2i_report(out, args.budget, students=students, teacher=args.teacher or "digits-t2i",
+                              workers=(2 if sweep else 3) if args.workers is None else args.workers,
+                              draws=3 if args.draws is None else args.draws, overrides=rest)
+    print(r.format_t2i_report(rep))
+    return 0
+
+
 @_command("distill")
 def _distill(args: argparse.Namespace) -> int:
     from .engine import distill_command
@@ -234,9 +266,12 @@ def _distill(args: argparse.Namespace) -> int:
         args.preset = TEXT_TO_IMAGE_PRESET
     if not args.config and not args.preset:
         return _digits_report(args)
+    if args.preset in REPORT_PRESETS:
+        return _t2i_report(args)
     given = [k for k, v in report_only.items() if v is not None]
     if given:
-        print(f"fastdistill distill: {', '.join(given)} belong to the digits default (no --preset / --config)", file=sys.stderr)
+        print(f"fastdistill distill: {', '.join(given)} belong to the reports (no --preset / --config, or --preset "
+              f"{' / '.join(REPORT_PRESETS)})", file=sys.stderr)
         return BAD_INPUT
     overrides = list(args.overrides)
     if args.teacher:
@@ -389,16 +424,19 @@ def _train_teacher(args: argparse.Namespace) -> int:
     import torch
 
     from .teachers import CheckpointError, load_teacher
-    from .teachers.digits import train_digits_teacher
+    from .teachers.digits import SHIPPED_TRAINING, train_digits_teacher
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.preset == "digits-t2i":
+        return _train_t2i_teacher(args)
     data_kwargs = {"resolution": args.resolution} if args.resolution else {}
     try:
         if args.device is not None:
             _check_device(args.device)
         result = train_digits_teacher(
-            args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, data=args.data,
+            args.out, steps=args.steps or SHIPPED_TRAINING["steps"], batch_size=args.batch_size or SHIPPED_TRAINING["batch_size"],
+            lr=args.lr or SHIPPED_TRAINING["lr"], seed=args.seed, data=args.data,
             arch=args.arch, conditional=not args.unconditional, lr_warmup_steps=args.warmup, lr_decay=args.lr_decay,
             weights_dtype=args.weights_dtype, device=args.device, progress=not args.quiet, data_kwargs=data_kwargs)
         net = load_teacher(result.path)  # check that what was written loads
@@ -410,6 +448,29 @@ def _train_teacher(args: argparse.Namespace) -> int:
     print(f"wrote {result.path}: {type(net).__name__}, {n_params} parameters, label_dim {net.label_dim}, "
           f"{result.config['steps']} steps in {result.config['train_seconds']:.1f} s, "
           f"final loss {sum(tail) / len(tail):.4f}")
+    return 0
+
+
+def _train_t2i_teacher(args: argparse.Namespace) -> int:
+    """``train-teacher --preset digits-t2i``: the shipped text-to-image pipeline, trained from scratch."""
+    import json
+
+    from .teachers import load_teacher
+    from .teachers.digits_t2i import TRAINING_RECORD, DigitsT2IConfig, train_digits_t2i
+
+    general = {"--data": args.data != "digits", "--arch": args.arch, "--unconditional": args.unconditional,
+               "--resolution": args.resolution, "--steps": args.steps, "--batch-size": args.batch_size,
+               "--lr": args.lr, "--device": args.device, "--weights-dtype": args.weights_dtype != "float32"}
+    given = [k for k, v in general.items() if v]
+    if given:
+        raise ValueError(f"--preset digits-t2i trains a fixed recipe on the CPU; {', '.join(given)} do not apply")
+    folder = train_digits_t2i(args.out, DigitsT2IConfig(seed=args.seed), progress=not args.quiet)
+    teacher = load_teacher(str(folder))  # check that what was written loads as a teacher
+    record = json.loads((folder / TRAINING_RECORD).read_text())
+    print(f"wrote {folder}: a {teacher.family} pipeline, latents {teacher.img_channels}x{teacher.img_resolution}x"
+          f"{teacher.img_resolution} for {teacher.resolution}x{teacher.resolution} images; trained in "
+          f"{record['train_seconds']:.0f} s (VAE reconstruction MSE {record['vae_recon_mse']:.2e}, "
+          f"UNet final loss {record['unet_final_loss']:.4f})")
     return 0
 
 
@@ -459,10 +520,14 @@ def add_train_teacher_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", default="digits",
                    help="built-in dataset (digits, 8gaussians, 25gaussians, checkerboard, swissroll) or a path "
                         "to a .npy/.npz file or an image folder (default: digits)")
-    p.add_argument("--out", required=True, help="output .safetensors file (or a directory)")
-    p.add_argument("--steps", type=_positive_int, default=SHIPPED_TRAINING["steps"], help="optimiser steps")
-    p.add_argument("--batch-size", type=_positive_int, default=SHIPPED_TRAINING["batch_size"])
-    p.add_argument("--lr", type=_positive_float, default=SHIPPED_TRAINING["lr"], help="Adam learning rate")
+    p.add_argument("--out", required=True, help="output .safetensors file (or a directory; with --preset "
+                                                "digits-t2i the pipeline folder, replaced once training is done)")
+    p.add_argument("--preset", choices=("digits-t2i",), default=None,
+                   help="digits-t2i: the shipped text-to-image teacher (a Stable Diffusion pipeline folder: VAE, "
+                        "text encoder, tokenizer, UNet, scheduler; about 20 minutes on 2 CPU cores)")
+    p.add_argument("--steps", type=_positive_int, default=None, help=f"optimiser steps (default {SHIPPED_TRAINING['steps']})")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help=f"default {SHIPPED_TRAINING['batch_size']}")
+    p.add_argument("--lr", type=_positive_float, default=None, help=f"Adam learning rate (default {SHIPPED_TRAINING['lr']})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arch", choices=sorted(ARCH_PRESETS), default=None,
                    help="network preset (default: digits-small for images, mlp for vector data)")
@@ -572,14 +637,17 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     distill.add_argument("overrides", nargs="*", metavar="key=value",
                          help="dotted config overrides (digits default: applied to every student run; out_dir= is the report's directory)")
     distill.add_argument("--config", help="JSON or TOML config file")
-    distill.add_argument("--preset", choices=sorted(PRESETS), help="built-in configuration (e.g. toy: the 2-D ring, about a minute)")
+    distill.add_argument("--preset", choices=sorted(PRESETS) + list(REPORT_PRESETS),
+                         help="built-in configuration (e.g. toy: the 2-D ring, about a minute); digits-t2i: the shipped "
+                              "text-to-image teacher against one-step SiD-LSG, SIM and DMD students (a report, as the "
+                              "default); digits-t2i-sweep: SiD-LSG students at guidance 1, 1.5, 3 and 4.5")
     distill.add_argument("--teacher", help="teacher: 'digits', analytic:NAME, an EDM/SiD pickle, a fastdistill safetensors file or a diffusers folder")
     distill.add_argument("--prompts", help=f"text-to-image teachers: the training prompts (one a line, CSV or JSONL); "
                                           f"without --preset / --config the {TEXT_TO_IMAGE_PRESET} preset is used")
     distill.add_argument("--force", action="store_true", help="take over a run directory locked from another host (force=true)")
-    report = distill.add_argument_group("digits default only")
+    report = distill.add_argument_group("reports only (the digits default, --preset digits-t2i / digits-t2i-sweep)")
     report.add_argument("--methods", help="comma-separated subset of sid,sim,dmd (default: all three)")
-    report.add_argument("--budget", type=float, help="wall-clock cap in seconds (default 570)")
+    report.add_argument("--budget", type=float, help="wall-clock cap in seconds (digits default: 570; digits-t2i: none)")
     report.add_argument("--workers", type=int, help="concurrent student runs, one thread each (default 3)")
     report.add_argument("--draws", type=int, help="sample draws averaged for the teacher at 35 NFE and each student (default 3)")
     distill.set_defaults(func=_distill)

@@ -98,6 +98,26 @@ def line_plot(curves: dict, path, *, title: str = "", xlabel: str = "", ylabel: 
                  path)
 
 
+def tradeoff_plot(curves: dict, path, *, title: str = "", xlabel: str = "", ylabel: str = "",
+                  size=(720, 440)) -> Path:
+    """Save curves of ``{label: [(x, y, text), ...]}`` points (joined in the order given), each
+    point annotated with its ``text`` (e.g. the guidance scale): a trade-off between two metrics."""
+    fig = _figure(*size, layout="constrained")
+    ax = fig.add_subplot()
+    for j, (name, pts) in enumerate(curves.items()):
+        pts = [(float(a), float(b), str(t)) for a, b, t in pts if math.isfinite(a) and math.isfinite(b)]
+        ax.plot([a for a, _, _ in pts], [b for _, b, _ in pts], marker="o", markersize=5, lw=1.5,
+                color=f"C{j % 10}", label=name)
+        for a, b, t in pts:
+            ax.annotate(t, (a, b), textcoords="offset points", xytext=(4, 4), fontsize=8, color=f"C{j % 10}")
+    ax.grid(True, color="0.9")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    fig.suptitle(title, fontsize=11)
+    if curves:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
 # ----------------------------------------------------------------------------- image grids
 def image_grid(x: torch.Tensor, path, ncol: Optional[int] = None) -> Path:
     """Save (N, C, H, W) images in [-1, 1] as one PNG grid, ``ncol`` per row (default: about

@@ -8,7 +8,8 @@ import torch
 diffusers = pytest.importorskip("diffusers", reason="diffusers is an optional dependency")
 transformers = pytest.importorskip("transformers", reason="transformers is an optional dependency")
 
-from tests.tiny_pipelines import MODEL_MAX_LENGTH, WORDS, make_sd_pipeline, make_sdxl_pipeline, write_clip_tokenizer
+from fastdistill.teachers.tokenizer import write_clip_tokenizer
+from tests.tiny_pipelines import MODEL_MAX_LENGTH, WORDS, make_sd_pipeline, make_sdxl_pipeline
 
 PROMPT = "a photo of a cat"
 COMMON = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -34,7 +35,7 @@ def _folder_bytes(folder):
 
 
 def test_tokenizer_words_and_fallback(tmp_path):
-    write_clip_tokenizer(tmp_path)
+    write_clip_tokenizer(tmp_path, WORDS, MODEL_MAX_LENGTH)
     tok = transformers.CLIPTokenizer.from_pretrained(tmp_path)
     assert tok.model_max_length == MODEL_MAX_LENGTH
     for word in WORDS:
@@ -43,6 +44,8 @@ def test_tokenizer_words_and_fallback(tmp_path):
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
     assert tok.eos_token_id not in ids[1:-1]
     assert tok.decode(ids, skip_special_tokens=True) == "qux , 4 2 !"
+    with pytest.raises(ValueError, match="lower-case and without spaces"):
+        write_clip_tokenizer(tmp_path, ["two words"], MODEL_MAX_LENGTH)
 
 
 @pytest.mark.parametrize("kind", ["sd", "sd-v", "sdxl"])

@@ -16,15 +16,18 @@ from typing import Union
 
 import torch
 
+from fastdistill.teachers.tokenizer import write_clip_tokenizer
+
 __all__ = [
     "MODEL_MAX_LENGTH",
     "VAE_SCALE_FACTOR",
     "SCALING_FACTOR",
     "WORDS",
-    "clip_vocab",
-    "write_clip_tokenizer",
     "make_sd_pipeline",
     "make_sdxl_pipeline",
+    "make_pixart_pipeline",
+    "make_sd3_pipeline",
+    "make_flux_pipeline",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -32,7 +35,6 @@ PathLike = Union[str, os.PathLike]
 MODEL_MAX_LENGTH = 16
 VAE_SCALE_FACTOR = 2  # 2 ** (len(vae block_out_channels) - 1)
 SCALING_FACTOR = 0.18215  # SD 1.x's latent scaling
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 WORDS = (
     "a", "the", "of", "photo", "cat", "dog", "digit", "handwritten",
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
@@ -43,55 +45,10 @@ _SCHEDULE = dict(
 )
 
 
-def _byte_chars() -> list[str]:
-    """The byte-level alphabet CLIP's pre-tokenizer maps bytes to (GPT-2's): printable Latin-1 bytes
-    stand for themselves, the other bytes for the characters from U+0100 on, in byte order."""
-    kept = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    shifted = iter(range(0x100, 0x200))
-    return [chr(b) if b in kept else chr(next(shifted)) for b in range(256)]
-
-
-def clip_vocab() -> tuple[dict[str, int], list[str]]:
-    """(vocab, merges) for a small CLIP BPE: CLIP's 256 byte-level characters alone and as word ends,
-    so any text tokenizes (byte by byte at worst) without unknown tokens, plus `WORDS` as single tokens.
-
-    Each word is built by a chain of merges over its prefixes (c a -> ca, ca t</w> -> cat</w>);
-    bos/eos come last, as in CLIP, so pooling at the largest id and at the first eos agree.
-    """
-    chars = _byte_chars()
-    tokens = chars + [c + "</w>" for c in chars]
-    merges: list[str] = []
-    for word in WORDS:
-        for i in range(2, len(word) + 1):
-            left, right = word[: i - 1], word[i - 1]
-            if i == len(word):
-                right += "</w>"
-            merge, merged = f"{left} {right}", left + right
-            if merge not in merges:
-                merges.append(merge)
-                tokens.append(merged)
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens + [BOS, EOS]))}
-    return vocab, merges
-
-
-def write_clip_tokenizer(folder: PathLike) -> None:
-    """Write vocab.json, merges.txt and a tokenizer_config.json (model_max_length 16) to `folder`."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab, merges = clip_vocab()
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    config = dict(
-        tokenizer_class="CLIPTokenizer", model_max_length=MODEL_MAX_LENGTH,
-        bos_token=BOS, eos_token=EOS, unk_token=EOS, pad_token=EOS, do_lower_case=True,
-    )
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-
-
 def _tokenizer(folder: Path):
     from transformers import CLIPTokenizer
 
-    write_clip_tokenizer(folder)
+    write_clip_tokenizer(folder, WORDS, MODEL_MAX_LENGTH)
     return CLIPTokenizer.from_pretrained(folder)
 
 
@@ -239,4 +196,138 @@ def make_clip_model(folder: PathLike, seed: int = 0, image_size: int = 16) -> Pa
     images = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     model.save_pretrained(folder)
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+# ---------------------------------------------------------------------- transformer (DiT) families
+def _t5_tokenizer(folder: Path):
+    """A word-level T5-style tokenizer (pad 0, eos 1, unk 2; eos appended, as T5's is) built with the
+    `tokenizers` library and wrapped as a transformers fast tokenizer: no sentencepiece model needed."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(("<pad>", "</s>", "<unk>") + WORDS))}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                      model_max_length=MODEL_MAX_LENGTH)
+    wrapped.save_pretrained(folder)
+    return PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+def _t5_encoder(tokenizer, seed: int, width: int):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=2 * width, num_layers=2, num_heads=2,
+                      relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    return T5EncoderModel(config).eval()
+
+
+def _latent_vae(seed: int, sample_size: int, latent_channels: int, scaling_factor: float, shift_factor=None):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 16),
+        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8, sample_size=sample_size * VAE_SCALE_FACTOR, scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+    ).eval()
+
+
+def make_pixart_pipeline(folder: PathLike, sigma: bool = False, additional_conditions: bool = True, seed: int = 0,
+                         sample_size: int = 8) -> Path:
+    """Save a random PixArtAlphaPipeline (``sigma``: PixArtSigmaPipeline) to `folder` and return its path.
+
+    A 2-layer, 24-wide (a multiple of 3, for the micro-condition embeddings) PixArtTransformer2DModel
+    on 4 x `sample_size` x `sample_size` latents with a
+    learned-variance output (8 channels), a 16-wide T5 encoder and a DDIM scheduler on SD's
+    schedule; `additional_conditions`: PixArt-alpha's resolution / aspect-ratio inputs (the
+    1024-pixel models have them; the Sigma pipeline never passes them).
+    """
+    import diffusers
+
+    folder = Path(folder)
+    tokenizer = _t5_tokenizer(folder / "tokenizer")
+    torch.manual_seed(seed)
+    transformer = diffusers.PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=24, caption_channels=16, sample_size=sample_size, patch_size=2,
+        use_additional_conditions=additional_conditions and not sigma,
+    ).eval()
+    cls = diffusers.PixArtSigmaPipeline if sigma else diffusers.PixArtAlphaPipeline
+    pipe = cls(tokenizer=tokenizer, text_encoder=_t5_encoder(tokenizer, seed, 16), vae=_vae(seed, sample_size),
+               transformer=transformer, scheduler=_scheduler("ddim", "epsilon"))
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def _flow_scheduler(**kwargs):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, **kwargs)
+
+
+def make_sd3_pipeline(folder: PathLike, seed: int = 0, sample_size: int = 8) -> Path:
+    """Save a random StableDiffusion3Pipeline to `folder` and return its path.
+
+    Two 16-wide CLIP encoders with projections (pooled 16 + 16 = 32), a 32-wide T5 encoder, a
+    1-layer SD3Transformer2DModel on 16 x `sample_size` x `sample_size` latents, a VAE with SD3's
+    scaling and shift factors and a flow-matching Euler scheduler (shift 3).
+    """
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    folder = Path(folder)
+    tokenizer, tokenizer_2 = _tokenizer(folder / "tokenizer"), _tokenizer(folder / "tokenizer_2")
+    tokenizer_3 = _t5_tokenizer(folder / "tokenizer_3")
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=sample_size, patch_size=2, in_channels=16, num_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+        out_channels=16, pos_embed_max_size=sample_size,
+    ).eval()
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=_flow_scheduler(),
+        vae=_latent_vae(seed, sample_size, 16, scaling_factor=1.5305, shift_factor=0.0609),
+        text_encoder=_text_encoder(tokenizer, seed, with_projection=True), tokenizer=tokenizer,
+        text_encoder_2=_text_encoder(tokenizer_2, seed + 1, with_projection=True), tokenizer_2=tokenizer_2,
+        text_encoder_3=_t5_encoder(tokenizer_3, seed + 2, 32), tokenizer_3=tokenizer_3,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def make_flux_pipeline(folder: PathLike, guidance_embeds: bool = True, seed: int = 0, sample_size: int = 8) -> Path:
+    """Save a random FluxPipeline to `folder` and return its path.
+
+    A 16-wide CLIP encoder (its pooled output), a 32-wide T5 encoder, a one double- and one
+    single-stream FluxTransformer2DModel reading 2 x 2 patches of 16-channel latents (64 inputs);
+    `guidance_embeds`: FLUX.1-dev's embedded guidance input (False: schnell-style). The scheduler
+    shifts its timesteps with the image size, as FLUX.1's does. Images are 2 * `sample_size`
+    pixels square, the VAE's sample_size (the adapter's default resolution for Flux).
+    """
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    folder = Path(folder)
+    tokenizer, tokenizer_2 = _tokenizer(folder / "tokenizer"), _t5_tokenizer(folder / "tokenizer_2")
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6),
+    ).eval()
+    scheduler = _flow_scheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=16,
+                                max_image_seq_len=256)
+    pipe = FluxPipeline(
+        transformer=transformer, scheduler=scheduler,
+        vae=_latent_vae(seed, sample_size, 16, scaling_factor=0.3611, shift_factor=0.1159),
+        text_encoder=_text_encoder(tokenizer, seed), tokenizer=tokenizer,
+        text_encoder_2=_t5_encoder(tokenizer_2, seed + 1, 32), tokenizer_2=tokenizer_2,
+    )
+    pipe.save_pretrained(folder)
     return folder

@@ -670,8 +670,58 @@ def _dmd2_sd15_nogan() -> DistillConfig:
     return cfg
 
 
+#: the guidance scale of the digits text-to-image presets (every SiD-LSG kappa; DMD2's teacher guidance)
+DIGITS_T2I_GUIDANCE = 1.5
+
+
+def _digits_t2i(method: MethodConfig, out_dir: str) -> DistillConfig:
+    """What the digits text-to-image presets share: the shipped pipeline teacher
+    (``teacher.path=digits-t2i``, fp32) and its training prompts, with the digits presets' budget
+    settings (batch 32, lr 1e-4 / fake 3e-4, EMA half-life 5 kimg, one thread, no checkpoints),
+    so the report (``distill --preset digits-t2i``) runs three students side by side on 2 cores."""
+    from ..teachers.digits_t2i import PROMPT_FILES, digits_t2i_path
+
+    cfg = _pipeline_recipe(method, lr=1e-4, batch_size=32, out_dir=out_dir)
+    cfg.teacher.path = "digits-t2i"
+    cfg.teacher.dtype = "fp32"
+    cfg.prompts = str(digits_t2i_path() / PROMPT_FILES["train"])
+    cfg.optim.fake_lr = 3e-4
+    cfg.ema.halflife_kimg = 5.0
+    cfg.ema.rampup = 0.5
+    cfg.steps = 600
+    cfg.threads = 1
+    cfg.ckpt_every = 0
+    cfg.sample_every = 0
+    cfg.log_every = 50
+    cfg.progress = False
+    return cfg
+
+
+def _digits_t2i_sid() -> DistillConfig:
+    """SiD-LSG (alpha 1, all four guidance scales :data:`DIGITS_T2I_GUIDANCE`) on the digits
+    text-to-image teacher: a one-step student that answers prompts like "a handwritten seven"."""
+    g = DIGITS_T2I_GUIDANCE
+    return _digits_t2i(method_config("sid", alpha=1.0, generator_loss_scale=1.0, guidance_teacher=g, guidance_fake=g,
+                                     guidance_fake_train=g), "runs/digits-t2i-sid")
+
+
+def _digits_t2i_sim() -> DistillConfig:
+    """SIM guided as SiD-LSG on the digits text-to-image teacher."""
+    g = DIGITS_T2I_GUIDANCE
+    return _digits_t2i(method_config("sim", generator_loss_scale=1.0, guidance_teacher=g, guidance_fake=g,
+                                     guidance_fake_train=g), "runs/digits-t2i-sim")
+
+
+def _digits_t2i_dmd() -> DistillConfig:
+    """DMD with DMD2's guidance (the teacher only; fake network unguided) on the digits
+    text-to-image teacher, generator input at t 999 as DMD2's; no GAN stage."""
+    return _digits_t2i(method_config("dmd", generator_loss_scale=1.0, t_init=999,
+                                     guidance_teacher=DIGITS_T2I_GUIDANCE), "runs/digits-t2i-dmd")
+
+
 PRESETS = {"toy": _toy, "toy-sid": _toy_sid, "toy-sign": _toy_sign, "toy-ign": _toy_ign, "digits-sign": _digits_sign, "digits": _digits, "digits-sim": _digits_sim, "digits-dmd": _digits_dmd, "cifar10": _cifar10, "ffhq64": _ffhq64, "afhq64": _afhq64, "imagenet64": _imagenet64,
-           "sid-lsg-sd15": _sid_lsg_sd15, "dmd2-sd15-nogan": _dmd2_sd15_nogan}
+           "sid-lsg-sd15": _sid_lsg_sd15, "dmd2-sd15-nogan": _dmd2_sd15_nogan,
+           "digits-t2i-sid": _digits_t2i_sid, "digits-t2i-sim": _digits_t2i_sim, "digits-t2i-dmd": _digits_t2i_dmd}
 
 
 def preset_config(name: Optional[str] = "toy") -> DistillConfig:

@@ -185,10 +185,12 @@ def dsm_loss(
     weighting: ``"edm"``, ``lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2``; or
     ``"eps"``, ``lambda = 1 / sigma^2``: a VP teacher's own objective (section 9), since
     ``|eps_hat - eps|^2`` and the SNR/(SNR+1)-weighted ``|v_hat - v|^2`` both equal
-    ``|D - x0|^2 / sigma^2`` (the fused op's EDM weight times a detached per-sample factor).
+    ``|D - x0|^2 / sigma^2`` (the fused op's EDM weight times a detached per-sample factor); or
+    ``"flow"``, ``lambda = ((1 + sigma) / sigma)^2``: a flow-matching teacher's own objective, since
+    with ``t = sigma / (1 + sigma)`` and ``D = x_t - t v_hat``, ``|v_hat - (eps - x0)|^2 = |D - x0|^2 / t^2``.
     """
     _check_tensors(("pred", "target"), (pred, target))
-    _check_choice("weighting", weighting, ("edm", "eps"))
+    _check_choice("weighting", weighting, ("edm", "eps", "flow"))
     sigma_data = _check_finite("sigma_data", sigma_data)
     if sigma_data <= 0:
         raise ValueError(f"sigma_data must be positive, got {sigma_data}")
@@ -203,5 +205,8 @@ def dsm_loss(
     op = registry.resolve_backend(backend, pred.device.type).dsm
     if weighting == "edm":
         return _reduce(op(pred, target, sigma, sigma_data, scale), reduction)
-    factor = torch.nan_to_num(sigma_data**2 / (sigma**2 + sigma_data**2), nan=0.0)  # 1/sigma^2 over the EDM weight
+    factor = sigma_data**2 / (sigma**2 + sigma_data**2)  # 1/sigma^2 over the EDM weight
+    if weighting == "flow":
+        factor = factor * (1 + sigma) ** 2
+    factor = torch.nan_to_num(factor, nan=0.0)
     return _reduce(op(pred, target, sigma, sigma_data, 1.0) * (factor * scale).to(pred.dtype), reduction)

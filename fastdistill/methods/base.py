@@ -102,14 +102,54 @@ class MethodConfig:
         check(math.isfinite(self.fake_p_mean), "method.fake_p_mean must be finite")
 
 
-def teacher_timestep_sigmas(cfg: MethodConfig, teacher) -> Optional[torch.Tensor]:
-    """The teacher's per-timestep ``sigma_t`` (float32, (T,)) when the method draws its noise levels
-    from them (``method.noise_levels``; ``auto``: for latent pipeline teachers), else None."""
+@dataclass(frozen=True)
+class FlowLevels:
+    """A flow-matching teacher's noise levels (docs/algorithms.md section 9): both steps draw
+    ``t`` uniformly from ``[t_lo, t_hi) / T`` (continuous), ``sigma = t / (1 - t)``; the generator
+    input is at ``t_init / T``."""
+
+    num_train_timesteps: int = 1000
+
+    def sigma_at(self, timestep) -> torch.Tensor:
+        """``sigma = t / (1 - t)`` at ``t = timestep / T`` (float64 in, float32 out)."""
+        t = torch.as_tensor(timestep, dtype=torch.float64) / self.num_train_timesteps
+        return (t / (1 - t)).to(torch.float32)
+
+
+def _check_guidance_input(cfg: MethodConfig, teacher) -> None:
+    """A guidance-distilled teacher (FLUX.1-dev) takes its guidance as a network input: no
+    two-pass guidance scales (docs/algorithms.md section 9)."""
+    if not getattr(teacher, "guidance_distilled", False):
+        return
+    scales = {k: getattr(cfg, k) for k in ("guidance_teacher", "guidance_fake", "guidance_fake_train")}
+    given = [f"method.{k}={v}" for k, v in scales.items() if v != 1]
+    check(not given, f"{', '.join(given)}: this {getattr(teacher, 'family', '')} teacher is guidance-distilled (its "
+                     f"guidance value, {getattr(teacher, 'embedded_guidance', '?')}, is an input of the network, "
+                     f"in cond.extra['guidance']); it takes no two-pass guidance: set "
+                     f"method.guidance_teacher=1 method.guidance_fake=1 method.guidance_fake_train=1")
+
+
+def teacher_timestep_sigmas(cfg: MethodConfig, teacher):
+    """The teacher's noise levels when the method draws them from its own schedule
+    (``method.noise_levels``; ``auto``: for latent pipeline teachers), else None: its per-timestep
+    ``sigma_t`` (float32, (T,)) for a discrete teacher, :class:`FlowLevels` for a flow-matching
+    one. Also refuses guidance scales a guidance-distilled teacher cannot take."""
+    _check_guidance_input(cfg, teacher)
     mode = cfg.noise_levels
     if mode == "auto":
         mode = "teacher" if getattr(teacher, "latent", False) else "edm"
     if mode == "edm":
         return None
+    if getattr(teacher, "flow", False):
+        T = int(teacher.num_train_timesteps)
+        check(1 <= cfg.t_lo and cfg.t_hi <= T,
+              f"method.t_lo ({cfg.t_lo}) and method.t_hi ({cfg.t_hi}) must lie in [1, {T}] for a flow-matching "
+              f"teacher (t = 0 is the clean sample)")
+        check(0 < cfg.t_init < T,
+              f"method.t_init={cfg.t_init}: a flow-matching teacher's generator input is at t = t_init / {T}, which "
+              f"must be in (0, 1); t = 1 (pure noise) has sigma = inf, which the generator input sigma_init * z "
+              f"cannot carry: use t_init < {T} (e.g. {T - 1})")
+        return FlowLevels(T)
     sig = getattr(teacher, "sigmas", None)
     check(torch.is_tensor(sig) and sig.ndim == 1,
           "method.noise_levels=teacher needs a teacher with a discrete timestep schedule (a diffusers teacher); "
@@ -240,8 +280,8 @@ class DistillMethod:
                  timestep_sigmas: Optional[torch.Tensor] = None, conditions: Optional[ConditioningBank] = None):
         """``sigma_data``: the teacher's data standard deviation (DSM weighting); ``autocast``: a
         zero-argument callable giving the mixed-precision context of the network forwards;
-        ``timestep_sigmas``: the teacher's per-timestep noise levels (:func:`teacher_timestep_sigmas`)
-        when both steps draw from them; ``conditions``: the bank training conditions are drawn
+        ``timestep_sigmas``: the teacher's noise levels (:func:`teacher_timestep_sigmas`: per-timestep
+        sigmas, or :class:`FlowLevels`) when both steps draw from them; ``conditions``: the bank training conditions are drawn
         from (e.g. prompt embeddings), else uniform class labels."""
         self.cfg = cfg
         self.backend = backend
@@ -253,8 +293,10 @@ class DistillMethod:
 
     @property
     def sigma_init(self) -> float:
-        """The generator's input noise level: ``sigma_t`` at ``t_init`` on the teacher's schedule,
-        else ``method.sigma_init``."""
+        """The generator's input noise level: ``sigma_t`` at ``t_init`` on the teacher's schedule
+        (flow teachers: ``t / (1 - t)`` at ``t = t_init / T``), else ``method.sigma_init``."""
+        if isinstance(self.timestep_sigmas, FlowLevels):
+            return float(self.timestep_sigmas.sigma_at(self.cfg.t_init))
         if self.timestep_sigmas is not None:
             return float(self.timestep_sigmas[self.cfg.t_init])
         return float(self.cfg.sigma_init)
@@ -310,7 +352,11 @@ class DistillMethod:
         return FakeNoise(z, sigma, noise, cond, drop)
 
     def _teacher_levels(self, n: int, gen: torch.Generator, device) -> torch.Tensor:
-        t = torch.randint(self.cfg.t_lo, self.cfg.t_hi, (n,), generator=gen, device=device)
+        lo, hi = self.cfg.t_lo, self.cfg.t_hi
+        if isinstance(self.timestep_sigmas, FlowLevels):  # continuous t, in float64 so that t stays below 1
+            u = torch.rand((n,), generator=gen, device=device, dtype=torch.float64)
+            return self.timestep_sigmas.sigma_at(lo + u * (hi - lo))
+        t = torch.randint(lo, hi, (n,), generator=gen, device=device)
         return self.timestep_sigmas.to(device)[t]
 
     # --------------------------------------------------------------------- shared pieces
@@ -337,6 +383,13 @@ class DistillMethod:
             return self._scores(teacher, fake, x_t, noise.sigma, noise.cond)
         with torch.no_grad():
             return self._scores(teacher, fake, x_t.detach(), noise.sigma, noise.cond)
+
+    @property
+    def _fake_weighting(self) -> str:
+        """The DSM weighting that makes the fake step the teacher's own objective (section 9)."""
+        if self.timestep_sigmas is None:
+            return "edm"
+        return "flow" if isinstance(self.timestep_sigmas, FlowLevels) else "eps"
 
     @property
     def reuses_samples(self) -> bool:
@@ -371,7 +424,8 @@ class DistillMethod:
         """DSM loss of the fake network on detached generator samples: ``samples`` when given (the
         generator step's, drawn with ``noise.cond``), else fresh ones. The conditions ``noise.drop``
         marks are unconditional throughout (fresh samples too). With the teacher's noise levels the
-        loss is the teacher's own objective (epsilon / weighted v MSE). Returns ``(loss, nan_samples)``."""
+        loss is the teacher's own objective (epsilon / weighted v MSE; flow teachers: the velocity
+        MSE ``|v_hat - (eps - x0)|^2``). Returns ``(loss, nan_samples)``."""
         if noise.drop is not None:
             noise = dataclasses.replace(noise, cond=noise.cond.unconditional_where(noise.drop), drop=None)
         if samples is not None:
@@ -384,7 +438,7 @@ class DistillMethod:
             pred = guided(fake, x_n, noise.sigma, noise.cond, self.cfg.guidance_fake_train)
         loss = dsm_loss(
             pred.float(), x_g, noise.sigma, sigma_data=self.sigma_data,
-            weighting="eps" if self.timestep_sigmas is not None else "edm",
+            weighting=self._fake_weighting,
             loss_scale=self.cfg.fake_loss_scale, backend=self.backend,
         )
         with torch.no_grad():

@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor, wait
+from concurrent.futures import wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -50,6 +49,7 @@ from ..metrics.quality import DIGITS_N, quality, reference_data
 from ..plotting import labelled_rows, line_plot
 from ..student import load_student
 from ..teachers import load_teacher
+from .common import merge_draws, pool, run_progress
 
 METHOD_PRESETS = {"sid": "digits", "sim": "digits-sim", "dmd": "digits-dmd"}
 #: overrides the report sets itself or that would change what its table compares
@@ -79,10 +79,6 @@ class DigitsReport:
 
 
 # ----------------------------------------------------------------------------- worker tasks
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-
-
 def _teacher_task(teacher_spec, solver: str, steps: int, n: int, draw: int, cache_dir: str) -> dict:
     """One teacher draw; draw 0 gets every metric and the timing, further draws FID only."""
     t = load_teacher(teacher_spec)
@@ -93,27 +89,8 @@ def _teacher_task(teacher_spec, solver: str, steps: int, n: int, draw: int, cach
                 ms_per_sample=1000 * sec, **quality(x, ref, full=draw == 0))
 
 
-def _merge_draws(rows: Sequence[dict]) -> dict:
-    """One row from the draws of one model: draw 0's metrics, ``fid`` the mean over draws,
-    ``fid_std`` their sample standard deviation, ``fid_draws`` each value."""
-    first = next(r for r in rows if r.get("draw", 0) == 0)
-    fids = [r["fid"] for r in sorted(rows, key=lambda r: r.get("draw", 0))]
-    out = {k: v for k, v in first.items() if k != "draw"}
-    out.update(fid=sum(fids) / len(fids), fid_draws=fids,
-               fid_std=float(torch.tensor(fids, dtype=torch.float64).std()) if len(fids) > 1 else None)
-    return out
-
-
 def _student_quality(sample_fn, n: int, draws: int, ref) -> dict:
-    return _merge_draws([dict(draw=k, **quality(sample_fn(n, REPORT_SEED + k), ref, full=k == 0)) for k in range(draws)])
-
-
-def _progress(method: str, run_dir: Path) -> str:
-    """``sid step 300 FID 0.21``: the latest step and FID a run has logged (its JSONL file)."""
-    rows = read_jsonl(run_dir / "metrics.jsonl")
-    step = max((r.get("step", 0) for r in rows), default=0)
-    fid = next((r["fid_student"] for r in reversed(rows) if "fid_student" in r), None)
-    return f"{method} step {step}" + (f" FID {fid:.3f}" if fid is not None else "")
+    return merge_draws([dict(draw=k, **quality(sample_fn(n, REPORT_SEED + k), ref, full=k == 0)) for k in range(draws)])
 
 
 def _student_config(method: str, run_dir: str, teacher_spec: str, n: int, cache_dir: str, overrides: Sequence[str]):
@@ -150,10 +127,6 @@ def _student_task(method: str, run_dir: str, teacher_spec: str, n: int, draws: i
 
 
 # ----------------------------------------------------------------------------- the report
-def _pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
-
-
 def check_overrides(overrides: Sequence[str]) -> None:
     """Refuse the overrides the report sets itself (each student's method, teacher, n, directory)."""
     refused = [o for o in overrides if o.split("=", 1)[0].strip() in REFUSED_OVERRIDES]
@@ -202,9 +175,9 @@ def digits_report(out_dir=DEFAULT_OUT, budget_s: float = 570.0, *, methods: Sequ
     jobs = sorted([(s, k, 0) for s, k in settings] + [(*HEADLINE, d) for d in range(1, draws)],
                   key=lambda j: (j[2], -teacher_nfe(j[1], j[0])))
     log(f"[digits report] teacher: {len(settings)} sampler settings ({draws} draws at 35 NFE), n={n} each ...")
-    with _pool(max(1, min(workers, 2))) as pool:
-        rows = [f.result() for f in [pool.submit(_teacher_task, teacher, s, k, n, d, cache) for s, k, d in jobs]]
-    merged = [_merge_draws([r for r in rows if (r["solver"], r["steps"]) == sk]) for sk in settings]
+    with pool(max(1, min(workers, 2))) as executor:
+        rows = [f.result() for f in [executor.submit(_teacher_task, teacher, s, k, n, d, cache) for s, k, d in jobs]]
+    merged = [merge_draws([r for r in rows if (r["solver"], r["steps"]) == sk]) for sk in settings]
     rep.teacher_rows = sorted(merged, key=lambda r: (SOLVERS.index(r["solver"]) if r["solver"] in SOLVERS else 9, r["steps"]))
     rep.phases_s["teacher"] = time.time() - t1
     for r in rep.teacher_rows:
@@ -215,14 +188,14 @@ def digits_report(out_dir=DEFAULT_OUT, budget_s: float = 570.0, *, methods: Sequ
     deadline = t_start + budget_s - reserve
     log(f"[digits report] distilling {', '.join(methods)} ({workers} processes, one thread each; "
         f"{max(0.0, deadline - time.time()):.0f} s left in the budget) ...")
-    with _pool(max(1, min(workers, len(methods)))) as pool:
-        futs = {m: pool.submit(_student_task, m, str(out / m), teacher, n, draws, deadline, tuple(overrides), cache)
+    with pool(max(1, min(workers, len(methods)))) as executor:
+        futs = {m: executor.submit(_student_task, m, str(out / m), teacher, n, draws, deadline, tuple(overrides), cache)
                 for m in methods}
         pending = set(futs.values())
         while pending:
             pending = wait(pending, timeout=progress_every).not_done
             if pending:
-                log(f"  {time.time() - t2:4.0f} s  " + "   ".join(_progress(m, out / m) for m in methods))
+                log(f"  {time.time() - t2:4.0f} s  " + "   ".join(run_progress(m, out / m) for m in methods))
         srows = {m: f.result() for m, f in futs.items()}
     rep.phases_s["students"] = time.time() - t2
     # 3. time per sample of each student alone (one thread), pictures

@@ -1,4 +1,4 @@
-"""Adapter: a diffusers `UNet2DModel` with a DDPM/VP scheduler as an EDM denoiser.
+"""Adapters: a diffusers `UNet2DModel` with a DDPM/VP scheduler (and a flow-matching network) as an EDM denoiser.
 
 docs/algorithms.md section 0. A discrete VP model at timestep t sees `x_vp = sqrt(abar_t) x0 +
 sqrt(1 - abar_t) eps`. Dividing by sqrt(abar_t) gives the EDM/VE form `x = x0 + sigma_t eps`
@@ -16,6 +16,9 @@ Learned-variance models (2C output channels) use the first C channels. The adapt
 range; the EDM sampler clips to it), `sigma_data = 0.5`, `img_channels`, `img_resolution` and
 `label_dim` (the UNet's `num_class_embeds`, fed as class indices = argmax of the one-hot).
 
+:class:`FlowMatchDenoiser` is the flow-matching counterpart (section 9): ``x_t = x / (1 + sigma)``
+at ``t = sigma / (1 + sigma)``, ``D = x_t - t v_hat``.
+
 diffusers is an optional dependency, imported only when a model is loaded.
 """
 from __future__ import annotations
@@ -30,7 +33,7 @@ from torch import nn
 
 from ..conditioning import labels_of
 
-__all__ = ["DiffusersDenoiser", "load_diffusers_teacher", "vp_sigmas_from_alphas_cumprod"]
+__all__ = ["DiffusersDenoiser", "FlowMatchDenoiser", "load_diffusers_teacher", "vp_sigmas_from_alphas_cumprod"]
 
 
 def _require_diffusers():
@@ -146,6 +149,11 @@ class DiffusersDenoiser(nn.Module):
             raise ValueError("class_labels given but the teacher is unconditional (label_dim 0)")
         return {}
 
+    def network_output(self, x_vp: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """The raw network output at the VP input ``x_vp`` and timesteps ``t``; subclasses whose
+        network takes other arguments override it (the conversion to ``D`` stays in ``forward``)."""
+        return _sample_of(self.unet(x_vp, t, **self.network_inputs(cond, x_vp.shape[0], x_vp.device, x_vp.dtype)))
+
     def forward(self, x: torch.Tensor, sigma, cond=None, *, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         if class_labels is not None:
             cond = labels_of(cond, class_labels)
@@ -164,12 +172,7 @@ class DiffusersDenoiser(nn.Module):
         s4 = s.reshape(B, 1, 1, 1)
         scale = (1.0 + s4**2).rsqrt()
         x_vp = x * scale
-        dtype = next(self.unet.parameters()).dtype if any(True for _ in self.unet.parameters()) else torch.float32
-        out = self.unet(x_vp.to(dtype), t, **self.network_inputs(cond, B, x.device, dtype))
-        out = getattr(out, "sample", out)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        out = out.to(torch.float32)
+        out = self.network_output(x_vp.to(_network_dtype(self.unet)), t, cond).to(torch.float32)
         if out.shape[1] == 2 * self.img_channels:  # learned variance: the first half is the mean
             out = out[:, : self.img_channels]
         if out.shape != x.shape:
@@ -184,6 +187,81 @@ class DiffusersDenoiser(nn.Module):
         return (f"prediction_type={self.prediction_type!r}, timestep_mode={self.timestep_mode!r}, "
                 f"T={self.sigmas.numel()}, sigma_range=[{self.sigma_min:.4g}, {self.sigma_max:.4g}], "
                 f"label_dim={self.label_dim}")
+
+
+def _network_dtype(network: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in network.parameters()), torch.float32)
+
+
+def _sample_of(out) -> torch.Tensor:
+    """The output tensor of a diffusers model call (an output object, a tuple or a tensor)."""
+    out = getattr(out, "sample", out)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class FlowMatchDenoiser(nn.Module):
+    """A flow-matching velocity network (SD3, Flux: diffusers' ``FlowMatchEulerDiscreteScheduler``
+    family) as a Denoiser in the VE form (docs/algorithms.md section 9).
+
+    The network was trained on ``x_t = (1 - t) x0 + t eps`` to predict ``v = eps - x0``. A VE
+    input ``x = x0 + sigma eps`` is that ``x_t`` scaled by ``1 + sigma``, with ``t = sigma / (1 + sigma)``;
+    so ``x_t = x / (1 + sigma)``, the network sees ``timestep_scale * t`` (SD3: 1000 t, Flux: t), and
+    ``D = x_t - t v_hat``. Time is continuous: no grid, ``round_sigma`` is the identity. ``sigma = inf``
+    (t = 1, pure noise) has no VE form and is refused. Subclasses implement :meth:`network_output`
+    (the network's own call); ``unet`` holds the network whatever its kind (the engine casts and
+    checkpoints ``teacher.unet``).
+    """
+
+    #: the methods draw t uniformly and fit the fake network to the velocity (section 9)
+    flow = True
+
+    def __init__(self, network: nn.Module, *, timestep_scale: float, img_channels: int, img_resolution: int,
+                 num_train_timesteps: int = 1000, sigma_data: float = 1.0):
+        super().__init__()
+        if not (num_train_timesteps >= 2 and timestep_scale > 0):
+            raise ValueError(f"need num_train_timesteps >= 2 and timestep_scale > 0, got {num_train_timesteps}, "
+                             f"{timestep_scale}")
+        self.unet = network
+        self.timestep_scale = float(timestep_scale)
+        self.num_train_timesteps = int(num_train_timesteps)
+        self.img_channels = int(img_channels)
+        self.img_resolution = int(img_resolution)
+        self.label_dim = 0
+        self.sigma_data = float(sigma_data)
+        # the training timesteps' range t in [1/T, 1 - 1/T], as VE levels (what samplers clip to)
+        self.sigma_min = 1.0 / (self.num_train_timesteps - 1)
+        self.sigma_max = float(self.num_train_timesteps - 1)
+
+    def round_sigma(self, sigma):
+        return torch.as_tensor(sigma)
+
+    def network_output(self, x_t: torch.Tensor, timestep: torch.Tensor, cond) -> torch.Tensor:
+        """The network's velocity prediction at ``x_t`` and its own timestep convention."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.img_channels:
+            raise ValueError(f"x must be (B, {self.img_channels}, H, W), got {tuple(x.shape)}")
+        B = x.shape[0]
+        x = x.to(torch.float32)
+        s = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1)
+        if s.numel() == 1:
+            s = s.expand(B)
+        if s.numel() != B:
+            raise ValueError(f"sigma must be a scalar or (B,) = ({B},)")
+        if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+            raise ValueError("a flow-matching teacher takes finite sigma >= 0 (t = sigma / (1 + sigma) < 1); pure "
+                             "noise, t = 1, has no VE form x = x0 + sigma eps")
+        t = s / (1 + s)
+        t4 = t.reshape(B, 1, 1, 1)
+        x_t = x / (1 + s.reshape(B, 1, 1, 1))
+        v = self.network_output(x_t.to(_network_dtype(self.unet)), t * self.timestep_scale, cond).to(torch.float32)
+        if v.shape != x.shape:
+            raise RuntimeError(f"the network returned shape {tuple(v.shape)} for input {tuple(x.shape)}")
+        return x_t - t4 * v
+
+    def extra_repr(self) -> str:
+        return f"flow matching, timestep = {self.timestep_scale:g} t, T={self.num_train_timesteps}"
 
 
 _SCHEDULER_FILES = ("scheduler_config.json",)

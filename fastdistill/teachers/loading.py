@@ -1,6 +1,8 @@
 """``load_teacher(spec)``: the one place a teacher is resolved from a name or a path.
 
 - ``"digits"``: the digits teacher shipped with the package (unless a file of that name exists);
+- ``"digits-t2i"``: the digits text-to-image pipeline shipped with the package (a Stable
+  Diffusion folder, :mod:`.digits_t2i`; needs diffusers);
 - ``"analytic:NAME"``: an exact Gaussian-mixture teacher, named like the datasets it equals
   (``analytic:8gaussians``, ``analytic:25gaussians``, ``analytic:ring64``, ...);
 - a path, dispatched on what it *is* (content first, extension only for messages):
@@ -30,6 +32,7 @@ from .analytic import analytic_teacher
 from .checkpoint import (CheckpointError, is_fastdistill_checkpoint_dir, load_safetensors_teacher,
                          load_teacher_checkpoint)
 from .digits import load_digits_teacher
+from .digits_t2i import digits_t2i_path
 from .edm_pickle import load_edm_pickle
 
 __all__ = ["load_teacher", "sniff_format"]
@@ -102,12 +105,15 @@ def _load_diffusers(path: str, device, resolution) -> nn.Module:
 
 
 ANALYTIC_PREFIX = "analytic:"
+DIGITS_T2I = "digits-t2i"
 
 
 def load_teacher(spec: "str | os.PathLike", device="cpu", resolution: "int | None" = None) -> nn.Module:
     """The teacher denoiser ``spec`` names (see the module docstring for what is accepted).
     ``resolution``: the image side in pixels of a text-to-image pipeline (default: its own)."""
     path = os.fspath(spec)
+    if path == DIGITS_T2I and not os.path.exists(path):
+        path = str(digits_t2i_path())
     if resolution is not None and not os.path.isdir(path):
         raise ValueError(f"teacher {path!r}: a resolution is chosen only for text-to-image pipeline folders")
     if path.startswith(ANALYTIC_PREFIX):
@@ -116,7 +122,7 @@ def load_teacher(spec: "str | os.PathLike", device="cpu", resolution: "int | Non
         return load_digits_teacher(device=device)
     if not os.path.exists(path):
         raise FileNotFoundError(f"teacher {path!r}: no such file or directory (use 'digits' for the shipped digits "
-                                f"teacher, analytic:NAME for an exact toy teacher, or a checkpoint path)")
+                                f"teacher, 'digits-t2i' for the shipped text-to-image one, analytic:NAME for an exact toy teacher, or a checkpoint path)")
     kind = sniff_format(path)
     if kind == "edm_pickle":
         return load_edm_pickle(path, device=device)
