@@ -55,19 +55,20 @@ def test_distill_cli_default_is_the_report_and_report_flags_need_it(capsys):
 
 
 def test_draws_merge_and_verdict():
-    from fastdistill.reports.digits import _merge_draws, _verdict
+    from fastdistill.reports.common import merge_draws
+    from fastdistill.reports.digits import _verdict
 
-    t = _merge_draws([dict(draw=1, fid=0.12), dict(draw=0, fid=0.10, kid_mean=0.01, label="teacher"), dict(draw=2, fid=0.11)])
+    t = merge_draws([dict(draw=1, fid=0.12), dict(draw=0, fid=0.10, kid_mean=0.01, label="teacher"), dict(draw=2, fid=0.11)])
     assert t["fid_draws"] == [0.10, 0.12, 0.11] and t["kid_mean"] == 0.01 and "draw" not in t
     assert t["fid"] == pytest.approx(0.11) and t["fid_std"] == pytest.approx(0.01)
-    better = _merge_draws([dict(draw=k, fid=f, label="SiD student, 1 step") for k, f in enumerate((0.09, 0.10, 0.08))])
+    better = merge_draws([dict(draw=k, fid=f, label="SiD student, 1 step") for k, f in enumerate((0.09, 0.10, 0.08))])
     assert "at or below the teacher" in _verdict(better, t) and better["meets_target"]
-    close = _merge_draws([dict(draw=k, fid=f, label="SIM student, 1 step") for k, f in enumerate((0.115, 0.125, 0.12))])
+    close = merge_draws([dict(draw=k, fid=f, label="SIM student, 1 step") for k, f in enumerate((0.115, 0.125, 0.12))])
     text = _verdict(close, t)
     assert not close["meets_target"] and "above the teacher by 0.010" in text and "within draw noise" in text
-    far = _merge_draws([dict(draw=k, fid=f, label="DMD student, 1 step") for k, f in enumerate((0.30, 0.31, 0.29))])
+    far = merge_draws([dict(draw=k, fid=f, label="DMD student, 1 step") for k, f in enumerate((0.30, 0.31, 0.29))])
     assert "within draw noise" not in _verdict(far, t)
-    single = _merge_draws([dict(fid=0.2)])
+    single = merge_draws([dict(fid=0.2)])
     assert single["fid_std"] is None and single["fid_draws"] == [0.2]
 
 
@@ -113,12 +114,12 @@ def test_digits_report(tmp_path):
 
 
 def test_progress_line_reads_the_run_log(tmp_path):
-    from fastdistill.reports.digits import _progress
+    from fastdistill.reports.common import run_progress
 
-    assert _progress("sid", tmp_path) == "sid step 0"
+    assert run_progress("sid", tmp_path) == "sid step 0"
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "fid_initial": 1.7}\n{"step": 100, "fid_student": 0.25}\n'
                                            '{"step": 150, "loss_gen": 1.0}\n')
-    assert _progress("sid", tmp_path) == "sid step 150 FID 0.250"
+    assert run_progress("sid", tmp_path) == "sid step 150 FID 0.250"
 
 
 @needs_teacher
