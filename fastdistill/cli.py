@@ -205,20 +205,26 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-def _digits_report(args: argparse.Namespace) -> int:
-    """``fastdistill distill`` with no preset or config: the digits report (``out_dir=`` is its directory)."""
-    from .reports.digits import DEFAULT_OUT, digits_report, format_report
-
-    out, rest = DEFAULT_OUT, []
-    for o in args.overrides:
+def _report_out_dir(overrides, default: str) -> tuple[str, list]:
+    """A report's directory (``out_dir=`` among the overrides, else ``default``) and the other
+    overrides, which go to its student runs."""
+    out, rest = default, []
+    for o in overrides:
         key, _, value = o.partition("=")
         if key.strip() == "out_dir":
             out = value
         else:
             rest.append(o)
     if not str(out).strip():
-        return _fail("distill", ValueError("out_dir must not be empty: give the report's directory, e.g. "
-                                           "out_dir=runs/digits"), args)
+        raise ValueError(f"out_dir must not be empty: give the report's directory, e.g. out_dir={default}")
+    return out, rest
+
+
+def _digits_report(args: argparse.Namespace) -> int:
+    """``fastdistill distill`` with no preset or config: the digits report (``out_dir=`` is its directory)."""
+    from .reports.digits import DEFAULT_OUT, digits_report, format_report
+
+    out, rest = _report_out_dir(args.overrides, DEFAULT_OUT)
     methods = [m for m in (args.methods or "sid,sim,dmd").split(",") if m]
     rep = digits_report(out, 570.0 if args.budget is None else args.budget, methods=methods,
                         teacher=args.teacher or "digits", workers=3 if args.workers is None else args.workers,
@@ -235,15 +241,7 @@ def _t2i_report(args: argparse.Namespace) -> int:
     if args.config or args.prompts:
         raise ValueError(f"--preset {args.preset} is a report on the shipped teacher and its prompts: "
                          f"it takes no --config or --prompts")
-    out, rest = r.SWEEP_OUT if sweep else r.DEFAULT_OUT, []
-    for o in args.overrides:
-        key, _, value = o.partition("=")
-        if key.strip() == "out_dir":
-            out = value
-        else:
-            rest.append(o)
-    if not str(out).strip():
-        raise ValueError("out_dir must not be empty: give the report's directory")
+    out, rest = _report_out_dir(args.overrides, r.SWEEP_OUT if sweep else r.DEFAULT_OUT)
     if sweep and args.methods:
         raise ValueError("the guidance sweep trains SiD-LSG students only: --methods does not apply")
     methods = [m for m in (args.methods or "sid,sim,dmd").split(",") if m]

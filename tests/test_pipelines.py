@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from tests.tiny_pipelines import make_sd_pipeline, make_sdxl_pipeline  # noqa: E402
+from tests.tiny_pipelines import PROMPTS, make_sd_pipeline, make_sdxl_pipeline, open_pipeline, write_prompt_file  # noqa: E402
 
 from fastdistill.conditioning import Conditioning  # noqa: E402
 from fastdistill.engine import DistillConfig  # noqa: E402
@@ -19,7 +19,6 @@ from fastdistill.engine.loop import Distiller  # noqa: E402
 from fastdistill.ops import reference as ref  # noqa: E402
 from fastdistill.teachers import guided, load_teacher  # noqa: E402
 
-PROMPTS = ["a photo of a cat", "the digit seven", "a dog", "a handwritten three"]
 
 
 @pytest.fixture(scope="module", params=["epsilon", "v_prediction", "sdxl"])
@@ -50,18 +49,9 @@ def sdxl_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prompt_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    path.write_text("\n".join(PROMPTS) + "\n")
-    return path
+    return write_prompt_file(tmp_path_factory.mktemp("prompts") / "prompts.txt")
 
 
-def _pipeline(folder):
-    from diffusers import DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True, safety_checker=None,
-                                             requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _ddim_step_with(teacher, D, x_vp, t, t_prev):
@@ -78,7 +68,7 @@ def _ddim_step_with(teacher, D, x_vp, t, t_prev):
 def test_denoiser_ddim_step_equals_the_scheduler(sd_folder, t_index):
     """One DDIM step of the pipeline's own scheduler on the UNet's output equals the same step
     taken with the adapter's D, for epsilon and v prediction and for SDXL."""
-    pipe = _pipeline(sd_folder)
+    pipe = open_pipeline(sd_folder, safety_checker=None, requires_safety_checker=False)
     teacher = load_teacher(str(sd_folder))
     sched = pipe.scheduler
     sched.set_timesteps(5)
@@ -96,7 +86,7 @@ def test_denoiser_ddim_step_equals_the_scheduler(sd_folder, t_index):
 def test_guided_denoiser_equals_the_pipeline_call(sd_folder):
     """The guided D's DDIM step equals the pipeline's own one-step call at guidance 3 (its
     empty-prompt negative, its doubled batch and its guidance combination)."""
-    pipe = _pipeline(sd_folder)
+    pipe = open_pipeline(sd_folder, safety_checker=None, requires_safety_checker=False)
     teacher = load_teacher(str(sd_folder))
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -284,11 +274,14 @@ def test_bad_input(tmp_path, sd_eps_folder, prompt_file):
 
     with pytest.raises(ValueError, match="multiple of 2"):
         load_teacher(str(sd_folder), resolution=15)
-    other = tmp_path / "flux"
+    other = tmp_path / "other"
     shutil.copytree(sd_folder, other)
     index = json.loads((other / "model_index.json").read_text())
+    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "SanaPipeline"}))
+    with pytest.raises(ValueError, match="SanaPipeline is not supported as a teacher.*StableDiffusionPipeline"):
+        load_teacher(str(other))
     (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
-    with pytest.raises(ValueError, match="FluxPipeline is not supported.*StableDiffusionPipeline"):
+    with pytest.raises(ValueError, match="FluxPipeline is not supported with a"):
         load_teacher(str(other))
     (other / "model_index.json").write_text(json.dumps(index))
     shutil.rmtree(other / "vae")

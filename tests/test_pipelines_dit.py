@@ -15,7 +15,8 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from tests.tiny_pipelines import make_flux_pipeline, make_pixart_pipeline, make_sd3_pipeline  # noqa: E402
+from tests.tiny_pipelines import (  # noqa: E402
+    PROMPTS, make_flux_pipeline, make_pixart_pipeline, make_sd3_pipeline, open_pipeline, write_prompt_file)
 
 from fastdistill.conditioning import Conditioning  # noqa: E402
 from fastdistill.engine import DistillConfig  # noqa: E402
@@ -24,7 +25,6 @@ from fastdistill.methods import ConfigError  # noqa: E402
 from fastdistill.ops import reference as ref  # noqa: E402
 from fastdistill.teachers import guided, load_teacher  # noqa: E402
 
-PROMPTS = ["a photo of a cat", "the digit seven", "a dog", "a handwritten three"]
 T5_LENGTH = 16  # the tiny T5 tokenizers' model_max_length: the teachers' (and these calls') sequence length
 
 
@@ -41,27 +41,19 @@ def folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prompt_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
-    path.write_text("\n".join(PROMPTS) + "\n")
-    return path
+    return write_prompt_file(tmp_path_factory.mktemp("prompts") / "prompts.txt")
 
 
 def test_tiny_folders_are_small_and_t5_tokenizers_need_no_sentencepiece(folders):
     for kind, folder in folders.items():
         assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 2_000_000, kind
         assert not list(folder.rglob("*.model")), kind  # no sentencepiece model anywhere
-    tok = _pipeline(folders["sd3"]).tokenizer_3
+    tok = open_pipeline(folders["sd3"]).tokenizer_3
     ids = tok("a photo of a qux", padding="max_length", max_length=T5_LENGTH).input_ids
     assert ids[:6] == [tok.convert_tokens_to_ids(w) for w in ("a", "photo", "of", "a", "<unk>", "</s>")]
     assert ids[6:] == [tok.pad_token_id] * (T5_LENGTH - 6) and tok.model_max_length == T5_LENGTH
 
 
-def _pipeline(folder):
-    from diffusers import DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _randn(*shape, seed=1):
@@ -125,7 +117,7 @@ def test_pixart_step_equals_the_scheduler(folders, kind, scheduler):
     same step taken with the adapter's D (micro-conditions and learned variance included)."""
     from diffusers import DPMSolverMultistepScheduler
 
-    pipe = _pipeline(folders[kind])
+    pipe = open_pipeline(folders[kind])
     teacher = load_teacher(str(folders[kind]))
     assert teacher.family == ("PixArt-Sigma" if kind == "pixart_sigma" else "PixArt-alpha")
     assert teacher.unet.use_additional_conditions == (kind == "pixart")
@@ -146,7 +138,7 @@ def test_pixart_step_equals_the_scheduler(folders, kind, scheduler):
 def test_flow_step_equals_the_scheduler(folders, kind, step):
     """One flow-matching Euler step of the pipeline's scheduler (SD3's shift; Flux's image-size
     shift) on the raw transformer's velocity equals the same step taken with the adapter's D."""
-    pipe = _pipeline(folders[kind])
+    pipe = open_pipeline(folders[kind])
     teacher = load_teacher(str(folders[kind]))
     sched = pipe.scheduler
     sched.set_timesteps(4, **({"mu": 0.7} if kind == "flux" else {}))
@@ -166,7 +158,7 @@ def test_flow_step_equals_the_scheduler(folders, kind, step):
 def test_pixart_sigma_guided_equals_the_pipeline_call(folders):
     """The guided D's DDIM step equals PixArtSigmaPipeline's own one-step call at guidance 3 (its
     empty-prompt negative with its mask, its doubled batch, its combination)."""
-    pipe = _pipeline(folders["pixart_sigma"])
+    pipe = open_pipeline(folders["pixart_sigma"])
     teacher = load_teacher(str(folders["pixart_sigma"]))
     latents = _randn(2, 4, 8, 8, seed=2)
     with torch.no_grad():
@@ -184,7 +176,7 @@ def test_pixart_alpha_guided_equals_the_pipeline_combination(folders):
     """With PixArt-alpha's micro-conditions (the pipeline passes them only at 1024 pixels, so its
     call is written out): the doubled batch [empty, prompt], eps_u + w (eps_c - eps_u), the
     scheduler's x0 (what the pipeline returns from a one-step call), here at timestep 601."""
-    pipe = _pipeline(folders["pixart"])
+    pipe = open_pipeline(folders["pixart"])
     teacher = load_teacher(str(folders["pixart"]))
     pipe.scheduler.set_timesteps(5)
     t = int(pipe.scheduler.timesteps[1])
@@ -205,7 +197,7 @@ def test_pixart_alpha_guided_equals_the_pipeline_combination(folders):
 def test_sd3_guided_equals_the_pipeline_call(folders):
     """The guided D's Euler step equals StableDiffusion3Pipeline's own call (one step from t = the
     shifted 0.6) at guidance 3: CLIP-L + CLIP-G + T5 states, pooled projections, empty negative."""
-    pipe = _pipeline(folders["sd3"])
+    pipe = open_pipeline(folders["sd3"])
     teacher = load_teacher(str(folders["sd3"]))
     latents = _randn(2, 16, 8, 8, seed=4)
     with torch.no_grad():
@@ -225,7 +217,7 @@ def test_flux_embedded_guidance_is_a_network_input(folders):
     """Flux-dev's guidance is carried in cond.extra["guidance"] (default: the pipeline's 3.5) and
     fed to the network, one pass: D's Euler step equals FluxPipeline's own call at guidance 5 on
     the same (packed) latents; another guidance value gives another output."""
-    pipe = _pipeline(folders["flux"])
+    pipe = open_pipeline(folders["flux"])
     teacher = load_teacher(str(folders["flux"]))
     assert teacher.guidance_distilled and teacher.embedded_guidance == 3.5
     latents = _randn(2, 16, 8, 8, seed=5)

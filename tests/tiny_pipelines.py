@@ -28,6 +28,9 @@ __all__ = [
     "make_pixart_pipeline",
     "make_sd3_pipeline",
     "make_flux_pipeline",
+    "PROMPTS",
+    "write_prompt_file",
+    "open_pipeline",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -40,6 +43,26 @@ WORDS = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
 )
 # SD 1.x / SDXL training schedule shared by every scheduler built here.
+#: prompts within WORDS: every tiny pipeline's tokenizer reads them without unknown words
+PROMPTS = ["a photo of a cat", "the digit seven", "a dog", "a handwritten three"]
+
+
+def write_prompt_file(path: PathLike) -> Path:
+    """:data:`PROMPTS`, one per line, as ``--prompts`` reads them."""
+    path = Path(path)
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+def open_pipeline(folder: PathLike, **kwargs):
+    """The folder as diffusers itself loads it (local files only, no progress bars)."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 _SCHEDULE = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
 )

@@ -1,5 +1,5 @@
 """What the reports share: worker pools of one-thread processes, draws merged into one row,
-and a run's progress line."""
+a run's progress line, and the closing lines of a report."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -41,3 +41,12 @@ def run_progress(name: str, run_dir: Path) -> str:
     step = max((r.get("step", 0) for r in rows), default=0)
     fid = next((r["fid_student"] for r in reversed(rows) if "fid_student" in r), None)
     return f"{name} step {step}" + (f" FID {fid:.3f}" if fid is not None else "")
+
+
+def report_footer(verdicts: Sequence[str], pictures: dict, elapsed_s: float, phases_s: dict) -> list:
+    """A report's closing lines: its verdicts, its pictures, its wall time by phase."""
+    lines = list(verdicts)
+    if pictures:
+        lines.append("pictures: " + ", ".join(pictures.values()))
+    lines.append(f"total {elapsed_s:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in phases_s.items()) + ")")
+    return lines

@@ -49,7 +49,7 @@ from ..metrics.quality import DIGITS_N, quality, reference_data
 from ..plotting import labelled_rows, line_plot
 from ..student import load_student
 from ..teachers import load_teacher
-from .common import merge_draws, pool, run_progress
+from .common import merge_draws, pool, report_footer, run_progress
 
 METHOD_PRESETS = {"sid": "digits", "sim": "digits-sim", "dmd": "digits-dmd"}
 #: overrides the report sets itself or that would change what its table compares
@@ -295,9 +295,5 @@ def format_report(rep: DigitsReport) -> str:
         for r in rep.student_rows:
             lines.append(f"{r['method']}: {r['train_steps']} iterations in {r['train_s']:.0f} s, FID {r.get('fid_initial') or float('nan'):.2f} "
                          f"(initial generator) -> {r['fid']:.3f}" + (" [stopped by the time budget]" if r.get("stopped_early") else ""))
-    lines += rep.verdicts
-    if rep.pictures:
-        lines.append("pictures: " + ", ".join(rep.pictures.values()))
-    phases = ", ".join(f"{k} {v:.0f} s" for k, v in rep.phases_s.items())
-    lines.append(f"total {rep.elapsed_s:.0f} s ({phases})")
+    lines += report_footer(rep.verdicts, rep.pictures, rep.elapsed_s, rep.phases_s)
     return "\n".join(lines)

@@ -157,15 +157,8 @@ class DiffusersDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma, cond=None, *, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         if class_labels is not None:
             cond = labels_of(cond, class_labels)
-        if x.ndim != 4 or x.shape[1] != self.img_channels:
-            raise ValueError(f"x must be (B, {self.img_channels}, H, W), got {tuple(x.shape)}")
+        x, s = _checked_inputs(x, sigma, self.img_channels)
         B = x.shape[0]
-        x = x.to(torch.float32)
-        s = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1)
-        if s.numel() == 1:
-            s = s.expand(B)
-        if s.numel() != B:
-            raise ValueError(f"sigma must be a scalar or (B,) = ({B},)")
         t = self.timestep_for(s).to(x.device)
         if self.timestep_mode == "interpolate":
             t = t.to(torch.float32)
@@ -187,6 +180,19 @@ class DiffusersDenoiser(nn.Module):
         return (f"prediction_type={self.prediction_type!r}, timestep_mode={self.timestep_mode!r}, "
                 f"T={self.sigmas.numel()}, sigma_range=[{self.sigma_min:.4g}, {self.sigma_max:.4g}], "
                 f"label_dim={self.label_dim}")
+
+
+def _checked_inputs(x: torch.Tensor, sigma, img_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` as fp32 (B, C, H, W) and ``sigma`` as fp32 (B,), or a clear error."""
+    if x.ndim != 4 or x.shape[1] != img_channels:
+        raise ValueError(f"x must be (B, {img_channels}, H, W), got {tuple(x.shape)}")
+    B = x.shape[0]
+    s = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1)
+    if s.numel() == 1:
+        s = s.expand(B)
+    if s.numel() != B:
+        raise ValueError(f"sigma must be a scalar or (B,) = ({B},)")
+    return x.to(torch.float32), s
 
 
 def _network_dtype(network: nn.Module) -> torch.dtype:
@@ -240,15 +246,8 @@ class FlowMatchDenoiser(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.img_channels:
-            raise ValueError(f"x must be (B, {self.img_channels}, H, W), got {tuple(x.shape)}")
+        x, s = _checked_inputs(x, sigma, self.img_channels)
         B = x.shape[0]
-        x = x.to(torch.float32)
-        s = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1)
-        if s.numel() == 1:
-            s = s.expand(B)
-        if s.numel() != B:
-            raise ValueError(f"sigma must be a scalar or (B,) = ({B},)")
         if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
             raise ValueError("a flow-matching teacher takes finite sigma >= 0 (t = sigma / (1 + sigma) < 1); pure "
                              "noise, t = 1, has no VE form x = x0 + sigma eps")

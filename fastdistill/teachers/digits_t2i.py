@@ -131,20 +131,36 @@ def _build_parts(cfg: DigitsT2IConfig, tokenizer_dir: Path):
     return tokenizer, text_encoder.requires_grad_(False), vae, unet, scheduler
 
 
-def _bar(total: int, desc: str, progress: bool):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
+class _LossLog:
+    """Each step's loss, shown on a progress bar (with ``progress``) as the mean of the last 25."""
 
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+    def __init__(self, total: int, desc: str, name: str, fmt: str, progress: bool):
+        self.losses, self.name, self.fmt = [], name, fmt
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+
+    def add(self, loss: float) -> None:
+        self.losses.append(loss)
+        if self.bar is not None:
+            self.bar.update()
+            if len(self.losses) % 25 == 1:
+                recent = self.losses[-25:]
+                self.bar.set_postfix({self.name: format(sum(recent) / len(recent), self.fmt)})
+
+    def close(self) -> list:
+        if self.bar is not None:
+            self.bar.close()
+        return self.losses
 
 
 def _train_vae(vae, images: torch.Tensor, cfg: DigitsT2IConfig, g: torch.Generator, progress: bool) -> list:
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
     vae.train()
-    losses = []
-    bar = _bar(cfg.vae_steps, "train VAE", progress)
-    for step in range(cfg.vae_steps):
+    log = _LossLog(cfg.vae_steps, "train VAE", "mse", ".2e", progress)
+    for _ in range(cfg.vae_steps):
         x = images[torch.randint(0, images.shape[0], (cfg.vae_batch_size,), generator=g)]
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
@@ -155,14 +171,8 @@ def _train_vae(vae, images: torch.Tensor, cfg: DigitsT2IConfig, g: torch.Generat
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(mse.detach()))
-        if bar is not None:
-            bar.update()
-            if step % 25 == 0:
-                bar.set_postfix(mse=f"{sum(losses[-25:]) / len(losses[-25:]):.2e}")
-    if bar is not None:
-        bar.close()
-    return losses
+        log.add(float(mse.detach()))
+    return log.close()
 
 
 def _train_unet(unet, latents, labels, embeds, prompt_digits, null, abar, cfg, g, progress):
@@ -175,8 +185,7 @@ def _train_unet(unet, latents, labels, embeds, prompt_digits, null, abar, cfg, g
     unet.train()
     B = cfg.unet_batch_size
     halflife = cfg.ema_halflife_fraction * cfg.unet_steps * B
-    losses = []
-    bar = _bar(cfg.unet_steps, "train UNet", progress)
+    log = _LossLog(cfg.unet_steps, "train UNet", "loss", ".4f", progress)
     for step in range(cfg.unet_steps):
         lr = cfg.unet_lr * min(1.0, (step + 1) / max(cfg.unet_warmup, 1))
         lr *= 0.5 * (1 + math.cos(math.pi * step / cfg.unet_steps))
@@ -199,14 +208,8 @@ def _train_unet(unet, latents, labels, embeds, prompt_digits, null, abar, cfg, g
         opt.step()
         seen = (step + 1) * B
         ema_update(ema, unet, 0.5 ** (B / max(min(halflife, 0.05 * seen), 1e-8)))  # EDM's ramp-up
-        losses.append(float(loss.detach()))
-        if bar is not None:
-            bar.update()
-            if step % 25 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.4f}")
-    if bar is not None:
-        bar.close()
-    return ema, losses
+        log.add(float(loss.detach()))
+    return ema, log.close()
 
 
 def _train_into(work: Path, cfg: DigitsT2IConfig, progress: bool) -> None:
