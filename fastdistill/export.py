@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .engine.lora import has_lora
+from .teachers.loading import teacher_location
 
 __all__ = ["export_student", "ONE_STEP_SNIPPET", "LORA_MODES"]
 
@@ -75,7 +76,7 @@ def export_student(student, out, lora: str = "merge") -> Path:
     if not hasattr(net, "parts") or student.info.cond_kind != "text":
         raise ValueError("export to a diffusers folder is for text-to-image students; a pixel student's export "
                          "is the run's student.safetensors")
-    source = Path(student.info.teacher or "")
+    source = Path(teacher_location(student.info.teacher or ""))
     if not (source / "model_index.json").is_file():
         raise FileNotFoundError(f"the student's teacher pipeline {str(source)!r} is not there any more: the export "
                                 f"copies its tokenizer, text encoders, VAE and scheduler")

@@ -108,12 +108,19 @@ ANALYTIC_PREFIX = "analytic:"
 DIGITS_T2I = "digits-t2i"
 
 
+def teacher_location(spec: "str | os.PathLike") -> str:
+    """The path ``spec`` stands for: the shipped pipeline folder for ``"digits-t2i"`` (unless a
+    file of that name exists), ``spec`` itself otherwise."""
+    path = os.fspath(spec)
+    if path == DIGITS_T2I and not os.path.exists(path):
+        return str(digits_t2i_path())
+    return path
+
+
 def load_teacher(spec: "str | os.PathLike", device="cpu", resolution: "int | None" = None) -> nn.Module:
     """The teacher denoiser ``spec`` names (see the module docstring for what is accepted).
     ``resolution``: the image side in pixels of a text-to-image pipeline (default: its own)."""
-    path = os.fspath(spec)
-    if path == DIGITS_T2I and not os.path.exists(path):
-        path = str(digits_t2i_path())
+    path = teacher_location(spec)
     if resolution is not None and not os.path.isdir(path):
         raise ValueError(f"teacher {path!r}: a resolution is chosen only for text-to-image pipeline folders")
     if path.startswith(ANALYTIC_PREFIX):
