@@ -243,7 +243,8 @@ def load_student(path, which: str = "ema", device="cpu", network: Optional[torch
                  log: Optional[Callable[[str], None]] = None) -> Student:
     """The student in ``path``: a run directory (its newest intact checkpoint; each newer corrupt one
     skipped is reported to ``log``, default stderr), a checkpoint directory (verified: a corrupt one
-    raises :class:`~fastdistill.engine.checkpoint.CheckpointCorruptError`), or an exported
+    raises :class:`~fastdistill.engine.checkpoint.CheckpointCorruptError`; a sharded one, from
+    ``distributed.strategy=fsdp``, is assembled here from every rank's shards), or an exported
     ``student.safetensors``. ``which``: the ``ema`` or raw ``generator`` weights (checkpoints only)."""
     if which not in ("ema", "generator"):
         raise ValueError(f"which must be 'ema' or 'generator', got {which!r}")
@@ -256,12 +257,13 @@ def load_student(path, which: str = "ema", device="cpu", network: Optional[torch
         if record is None:
             raise EvalError(f"{p} is a teacher checkpoint, not an exported student (pass it as a teacher)")
         return Student(load_teacher(p, device=device), StudentInfo.from_record(record))  # frozen, eval mode
-    tensors, state = ckpt.load_checkpoint(_checkpoint_dir(p, log), log=log)
+    where = _checkpoint_dir(p, log)
+    tensors, state = ckpt.load_checkpoint(where, log=log)
     if state.get("format") != FORMAT or "student" not in state:
         raise CheckpointError(f"{p}: not a distillation checkpoint of this fastdistill version "
                               f"(format {state.get('format')!r})")
     net = _rebuild(state, network)
-    net.load_state_dict(tensors[which])
+    net.load_state_dict(ckpt.read_shards(where, which) if ckpt.is_sharded(where) else tensors[which])
     return Student(net.to(device).eval().requires_grad_(False), StudentInfo.from_record(state["student"]))
 
 

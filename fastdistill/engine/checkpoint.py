@@ -9,6 +9,14 @@ Layout of one checkpoint (a directory ``<out_dir>/checkpoints/step-00001234``):
                            RNG states of every rank (torch CPU/CUDA, numpy, python, noise generators)
     checksums.json         size and sha256 of every other file, written last
 
+A sharded checkpoint (``distributed.strategy=fsdp``, ``"layout": "sharded"`` in state.json) has
+no ``.safetensors``: networks, EMA and Adam states are a torch.distributed.checkpoint (DCP)
+directory ``shards/`` (``.metadata`` plus one ``__<rank>_0.distcp`` per rank, keys
+``generator.<param>``, ``fake.<param>``, ``ema.<param>``, ``optim.<net>.state.<param>.<moment>``),
+which every rank writes into the same temporary directory (:func:`begin_checkpoint`) before rank 0
+adds the rest; its files are checksummed and verified like the others. :func:`read_shards` reads
+one entry's whole tensors in one process, without a process group (export, evaluation).
+
 A checkpoint is first written to a hidden ``.tmp-`` directory (each file fsynced, then
 ``checksums.json``), then moved into place with one ``os.replace``: a process killed mid-write
 leaves only a temporary directory, which loading ignores and the next run or save removes.
@@ -53,14 +61,15 @@ from ..teachers.checkpoint import CheckpointError
 __all__ = ["CheckpointCorruptError", "CheckpointWriteError", "CKPT_RE", "STATE_FILE", "CHECKSUMS_FILE",
            "FAULT_ENV", "FAULT_PHASES", "ckpt_root", "check_writable", "list_checkpoints", "latest_checkpoint",
            "latest_verified_checkpoint", "resolve_checkpoint", "verify_checkpoint", "save_checkpoint",
-           "load_checkpoint", "remove_stale_temporaries", "optimizer_tensors", "load_optimizer", "rng_state",
-           "set_rng_state"]
+           "load_checkpoint", "begin_checkpoint", "is_sharded", "read_shards", "SHARDS_DIR", "remove_stale_temporaries",
+           "optimizer_tensors", "load_optimizer", "rng_state", "set_rng_state"]
 
 CKPT_RE = re.compile(r"^step-(\d{8,})$")
 STATE_FILE = "state.json"
 CHECKSUMS_FILE = "checksums.json"
 CHECKSUMS_FORMAT = "fastdistill-checksums/1"
 TMP_PREFIX = ".tmp-"
+SHARDS_DIR = "shards"
 
 #: test hook, called with the path of every file once it is written (to simulate a crash)
 _after_file_written: Optional[Callable[[Path], None]] = None
@@ -223,18 +232,38 @@ def latest_checkpoint(out_dir) -> Optional[Path]:
     return ck[-1] if ck else None
 
 
-def save_checkpoint(out_dir, step: int, tensors: dict[str, dict], state: dict, keep_last: int = 3) -> Path:
+def begin_checkpoint(out_dir, step: int) -> Path:
+    """The new, empty temporary directory of checkpoint ``step`` (stale ones, left by a killed
+    writer, removed first): for shards that other processes write before :func:`save_checkpoint`."""
+    root = ckpt_root(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    tmp = root / f"{TMP_PREFIX}step-{step:08d}-{os.getpid()}"
+    tmp.mkdir()
+    return tmp
+
+
+def _file_sum(path: Path) -> dict:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": h.hexdigest()}
+
+
+def save_checkpoint(out_dir, step: int, tensors: dict[str, dict], state: dict, keep_last: int = 3,
+                    tmp: Optional[Path] = None) -> Path:
     """Write ``tensors`` (file stem -> flat dict of tensors), ``state`` and their checksums atomically,
-    then prune old checkpoints. Raises :class:`CheckpointWriteError` when the write fails."""
+    then prune old checkpoints. ``tmp``: the :func:`begin_checkpoint` directory when it already holds
+    files (shards), which are checksummed too. Raises :class:`CheckpointWriteError` when the write fails."""
     root = ckpt_root(out_dir)
     final = root / f"step-{step:08d}"
-    tmp = root / f"{TMP_PREFIX}step-{step:08d}-{os.getpid()}"
     current = None
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out_dir)  # left behind by a killed writer
-        tmp.mkdir()
-        sums = {}
+        if tmp is None:
+            tmp = begin_checkpoint(out_dir, step)
+        sums = {p.relative_to(tmp).as_posix(): _file_sum(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
 
         def put(name: str, data: bytes, phase: str = "write") -> None:
             nonlocal current
@@ -264,7 +293,8 @@ def save_checkpoint(out_dir, step: int, tensors: dict[str, dict], state: dict, k
             os.replace(tmp, final)
         _fsync_dir(root)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         try:
             older = [p for p in list_checkpoints(out_dir) if _step_of(p) != step]
         except OSError:
@@ -275,7 +305,8 @@ def save_checkpoint(out_dir, step: int, tensors: dict[str, dict], state: dict, k
         raise CheckpointWriteError(f"could not write checkpoint {final}: {cause}; its temporary files were "
                                    f"removed and {intact}", checkpoint=final, errno=exc.errno) from exc
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fault_point("after-rename", final.name)
     # keep the one just written and the keep_last - 1 before it; newer ones (from an earlier
@@ -387,17 +418,13 @@ def verify_checkpoint(path, *, log: Optional[Callable[[str], None]] = None) -> b
         _warn_unverified(path, log)
         return False
     for name, expect in sums.items():
-        h, size = hashlib.sha256(), 0
         try:
-            with open(path / name, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    h.update(chunk)
-                    size += len(chunk)
+            got = _file_sum(path / name)
         except FileNotFoundError:
             raise CheckpointCorruptError(path, name, "is missing") from None
         except OSError as exc:
             raise CheckpointCorruptError(path, name, f"cannot be read ({exc.strerror or exc})") from exc
-        _check_bytes(path, name, size, h.hexdigest(), expect)
+        _check_bytes(path, name, got["size"], got["sha256"], expect)
     return True
 
 
@@ -423,6 +450,29 @@ def load_checkpoint(path, *, log: Optional[Callable[[str], None]] = None) -> tup
     if not isinstance(state, dict):
         raise CheckpointCorruptError(path, STATE_FILE, f"holds a JSON {type(state).__name__}, not an object")
     return {name[:-len(".safetensors")]: t for name, t in parsed.items()}, state
+
+
+def is_sharded(path) -> bool:
+    """Whether a checkpoint directory holds its tensors as DCP shards (``distributed.strategy=fsdp``)."""
+    return (Path(path) / SHARDS_DIR).is_dir()
+
+
+def read_shards(path, prefix: str) -> dict[str, torch.Tensor]:
+    """The whole tensors of one entry (``ema``, ``generator`` or ``fake``) of a sharded checkpoint,
+    assembled in this process from every rank's shards (DCP without a process group), keyed as
+    the network's ``state_dict``. Verify the checkpoint first (:func:`resolve_checkpoint`)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    shards = Path(path) / SHARDS_DIR
+    meta = dcp.FileSystemReader(str(shards)).read_metadata().state_dict_metadata
+    start = prefix + "."
+    whole = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
+             if k.startswith(start) and isinstance(m, TensorStorageMetadata)}
+    if not whole:
+        raise CheckpointCorruptError(path, SHARDS_DIR, f"holds no {prefix} tensors")
+    dcp.load(whole, checkpoint_id=shards, no_dist=True)
+    return {k[len(start):]: v for k, v in whole.items()}
 
 
 def latest_verified_checkpoint(out_dir, log: Optional[Callable[[str], None]] = None) -> Optional[Path]:

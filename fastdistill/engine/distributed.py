@@ -6,6 +6,7 @@ states (gathered into the checkpoint).
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 from contextlib import nullcontext
@@ -72,20 +73,80 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device):
     return DDP(module, device_ids=ids, broadcast_buffers=False)
 
 
-def shard_teacher(module: torch.nn.Module) -> torch.nn.Module:
-    """FSDP2 (``fully_shard``) the frozen teacher: each rank holds 1/world of its weights."""
+def shard(module: torch.nn.Module, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """FSDP2 (``fully_shard``) in place: each rank keeps 1/world of every parameter (a DTensor),
+    all-gathered around each forward and backward; gradients are reduce-scattered.
+
+    Groups: the big leaf blocks (>= 2**16 elements) each, then the root for the rest. With
+    ``param_dtype`` (a frozen bf16 teacher) the parameters are stored, gathered and computed in
+    that dtype and every leaf with parameters is its own group, so each casts its own inputs
+    (``MixedPrecisionPolicy``); outputs come back in fp32. Without it parameters, gathers and the
+    gradient reduce-scatter (``ReduceOp.AVG``, which gloo has on CPU: scripts/check_gloo_collectives.py)
+    stay in the parameters' dtype: fp32 masters for the trained networks.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy() if param_dtype is None else MixedPrecisionPolicy(param_dtype=param_dtype,
+                                                                                  output_dtype=torch.float32)
+    leaves = [m for m in module.modules() if m is not module and len(list(m.children())) == 0
+              and any(True for _ in m.parameters(recurse=False))]
+    if param_dtype is not None:
+        for p in module.parameters():
+            p.data = p.data.to(param_dtype)
+    for m in leaves:
+        if param_dtype is not None or sum(p.numel() for p in m.parameters()) >= 1 << 16:
+            fully_shard(m, mp_policy=mp)
+    fully_shard(module, mp_policy=mp)
+    return module
+
+
+def reshard(module: torch.nn.Module) -> None:
+    """Free the gathered parameters of every FSDP2 unit of ``module`` (no communication). FSDP2
+    keeps a root unit gathered after a forward without backward; until resharded, the module's
+    parameters are those gathered copies, not the sharded ones that ``requires_grad_`` must
+    switch and the optimiser and EMA update."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
+def skeleton(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` with its parameters on the meta device (no memory), buffers kept: the
+    frame :func:`gather_whole` fills with a sharded module's full weights."""
+    memo = {id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for p in module.parameters()}
+    return copy.deepcopy(module, memo)
+
+
+def gather_whole(module: torch.nn.Module, frame: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
+    """The full weights of a sharded ``module`` in a copy of its :func:`skeleton` ``frame`` on
+    ``device``, on rank 0 (None on the others). Collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main():
+        return None
+    whole = copy.deepcopy(frame)
+    whole.load_state_dict(full, assign=True)
+    return whole.to(device)
+
+
+def shard_teacher(module: torch.nn.Module, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """:func:`shard` the frozen teacher's denoising network: a pipeline's UNet (its VAE and text
+    encoders, used outside the training passes, stay whole), else the whole teacher."""
     if not is_dist():
         return module
-    from torch.distributed.fsdp import fully_shard
-
-    children = [m for m in module.modules() if m is not module and len(list(m.children())) == 0
-                and any(True for _ in m.parameters(recurse=False))]
-    # shard big leaf blocks first, then the root (FSDP2 groups parameters per call)
-    for m in children:
-        if sum(p.numel() for p in m.parameters()) >= 1 << 16:
-            fully_shard(m)
-    fully_shard(module)
+    shard(getattr(module, "unet", module), param_dtype)
     return module
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP2 parameters and gradients), the same memory; other tensors as they are."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def no_sync(module, active: bool):

@@ -5,6 +5,8 @@ from typing import Optional
 
 import torch
 
+from .distributed import local
+
 
 def ema_beta(batch: int, images_seen: float, halflife_kimg: float, rampup: float) -> float:
     """``beta = 0.5 ** (batch / hl)``, ``hl = min(halflife, rampup * images_seen)`` in images."""
@@ -33,8 +35,9 @@ class EMA:
 
     @torch.no_grad()
     def update(self, beta: float) -> None:
+        """Sharded (DTensor) parameters are averaged shard by shard: source and EMA are sharded alike."""
         if self._ema_params:
-            src = [p.detach() for p in self._src_params]
-            torch._foreach_lerp_(self._ema_params, src, 1.0 - beta)
+            src = [local(p.detach()) for p in self._src_params]
+            torch._foreach_lerp_([local(p) for p in self._ema_params], src, 1.0 - beta)
         for b_ema, b in zip(self._ema_bufs, self._src_bufs):
             b_ema.copy_(b)

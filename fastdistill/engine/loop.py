@@ -107,6 +107,10 @@ class Distiller:
             self._build_optimizers()
             self._bind_method()
             self.evaluator = LoopEvaluator.for_run(cfg, self.teacher, self.shape) if self.main else None
+            if self.fsdp and D.broadcast_object(self.evaluator is not None):
+                raise ConfigError("distributed.strategy=fsdp does not evaluate during training yet (rank 0 alone "
+                                  "would need the whole teacher and generator): set eval_data=none and score the "
+                                  "run afterwards with `fastdistill eval`")
             self.step = 0
             self.images_seen = 0
             self.nan_steps = 0
@@ -133,6 +137,8 @@ class Distiller:
         self.distributed = D.init_from_env(cfg.distributed.backend, self.device)
         self.rank, self.world = D.rank(), D.world_size()
         self.main = self.rank == 0
+        self.sharded = cfg.distributed.strategy == "fsdp"  # sharded checkpoints, at any world size
+        self.fsdp = self.sharded and self.distributed  # FSDP2-sharded networks
         self._prev_threads = torch.get_num_threads()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)  # restored when run() returns
@@ -230,11 +236,14 @@ class Distiller:
                     torch.distributed.broadcast(t.data, src=0)
         self.ema = EMA(self.G, copy_net(self.G), self.trainable["generator"])
         bf16 = cfg.teacher.dtype == "bf16" or (cfg.teacher.dtype == "auto" and getattr(self.teacher, "latent", False))
-        if bf16:  # after the copies, which keep the teacher's fp32 weights
-            unet = getattr(self.teacher, "unet", None)
-            if unet is None:
-                raise ConfigError("teacher.dtype=bf16 is for diffusers teachers (their UNet runs in bf16, the "
-                                  "schedule stays in float64); use precision=bf16 to autocast other teachers")
+        unet = getattr(self.teacher, "unet", None)
+        # other teachers in bf16: FSDP2's mixed precision, when the teacher is sharded (_build_callables)
+        self.teacher_param_dtype = torch.bfloat16 if bf16 and unet is None and self.fsdp else None
+        if bf16 and unet is None and not self.fsdp:
+            raise ConfigError("teacher.dtype=bf16 is for diffusers teachers (their UNet runs in bf16, the schedule "
+                              "stays in float64) and for teachers sharded by distributed.strategy=fsdp under "
+                              "torchrun; use precision=bf16 to autocast other teachers")
+        if bf16 and unet is not None:  # after the copies, which keep the teacher's fp32 weights
             unet.to(torch.bfloat16)
         if cfg.channels_last:  # 4-D weights only; activations follow the weights' layout
             for net in (self.teacher, self.G, self.fake, self.ema.module):
@@ -273,13 +282,17 @@ class Distiller:
         self.scaler = torch.amp.GradScaler(dev_type) if cfg.precision == "fp16" else None
 
     def _build_callables(self) -> None:
-        """DDP for the trained passes, plain modules elsewhere; optional compile / checkpointing."""
+        """DDP for the trained passes and plain modules elsewhere, or FSDP2-sharded modules
+        throughout (strategy=fsdp); optional compile / checkpointing."""
         cfg = self.cfg
-        self.g_ddp = D.wrap_ddp(self.G, self.device)
-        self.f_ddp = D.wrap_ddp(self.fake, self.device)
+        if self.fsdp:
+            self._shard_networks()
+        else:
+            self.g_ddp = D.wrap_ddp(self.G, self.device)
+            self.f_ddp = D.wrap_ddp(self.fake, self.device)
         teacher_call = self.teacher
-        if self.distributed and cfg.distributed.fsdp_teacher and isinstance(self.teacher, torch.nn.Module):
-            teacher_call = D.shard_teacher(self.teacher)
+        if self.distributed and (cfg.distributed.fsdp_teacher or self.fsdp) and isinstance(self.teacher, torch.nn.Module):
+            teacher_call = D.shard_teacher(self.teacher, self.teacher_param_dtype)
 
         # diffusers UNets checkpoint block by block (their own implementation), all three networks,
         # since SiD's and SIM's gradients pass through the teacher too; other networks as a whole call
@@ -297,10 +310,34 @@ class Distiller:
             return fn
 
         self.g_train = prep(self.g_ddp)
-        self.g_eval = prep(self.G, grad_path=False) if self.distributed else self.g_train
+        self.g_eval = prep(self.G, grad_path=False) if self.distributed and not self.fsdp else self.g_train
         self.f_train = prep(self.f_ddp)
-        self.f_frozen = prep(self.fake) if self.distributed else self.f_train
+        self.f_frozen = prep(self.fake) if self.distributed and not self.fsdp else self.f_train
         self.t_call = prep(teacher_call) if isinstance(teacher_call, torch.nn.Module) else teacher_call
+
+    def _shard_networks(self) -> None:
+        """FSDP2 of the generator, fake network and EMA (fp32 masters, gradients reduce-scattered);
+        the trained-parameter lists and the EMA pairs are taken again from the sharded (DTensor)
+        parameters. A parameter-free frame of the generator is kept for :meth:`whole_ema`."""
+        self._frame = D.skeleton(self.G)
+        for net in (self.G, self.fake, self.ema.module):
+            D.shard(net)
+        self.g_ddp, self.f_ddp = self.G, self.fake
+        self.trainable = {"generator": trainable_parameters(self.G), "fake": trainable_parameters(self.fake)}
+        self.ema = EMA(self.G, self.ema.module, self.trainable["generator"])
+
+    def _reshard(self) -> None:
+        """Under FSDP: every network back to its shards (:func:`distributed.reshard`), at each phase
+        and before the EMA update, so trainable flags, optimiser, EMA and state dicts act on them."""
+        if self.fsdp:
+            for net in (self.G, self.fake, self.teacher):
+                if isinstance(net, torch.nn.Module):
+                    D.reshard(net)
+
+    def whole_ema(self) -> Optional[torch.nn.Module]:
+        """The EMA generator as one plain module for rank 0's samples, pictures and export: under FSDP
+        gathered from the shards (collective: every rank calls it; None on the others), else the EMA."""
+        return D.gather_whole(self.ema.module, self._frame, self.device) if self.fsdp else self.ema.module
 
     def _build_optimizers(self) -> None:
         cfg, o = self.cfg, self.cfg.optim
@@ -348,17 +385,49 @@ class Distiller:
         return {"generator": self.G.state_dict(), "ema": self.ema.module.state_dict(),
                 "fake": self.fake.state_dict(), "optim": {**og, **of}}
 
+    def sharded_state(self) -> dict:
+        """Networks, EMA and Adam states as torch.distributed.checkpoint state dicts (DTensor shards
+        under FSDP, keyed by parameter name, so DCP can re-shard them for another world size)."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        return {"generator": get_model_state_dict(self.G), "fake": get_model_state_dict(self.fake),
+                "ema": get_model_state_dict(self.ema.module),
+                "optim": {"generator": get_optimizer_state_dict(self.G, self.opt_g),
+                          "fake": get_optimizer_state_dict(self.fake, self.opt_f)}}
+
+    def _write_shards(self) -> Path:
+        """Every rank writes its shards (DCP) into the checkpoint's temporary directory, which rank 0
+        made; returns that directory (for rank 0 to checksum, complete and rename)."""
+        import torch.distributed.checkpoint as dcp
+
+        made = err = None
+        if self.main:
+            try:
+                made = str(ckpt.begin_checkpoint(self.out_dir, self.step))
+            except OSError as exc:
+                err = f"could not write checkpoint step {self.step} in {self.out_dir}: {exc.strerror or exc}"
+        made, err = D.broadcast_object((made, err))
+        if err:
+            raise ckpt.CheckpointWriteError(err)
+        tmp = Path(made)
+        dcp.save(self.sharded_state(), checkpoint_id=tmp / ckpt.SHARDS_DIR)
+        D.barrier()
+        return tmp
+
     def save(self) -> Optional[Path]:
-        """Checkpoint (collective: every rank contributes its RNG state; rank 0 writes)."""
+        """Checkpoint (collective: every rank contributes its RNG state, and its shards under
+        strategy=fsdp; rank 0 writes the rest, the checksums, and renames it into place)."""
         rngs = D.all_gather_object(ckpt.rng_state({"noise": self.gen, "data": self.data_gen}))
         path = err = None
+        tmp = self._write_shards() if self.sharded else None
         if self.main:
             with self.nvtx("checkpoint"):
-                tensors = self.state_tensors()
+                tensors = {} if self.sharded else self.state_tensors()
                 state = {
                     "format": FORMAT, "config": self.cfg.to_dict(), "step": self.step,
                     "images_seen": self.images_seen, "nan_steps": self.nan_steps,
-                    "consecutive_nan": self.consecutive_nan, "param_groups": self._groups,
+                    "consecutive_nan": self.consecutive_nan, "param_groups": None if self.sharded else self._groups,
+                    "layout": "sharded" if self.sharded else "whole",
                     "world_size": self.world, "rng": rngs, "student": self.student_record(),
                     "sigma_data": self.sigma_data, "init": self.init, "arch": self.arch,
                     "arch_config": self.arch_config, "identity": self.identity, "config_changes": self.config_changes,
@@ -366,7 +435,7 @@ class Distiller:
                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 }
                 try:
-                    path = ckpt.save_checkpoint(self.out_dir, self.step, tensors, state, self.cfg.keep_last)
+                    path = ckpt.save_checkpoint(self.out_dir, self.step, tensors, state, self.cfg.keep_last, tmp=tmp)
                 except ckpt.CheckpointWriteError as exc:
                     err = exc
         msg = D.broadcast_object(None if err is None else str(err))  # a failed write stops every rank
@@ -414,12 +483,20 @@ class Distiller:
         if state.get("format") != FORMAT:
             raise ValueError(f"{path}: not a distillation checkpoint (format {state.get('format')!r})")
         self._check_identity(path, state)
-        self.G.load_state_dict(tensors["generator"])
-        self.fake.load_state_dict(tensors["fake"])
-        self.ema.module.load_state_dict(tensors["ema"])
-        groups = state["param_groups"]
-        ckpt.load_optimizer(self.opt_g, tensors["optim"], groups["generator"], "generator")
-        ckpt.load_optimizer(self.opt_f, tensors["optim"], groups["fake"], "fake")
+        layout = state.get("layout", "whole")
+        if layout != ("sharded" if self.sharded else "whole"):
+            raise ConfigError(f"{path} is a {layout} checkpoint (distributed.strategy="
+                              f"{'fsdp' if layout == 'sharded' else 'ddp'}); resume it with that strategy, or load "
+                              f"its student (fastdistill.load_student) to start a new run from it")
+        if self.sharded:
+            self._load_shards(path)
+        else:
+            self.G.load_state_dict(tensors["generator"])
+            self.fake.load_state_dict(tensors["fake"])
+            self.ema.module.load_state_dict(tensors["ema"])
+            groups = state["param_groups"]
+            ckpt.load_optimizer(self.opt_g, tensors["optim"], groups["generator"], "generator")
+            ckpt.load_optimizer(self.opt_f, tensors["optim"], groups["fake"], "fake")
         self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
         self.nan_steps, self.consecutive_nan = int(state["nan_steps"]), int(state["consecutive_nan"])
         self.initial_quality = state.get("initial_quality")  # the generator before distillation, for the summary
@@ -433,6 +510,19 @@ class Distiller:
         self.resumed_from = str(path)
         if self.main:
             print(f"fastdistill: resuming from step {self.step} of {path.parent.parent}", flush=True)
+
+    def _load_shards(self, path: Path) -> None:
+        """Each rank reads its shards of a sharded checkpoint (DCP re-shards one written by another
+        world size) into the networks, the EMA and the Adam states."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        sd = self.sharded_state()
+        dcp.load(sd, checkpoint_id=path / ckpt.SHARDS_DIR)
+        for net, name in ((self.G, "generator"), (self.fake, "fake"), (self.ema.module, "ema")):
+            set_model_state_dict(net, sd[name])
+        set_optimizer_state_dict(self.G, self.opt_g, sd["optim"]["generator"])
+        set_optimizer_state_dict(self.fake, self.opt_f, sd["optim"]["fake"])
 
     # ------------------------------------------------------------------ noise
     def _noises(self, kind: str):
@@ -454,6 +544,7 @@ class Distiller:
         ``kept`` holds each generator micro-batch's detached samples and conditioning when
         ``keep_samples``; a fake update given ``samples`` fits those instead of fresh ones."""
         accum = self.cfg.optim.grad_accum
+        self._reshard()
         if kind == "fake":
             self.G.eval()
             self.fake.train()
@@ -526,6 +617,7 @@ class Distiller:
             with self.nvtx("fake_step"):
                 loss_f, nan_more, ok_more, _ = self._phase("fake")
             nan_f, ok_f = nan_f + nan_more, ok_f and ok_more
+        self._reshard()
         with self.nvtx("ema"):
             beta = ema_beta(self.cfg.batch_size, self.images_seen, self.cfg.ema.halflife_kimg, self.cfg.ema.rampup)
             self.ema.update(beta)
@@ -572,24 +664,25 @@ class Distiller:
         ev = self.evaluator
         return ev.quality(self.student_samples(ev.n, seed=9_000_003, net=net))
 
-    def _picture_during_training(self) -> None:
-        """``samples-<step>.png``; without the optional plotting library, said once and skipped."""
+    def _picture_during_training(self, net) -> None:
+        """``samples-<step>.png`` of ``net``; without the optional plotting library, said once and skipped."""
         if getattr(self, "_pictures_off", False):
             return
         try:
-            self.save_picture(self.out_dir / f"samples-{self.step:08d}.png")
+            self.save_picture(self.out_dir / f"samples-{self.step:08d}.png", net)
         except ImportError as exc:
             self._pictures_off = True
             print(f"fastdistill: pictures skipped: {exc}")
 
-    def save_picture(self, path: Path) -> Path:
-        """A grid of one-step samples (decoded by the VAE for latent teachers; for text teachers
-        the first training prompts in turn), or for vector data a scatter beside data and teacher."""
+    def save_picture(self, path: Path, net=None) -> Path:
+        """A grid of one-step samples of ``net`` (default: the EMA; decoded by the VAE for latent
+        teachers; for text teachers the first training prompts in turn), or for vector data a
+        scatter beside data and teacher."""
         if hasattr(self.teacher, "decode"):
-            return image_grid(self.teacher.decode(self.student_samples(16, seed=9_000_004)), path)
+            return image_grid(self.teacher.decode(self.student_samples(16, seed=9_000_004, net=net)), path)
         if len(self.shape) == 3:
-            return image_grid(self.student_samples(64, seed=9_000_004), path)
-        x = self.student_samples(min(self.cfg.eval_samples, 2000), seed=9_000_004)
+            return image_grid(self.student_samples(64, seed=9_000_004, net=net), path)
+        x = self.student_samples(min(self.cfg.eval_samples, 2000), seed=9_000_004, net=net)
         panels = []
         if self.evaluator is not None:
             self.evaluator.quality()
@@ -597,14 +690,14 @@ class Distiller:
         panels.append((f"student (1 step, step {self.step})", x))
         return scatter_panels(panels, path)
 
-    def export_student(self, path: Path) -> Optional[Path]:
-        """The EMA generator's denoiser in the teacher checkpoint format (``load_teacher`` reads it);
-        the one-step generator is ``D(sigma_init z; sigma_init)``. Skipped for unregistered classes."""
+    def export_student(self, path: Path, net=None) -> Optional[Path]:
+        """The EMA generator's denoiser (or ``net``) in the teacher checkpoint format (``load_teacher``
+        reads it); the one-step generator is ``D(sigma_init z; sigma_init)``. Skipped for unregistered classes."""
         if self.arch_config is None:
             return None
         from ..teachers.checkpoint import save_teacher
 
-        save_teacher(self.ema.module, path, extra={"student": self.student_record()})
+        save_teacher(self.ema.module if net is None else net, path, extra={"student": self.student_record()})
         return path
 
     # ------------------------------------------------------------------ the loop
@@ -691,8 +784,10 @@ class Distiller:
                         if quality is not None and quality.student is not None:
                             post[quality.metric] = f"{quality.student:.4g}"
                         bar.set_postfix(post)
-                if self.main and cfg.sample_every and self.step % cfg.sample_every == 0:
-                    self._picture_during_training()
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    whole = self.whole_ema()
+                    if self.main:
+                        self._picture_during_training(whole)
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last:
                     last_ckpt = self.save()
                 if self._stop and not last:
@@ -712,13 +807,14 @@ class Distiller:
             torch.set_num_threads(self._prev_threads)
             self.release()
         picture = samples = None
+        whole = None if interrupted else self.whole_ema()
         if self.main and not interrupted:
-            x = self.student_samples(min(self.cfg.eval_samples, 4096), seed=9_000_005)
+            x = self.student_samples(min(self.cfg.eval_samples, 4096), seed=9_000_005, net=whole)
             samples = str(self.out_dir / "samples.npz")
             np.savez(samples, samples=x.numpy())
-            self.export_student(self.out_dir / "student.safetensors")
+            self.export_student(self.out_dir / "student.safetensors", whole)
             try:  # pictures last: a missing optional plotting library loses nothing else
-                picture = str(self.save_picture(self.out_dir / "samples.png"))
+                picture = str(self.save_picture(self.out_dir / "samples.png", whole))
                 if quality is not None:
                     plot_run_curve(self.out_dir, f"{cfg.method.name} (1 step)")
             except ImportError as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .distributed import local
+
 
 def make_adam(params, lr: float, betas, eps: float, impl: str, device: torch.device,
               weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -34,7 +36,8 @@ def _fused_supported(device: torch.device) -> bool:
 
 @torch.no_grad()
 def sanitize_grads(params) -> None:
-    """SiD's gradient clean-up: ``nan_to_num(nan=0, posinf=1e5, neginf=-1e5)`` in place."""
+    """SiD's gradient clean-up: ``nan_to_num(nan=0, posinf=1e5, neginf=-1e5)`` in place (shard by shard)."""
     for p in params:
         if p.grad is not None:
-            torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+            g = local(p.grad)
+            torch.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5, out=g)
