@@ -99,8 +99,10 @@ def distill_command(config: Optional[str] = None, overrides: Sequence[str] = (),
             raise
         print(f"fastdistill distill: {error_message(exc)}", file=sys.stderr)
         return 2
-    print(format_summary(result))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for all (the group is closed by now)
+        print(format_summary(result))
+        if result.interrupted:
+            print(f"interrupted; resume with the same command (resume=auto picks up {result.checkpoint})")
     if result.interrupted:
-        print(f"interrupted; resume with the same command (resume=auto picks up {result.checkpoint})")
         return 128 + (result.stop_signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM, 138 for SIGUSR1
     return 0
