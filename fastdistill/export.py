@@ -1,13 +1,16 @@
 """Export a text-to-image student as a diffusers pipeline folder that ``from_pretrained`` loads.
 
-The folder is the teacher's pipeline with the student's UNet: its LoRA adapters merged into the
-weights (``lora="merge"``), or the teacher's UNet untouched plus the adapters in diffusers' LoRA
-format (``lora="adapter"``, loaded with ``pipe.load_lora_weights(folder)``). Its
+The folder is the teacher's pipeline with the student's denoising network (``unet/``, or
+``transformer/`` for PixArt, SD3 and Flux): its LoRA adapters merged into the weights
+(``lora="merge"``), or the teacher's network untouched plus the adapters in diffusers' LoRA format
+(``lora="adapter"``, loaded with ``pipe.load_lora_weights(folder)``). Its
 ``fastdistill_student.json`` and ``README.md`` say how to generate in one step (docs/algorithms.md
-section 9): feed the latents ``sqrt(1 - abar[t_init]) z`` at the single timestep ``t_init`` and
-read the scheduler's ``pred_original_sample``; :data:`ONE_STEP_SNIPPET` is that code (the tests
-run it). The folder is written beside its destination and renamed into place, so an interrupted
-export leaves nothing half-written.
+section 9). For Stable Diffusion 1.x/2.x and SDXL, in diffusers alone: feed the latents
+``sqrt(1 - abar[t_init]) z`` at the single timestep ``t_init`` and read the scheduler's
+``pred_original_sample``; :data:`ONE_STEP_SNIPPET` is that code (the tests run it). Every family,
+LoRA merged, loads back with ``fastdistill.load_student(folder)`` (so ``fastdistill sample``). The
+folder is written beside its destination and renamed into place, so an interrupted export leaves
+nothing half-written.
 """
 from __future__ import annotations
 
@@ -22,7 +25,10 @@ import torch
 from .engine.lora import has_lora
 from .teachers.loading import teacher_location
 
-__all__ = ["export_student", "ONE_STEP_SNIPPET", "LORA_MODES"]
+__all__ = ["export_student", "ONE_STEP_SNIPPET", "FASTDISTILL_SNIPPET", "LORA_MODES", "STUDENT_FILE"]
+
+#: the file that marks an exported folder and holds its student record
+STUDENT_FILE = "fastdistill_student.json"
 
 LORA_MODES = ("merge", "adapter")
 
@@ -49,6 +55,13 @@ with torch.no_grad():
     x0 = pipe.scheduler.step(out, t_init, latents).pred_original_sample  # the one-step sample (latents)
     images = pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample
 images = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+'''
+
+#: one-step generation with any exported folder (LoRA merged) through fastdistill; ``images`` in [-1, 1]
+FASTDISTILL_SNIPPET = '''\
+from fastdistill import load_student
+student = load_student(folder)
+images = student.decode(student.sample(len(prompts), seed=0, cond=prompts))
 '''
 
 
@@ -87,27 +100,44 @@ def export_student(student, out, lora: str = "merge") -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(".*"))
+        component = "transformer" if "transformer" in json.loads((source / "model_index.json").read_text()) else "unet"
+        pipe_cls = type(net.parts.pipe)
         adapters = has_lora(net)
         if adapters and lora == "adapter":
+            if not hasattr(pipe_cls, "save_lora_weights"):
+                raise ValueError(f"{pipe_cls.__name__} has no LoRA format in diffusers: export with lora='merge'")
             from peft.utils import get_peft_model_state_dict
 
             layers = {k[len("unet."):]: v for k, v in get_peft_model_state_dict(net).items() if k.startswith("unet.")}
-            type(net.parts.pipe).save_lora_weights(str(tmp), unet_lora_layers=layers)
+            pipe_cls.save_lora_weights(str(tmp), **{f"{component}_lora_layers": layers})
         else:
-            shutil.rmtree(tmp / "unet")
-            (_merged_unet(net.unet) if adapters else net.unet).save_pretrained(str(tmp / "unet"))
-        info = {"t_init": int(round(float(net.timestep_for(torch.tensor(student.info.sigma_init))))),
-                "sigma_init": student.info.sigma_init, "method": student.info.method, "step": student.info.step,
+            shutil.rmtree(tmp / component)
+            (_merged_unet(net.unet) if adapters else net.unet).save_pretrained(str(tmp / component))
+        flow = not hasattr(net, "timestep_for")
+        sigma = student.info.sigma_init
+        info = {"sigma_init": sigma, "method": student.info.method, "step": student.info.step,
                 "lora": ("adapter" if lora == "adapter" else "merged") if adapters else "none",
-                "input": "latents = sqrt(1 - alphas_cumprod[t_init]) * z, at the single timestep t_init",
-                "output": "the scheduler's pred_original_sample (latents; decode with the VAE)"}
-        (tmp / "fastdistill_student.json").write_text(json.dumps(info, indent=2) + "\n")
-        (tmp / "README.md").write_text(
-            f"# One-step student distilled by fastdistill ({student.info.method})\n\n"
-            f"Generate in one step (t_init = {info['t_init']}); `folder`, `prompts` and `z` (standard normal "
-            f"latents) are yours:\n\n```python\nfolder = {str(out)!r}\n{ONE_STEP_SNIPPET}```\n"
-            + ("\nThe adapters are in pytorch_lora_weights.safetensors: call `pipe.load_lora_weights(folder)` "
-               "after loading.\n" if info["lora"] == "adapter" else ""))
+                "student": student.info.to_dict()}
+        if flow:
+            info.update(t_init=sigma / (1 + sigma),
+                        input="latents = t_init * z (the flow x_t = (1 - t) x0 + t z with x0 = 0), at t_init",
+                        output="the velocity v; the sample is latents - t_init * v (latents; decode with the VAE)")
+        else:
+            info.update(t_init=int(round(float(net.timestep_for(torch.tensor(sigma))))),
+                        input="latents = sqrt(1 - alphas_cumprod[t_init]) * z, at the single timestep t_init",
+                        output="the scheduler's pred_original_sample (latents; decode with the VAE)")
+        (tmp / STUDENT_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        diffusers_alone = component == "unet"
+        how = (f"In diffusers alone (`folder`, `prompts` and `z`, standard normal latents, are yours):\n\n"
+               f"```python\nfolder = {str(out)!r}\n{ONE_STEP_SNIPPET}```\n" if diffusers_alone else
+               f"The network input and output are in {STUDENT_FILE}.\n")
+        if info["lora"] != "adapter":
+            how += f"\nWith fastdistill:\n\n```python\nfolder = {str(out)!r}\n{FASTDISTILL_SNIPPET}```\n"
+        else:
+            how += ("\nThe adapters are in pytorch_lora_weights.safetensors: call `pipe.load_lora_weights(folder)` "
+                    "after loading.\n")
+        (tmp / "README.md").write_text(f"# One-step student distilled by fastdistill ({student.info.method})\n\n"
+                                       f"Generate in one step (t_init = {info['t_init']:.6g}). {how}")
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

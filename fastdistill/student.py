@@ -34,6 +34,7 @@ from .engine.build import make_mlp
 from .engine.config import LoRAConfig
 from .engine.lora import add_lora
 from .engine.loop import FORMAT
+from .export import STUDENT_FILE
 from .metrics import EvalError
 from .plotting import save_samples_picture
 from .sampling import DEFAULT_SIGMA_END, data_shape_of, draw, multistep_schedule
@@ -217,6 +218,20 @@ def _checkpoint_dir(path: Path, log=None) -> Path:
                                 f"student.safetensors)") from None
 
 
+def _exported_folder(folder: Path, device) -> Student:
+    """A diffusers folder written by :func:`~fastdistill.export.export_student`: the pipeline is the
+    student's network (the folder is its own teacher from here on)."""
+    import json
+
+    info = json.loads((folder / STUDENT_FILE).read_text())
+    if "student" not in info:
+        raise CheckpointError(f"{folder / STUDENT_FILE} has no student record: export it again with this version")
+    if info.get("lora") == "adapter":
+        raise CheckpointError(f"{folder} holds the student as LoRA adapters beside the teacher's weights: load it in "
+                              f"diffusers with pipe.load_lora_weights, or export with --lora merge for fastdistill")
+    return Student(load_teacher(folder, device=device), StudentInfo.from_record({**info["student"], "teacher": str(folder)}))
+
+
 def _rebuild(state: dict, network: Optional[torch.nn.Module]) -> torch.nn.Module:
     """The generator's architecture, from the checkpoint's record (or ``network``, for a teacher that
     was a Python object): a registered class, the fitted MLP, or the teacher checkpoint itself;
@@ -244,8 +259,9 @@ def load_student(path, which: str = "ema", device="cpu", network: Optional[torch
     """The student in ``path``: a run directory (its newest intact checkpoint; each newer corrupt one
     skipped is reported to ``log``, default stderr), a checkpoint directory (verified: a corrupt one
     raises :class:`~fastdistill.engine.checkpoint.CheckpointCorruptError`; a sharded one, from
-    ``distributed.strategy=fsdp``, is assembled here from every rank's shards), or an exported
-    ``student.safetensors``. ``which``: the ``ema`` or raw ``generator`` weights (checkpoints only)."""
+    ``distributed.strategy=fsdp``, is assembled here from every rank's shards), an exported
+    ``student.safetensors``, or a text-to-image student exported as a diffusers folder (``fastdistill
+    export``, LoRA merged). ``which``: the ``ema`` or raw ``generator`` weights (checkpoints only)."""
     if which not in ("ema", "generator"):
         raise ValueError(f"which must be 'ema' or 'generator', got {which!r}")
     p = Path(path)
@@ -257,6 +273,8 @@ def load_student(path, which: str = "ema", device="cpu", network: Optional[torch
         if record is None:
             raise EvalError(f"{p} is a teacher checkpoint, not an exported student (pass it as a teacher)")
         return Student(load_teacher(p, device=device), StudentInfo.from_record(record))  # frozen, eval mode
+    if (p / STUDENT_FILE).is_file():
+        return _exported_folder(p, device)
     where = _checkpoint_dir(p, log)
     tensors, state = ckpt.load_checkpoint(where, log=log)
     if state.get("format") != FORMAT or "student" not in state:

@@ -17,7 +17,7 @@ from fastdistill.conditioning import Conditioning  # noqa: E402
 from fastdistill.engine import DistillConfig  # noqa: E402
 from fastdistill.engine.loop import Distiller  # noqa: E402
 from fastdistill.ops import reference as ref  # noqa: E402
-from fastdistill.teachers import guided, load_teacher  # noqa: E402
+from fastdistill.teachers import CheckpointError, guided, load_teacher  # noqa: E402
 
 
 
@@ -423,6 +423,11 @@ def test_export_round_trip(tmp_path, sd_eps_folder, sdxl_folder, prompt_file, ki
     exec(ONE_STEP_SNIPPET.replace('json.load(open(f"{folder}/fastdistill_student.json"))["t_init"]', "625"),
          teacher_scope)
     assert (teacher_scope["x0"] - want).abs().max() > 1e-3  # the student is not the teacher: the check can fail
+    if mode == "merge":  # fastdistill loads the folder back as the same student
+        torch.testing.assert_close(load_student(out).sample(2, seed=3, cond=prompts), want, rtol=1e-4, atol=1e-5)
+    else:
+        with pytest.raises(CheckpointError, match="LoRA adapters .*--lora merge"):
+            load_student(out)
     assert main(["export", str(run), str(out)]) == 2  # an existing folder is refused, nothing overwritten
 
 

@@ -416,9 +416,10 @@ def test_step_matches_handwritten(tmp_path, folders, prompt_file, kind, method):
 @pytest.mark.parametrize("kind", ["pixart", "sd3", "flux"])
 def test_cli_distill_and_sample(tmp_path, folders, prompt_file, kind):
     """``distill --teacher PIPELINE --prompts FILE`` (the default text-to-image preset; Flux-dev
-    with its guidance scales set to 1), then ``sample --prompt`` writing decoded samples."""
+    with its guidance scales set to 1), then ``sample --prompt`` writing decoded samples, and
+    ``export``: a diffusers folder that loads back as the same student (and not the teacher)."""
     from fastdistill.cli import main
-    from fastdistill.student import load_student
+    from fastdistill.student import Student, load_student
 
     run = tmp_path / "run"
     args = ["distill", "--teacher", str(folders[kind]), "--prompts", str(prompt_file), "batch_size=2", "steps=2",
@@ -433,6 +434,15 @@ def test_cli_distill_and_sample(tmp_path, folders, prompt_file, kind):
     x = __import__("numpy").load(out.with_suffix(".npz"))["samples"]
     assert x.shape == (2, 3, 16, 16) and abs(x).max() <= 1
     torch.testing.assert_close(torch.as_tensor(x), student.decode(student.sample(2, seed=0, cond="a cat")))
+    exported = tmp_path / "exported"  # the pipeline folder with the student's transformer, loaded back
+    assert main(["export", str(run), str(exported)]) == 0
+    assert (exported / "transformer").is_dir() and not (exported / "unet").exists()
+    again = load_student(exported)
+    assert again.info.teacher == str(exported) and again.info.sigma_init == student.info.sigma_init
+    torch.testing.assert_close(again.sample(2, seed=1, cond="a cat"), student.sample(2, seed=1, cond="a cat"),
+                               rtol=1e-5, atol=1e-6)
+    teacher = Student(load_teacher(str(folders[kind])), student.info)
+    assert (teacher.sample(2, seed=1, cond="a cat") - again.sample(2, seed=1, cond="a cat")).abs().max() > 1e-4
 
 
 # ---------------------------------------------------------------------- (d) bad input
@@ -477,6 +487,11 @@ def test_bad_settings(tmp_path, folders, prompt_file):
         distiller("sd3", "method.t_init=1000", "method.t_hi=1000")
     with pytest.raises(ConfigError, match="t = 0 is the clean sample"):
         distiller("sd3", "method.t_lo=0")
+    with pytest.raises(ConfigError, match="embedded_guidance=4.*not a guidance-distilled"):
+        distiller("sd3", "teacher.embedded_guidance=4")
+    flux = distiller("flux", "teacher.embedded_guidance=4", *(f"method.guidance_{k}=1" for k in ("teacher", "fake", "fake_train")))
+    assert flux.teacher.embedded_guidance == 4.0  # every encoded prompt carries it
+    assert torch.equal(flux.conditions.cond.extra["guidance"], torch.full((len(PROMPTS),), 4.0))
 
 
 def test_unsupported_or_broken_folders(tmp_path, folders):

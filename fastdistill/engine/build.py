@@ -31,7 +31,13 @@ def build_teacher(cfg, teacher=None):
         raise ValueError("teacher.kind=network needs a Denoiser object passed to run_distillation(config, teacher=...)")
     if t.kind == "analytic":
         return load_teacher(ANALYTIC_PREFIX + t.name)
-    return load_teacher(t.path, resolution=t.resolution or None)
+    teacher = load_teacher(t.path, resolution=t.resolution or None)
+    if t.embedded_guidance:
+        if not getattr(teacher, "guidance_distilled", False):
+            raise ConfigError(f"teacher.embedded_guidance={t.embedded_guidance}: {t.path} is not a guidance-distilled "
+                              f"pipeline (FLUX.1-dev); guide it with method.guidance_teacher / guidance_fake")
+        teacher.embedded_guidance = float(t.embedded_guidance)
+    return teacher
 
 
 def build_data(cfg, teacher, shape, label_dim: int):

@@ -35,6 +35,7 @@ class TeacherConfig:
     path: str = ""  # kind=checkpoint: "digits" (shipped), an EDM pickle, a fastdistill .safetensors or a diffusers folder
     dtype: str = "auto"  # the frozen teacher's network: auto (bf16 for text-to-image pipelines, else fp32) | fp32 | bf16 (diffusers teachers; halves its memory; the trained copies start from its fp32 weights and stay fp32)
     resolution: int = 0  # text-to-image pipelines: the image side in pixels, a multiple of the VAE's factor (0 = the pipeline's own)
+    embedded_guidance: float = 0.0  # guidance-distilled pipelines (FLUX.1-dev): the guidance value fed to the network (0 = the pipeline's default, 3.5)
     init: str = "auto"  # teacher: generator/fake/EMA are copies of the teacher | fit: an MLP fitted to the teacher's denoiser (needed for analytic teachers) | auto
     mlp_hidden: int = 128  # width of the fitted MLP (init=fit)
     mlp_layers: int = 3  # hidden layers of the fitted MLP
@@ -207,6 +208,7 @@ class DistillConfig:
              "an analytic teacher has no network to copy: use teacher.init=fit (or auto)")
         choice("teacher.dtype", t.dtype, ("auto", "fp32", "bf16"))
         need(isinstance(t.resolution, int) and t.resolution >= 0, f"teacher.resolution must be an integer >= 0, got {t.resolution!r}")
+        positive("teacher.embedded_guidance", t.embedded_guidance, allow_zero=True)
         for k in ("mlp_hidden", "mlp_layers", "fit_batch", "fit_lr"):
             positive(f"teacher.{k}", getattr(t, k))
         positive("teacher.fit_steps", t.fit_steps, allow_zero=True)

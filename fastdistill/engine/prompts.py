@@ -21,7 +21,9 @@ from .identity import weights_hash
 
 
 def cache_key(teacher, prompts: list) -> str:
-    h = hashlib.sha256(json.dumps([teacher.family, teacher.resolution, prompts]).encode())
+    guidance = getattr(teacher, "embedded_guidance", None)  # Flux-dev's guidance input is part of the encoding
+    h = hashlib.sha256(json.dumps([teacher.family, teacher.resolution, prompts]
+                                  + ([guidance] if guidance is not None else [])).encode())
     for enc in teacher.text_encoders:
         h.update(weights_hash(enc).encode())
     for tok in teacher.tokenizers:
