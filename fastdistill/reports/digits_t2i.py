@@ -39,6 +39,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from concurrent.futures import wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -123,14 +124,22 @@ def _latents(n: int, shape, draw_k: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- worker tasks
-def _quiet_loading() -> None:
-    """No loading bars from diffusers and transformers in the workers: every task loads the
-    pipeline, and their bars would bury the report's own progress lines."""
+@contextmanager
+def _quiet_loading():
+    """No loading bars from diffusers and transformers inside: every task loads the pipeline, and
+    their bars would bury the report's own progress lines (restored on the way out)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    was = [lib.is_progress_bar_enabled() for lib in (diffusers_logging, transformers_logging)]
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, on in zip((diffusers_logging, transformers_logging), was):
+            if on:
+                lib.enable_progress_bar()
 
 
 def _teacher_weights(teacher) -> list:
@@ -149,8 +158,8 @@ def _teacher_task(spec: str, weights: list, guidance: float, steps: int, n: int,
     path = Path(cache_dir) / f"teacher-{_teacher_key(weights, guidance, steps, n, draw_k, split)}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    _quiet_loading()
-    t = load_teacher(spec)
+    with _quiet_loading():
+        t = load_teacher(spec)
     prompts, digits = eval_prompts(n, split)
     cond = t.encode_prompt(prompts)
     z = _latents(n, (t.img_channels, t.img_resolution, t.img_resolution), draw_k)
@@ -208,7 +217,6 @@ def student_rows(path, n: int, draws: int) -> dict:
 
 def _student_task(method: str, guidance: float, run_dir: str, n: int, draws: int, deadline: float,
                   overrides: Sequence[str]) -> dict:
-    _quiet_loading()
     cfg = _student_config(method, guidance, run_dir, overrides)
     stopped = {"early": False}
 
@@ -217,11 +225,12 @@ def _student_task(method: str, guidance: float, run_dir: str, n: int, draws: int
             d.request_stop("the report's time budget is spent")
             stopped["early"] = True
 
-    t0 = time.time()
-    res = Distiller(cfg, callback=cb).run()
-    train_s = time.time() - t0
-    rows = student_rows(run_dir, n, draws)
-    exported = export_student(load_student(run_dir), Path(run_dir) / EXPORT_DIR)
+    with _quiet_loading():
+        t0 = time.time()
+        res = Distiller(cfg, callback=cb).run()
+        train_s = time.time() - t0
+        rows = student_rows(run_dir, n, draws)
+        exported = export_student(load_student(run_dir), Path(run_dir) / EXPORT_DIR)
     return dict(model="student", method=method, guidance=guidance, nfe=1, passes=1,
                 label=f"{METHOD_NAMES[method]} student, guidance {guidance:g}, 1 step", train_steps=res.step,
                 train_s=train_s, stopped_early=stopped["early"], run_dir=run_dir, exported=str(exported),
@@ -285,11 +294,19 @@ def digits_t2i_report(out_dir=DEFAULT_OUT, budget_s: Optional[float] = None, *,
 
     t1 = time.time()
     jobs = _teacher_jobs(students, guidances, teacher_steps, draws)
-    weights = _teacher_weights(load_teacher(teacher))
+    with _quiet_loading():
+        weights = _teacher_weights(load_teacher(teacher))
     log(f"[digits-t2i report] teacher: {len(jobs)} sample sets of n={n} (cached in {out / 'cache'}) ...")
     with pool(max(1, min(workers, 2))) as executor:
-        rows = [f.result() for f in [executor.submit(_teacher_task, teacher, weights, g, k, n, d, split,
-                                                     str(out / "cache")) for g, k, d, split in jobs]]
+        futs = [executor.submit(_teacher_task, teacher, weights, g, k, n, d, split, str(out / "cache"))
+                for g, k, d, split in jobs]
+        pending, said = set(futs), 0
+        while pending:
+            pending = wait(pending, timeout=progress_every).not_done
+            if pending and len(futs) - len(pending) != said:
+                said = len(futs) - len(pending)
+                log(f"  {time.time() - t1:4.0f} s  teacher: {said}/{len(futs)} sample sets")
+        rows = [f.result() for f in futs]
     settings = sorted({(r["guidance"], r["steps"], r["split"]) for r in rows})
     rep.teacher_rows = [merge_draws([r for r in rows if (r["guidance"], r["steps"], r["split"]) == s],
                                     ("fid", "adherence")) for s in settings]
