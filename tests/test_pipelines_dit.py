@@ -16,7 +16,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 from tests.tiny_pipelines import (  # noqa: E402
-    PROMPTS, make_flux_pipeline, make_pixart_pipeline, make_sd3_pipeline, open_pipeline, write_prompt_file)
+    PROMPTS, make_clip_model, make_flux_pipeline, make_pixart_pipeline, make_sd3_pipeline, open_pipeline,
+    write_prompt_file)
 
 from fastdistill.conditioning import Conditioning  # noqa: E402
 from fastdistill.engine import DistillConfig  # noqa: E402
@@ -417,7 +418,8 @@ def test_step_matches_handwritten(tmp_path, folders, prompt_file, kind, method):
 def test_cli_distill_and_sample(tmp_path, folders, prompt_file, kind):
     """``distill --teacher PIPELINE --prompts FILE`` (the default text-to-image preset; Flux-dev
     with its guidance scales set to 1), then ``sample --prompt`` writing decoded samples, and
-    ``export``: a diffusers folder that loads back as the same student (and not the teacher)."""
+    ``export``: a diffusers folder that loads back as the same student (and not the teacher); ``eval``
+    of teacher and student with a CLIP score."""
     from fastdistill.cli import main
     from fastdistill.student import Student, load_student
 
@@ -443,6 +445,12 @@ def test_cli_distill_and_sample(tmp_path, folders, prompt_file, kind):
                                rtol=1e-5, atol=1e-6)
     teacher = Student(load_teacher(str(folders[kind])), student.info)
     assert (teacher.sample(2, seed=1, cond="a cat") - again.sample(2, seed=1, cond="a cat")).abs().max() > 1e-4
+    clip = make_clip_model(tmp_path / "clip")  # eval: the teacher (2 Heun steps) and the student, CLIP-scored
+    table = tmp_path / "eval.json"
+    assert main(["eval", "--prompts", str(prompt_file), "--teacher", str(folders[kind]), "--steps", "2",
+                 "--student", str(run), "--clip", str(clip), "-n", "4", "--out", str(table)]) == 0
+    rows = json.loads(table.read_text())["rows"]
+    assert len(rows) == 2 and all(-1 <= r["clip"] <= 1 for r in rows)
 
 
 # ---------------------------------------------------------------------- (d) bad input
