@@ -15,6 +15,7 @@ from tests.tiny_pipelines import PROMPTS, make_sd_pipeline, make_sdxl_pipeline, 
 
 from fastdistill.conditioning import Conditioning  # noqa: E402
 from fastdistill.engine import DistillConfig  # noqa: E402
+from fastdistill.engine.build import bf16_is_fast  # noqa: E402
 from fastdistill.engine.loop import Distiller  # noqa: E402
 from fastdistill.ops import reference as ref  # noqa: E402
 from fastdistill.teachers import CheckpointError, guided, load_teacher  # noqa: E402
@@ -433,7 +434,8 @@ def test_export_round_trip(tmp_path, sd_eps_folder, sdxl_folder, prompt_file, ki
 
 def test_checkpointing_and_bf16_teacher(tmp_path, sd_eps_folder, prompt_file):
     """Block-wise gradient checkpointing of the three UNets gives the step without it; the frozen
-    teacher is bf16 by default (teacher.dtype=auto) while the trained copies start from its fp32 weights."""
+    teacher is bf16 with teacher.dtype=bf16 (and auto where the CPU has native bf16) while the trained copies start
+    from its fp32 weights."""
     runs = {}
     for name, over in (("plain", {}), ("ckpt", {"activation_checkpointing": True})):
         d = Distiller(_lora_config(tmp_path / name, sd_eps_folder, prompt_file, **{"lora.rank": 0, **over}))
@@ -444,7 +446,11 @@ def test_checkpointing_and_bf16_teacher(tmp_path, sd_eps_folder, prompt_file):
     a, b = _state(runs["plain"]), _state(runs["ckpt"])
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    d = Distiller(_lora_config(tmp_path / "bf16", sd_eps_folder, prompt_file, **{"teacher.dtype": "auto"}))
+    auto = Distiller(_lora_config(tmp_path / "auto", sd_eps_folder, prompt_file, **{"teacher.dtype": "auto"}))
+    fast = bf16_is_fast("cpu")  # auto: bf16 where the CPU computes it natively (AVX512-BF16 / AMX)
+    assert next(auto.teacher.unet.parameters()).dtype == (torch.bfloat16 if fast else torch.float32)
+    auto.release()
+    d = Distiller(_lora_config(tmp_path / "bf16", sd_eps_folder, prompt_file, **{"teacher.dtype": "bf16"}))
     assert next(d.teacher.unet.parameters()).dtype == torch.bfloat16
     assert next(d.G.unet.parameters()).dtype == torch.float32
     fp32 = load_teacher(str(sd_eps_folder))

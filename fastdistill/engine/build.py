@@ -40,6 +40,17 @@ def build_teacher(cfg, teacher=None):
     return teacher
 
 
+def bf16_is_fast(device) -> bool:
+    """Whether ``device`` computes bf16 natively: CUDA with bf16, or a CPU with AVX512-BF16 / AMX
+    (oneDNN's bf16 path). Elsewhere (an AVX2 CPU) bf16 matmuls are emulated, many times slower than fp32."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if dev.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return True
+
+
 def build_data(cfg, teacher, shape, label_dim: int):
     """Real data for methods that use it: ``data(n, generator) -> (x, one-hot labels or None)`` on the CPU.
 

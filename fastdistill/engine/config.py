@@ -33,7 +33,7 @@ class TeacherConfig:
     kind: str = "analytic"  # analytic (exact Gaussian-mixture denoiser) | checkpoint (load_teacher(path)) | network (a Denoiser object passed in Python)
     name: str = "8gaussians"  # analytic teacher, named like its dataset: 8gaussians | 25gaussians | gaussian | ringN
     path: str = ""  # kind=checkpoint: "digits" (shipped), an EDM pickle, a fastdistill .safetensors or a diffusers folder
-    dtype: str = "auto"  # the frozen teacher's network: auto (bf16 for text-to-image pipelines, else fp32) | fp32 | bf16 (diffusers teachers; halves its memory; the trained copies start from its fp32 weights and stay fp32)
+    dtype: str = "auto"  # the frozen teacher's network: auto (bf16 for text-to-image pipelines on a device with native bf16: CUDA, AVX512-BF16 / AMX CPUs; else fp32) | fp32 | bf16 (diffusers teachers; halves its memory; the trained copies start from its fp32 weights and stay fp32)
     resolution: int = 0  # text-to-image pipelines: the image side in pixels, a multiple of the VAE's factor (0 = the pipeline's own)
     embedded_guidance: float = 0.0  # guidance-distilled pipelines (FLUX.1-dev): the guidance value fed to the network (0 = the pipeline's default, 3.5)
     init: str = "auto"  # teacher: generator/fake/EMA are copies of the teacher | fit: an MLP fitted to the teacher's denoiser (needed for analytic teachers) | auto

@@ -32,7 +32,8 @@ from ..plotting import image_grid, scatter_panels
 from ..sampling import DEFAULT_SIGMA_END, data_shape_of, draw
 from . import checkpoint as ckpt
 from . import distributed as D
-from .build import build_data, build_teacher, compile_network, copy_net, fit_denoiser, make_mlp, mlp_arch, resolve_init
+from .build import (bf16_is_fast, build_data, build_teacher, compile_network, copy_net, fit_denoiser, make_mlp, mlp_arch,
+                    resolve_init)
 from .config import DistillConfig, preset_config
 from .ema import EMA, ema_beta
 from .lora import add_lora, set_trainable, trainable_parameters
@@ -235,7 +236,8 @@ class Distiller:
                 for t in list(net.parameters()) + list(net.buffers()):
                     torch.distributed.broadcast(t.data, src=0)
         self.ema = EMA(self.G, copy_net(self.G), self.trainable["generator"])
-        bf16 = cfg.teacher.dtype == "bf16" or (cfg.teacher.dtype == "auto" and getattr(self.teacher, "latent", False))
+        bf16 = cfg.teacher.dtype == "bf16" or (cfg.teacher.dtype == "auto" and getattr(self.teacher, "latent", False)
+                                               and bf16_is_fast(self.device))
         unet = getattr(self.teacher, "unet", None)
         # other teachers in bf16: FSDP2's mixed precision, when the teacher is sharded (_build_callables)
         self.teacher_param_dtype = torch.bfloat16 if bf16 and unet is None and self.fsdp else None
