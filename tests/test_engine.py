@@ -246,9 +246,13 @@ def test_other_methods_run(tmp_path, method):
     assert r.step == 3 and r.nan_steps == 0
 
 
-def test_bf16_autocast_runs(tmp_path):
+def test_bf16_autocast_runs(tmp_path, capsys):
     r = run_distillation(tiny_config(tmp_path, precision="bf16", steps=2), teacher=tiny_teacher(0))
     assert r.step == 2 and r.nan_steps == 0
+    from fastdistill.engine.build import bf16_is_fast
+
+    warned = "has no native bf16" in capsys.readouterr().out  # said where bf16 is emulated, only there
+    assert warned == (not bf16_is_fast("cpu"))
 
 
 @pytest.mark.slow

@@ -276,6 +276,9 @@ class Distiller:
         cfg = self.cfg
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         dev_type = self.device.type
+        if cfg.precision == "bf16" and self.main and not bf16_is_fast(self.device):
+            print(f"fastdistill: precision=bf16 on {self.device}, which has no native bf16 (emulated, usually "
+                  f"slower than fp32): precision=fp32 is likely faster here", flush=True)
         autocast = (lambda: torch.autocast(dev_type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         self.method = get_method(cfg.method.name, cfg.method, backend=cfg.method.backend,
                                  sigma_data=self.sigma_data, autocast=autocast,
