@@ -267,7 +267,7 @@ def load_student(path, which: str = "ema", device="cpu", network: Optional[torch
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"student {str(path)!r} not found (give a run directory, a checkpoint directory, "
-                                f"or an exported student.safetensors)")
+                                f"an exported student.safetensors or an exported pipeline folder)")
     if p.is_file():
         record = read_teacher_extra(p).get("student")
         if record is None:
