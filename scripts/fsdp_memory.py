@@ -2,9 +2,12 @@
 (distributed.strategy=fsdp): prints a table (docs/development.md, "Sharded training").
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/fsdp_memory.py [--width 1024] [--depth 4] [--steps 3]
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/fsdp_memory.py --pipeline mid
 
-The teacher is an MLP denoiser (``width`` x ``depth`` residual blocks); generator and fake network
-start as copies of it. Three numbers per rank, the largest over the ranks:
+The teacher is an MLP denoiser (``width`` x ``depth`` residual blocks), or with ``--pipeline`` the
+Stable Diffusion pipeline of part 1's memory benchmark (``tiny``, or ``mid``: SD 1.5's layout at
+1/5 width, a 35M UNet; built in code by tests/tiny_pipelines.py; SiD-LSG's guidance 1.5, batch 2);
+generator and fake network start as copies of it. Three numbers per rank, the largest over the ranks:
 
 - state: the bytes this rank holds between steps, counted from the live tensors: its (shard of
   the) parameters of generator, fake network, EMA and teacher, and its Adam moments. Exact.
@@ -27,7 +30,8 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 from iteration_loops import peak_memory  # noqa: E402  (the benchmarks' measure, not a package)
 
 
@@ -68,12 +72,18 @@ def _worker(rank: int, world: int, port: int, strategy: str, args, out: dict) ->
     from fastdistill.teachers.mlp import MLPDenoiser
 
     torch.manual_seed(0)
-    teacher = MLPDenoiser(data_dim=2, width=args.width, depth=args.depth)
+    if args.pipeline:
+        teacher = None
+        source = ["teacher.kind=checkpoint", f"teacher.path={args.folder}", f"prompts={args.prompts}",
+                  "teacher.dtype=fp32", "batch_size=2", "eval_data=none", "sample_every=0",
+                  *(f"method.guidance_{k}=1.5" for k in ("teacher", "fake", "fake_train"))]
+    else:
+        teacher = MLPDenoiser(data_dim=2, width=args.width, depth=args.depth)
+        source = ["teacher.kind=network", "teacher.init=teacher", "batch_size=16"]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = DistillConfig().with_overrides([
-            "teacher.kind=network", "teacher.init=teacher", "method.name=sid", f"steps={args.steps}",
-            "batch_size=16", f"out_dir={tmp}/run", "progress=false", "ckpt_every=0", "threads=1", "nvtx=false",
-            f"distributed.strategy={strategy}", "optim.lr=1e-4"])
+        cfg = DistillConfig().with_overrides(source + [
+            "method.name=sid", f"steps={args.steps}", f"out_dir={tmp}/run", "progress=false", "ckpt_every=0",
+            "threads=1", "nvtx=false", f"distributed.strategy={strategy}", "optim.lr=1e-4"])
         _reset_peak()
         base = _status_mib("VmRSS")
         d = Distiller(cfg, teacher=teacher)
@@ -91,12 +101,33 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--pipeline", choices=("tiny", "mid"), help="a Stable Diffusion pipeline teacher instead of the MLP")
     args = ap.parse_args()
-    from fastdistill.teachers.mlp import MLPDenoiser
+    with tempfile.TemporaryDirectory() as made:
+        if args.pipeline:
+            sys.path.insert(0, str(REPO))
+            from tests.tiny_pipelines import make_sd_pipeline, write_prompt_file
 
-    n = sum(p.numel() for p in MLPDenoiser(data_dim=2, width=args.width, depth=args.depth).parameters())
-    print(f"MLP denoiser width {args.width}, depth {args.depth}: {n / 1e6:.2f} M parameters "
-          f"({n * 4 / 2**20:.1f} MiB fp32 per copy); SiD, batch 16, {args.steps} steps, gloo on CPU")
+            size = {"tiny": 8, "mid": 32}[args.pipeline]
+            args.folder = make_sd_pipeline(Path(made) / "sd", size=args.pipeline, sample_size=size)
+            args.prompts = write_prompt_file(Path(made) / "prompts.txt")
+            from diffusers import UNet2DConditionModel
+
+            n = sum(p.numel() for p in UNet2DConditionModel.from_pretrained(args.folder / "unet").parameters())
+            what = f"Stable Diffusion pipeline ({args.pipeline}), UNet"
+            batch = 2
+        else:
+            from fastdistill.teachers.mlp import MLPDenoiser
+
+            n = sum(p.numel() for p in MLPDenoiser(data_dim=2, width=args.width, depth=args.depth).parameters())
+            what = f"MLP denoiser width {args.width}, depth {args.depth}:"
+            batch = 16
+        print(f"{what} {n / 1e6:.2f} M parameters ({n * 4 / 2**20:.1f} MiB fp32 per copy); SiD, batch {batch}, "
+              f"{args.steps} steps, gloo on CPU")
+        _table(args)
+
+
+def _table(args) -> None:
     print(f"{'ranks':>5}  {'strategy':<8}  {'state MiB/rank':>14}  {'build peak MiB/rank':>19}  {'step peak MiB/rank':>18}")
     for world in (1, 2):
         for strategy in ("ddp", "fsdp"):
