@@ -64,6 +64,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, extra: dict, report:
                 "ema": {k: v.full_tensor() for k, v in d.ema.module.state_dict().items()}}  # gathered by hand
         if rank == 0:
             torch.save(seen, report)
+        dist.barrier()  # no rank tears gloo down while another still has collectives in flight (seen: SIGABRT)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
