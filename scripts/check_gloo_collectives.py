@@ -6,12 +6,13 @@ give the right values in fp32 and bf16? FSDP2 reduce-scatters fp32/bf16 gradient
 torch 2.14 (gloo): every line says ok (docs/development.md, "Sharded training").
 """
 import os
-import socket
 import sys
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from fastdistill.engine.distributed import free_port
 
 
 def worker(rank: int, port: int) -> None:
@@ -41,7 +42,5 @@ def worker(rank: int, port: int) -> None:
 
 
 if __name__ == "__main__":
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.spawn(worker, args=(port,), nprocs=2)

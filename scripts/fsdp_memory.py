@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch.multiprocessing as mp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from iteration_loops import peak_memory  # noqa: E402  (the benchmarks' measure, not a package)
+from fastdistill.engine.distributed import free_port  # noqa: E402
 
 
 def _status_mib(field: str) -> float:
@@ -131,9 +131,7 @@ def _table(args) -> None:
     print(f"{'ranks':>5}  {'strategy':<8}  {'state MiB/rank':>14}  {'build peak MiB/rank':>19}  {'step peak MiB/rank':>18}")
     for world in (1, 2):
         for strategy in ("ddp", "fsdp"):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = free_port()
             with mp.Manager() as manager:
                 out = manager.dict()
                 mp.spawn(_worker, args=(world, port, strategy, args, out), nprocs=world, join=True)

@@ -1,6 +1,5 @@
 """Data parallel training: 2 gloo processes equal one process with the same global batch."""
 import os
-import socket
 
 import pytest
 import torch
@@ -9,15 +8,10 @@ import torch.multiprocessing as mp
 
 from fastdistill.engine import Distiller
 from fastdistill.engine import checkpoint as ckpt
+from fastdistill.engine.distributed import free_port
 from tests._engine_helpers import tiny_config, tiny_teacher
 
 OVER = {"threads": 1, "steps": 4, "batch_size": 16, "distributed.rng": "global", "optim.lr": 1e-2}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str, extra: dict):
@@ -32,7 +26,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, extra: dict):
 
 
 def _run_ddp(out_dir, world=2, **extra):
-    mp.spawn(_worker, args=(world, _free_port(), str(out_dir), extra), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(out_dir), extra), nprocs=world, join=True)
     tensors, state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out_dir))
     return tensors, state
 

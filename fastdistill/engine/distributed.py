@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import datetime
 import os
+import socket
 from contextlib import nullcontext
 
 import torch
@@ -29,6 +30,13 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def free_port() -> int:
+    """A TCP port free on this host now, for a local process group's rendezvous (tests, scripts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def barrier() -> None:

@@ -19,6 +19,7 @@ from ..methods import ConfigError
 from ..metrics import EvalError
 from ..teachers import CheckpointError, UnsafeCheckpointError
 from .config import DistillConfig, preset_config
+from .distributed import is_main
 from .loop import Distiller, TrainingDiverged
 
 #: what the user can get wrong: one line and exit code 2 from the CLI (ValueError: the checks of
@@ -99,7 +100,7 @@ def distill_command(config: Optional[str] = None, overrides: Sequence[str] = (),
             raise
         print(f"fastdistill distill: {error_message(exc)}", file=sys.stderr)
         return 2
-    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for all (the group is closed by now)
+    if is_main():  # under torchrun rank 0 speaks for all
         print(format_summary(result))
         if result.interrupted:
             print(f"interrupted; resume with the same command (resume=auto picks up {result.checkpoint})")
