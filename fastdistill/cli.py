@@ -145,7 +145,9 @@ def _check_device(text: str, flag: str = "--device") -> str:
 def _add_student_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments ``sample`` and ``project`` share, in one style."""
     p.add_argument("checkpoint", help="run directory, checkpoint directory or exported student.safetensors")
-    p.add_argument("--steps", type=_positive_int, default=1, help="applications of the student (>1: SIGN/IGN students)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="applications of the student (sample: default its trained steps, 1 or method.steps; "
+                        "project: default 1; any number for SIGN/IGN)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", type=int, nargs="*", default=None,
                    help="class label(s) for a class-conditional student (one, or one per sample)")
@@ -363,11 +365,10 @@ def _project(args: argparse.Namespace) -> int:
                          f"(one class for every input) or one --label per input")
     if labels is not None and not student.info.label_dim:
         raise ValueError("--label given, but the student is unconditional")
-    x = project(student, y, sigma=args.sigma, steps=args.steps, seed=args.seed, cond=labels,
-                schedule=args.schedule)
+    steps = args.steps or 1
+    x = project(student, y, sigma=args.sigma, steps=steps, seed=args.seed, cond=labels, schedule=args.schedule)
     p = save_output(x, args.out)
-    print(f"projected {1 if x.dim() in (1, 3) else x.shape[0]} input(s) with sigma={args.sigma}, "
-          f"steps={args.steps}: {p}")
+    print(f"projected {1 if x.dim() in (1, 3) else x.shape[0]} input(s) with sigma={args.sigma}, steps={steps}: {p}")
     return 0
 
 
@@ -549,12 +550,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "eval", help="sample quality (FID/KID/precision/recall or SW2/MMD) and time per sample of students and teachers",
-        description="Sample students (one step, or k for sign/ign) and teachers (EDM Heun/Euler at any number of "
+        description="Sample students (their trained steps, or k) and teachers (EDM Heun/Euler at any number of "
                     "steps), score them against the data with the same n, print a table and write JSON.")
     p.add_argument("--student", action="append", metavar="CHECKPOINT",
                    help="run directory, checkpoint directory or exported student.safetensors (repeatable)")
-    p.add_argument("--student-steps", type=_steps_list, default=[1], metavar="K[,K...]",
-                   help="student sampling steps (default 1; >1 only for sign/ign students)")
+    p.add_argument("--student-steps", type=_steps_list, default=[None], metavar="K[,K...]",
+                   help="student sampling steps (default: each student's trained steps; any for sign/ign students)")
     p.add_argument("--teacher", action="append", metavar="SPEC",
                    help="'digits' (shipped), analytic:NAME (exact toy), or a teacher checkpoint path (repeatable)")
     p.add_argument("--steps", type=_steps_list, default=[18], metavar="N[,N...]",

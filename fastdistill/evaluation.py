@@ -36,9 +36,10 @@ from .teachers.loading import ANALYTIC_PREFIX
 __all__ = ["Model", "EvalResult", "evaluate_models", "format_table", "student_samples"]
 
 
-def student_samples(student: Student, n: int, steps: int = 1, seed: int = TEACHER_SEED,
+def student_samples(student: Student, n: int, steps: Optional[int] = None, seed: int = TEACHER_SEED,
                     batch_size: int = 1024) -> tuple[torch.Tensor, float]:
-    """``n`` samples of ``student`` (:meth:`Student.sample`) and the wall time per sample (after a warm-up call)."""
+    """``n`` samples of ``student`` (:meth:`Student.sample`; ``steps`` default its trained steps) and the wall
+    time per sample (after a warm-up call)."""
     student.sample(min(n, 8), steps=steps, seed=seed)
     t0 = time.perf_counter()
     x = student.sample(n, steps=steps, seed=seed, batch_size=batch_size)
@@ -51,7 +52,7 @@ class Model:
 
     kind: str  # teacher | student
     spec: Any  # teacher spec / student path
-    steps: int = 1
+    steps: Optional[int] = 1  # a student's None: its trained steps
     solver: str = "heun"
     label: str = ""
 
@@ -64,8 +65,8 @@ class Model:
         return cls("teacher", spec, int(steps), solver, label)
 
     @classmethod
-    def student(cls, path, steps: int = 1, label: str = "") -> "Model":
-        return cls("student", path, int(steps), "", label)
+    def student(cls, path, steps: Optional[int] = None, label: str = "") -> "Model":
+        return cls("student", path, None if steps is None else int(steps), "", label)
 
 
 @dataclass
@@ -163,9 +164,10 @@ def evaluate_models(models: Sequence[Model], data=None, n: Optional[int] = None,
                 x, sec = student_samples(obj, n, steps=m.steps, seed=seed)
             except ValueError as exc:
                 raise EvalError(str(exc)) from exc
-            label = m.label or f"student {obj.info.method} {m.steps} step{'s' if m.steps > 1 else ''}"
+            k = obj.info.steps if m.steps is None else m.steps
+            label = m.label or f"student {obj.info.method} {k} step{'s' if k > 1 else ''}"
             row = dict(model="student", source=str(m.spec), method=obj.info.method, train_step=obj.info.step,
-                       steps=m.steps, nfe=m.steps)
+                       steps=k, nfe=k)
         row.update(label=label, ms_per_sample=1000.0 * sec, **quality(x, ref, full=full, extractor=extractor))
         res.rows.append(row)
         if progress:

@@ -125,8 +125,9 @@ def evaluate_text_to_image(models: Sequence[T2IModel], prompts: Sequence[str], *
                        passes=nfe * (2 if m.guidance != 1 else 1),
                        label=m.label or f"teacher {m.solver} {m.steps} steps, guidance {m.guidance:g}")
         else:
-            row = dict(model="student", source=m.spec, method=obj.info.method, train_step=obj.info.step, nfe=1,
-                       passes=1, label=m.label or f"student {obj.info.method} 1 step")
+            k = obj.info.steps
+            row = dict(model="student", source=m.spec, method=obj.info.method, train_step=obj.info.step, nfe=k,
+                       passes=k, label=m.label or f"student {obj.info.method} {k} step{'s' if k > 1 else ''}")
         row["ms_per_sample"] = 1000.0 * sec
         if ref is not None:
             row.update(quality(x, ref, full=False, extractor=extractor))

@@ -4,8 +4,9 @@ The folder is the teacher's pipeline with the student's denoising network (``une
 ``transformer/`` for PixArt, SD3 and Flux): its LoRA adapters merged into the weights
 (``lora="merge"``), or the teacher's network untouched plus the adapters in diffusers' LoRA format
 (``lora="adapter"``, loaded with ``pipe.load_lora_weights(folder)``). Its
-``fastdistill_student.json`` and ``README.md`` say how to generate in one step (docs/algorithms.md
-section 9). For Stable Diffusion 1.x/2.x and SDXL, in diffusers alone: feed the latents
+``fastdistill_student.json`` and ``README.md`` say how to generate in one step, or in the K steps
+of a few-step student (docs/algorithms.md sections 9 and 10). For one-step Stable Diffusion
+1.x/2.x and SDXL students, in diffusers alone: feed the latents
 ``sqrt(1 - abar[t_init]) z`` at the single timestep ``t_init`` and read the scheduler's
 ``pred_original_sample``; :data:`ONE_STEP_SNIPPET` is that code (the tests run it). Every family,
 LoRA merged, loads back with ``fastdistill.load_student(folder)`` (so ``fastdistill sample``). The
@@ -57,7 +58,7 @@ with torch.no_grad():
 images = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
 '''
 
-#: one-step generation with any exported folder (LoRA merged) through fastdistill; ``images`` in [-1, 1]
+#: generation (in the student's trained steps) with any exported folder (LoRA merged) through fastdistill; ``images`` in [-1, 1]
 FASTDISTILL_SNIPPET = '''\
 from fastdistill import load_student
 student = load_student(folder)
@@ -114,20 +115,26 @@ def export_student(student, out, lora: str = "merge") -> Path:
             shutil.rmtree(tmp / component)
             (_merged_unet(net.unet) if adapters else net.unet).save_pretrained(str(tmp / component))
         flow = not hasattr(net, "timestep_for")
-        sigma = student.info.sigma_init
+        sigma, k = student.info.sigma_init, student.info.steps
+        sigmas = list(student.info.step_sigmas) or [sigma]
         info = {"sigma_init": sigma, "method": student.info.method, "step": student.info.step,
                 "lora": ("adapter" if lora == "adapter" else "merged") if adapters else "none",
                 "student": student.info.to_dict()}
         if flow:
-            info.update(t_init=sigma / (1 + sigma),
+            info.update(t_init=sigma / (1 + sigma), timesteps=[s / (1 + s) for s in sigmas],
                         input="latents = t_init * z (the flow x_t = (1 - t) x0 + t z with x0 = 0), at t_init",
                         output="the velocity v; the sample is latents - t_init * v (latents; decode with the VAE)")
         else:
             info.update(t_init=int(round(float(net.timestep_for(torch.tensor(sigma))))),
+                        timesteps=[int(round(float(net.timestep_for(torch.tensor(s))))) for s in sigmas],
                         input="latents = sqrt(1 - alphas_cumprod[t_init]) * z, at the single timestep t_init",
                         output="the scheduler's pred_original_sample (latents; decode with the VAE)")
+        if k > 1:
+            info["steps"] = ("step k > 1 re-noises the previous step's sample x0 to timesteps[k] (diffusers' "
+                             "scheduler.add_noise(x0, fresh standard normal noise, t), the flow form (1 - t) x0 + t "
+                             "noise) and reads the sample as at step 1")
         (tmp / STUDENT_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        diffusers_alone = component == "unet"
+        diffusers_alone = component == "unet" and k == 1
         how = (f"In diffusers alone (`folder`, `prompts` and `z`, standard normal latents, are yours):\n\n"
                f"```python\nfolder = {str(out)!r}\n{ONE_STEP_SNIPPET}```\n" if diffusers_alone else
                f"The network input and output are in {STUDENT_FILE}.\n")
@@ -136,8 +143,14 @@ def export_student(student, out, lora: str = "merge") -> Path:
         else:
             how += ("\nThe adapters are in pytorch_lora_weights.safetensors: call `pipe.load_lora_weights(folder)` "
                     "after loading.\n")
-        (tmp / "README.md").write_text(f"# One-step student distilled by fastdistill ({student.info.method})\n\n"
-                                       f"Generate in one step (t_init = {info['t_init']:.6g}). {how}")
+        if k == 1:
+            title, intro = "One-step", f"Generate in one step (t_init = {info['t_init']:.6g})."
+        else:
+            title = f"{k}-step"
+            intro = (f"Generate in {k} steps, at the timesteps {', '.join(f'{t:.6g}' for t in info['timesteps'])} "
+                     f"({STUDENT_FILE} says how each step is fed).")
+        (tmp / "README.md").write_text(f"# {title} student distilled by fastdistill ({student.info.method})\n\n"
+                                       f"{intro} {how}")
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

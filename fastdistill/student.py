@@ -5,7 +5,10 @@
     x = student.sample(16, seed=0, cond=3)       # one-step samples of the digit 3
     y = student.project(x_noisy, sigma=0.5, steps=2, cond=3)
 
-One-step generation is ``x = G(z) = D_theta(sigma_init z; sigma_init, c)``. Time-free
+One-step generation is ``x = G(z) = D_theta(sigma_init z; sigma_init, c)``. A few-step SiD,
+SIM or DMD student (``method.steps`` K > 1) is time-conditioned: ``x_1 = D_theta(sigma_1 z; sigma_1)``,
+``x_k = D_theta(x_{k-1} + sigma_k eps_k; sigma_k)`` at its trained levels ``info.step_sigmas``
+(``sigma_1 = sigma_init``), all K by default, or the first ``steps`` of them. Time-free
 (idempotent) students, SIGN and IGN (docs/algorithms.md section 5), also sample in several
 steps with ``f(x) = D_theta(x; sigma_init)``: ``x_1 = f(sigma_init z)``, then
 ``x_k = f(x_{k-1} + sigma_k eps_k)`` for the decreasing levels of
@@ -61,17 +64,25 @@ class StudentInfo:
     cond_kind: str = "none"  # none | labels | text
     teacher: Optional[str] = None  # the teacher spec it was distilled from ("digits", "analytic:NAME", a path)
     step: Optional[int] = None
+    step_sigmas: tuple = ()  # a few-step generator's noise level at each application (empty: one step or time-free)
 
     @classmethod
     def from_record(cls, rec: dict) -> "StudentInfo":
         return cls(method=str(rec["method"]), sigma_init=float(rec["sigma_init"]),
                    data_shape=tuple(int(s) for s in rec["data_shape"]), label_dim=int(rec.get("label_dim", 0)),
                    sigma_end=float(rec.get("sigma_end", DEFAULT_SIGMA_END)), cond_kind=str(rec.get("cond_kind", "none")),
-                   teacher=rec.get("teacher"), step=rec.get("step"))
+                   teacher=rec.get("teacher"), step=rec.get("step"),
+                   step_sigmas=tuple(float(v) for v in rec.get("step_sigmas", ())))
 
     @property
     def multistep(self) -> bool:
+        """A time-free student: any number of steps, on any schedule."""
         return self.method in MULTISTEP_METHODS
+
+    @property
+    def steps(self) -> int:
+        """The generator's trained applications: K for a few-step student, else 1."""
+        return max(1, len(self.step_sigmas))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,14 +131,17 @@ class Student:
             raise ValueError("class labels given but the student is unconditional")
         return Conditioning.from_labels(cond, self.info.label_dim, n=n)
 
-    def apply(self, x: torch.Tensor, cond: Optional[Conditioning] = None) -> torch.Tensor:
-        """The time-free map ``f(x) = D_theta(x; sigma_init, c)`` in float32."""
-        sig = torch.full((x.shape[0],), self.info.sigma_init, device=x.device)
+    def apply(self, x: torch.Tensor, cond: Optional[Conditioning] = None, sigma: Optional[float] = None) -> torch.Tensor:
+        """``D_theta(x; sigma, c)`` in float32; ``sigma`` defaults to ``sigma_init`` (the time-free map ``f``)."""
+        sig = torch.full((x.shape[0],), self.info.sigma_init if sigma is None else float(sigma), device=x.device)
         return self.net(x, sig, cond).float()
 
     @torch.no_grad()
-    def _chain(self, x0: torch.Tensor, cond: Optional[Conditioning], added: list, batch_size: int) -> torch.Tensor:
-        """``x = f(x0)``, then ``x = f(x + e)`` for each tensor ``e`` of ``added``, in batches; on the CPU."""
+    def _chain(self, x0: torch.Tensor, cond: Optional[Conditioning], added: list, batch_size: int,
+               sigmas: Optional[list] = None) -> torch.Tensor:
+        """``x = f(x0)``, then ``x = f(x + e)`` for each tensor ``e`` of ``added``, in batches; on the CPU.
+        ``sigmas``: the network's noise level at each application (default: ``sigma_init`` throughout)."""
+        sigmas = [None] * (1 + len(added)) if sigmas is None else sigmas
         dev, out = self.device, []
         was = getattr(self.net, "training", False)
         if was:
@@ -135,34 +149,46 @@ class Student:
         try:
             for i in range(0, x0.shape[0], batch_size):
                 c = None if cond is None else cond[i:i + batch_size].to(dev)
-                x = self.apply(x0[i:i + batch_size].to(dev), c)
-                for e in added:
-                    x = self.apply(x + e[i:i + batch_size].to(dev), c)
+                x = self.apply(x0[i:i + batch_size].to(dev), c, sigmas[0])
+                for e, s in zip(added, sigmas[1:]):
+                    x = self.apply(x + e[i:i + batch_size].to(dev), c, s)
                 out.append(x.cpu())
         finally:
             if was:
                 self.net.train()
         return torch.cat(out) if out else torch.zeros((0, *self.info.data_shape))
 
-    def _check_steps(self, steps: int) -> int:
+    def _check_steps(self, steps: Optional[int]) -> int:
+        if steps is None:
+            return self.info.steps
         if not (isinstance(steps, int) and steps >= 1):
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        if steps > 1 and not self.info.multistep:
-            raise ValueError(f"a {self.info.method!r} student is a one-step generator; multi-step sampling is for "
-                             f"{', '.join(MULTISTEP_METHODS)} students")
+        if steps > self.info.steps and not self.info.multistep:
+            kind = (f"a {self.info.steps}-step generator (trained for at most {self.info.steps} steps)"
+                    if self.info.steps > 1 else "a one-step generator")
+            raise ValueError(f"this {self.info.method!r} student is {kind}; multi-step sampling with any number of "
+                             f"steps is for {', '.join(MULTISTEP_METHODS)} students, few-step generators are "
+                             f"trained with method.steps=K")
         return steps
 
-    def sample(self, n: int, steps: int = 1, seed: int = 0, cond=None, schedule="karras",
+    def sample(self, n: int, steps: Optional[int] = None, seed: int = 0, cond=None, schedule="karras",
                sigma_end: Optional[float] = None, batch_size: int = 1024) -> torch.Tensor:
         """``n`` samples, float32 on the CPU; class-balanced labels when conditional and ``cond`` is None.
 
-        ``steps > 1`` (SIGN / IGN students): the multi-step sampler with ``schedule`` ("karras",
-        "reapply" or a list of levels) ending at ``sigma_end`` (default: the trained one).
+        ``steps``: default the generator's trained steps (1, or K for a few-step student; fewer
+        stop its chain early). ``steps > 1`` for SIGN / IGN students: the multi-step sampler with
+        ``schedule`` ("karras", "reapply" or a list of levels) ending at ``sigma_end`` (default:
+        the trained one).
         """
         n = int(n)
         if n < 0:
             raise ValueError("n must be non-negative")
         steps = self._check_steps(steps)
+        if self.info.steps > 1:
+            sig = list(self.info.step_sigmas[:steps])
+            noises, c = draw(n, self.info.data_shape, seed, label_dim=self.info.label_dim,
+                             cond=self.conditioning(cond, n), noises=steps)
+            return self._chain(noises[0] * sig[0], c, [s * e for s, e in zip(sig[1:], noises[1:])], batch_size, sig)
         s = self.info.sigma_init
         levels = multistep_schedule(steps, s, schedule, self.info.sigma_end if sigma_end is None else sigma_end)
         noises, c = draw(n, self.info.data_shape, seed, label_dim=self.info.label_dim,
@@ -308,7 +334,7 @@ def idempotence_error(net, x: torch.Tensor, sigma_s: float, cond=None) -> float:
 
 
 def sample(path, n: int, seed: int = 0, cond=None, which: str = "ema", device="cpu",
-           network: Optional[torch.nn.Module] = None, steps: int = 1, schedule="karras",
+           network: Optional[torch.nn.Module] = None, steps: Optional[int] = None, schedule="karras",
            sigma_end: Optional[float] = None, batch_size: int = 1024) -> torch.Tensor:
     """``load_student(path, ...).sample(n, ...)``."""
     return load_student(path, which, device, network).sample(n, steps=steps, seed=seed, cond=cond, schedule=schedule,

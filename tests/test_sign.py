@@ -14,7 +14,8 @@ from fastdistill.methods import MethodContext, get_method
 from fastdistill.methods.ign import tightness
 from fastdistill.losses import dmd_loss
 from fastdistill.methods.idempotent import frozen_apply, idem_distance
-from fastdistill.methods.sign import chain_inputs, teacher_euler_step
+from fastdistill.methods.base import chain_inputs
+from fastdistill.methods.sign import teacher_euler_step
 from fastdistill.projection import project
 from fastdistill.sampling import multistep_schedule
 from fastdistill.student import generate, idempotence_error, sample
@@ -89,7 +90,7 @@ def test_chain_inputs_are_the_samplers_inputs():
     z = torch.randn(B, 2, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     eps = torch.stack([torch.randn(B, 2, generator=g) for _ in levels], 1)  # the order generate() draws them in
-    f = lambda x, lab: net(x, torch.full((x.shape[0],), s))  # noqa: E731
+    f = lambda x, lab, j=0: net(x, torch.full((x.shape[0],), s))  # noqa: E731
     pos = torch.tensor([0, 1, 2, 3, 3, 1])
     u = chain_inputs(f, z, None, s, levels, pos, eps)
     assert not u.requires_grad
@@ -100,7 +101,7 @@ def test_chain_inputs_are_the_samplers_inputs():
     torch.testing.assert_close(u[pos == 0], z[pos == 0] * s)
     # the recursion evaluates only the samples that go further: the number of rows applied
     seen = []
-    chain_inputs(lambda x, lab: (seen.append(x.shape[0]), f(x, lab))[1], z, None, s, levels, pos, eps)
+    chain_inputs(lambda x, lab, j: (seen.append(x.shape[0]), f(x, lab))[1], z, None, s, levels, pos, eps)
     assert seen == [5, 3, 2]
 
 
@@ -124,7 +125,7 @@ def test_dist_term_and_fake_step_see_every_sampler_application():
     loss.backward()
     got = _grads(net)
     # manual: the sampler's input of the chosen application, as a constant; then DMD on f(u)
-    f = lambda x, lab: net(x, torch.full((x.shape[0],), 2.5))  # noqa: E731
+    f = lambda x, lab, j=0: net(x, torch.full((x.shape[0],), 2.5))  # noqa: E731
     with torch.no_grad():
         u = chain_inputs(f, noise.z, None, 2.5, m.chain_levels, noise.chain_pos, noise.chain_eps)
     net.zero_grad(set_to_none=True)

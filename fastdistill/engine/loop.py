@@ -454,8 +454,10 @@ class Distiller:
         t = self.cfg.teacher
         teacher = {"analytic": f"analytic:{t.name}", "checkpoint": t.path}.get(t.kind)
         kind = "text" if self.conditions is not None else "labels" if self.label_dim else "none"
+        few = self.method.steps > 1
         return dict(method=self.cfg.method.name, sigma_init=self.method.sigma_init,
                     sigma_end=float(getattr(self.cfg.method, "sign_sigma_end", DEFAULT_SIGMA_END)),
+                    step_sigmas=[float(v) for v in self.method.step_sigmas] if few else [],
                     data_shape=list(self.shape), label_dim=self.label_dim,
                     cond_kind=kind, teacher=teacher, step=self.step)
 
@@ -649,17 +651,19 @@ class Distiller:
     # ------------------------------------------------------------------ evaluation / pictures
     @torch.no_grad()
     def student_samples(self, n: int, seed: int, net=None) -> torch.Tensor:
-        """``n`` one-step samples of ``net`` (default: the EMA) from :func:`fastdistill.sampling.draw`,
-        the draw ``fastdistill sample`` and ``eval`` use too, on the CPU."""
+        """``n`` samples of ``net`` (default: the EMA) in the generator's steps, from
+        :func:`fastdistill.sampling.draw`, the draw ``fastdistill sample`` and ``eval`` use too, on the CPU."""
         net = net if net is not None else self.ema.module
         prompts = None if self.conditions is None else self.conditions.cond[torch.arange(n) % len(self.conditions)]
-        (z,), cond = draw(n, self.shape, seed, label_dim=self.label_dim, cond=prompts)
+        (z, *renoise), cond = draw(n, self.shape, seed, label_dim=self.label_dim, cond=prompts, noises=self.method.steps)
+        chain_eps = torch.stack(renoise, 1) if renoise else None
         was = net.training
         net.eval()
         out = []
         for i in range(0, n, 1024):
             c = None if cond is None else cond[i:i + 1024].to(self.device)
-            out.append(self.method.generate(net, z[i:i + 1024].to(self.device), c).cpu())
+            e = None if chain_eps is None else chain_eps[i:i + 1024].to(self.device)
+            out.append(self.method.generate(net, z[i:i + 1024].to(self.device), c, e).cpu())
         net.train(was)
         return torch.cat(out)
 
@@ -680,7 +684,7 @@ class Distiller:
             print(f"fastdistill: pictures skipped: {exc}")
 
     def save_picture(self, path: Path, net=None) -> Path:
-        """A grid of one-step samples of ``net`` (default: the EMA; decoded by the VAE for latent
+        """A grid of samples of ``net`` (default: the EMA; decoded by the VAE for latent
         teachers; for text teachers the first training prompts in turn), or for vector data a
         scatter beside data and teacher."""
         if hasattr(self.teacher, "decode"):
@@ -692,12 +696,14 @@ class Distiller:
         if self.evaluator is not None:
             self.evaluator.quality()
             panels = [("data", self.evaluator.data[:2000]), ("teacher (Heun, 35 evals)", self.evaluator.teacher_x[:2000])]
-        panels.append((f"student (1 step, step {self.step})", x))
+        k = self.method.steps
+        panels.append((f"student ({k} step{'s' if k > 1 else ''}, step {self.step})", x))
         return scatter_panels(panels, path)
 
     def export_student(self, path: Path, net=None) -> Optional[Path]:
         """The EMA generator's denoiser (or ``net``) in the teacher checkpoint format (``load_teacher``
-        reads it); the one-step generator is ``D(sigma_init z; sigma_init)``. Skipped for unregistered classes."""
+        reads it); the generator is ``D(sigma_init z; sigma_init)``, and its further steps' levels are in the
+        student record. Skipped for unregistered classes."""
         if self.arch_config is None:
             return None
         from ..teachers.checkpoint import save_teacher
@@ -821,7 +827,8 @@ class Distiller:
             try:  # pictures last: a missing optional plotting library loses nothing else
                 picture = str(self.save_picture(self.out_dir / "samples.png", whole))
                 if quality is not None:
-                    plot_run_curve(self.out_dir, f"{cfg.method.name} (1 step)")
+                    k = self.method.steps
+                    plot_run_curve(self.out_dir, f"{cfg.method.name} ({k} step{'s' if k > 1 else ''})")
             except ImportError as exc:
                 print(f"fastdistill: pictures skipped: {exc}")
         return DistillResult(out_dir=str(self.out_dir), step=self.step, images_seen=self.images_seen,
@@ -832,7 +839,7 @@ class Distiller:
 
 def run_distillation(config=None, teacher=None, overrides=None, callback=None,
                      init_network: Optional[torch.nn.Module] = None) -> DistillResult:
-    """Distil a teacher into a one-step generator.
+    """Distil a teacher into a one-step (or few-step) generator.
 
     config: a :class:`DistillConfig`, a dict, a path to a JSON/TOML file, a preset name, or
     None for the default toy preset. overrides: ``["optim.lr=1e-4", ...]``. teacher: a Denoiser

@@ -3,7 +3,7 @@
 A *method* turns three networks into two scalar losses (docs/algorithms.md sections 1-4):
 
 - ``generator_loss``: the one-step generator ``x_g = G(z) = D_theta(sigma_init z; sigma_init)``
-  is noised once, ``x_t = x_g + sigma eps`` with the SiD generator-step schedule, the same
+  (or one application of a few-step generator, :class:`FewStepConfig`) is noised once, ``x_t = x_g + sigma eps`` with the SiD generator-step schedule, the same
   ``x_t`` goes to the frozen teacher and to the fake-score network, and the method's loss
   (SiD, SIM, DMD, ...) compares ``x_g``, ``D_teacher(x_t)`` and ``D_fake(x_t)``;
 - ``fake_loss``: the denoising score-matching (DSM) step that keeps the fake network fitted
@@ -31,6 +31,7 @@ import torch
 from ..conditioning import Conditioning, ConditioningBank
 from ..losses import dsm_loss
 from ..ops.reference import nonfinite_sample_mask
+from ..sampling import DEFAULT_SIGMA_END, multistep_schedule
 from ..teachers.base import guided
 
 BACKENDS = ("auto", "reference", "cpp", "triton", "cuda")
@@ -100,6 +101,31 @@ class MethodConfig:
         check(0 < self.t_max <= 1000, f"method.t_max must be in (0, 1000], got {self.t_max!r}")
         check(self.sigma_min < self.sigma_max, f"method.sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
         check(math.isfinite(self.fake_p_mean), "method.fake_p_mean must be finite")
+
+
+@dataclass
+class FewStepConfig(MethodConfig):
+    """The generator of SiD, SIM and DMD: one step, or ``steps`` applications of a time-conditioned
+    ``D_theta(x_k; sigma_k)``, ``x_1 = D(sigma_1 z; sigma_1)``, ``x_{k+1} = D(x_k + sigma_{k+1} eps; sigma_{k+1})``,
+    trained by DMD2's backward simulation: each sample is one application, its input made by the
+    current generator without gradient (docs/algorithms.md section 10)."""
+
+    steps: int = 1  # generator applications: 1 = one-step; K > 1 = a few-step generator
+    step_sigma_end: float = DEFAULT_SIGMA_END  # noise_levels=edm: the last of the K levels (a Karras grid from sigma_init down to it); teacher levels: the timesteps (t_init + 1)(K - k)/K - 1, DMD2's [999, 749, 499, 249] for t_init 999
+
+    def validate(self) -> None:
+        super().validate()
+        check(isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 1,
+              f"method.steps must be an integer >= 1, got {self.steps!r}")
+        check_positive("method.step_sigma_end", self.step_sigma_end)
+        check(self.steps == 1 or self.step_sigma_end < self.sigma_init,
+              f"method.step_sigma_end ({self.step_sigma_end}) must be below method.sigma_init ({self.sigma_init})")
+
+
+def few_step_timesteps(t_init: int, steps: int) -> list[int]:
+    """The teacher timesteps of a ``steps``-step generator starting at ``t_init``, evenly spaced:
+    ``(t_init + 1)(K - k) / K - 1`` (DMD2's list for t_init 999, K 4: [999, 749, 499, 249])."""
+    return [(t_init + 1) * (steps - k) // steps - 1 for k in range(steps)]
 
 
 @dataclass(frozen=True)
@@ -225,6 +251,8 @@ class GeneratorNoise:
     sigma: torch.Tensor  # (B,) noise level of x_t
     eps: torch.Tensor  # (B, *shape) noise of x_t
     cond: Optional[Conditioning]  # per-sample conditioning, or None
+    chain_pos: Optional[torch.Tensor] = dataclasses.field(default=None, kw_only=True)  # (B,) multi-step generators: which application each sample is (0 = the first)
+    chain_eps: Optional[torch.Tensor] = dataclasses.field(default=None, kw_only=True)  # (B, K - 1, *shape) the sampler's re-noising
 
 
 @dataclass
@@ -234,6 +262,34 @@ class FakeNoise:
     noise: torch.Tensor
     cond: Optional[Conditioning]
     drop: Optional[torch.Tensor]  # (B,) bool or None: samples whose condition is replaced by the unconditional one
+    chain_pos: Optional[torch.Tensor] = dataclasses.field(default=None, kw_only=True)  # as in GeneratorNoise
+    chain_eps: Optional[torch.Tensor] = dataclasses.field(default=None, kw_only=True)
+
+
+def chain_inputs(apply, z: torch.Tensor, cond: Optional[Conditioning], sigma_s: float, levels: list,
+                 pos: torch.Tensor, eps: torch.Tensor, every_sample: bool = False) -> torch.Tensor:
+    """Per sample, the input of application ``pos + 1`` of a multi-step sampler (without gradient).
+
+    ``pos = 0``: ``sigma_s z``; ``pos = j >= 1``: ``x_j + levels[j-1] eps[:, j-1]`` with ``x_j`` the
+    sampler's ``j``-th output, ``x_1 = apply(sigma_s z, c, 0)``,
+    ``x_{k+1} = apply(x_k + levels[k-1] eps[:, k-1], c, k)``; ``apply(x, cond, k)`` is the
+    student's application ``k`` (0-based) and ``eps`` is (B, len(levels), *shape). Only the samples
+    that go further are evaluated, unless ``every_sample``: then every application runs on the whole
+    batch (the same number of network calls on every rank, as sharded networks need).
+    """
+    x = z * sigma_s
+    with torch.no_grad():
+        for j, lv in enumerate(levels):
+            if every_sample:
+                y = apply(x, cond, j) + lv * eps[:, j]
+                x = torch.where(_bcast(pos > j, x), y.to(x.dtype), x)
+                continue
+            idx = (pos > j).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            y = apply(x[idx], None if cond is None else cond[idx], j) + lv * eps[idx, j]
+            x = x.index_copy(0, idx, y.to(x.dtype))
+    return x
 
 
 @dataclass
@@ -267,9 +323,6 @@ class DistillMethod:
     #: SiD and SIM back-propagate through the teacher and fake network into x_g (their
     #: parameters frozen); DMD evaluates them without gradient.
     scores_need_grad: ClassVar[bool] = True
-    #: what the method needs from the loop besides the networks: a subset of
-    #: {"data", "ema", "net"}; non-empty means the loop calls :meth:`bind` with a MethodContext.
-    needs: ClassVar[frozenset] = frozenset()
     #: False: the method does not use the fake-score network (the loop skips the DSM phase).
     uses_fake: ClassVar[bool] = True
 
@@ -290,6 +343,39 @@ class DistillMethod:
         self.timestep_sigmas = timestep_sigmas
         self.conditions = conditions
         self.ctx: Optional[MethodContext] = None
+        self.step_sigmas = self._step_sigmas()
+
+    @property
+    def steps(self) -> int:
+        """The generator's applications (``method.steps``; 1 for methods without the option)."""
+        return int(self.cfg.steps) if isinstance(self.cfg, FewStepConfig) else 1
+
+    @property
+    def needs(self) -> frozenset:
+        """What the method needs from the loop besides the networks: a subset of {"data", "ema", "net"};
+        non-empty means the loop calls :meth:`bind` with a MethodContext. A few-step generator needs
+        the raw module to simulate its chain with (so a DDP wrapper sees one forward)."""
+        return frozenset({"net"}) if self.steps > 1 else frozenset()
+
+    def _step_sigmas(self) -> list:
+        """The network noise level of each of the generator's applications, decreasing from
+        ``sigma_init`` (:class:`FewStepConfig`): EDM levels on a Karras grid, else the teacher's
+        levels at :func:`few_step_timesteps`."""
+        K = self.steps
+        if K == 1:
+            return [self.sigma_init]
+        if self.timestep_sigmas is None:
+            return [self.sigma_init] + multistep_schedule(K, self.sigma_init, "karras", self.cfg.step_sigma_end,
+                                                          rho=self.cfg.rho)
+        ts = few_step_timesteps(self.cfg.t_init, K)
+        check(ts[-1] >= 1, f"method.steps={K} does not fit below method.t_init={self.cfg.t_init}: the last "
+                           f"application would be at timestep {ts[-1]}; need t_init + 1 >= 2 K")
+        if isinstance(self.timestep_sigmas, FlowLevels):
+            return [float(self.timestep_sigmas.sigma_at(t)) for t in ts]
+        sig = [float(self.timestep_sigmas[t]) for t in ts]
+        check(all(math.isfinite(v) and v > 0 for v in sig),
+              f"the teacher's noise levels at the few-step timesteps {ts} are not all finite and positive: {sig}")
+        return sig
 
     @property
     def sigma_init(self) -> float:
@@ -325,6 +411,15 @@ class DistillMethod:
         idx = torch.randint(0, label_dim, (n,), generator=gen, device=device)
         return Conditioning(labels=torch.nn.functional.one_hot(idx, label_dim).float())
 
+    def _few_step_draws(self, n, shape, gen, device) -> dict:
+        """A few-step generator's position of each sample (uniform) and its chain's re-noising, drawn
+        after everything else (a one-step generator draws nothing: its random stream is unchanged)."""
+        K = self.steps
+        if K == 1:
+            return {}
+        pos = torch.randint(0, K, (n,), generator=gen, device=device)
+        return dict(chain_pos=pos, chain_eps=torch.randn((n, K - 1, *shape), generator=gen, device=device))
+
     def draw_generator_noise(self, n, shape, label_dim, gen: torch.Generator, device) -> GeneratorNoise:
         c = self.cfg
         z = torch.randn((n, *shape), generator=gen, device=device)
@@ -335,7 +430,7 @@ class DistillMethod:
             u = torch.rand((n,), generator=gen, device=device) * (c.t_max / 1000.0)
             sigma = karras_sigma(u, c.sigma_min, c.sigma_max, c.rho)
         eps = torch.randn((n, *shape), generator=gen, device=device)
-        return GeneratorNoise(z, sigma, eps, cond)
+        return GeneratorNoise(z, sigma, eps, cond, **self._few_step_draws(n, shape, gen, device))
 
     def draw_fake_noise(self, n, shape, label_dim, gen: torch.Generator, device) -> FakeNoise:
         c = self.cfg
@@ -349,7 +444,7 @@ class DistillMethod:
         drop = None
         if cond is not None and c.uncond_fraction > 0 and (c.guidance_fake != 1 or c.guidance_fake_train != 1):
             drop = torch.rand((n,), generator=gen, device=device) < c.uncond_fraction
-        return FakeNoise(z, sigma, noise, cond, drop)
+        return FakeNoise(z, sigma, noise, cond, drop, **self._few_step_draws(n, shape, gen, device))
 
     def _teacher_levels(self, n: int, gen: torch.Generator, device) -> torch.Tensor:
         lo, hi = self.cfg.t_lo, self.cfg.t_hi
@@ -360,13 +455,40 @@ class DistillMethod:
         return self.timestep_sigmas.to(device)[t]
 
     # --------------------------------------------------------------------- shared pieces
-    def generate(self, G, z: torch.Tensor, cond: Optional[Conditioning] = None) -> torch.Tensor:
-        """One-step generation ``D_theta(sigma_init z; sigma_init, c)`` in float32."""
-        s = self.sigma_init
-        sigma = torch.full((z.shape[0],), s, dtype=torch.float32, device=z.device)
+    def apply_generator(self, G, x: torch.Tensor, sigma, cond: Optional[Conditioning] = None) -> torch.Tensor:
+        """``D_theta(x; sigma, c)`` in float32 (``sigma``: a number or one per sample)."""
+        if not torch.is_tensor(sigma):
+            sigma = torch.full((x.shape[0],), float(sigma), dtype=torch.float32, device=x.device)
         with self.autocast():
-            x = G(z * s, sigma, cond)
-        return x.float()
+            out = G(x, sigma, cond)
+        return out.float()
+
+    def generate(self, G, z: torch.Tensor, cond: Optional[Conditioning] = None,
+                 chain_eps: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Generation from the latent ``z``: one step ``D_theta(sigma_init z; sigma_init, c)``, or all
+        applications of a few-step generator with the re-noising ``chain_eps`` ((B, K - 1, *shape))."""
+        if self.steps == 1:
+            return self.apply_generator(G, z * self.sigma_init, self.sigma_init, cond)
+        last = torch.full((z.shape[0],), self.steps - 1, dtype=torch.long, device=z.device)
+        x, sigma = self.generator_inputs(G, z, cond, last, chain_eps)
+        return self.apply_generator(G, x, sigma, cond)
+
+    def generator_inputs(self, net, z: torch.Tensor, cond: Optional[Conditioning], pos: Optional[torch.Tensor],
+                         eps: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input and noise level of each sample's application of the generator: ``sigma_init z``
+        (one step), or for a few-step generator the state of its chain at ``pos``, simulated with
+        ``net`` and no gradient (:func:`chain_inputs`)."""
+        levels = self.step_sigmas
+        if pos is None:
+            return z * levels[0], torch.full((z.shape[0],), levels[0], dtype=torch.float32, device=z.device)
+        x = chain_inputs(lambda x, c, j: self.apply_generator(net, x, levels[j], c), z, cond, levels[0], levels[1:],
+                         pos, eps, every_sample=True)
+        return x, torch.tensor(levels, dtype=torch.float32, device=z.device)[pos]
+
+    def _simulator(self, G):
+        """The module a few-step chain is simulated with in the generator step: the raw generator (so
+        a DDP wrapper sees one forward), else ``G``."""
+        return self.ctx.net if self.ctx is not None and self.ctx.net is not None else G
 
     def _scores(self, teacher, fake, x_t, sigma, cond):
         c = self.cfg
@@ -410,15 +532,18 @@ class DistillMethod:
     def generator_loss_and_samples(self, G, teacher, fake, noise: GeneratorNoise):
         """:meth:`generator_loss` and the detached samples ``x_g`` it was computed on (for
         :meth:`fake_loss` when the method reuses them)."""
-        x_g = self.generate(G, noise.z, noise.cond)
+        x_in, sigma_in = self.generator_inputs(self._simulator(G), noise.z, noise.cond, noise.chain_pos, noise.chain_eps)
+        x_g = self.apply_generator(G, x_in, sigma_in, noise.cond)
         y_real, y_fake = self.scores_at_noised(teacher, fake, x_g, noise)
         with torch.no_grad():
             nan = nonfinite_sample_mask(x_g, y_real, y_fake).sum()
         return self.loss(x_g, y_real, y_fake), nan, x_g.detach()
 
     def fake_samples(self, G, noise: FakeNoise) -> torch.Tensor:
-        """The generator samples the fake network is fitted to (called without gradient): one step."""
-        return self.generate(G, noise.z, noise.cond)
+        """The generator samples the fake network is fitted to (called without gradient): one
+        application per sample, at the sample's position for a few-step generator."""
+        x_in, sigma_in = self.generator_inputs(G, noise.z, noise.cond, noise.chain_pos, noise.chain_eps)
+        return self.apply_generator(G, x_in, sigma_in, noise.cond)
 
     def fake_loss(self, G, fake, noise: FakeNoise, samples: Optional[torch.Tensor] = None):
         """DSM loss of the fake network on detached generator samples: ``samples`` when given (the

@@ -3,10 +3,10 @@ from dataclasses import dataclass
 
 from ..losses import dmd_loss
 from ..losses.functional import DIVISORS
-from .base import DistillMethod, MethodConfig, check_choice, register_method
+from .base import DistillMethod, FewStepConfig, check_choice, register_method
 
 @dataclass
-class DMDConfig(MethodConfig):
+class DMDConfig(FewStepConfig):
     name: str = "dmd"
     divisor: str = "mean_abs"  # per-sample stop-gradient divisor: mean_abs (DMD2 normalisation) | none (Diff-Instruct)
     reuse_samples: bool = True  # the fake step fits the generator step's samples (DMD2's recipe; saves a generator forward); false: fresh samples

@@ -4,10 +4,10 @@ from dataclasses import dataclass
 
 from ..losses import sid_loss
 from ..losses.functional import DIVISORS
-from .base import DistillMethod, MethodConfig, check, check_choice, register_method
+from .base import DistillMethod, FewStepConfig, check, check_choice, register_method
 
 @dataclass
-class SiDConfig(MethodConfig):
+class SiDConfig(FewStepConfig):
     name: str = "sid"
     alpha: float = 1.2  # SiD alpha
     divisor: str = "mean_abs"  # per-sample stop-gradient divisor of the loss: mean_abs (official) | none

@@ -55,6 +55,7 @@ DDP-wrapped) generator on the concatenated inputs, which is both faster and DDP-
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -65,11 +66,11 @@ from ..losses import dmd_loss, sid_loss
 from ..losses.functional import DIVISORS
 from ..ops.reference import nonfinite_sample_mask
 from ..sampling import DEFAULT_SIGMA_END, heun_sampler, karras_sigmas, multistep_schedule
-from .base import (DistillMethod, FakeNoise, GeneratorNoise, MethodContext, _bcast, check, check_choice, check_positive,
-                   register_method)
+from .base import (DistillMethod, FakeNoise, GeneratorNoise, MethodContext, _bcast, chain_inputs, check, check_choice,
+                   check_positive, register_method)
 from .idempotent import IdempotentConfig, IdempotentMethod, frozen_apply, student_apply
 
-__all__ = ["SIGN", "SIGNConfig", "SIGNNoise", "SIGNFakeNoise", "chain_inputs", "flow_levels", "teacher_euler_step"]
+__all__ = ["SIGN", "SIGNConfig", "SIGNNoise", "flow_levels", "teacher_euler_step"]
 
 
 @dataclass
@@ -122,46 +123,16 @@ def teacher_euler_step(teacher, x_hi: torch.Tensor, s_hi: torch.Tensor, s_lo: to
     return x_hi + _bcast(s_lo - s_hi, x_hi) * (x_hi - d) / _bcast(s_hi, x_hi)
 
 
-def chain_inputs(apply, z: torch.Tensor, cond: Optional[Conditioning], sigma_s: float, levels: list,
-                 pos: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Per sample, the input of application ``pos + 1`` of the multi-step sampler (without gradient).
-
-    ``pos = 0``: ``sigma_s z``; ``pos = j >= 1``: ``x_j + levels[j-1] eps[:, j-1]`` with ``x_j`` the
-    sampler's ``j``-th output, ``x_1 = apply(sigma_s z)``, ``x_{k+1} = apply(x_k + levels[k-1] eps[:, k-1])``
-    (the student's multi-step sampler). Only the samples that go further are evaluated.
-    ``apply(x, cond)`` is the student; ``eps`` is (B, len(levels), *shape).
-    """
-    x = z * sigma_s
-    with torch.no_grad():
-        for j, lv in enumerate(levels):
-            idx = (pos > j).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            y = apply(x[idx], None if cond is None else cond[idx]) + lv * eps[idx, j]
-            x = x.index_copy(0, idx, y.to(x.dtype))
-    return x
-
-
 @dataclass
 class SIGNNoise(GeneratorNoise):
-    """GeneratorNoise plus a real-data batch, the sampler position of each generated sample and
-    the randomness of L_flow / L_reg (all batch-first)."""
+    """GeneratorNoise (its sampler positions always set) plus a real-data batch and the randomness
+    of L_flow / L_reg (all batch-first)."""
 
-    chain_pos: torch.Tensor  # (B,) which application of the sign_steps-step sampler x_g is (0 = the first)
-    chain_eps: torch.Tensor  # (B, sign_steps - 1, *shape) the sampler's re-noising
     x_data: torch.Tensor  # (B, *shape) data (or teacher-bank) batch for L_rec / L_flow
     data_cond: Optional[Conditioning]
     flow_idx: torch.Tensor  # (B,) index k of the level pair (sigma_k, sigma_{k+1})
     flow_eps: torch.Tensor  # (B, *shape)
     reg_idx: Optional[torch.Tensor]  # (B,) bank rows for L_reg, or None
-
-
-@dataclass
-class SIGNFakeNoise(FakeNoise):
-    """FakeNoise plus the sampler position and re-noising of each generated sample (as in SIGNNoise)."""
-
-    chain_pos: torch.Tensor
-    chain_eps: torch.Tensor
 
 
 @register_method("sign", config=SIGNConfig)
@@ -222,7 +193,7 @@ class SIGN(IdempotentMethod, DistillMethod):
         the DDP wrapper sees exactly one forward; the evaluation-mode generator in the fake step)."""
         s = self.cfg.sigma_init
 
-        def apply(x, c):
+        def apply(x, c, j):
             with self.autocast():
                 return student_apply(net, x, s, c)
 
@@ -242,14 +213,15 @@ class SIGN(IdempotentMethod, DistillMethod):
         if c.l_reg > 0:
             reg_idx = torch.randint(0, self.bank["z"].shape[0], (n,), generator=gen, device=device)
         pos, ch_eps = self._draw_chain(n, shape, gen, device)
-        return SIGNNoise(base.z, base.sigma, base.eps, base.cond, pos, ch_eps, x, lab, flow_idx, flow_eps, reg_idx)
+        return SIGNNoise(base.z, base.sigma, base.eps, base.cond, x, lab, flow_idx, flow_eps, reg_idx,
+                         chain_pos=pos, chain_eps=ch_eps)
 
-    def draw_fake_noise(self, n, shape, label_dim, gen, device) -> SIGNFakeNoise:
+    def draw_fake_noise(self, n, shape, label_dim, gen, device) -> FakeNoise:
         base = super().draw_fake_noise(n, shape, label_dim, gen, device)
         pos, ch_eps = self._draw_chain(n, shape, gen, device)
-        return SIGNFakeNoise(base.z, base.sigma, base.noise, base.cond, base.drop, pos, ch_eps)
+        return dataclasses.replace(base, chain_pos=pos, chain_eps=ch_eps)
 
-    def fake_samples(self, G, noise: SIGNFakeNoise) -> torch.Tensor:
+    def fake_samples(self, G, noise: FakeNoise) -> torch.Tensor:
         """The outputs of all applications of the sampler, as L_dist sees them (so the fake score tracks them)."""
         x_in = self.sampler_inputs(G, noise.z, noise.cond, noise.chain_pos, noise.chain_eps)
         with self.autocast():

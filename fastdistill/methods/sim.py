@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from ..losses import sim_loss
 from ..losses.functional import DIVISORS
-from .base import DistillMethod, MethodConfig, check_choice, check_positive, register_method
+from .base import DistillMethod, FewStepConfig, check_choice, check_positive, register_method
 
 
 @dataclass
-class SIMConfig(MethodConfig):
+class SIMConfig(FewStepConfig):
     name: str = "sim"
     distance: str = "pseudo_huber"  # pseudo_huber | l2
     c: float = 1e-3  # pseudo-Huber c

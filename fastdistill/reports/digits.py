@@ -119,9 +119,11 @@ def _student_task(method: str, run_dir: str, teacher_spec: str, n: int, draws: i
     d = Distiller(cfg, callback=cb)
     res = d.run()
     train_s = time.time() - t0
-    row = dict(model="student", method=method, steps=1, nfe=1, label=f"{method.upper() if method != 'sid' else 'SiD'} student, 1 step",
+    k = d.method.steps
+    name = method.upper() if method != "sid" else "SiD"
+    row = dict(model="student", method=method, steps=k, nfe=k, label=f"{name} student, {k} step{'s' if k > 1 else ''}",
                train_steps=res.step, train_s=train_s, stopped_early=stopped["early"], run_dir=run_dir,
-               **_student_quality(lambda k, seed: d.student_samples(k, seed=seed), n, draws, d.evaluator.ref))  # EMA, one step
+               **_student_quality(lambda n_, seed: d.student_samples(n_, seed=seed), n, draws, d.evaluator.ref))  # EMA
     row["fid_initial"] = d.initial_quality
     return row
 
@@ -239,7 +241,7 @@ def _pictures(rep: DigitsReport, srows: dict, students: dict, head: dict, t, ref
     curves = {}
     for m, student in students.items():
         name = srows[m]["label"].split(",")[0]
-        grid_rows.append((f"{name} (1 NFE)", student.sample(16, seed=REPORT_SEED + 7)))
+        grid_rows.append((f"{name} ({student.info.steps} NFE)", student.sample(16, seed=REPORT_SEED + 7)))
         hist = read_jsonl(Path(srows[m]["run_dir"]) / "metrics.jsonl")
         curves[name] = [(0, x["fid_initial"]) for x in hist if "fid_initial" in x] + \
                        [(x["step"], x["fid_student"]) for x in hist if "fid_student" in x]
