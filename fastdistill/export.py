@@ -130,9 +130,9 @@ def export_student(student, out, lora: str = "merge") -> Path:
                         input="latents = sqrt(1 - alphas_cumprod[t_init]) * z, at the single timestep t_init",
                         output="the scheduler's pred_original_sample (latents; decode with the VAE)")
         if k > 1:
-            info["steps"] = ("step k > 1 re-noises the previous step's sample x0 to timesteps[k] (diffusers' "
-                             "scheduler.add_noise(x0, fresh standard normal noise, t), the flow form (1 - t) x0 + t "
-                             "noise) and reads the sample as at step 1")
+            info["steps"] = ("each step after the first re-noises the previous step's sample x0 to its own timestep t "
+                             "(diffusers' scheduler.add_noise(x0, fresh standard normal noise, t); flow: (1 - t) x0 + "
+                             "t noise) and reads the sample as the first step does")
         (tmp / STUDENT_FILE).write_text(json.dumps(info, indent=2) + "\n")
         diffusers_alone = component == "unet" and k == 1
         how = (f"In diffusers alone (`folder`, `prompts` and `z`, standard normal latents, are yours):\n\n"

@@ -3,9 +3,10 @@
 A *method* turns three networks into two scalar losses (docs/algorithms.md sections 1-4):
 
 - ``generator_loss``: the one-step generator ``x_g = G(z) = D_theta(sigma_init z; sigma_init)``
-  (or one application of a few-step generator, :class:`FewStepConfig`) is noised once, ``x_t = x_g + sigma eps`` with the SiD generator-step schedule, the same
-  ``x_t`` goes to the frozen teacher and to the fake-score network, and the method's loss
-  (SiD, SIM, DMD, ...) compares ``x_g``, ``D_teacher(x_t)`` and ``D_fake(x_t)``;
+  (or one application of a few-step generator, :class:`FewStepConfig`) is noised once,
+  ``x_t = x_g + sigma eps`` with the SiD generator-step schedule, the same ``x_t`` goes to the
+  frozen teacher and to the fake-score network, and the method's loss (SiD, SIM, DMD, ...)
+  compares ``x_g``, ``D_teacher(x_t)`` and ``D_fake(x_t)``;
 - ``fake_loss``: the denoising score-matching (DSM) step that keeps the fake network fitted
   to the current generator distribution.
 
@@ -111,7 +112,7 @@ class FewStepConfig(MethodConfig):
     current generator without gradient (docs/algorithms.md section 10)."""
 
     steps: int = 1  # generator applications: 1 = one-step; K > 1 = a few-step generator
-    step_sigma_end: float = DEFAULT_SIGMA_END  # noise_levels=edm: the last of the K levels (a Karras grid from sigma_init down to it); teacher levels: the timesteps (t_init + 1)(K - k)/K - 1, DMD2's [999, 749, 499, 249] for t_init 999
+    step_sigma_end: float = DEFAULT_SIGMA_END  # EDM noise levels: the last of the K levels, a Karras grid from sigma_init down to it (a teacher's levels: the timesteps of few_step_timesteps, DMD2's 999, 749, 499, 249 for t_init 999 and K 4)
 
     def validate(self) -> None:
         super().validate()
@@ -469,6 +470,8 @@ class DistillMethod:
         applications of a few-step generator with the re-noising ``chain_eps`` ((B, K - 1, *shape))."""
         if self.steps == 1:
             return self.apply_generator(G, z * self.sigma_init, self.sigma_init, cond)
+        if chain_eps is None:
+            raise ValueError(f"a {self.steps}-step generator needs its re-noising chain_eps, (B, {self.steps - 1}, *shape)")
         last = torch.full((z.shape[0],), self.steps - 1, dtype=torch.long, device=z.device)
         x, sigma = self.generator_inputs(G, z, cond, last, chain_eps)
         return self.apply_generator(G, x, sigma, cond)

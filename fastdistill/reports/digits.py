@@ -291,7 +291,7 @@ def format_report(rep: DigitsReport) -> str:
     for r in rep.teacher_rows:
         lines.append(row(r["label"], r["nfe"], r, r["ms_per_sample"]))
     for r in rep.student_rows:
-        lines.append(row(r["label"], 1, r, r.get("ms_per_sample")))
+        lines.append(row(r["label"], r["nfe"], r, r.get("ms_per_sample")))
     if rep.student_rows:
         lines.append("")
         for r in rep.student_rows:
