@@ -37,6 +37,7 @@ from .engine.build import make_mlp
 from .engine.config import LoRAConfig
 from .engine.lora import add_lora
 from .engine.loop import FORMAT
+from .engine.shards import is_sharded, read_shards
 from .export import STUDENT_FILE
 from .metrics import EvalError
 from .plotting import save_samples_picture
@@ -307,7 +308,7 @@ def load_student(path, which: str = "ema", device="cpu", network: Optional[torch
         raise CheckpointError(f"{p}: not a distillation checkpoint of this fastdistill version "
                               f"(format {state.get('format')!r})")
     net = _rebuild(state, network)
-    net.load_state_dict(ckpt.read_shards(where, which) if ckpt.is_sharded(where) else tensors[which])
+    net.load_state_dict(read_shards(where, which) if is_sharded(state) else tensors[which])
     return Student(net.to(device).eval().requires_grad_(False), StudentInfo.from_record(state["student"]))
 
 

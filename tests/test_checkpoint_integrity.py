@@ -370,17 +370,31 @@ def test_disk_full_during_a_checkpoint_is_one_clear_line_and_leaves_nothing(tmp_
     assert_same_checkpoint(step_dir(tmp_path, 6), step_dir(reference, 6))
 
 
-def test_leftover_temporaries_are_removed_when_a_run_starts(run6):
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_leftover_temporaries_of_dead_writers_are_removed_when_a_run_starts(run6):
     root = ckpt.ckpt_root(run6)
-    for name in (".tmp-step-00000007-4242", ".tmp-prune-step-00000001-4242", ".tmp-old-step-00000006-4242"):
+    dead = _dead_pid()
+    for name in (f".tmp-step-00000007-{dead}", f".tmp-prune-step-00000001-{dead}", f".tmp-old-step-00000006-{dead}"):
         (root / name).mkdir()
         (root / name / "generator.safetensors").write_bytes(b"partial")
     d = Distiller(config(run6, steps=8, resume="auto"), teacher=teacher())
     assert temporaries(run6) == []
     assert d.step == 6
-    (root / ".tmp-step-00000009-1").mkdir()
-    Distiller(config(run6, steps=8, resume="auto"), teacher=teacher())
-    assert temporaries(run6) == []
+    d.release()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a live writer's temporary (another process writing shards, say) is not the lock holder's to remove
+        (root / f".tmp-step-00000009-{sleeper.pid}").mkdir()
+        (root / f".tmp-step-00000009-{_dead_pid()}").mkdir()
+        Distiller(config(run6, steps=8, resume="auto"), teacher=teacher()).release()
+        assert temporaries(run6) == [f".tmp-step-00000009-{sleeper.pid}"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 # ----------------------------------------------------------------------------- the command line

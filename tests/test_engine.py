@@ -378,7 +378,7 @@ def test_sample_api(tmp_path):
 
 def test_image_shaped_teacher_and_grid(tmp_path):
     """The same loop on image-shaped data (an EDM network when available), with a PNG grid."""
-    precond = pytest.importorskip("fastdistill.teachers.precond")
+    from fastdistill.teachers import precond
     torch.manual_seed(0)
     net = precond.EDMPrecond(img_resolution=8, img_channels=3, model_type="SongUNet",
                              model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[],

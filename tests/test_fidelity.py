@@ -10,14 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("torch_fidelity")
-pytest.importorskip("sklearn")
-scipy_linalg = pytest.importorskip("scipy.linalg")
+import scipy.linalg as scipy_linalg
+import torch_fidelity
 
-import torch_fidelity  # noqa: E402
-
-from fastdistill.metrics import digits_classifier as dc  # noqa: E402
-from fastdistill.metrics import fidelity as fd  # noqa: E402
+from fastdistill.metrics import digits_classifier as dc
+from fastdistill.metrics import fidelity as fd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(kid_subsets=10, kid_subset_size=300)  # torch-fidelity's 100 subsets cost seconds here

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from fastdistill.engine import Distiller
 from fastdistill.engine import checkpoint as ckpt
 from fastdistill.engine.distributed import free_port
+from fastdistill.engine.shards import SHARDS_DIR, is_sharded, read_shards
 from fastdistill.methods import ConfigError
 from fastdistill.student import load_student
 from tests._engine_helpers import tiny_config, tiny_teacher
@@ -73,9 +74,9 @@ def _sharded_run(out_dir, world=2, kill_at=0, **extra) -> dict:
 def _whole(path) -> dict:
     """Every network of a checkpoint as whole tensors, read in this process."""
     path = ckpt.resolve_checkpoint(path)
-    if ckpt.is_sharded(path):
-        return {name: ckpt.read_shards(path, name) for name in NETS}
-    tensors, _ = ckpt.load_checkpoint(path)
+    tensors, state = ckpt.load_checkpoint(path)
+    if is_sharded(state):
+        return {name: read_shards(path, name) for name in NETS}
     return {name: tensors[name] for name in NETS}
 
 
@@ -101,7 +102,7 @@ def test_two_sharded_processes_equal_one(sharded, tmp_path):
     two = _whole(out)
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(out))[1]
     assert state["layout"] == "sharded" and state["world_size"] == 2 and len(state["rng"]) == 2 and state["step"] == 6
-    assert sorted(p.name for p in (ckpt.latest_checkpoint(out) / ckpt.SHARDS_DIR).iterdir()) == [
+    assert sorted(p.name for p in (ckpt.latest_checkpoint(out) / SHARDS_DIR).iterdir()) == [
         ".metadata", "__0_0.distcp", "__1_0.distcp"]
     # Adam divides each gradient entry by its own size, so fp32 rounding of small entries (summed in
     # another order over 2 ranks, clipped by a norm taken over shards) reaches the weights at about
@@ -160,7 +161,7 @@ def test_sigkilled_sharded_run_resumes_bit_identical(sharded, tmp_path):
     a, b = ckpt.latest_checkpoint(full), ckpt.latest_checkpoint(out)
     assert a.name == b.name == "step-00000006"
     for prefix in NETS + ("optim",):
-        x, y = ckpt.read_shards(a, prefix), ckpt.read_shards(b, prefix)
+        x, y = read_shards(a, prefix), read_shards(b, prefix)
         assert x.keys() == y.keys() and len(x) > 0
         bad = [k for k in x if not torch.equal(x[k], y[k])]
         assert not bad, f"{prefix} differs: {bad[:5]}"
@@ -180,10 +181,10 @@ def test_resume_on_another_world_size_reshards(sharded, tmp_path):
     try:
         assert d.step == 4
         for name, net in (("generator", d.G), ("fake", d.fake), ("ema", d.ema.module)):
-            want = ckpt.read_shards(mid, name)
+            want = read_shards(mid, name)
             for k, v in net.state_dict().items():
                 assert torch.equal(v, want[k]), f"{name}.{k}"
-        moments = ckpt.read_shards(mid, "optim")
+        moments = read_shards(mid, "optim")
         for net, opt, name in ((d.G, d.opt_g, "generator"), (d.fake, d.opt_f, "fake")):
             for fqn, p in net.named_parameters():
                 for k in ("exp_avg", "exp_avg_sq", "step"):
@@ -197,7 +198,7 @@ def test_corrupt_shard_and_wrong_layout_are_refused(sharded, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(out, run)
     newest = ckpt.latest_checkpoint(run)
-    shard = newest / ckpt.SHARDS_DIR / "__1_0.distcp"
+    shard = newest / SHARDS_DIR / "__1_0.distcp"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
@@ -254,12 +255,12 @@ def test_sharded_text_to_image_run_exports_the_gathered_student(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("distilled 2 steps") == 1  # rank 0 alone prints the summary
     newest = ckpt.latest_checkpoint(tmp_path / "run")
-    assert ckpt.is_sharded(newest)
+    assert is_sharded(ckpt.load_checkpoint(newest)[1])
     export = subprocess.run([sys.executable, "-m", "fastdistill.cli", "export", "run", "exported"], cwd=tmp_path,
                             env=env, timeout=300, capture_output=True, text=True)
     assert export.returncode == 0, export.stderr[-3000:]
     got = load_file(tmp_path / "exported" / "unet" / "diffusion_pytorch_model.safetensors")
-    want = {k[len("unet."):]: v for k, v in ckpt.read_shards(newest, "ema").items() if k.startswith("unet.")}
+    want = {k[len("unet."):]: v for k, v in read_shards(newest, "ema").items() if k.startswith("unet.")}
     assert got.keys() == want.keys() and len(got) > 0
     assert all(torch.equal(got[k], want[k]) for k in got)
     before = load_file(tmp_path / "sd" / "unet" / "diffusion_pytorch_model.safetensors")

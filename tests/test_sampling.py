@@ -129,11 +129,9 @@ def test_bad_arguments():
 def nvidia_vectors():
     if not VECTORS.is_dir():
         pytest.skip(f"shared test vectors not found at {VECTORS} (a user's checkout has no ../shared)")
-    try:
-        from fastdistill.teachers import load_teacher
-    except ImportError as exc:
-        pytest.skip(f"fastdistill.teachers.load_teacher is not available yet: {exc}")
     from safetensors.torch import load_file
+
+    from fastdistill.teachers import load_teacher
 
     net = load_teacher(str(VECTORS / "edm_ddpmpp_tiny.safetensors")).eval()
     return net, load_file(str(VECTORS / "edm_sampler_ddpmpp_tiny.safetensors"))

@@ -14,18 +14,21 @@ no ``.safetensors``: networks, EMA and Adam states are a torch.distributed.check
 directory ``shards/`` (``.metadata`` plus one ``__<rank>_0.distcp`` per rank, keys
 ``generator.<param>``, ``fake.<param>``, ``ema.<param>``, ``optim.<net>.state.<param>.<moment>``),
 which every rank writes into the same temporary directory (:func:`begin_checkpoint`) before rank 0
-adds the rest; its files are checksummed and verified like the others. :func:`read_shards` reads
-one entry's whole tensors in one process, without a process group (export, evaluation).
+adds the rest; its files are checksummed and verified like the others. They are read only
+through :mod:`.shards`, which executes nothing from them, and only when the verified
+``state.json`` says the checkpoint is sharded.
 
 A checkpoint is first written to a hidden ``.tmp-`` directory (each file fsynced, then
 ``checksums.json``), then moved into place with one ``os.replace``: a process killed mid-write
 leaves only a temporary directory, which loading ignores and the next run or save removes.
 Pruning (the last ``keep_last`` checkpoints up to the one just written are kept) first renames
 a checkpoint to a temporary name, so a kill there leaves no half-deleted checkpoint either.
+Temporaries carry their writer's pid and are removed only once that process is gone, and only by
+the holder of the run's lock (a second launch refused by the lock touches nothing).
 
 Loading verifies every file against ``checksums.json`` and raises :class:`CheckpointCorruptError`
-(file and problem named) on a truncated file, a checksum mismatch, unreadable JSON or a
-missing file; a checkpoint written before checksums existed is loaded with a one-time warning
+(file and problem named) on a truncated file, a checksum mismatch, unreadable JSON, a missing
+file, a file the checksums do not list, or a listed name outside the checkpoint; a checkpoint written before checksums existed is loaded with a one-time warning
 that it cannot be verified. :func:`latest_verified_checkpoint` finds the newest intact
 checkpoint of a run and reports each newer one it skipped; :func:`resolve_checkpoint` does that
 for a run directory and checks a named checkpoint directory. A failed write (disk full, I/O
@@ -61,7 +64,7 @@ from ..teachers.checkpoint import CheckpointError
 __all__ = ["CheckpointCorruptError", "CheckpointWriteError", "CKPT_RE", "STATE_FILE", "CHECKSUMS_FILE",
            "FAULT_ENV", "FAULT_PHASES", "ckpt_root", "check_writable", "list_checkpoints", "latest_checkpoint",
            "latest_verified_checkpoint", "resolve_checkpoint", "verify_checkpoint", "save_checkpoint",
-           "load_checkpoint", "begin_checkpoint", "is_sharded", "read_shards", "SHARDS_DIR", "remove_stale_temporaries",
+           "load_checkpoint", "begin_checkpoint", "remove_stale_temporaries",
            "optimizer_tensors", "load_optimizer", "rng_state", "set_rng_state"]
 
 CKPT_RE = re.compile(r"^step-(\d{8,})$")
@@ -69,7 +72,6 @@ STATE_FILE = "state.json"
 CHECKSUMS_FILE = "checksums.json"
 CHECKSUMS_FORMAT = "fastdistill-checksums/1"
 TMP_PREFIX = ".tmp-"
-SHARDS_DIR = "shards"
 
 #: test hook, called with the path of every file once it is written (to simulate a crash)
 _after_file_written: Optional[Callable[[Path], None]] = None
@@ -148,21 +150,37 @@ def ckpt_root(out_dir) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process whose pid ends a temporary's name (``.tmp-...-<pid>``) still runs."""
+    pid = tmp.name.rpartition("-")[2]
+    if not pid.isdigit() or int(pid) <= 0:
+        return False
+    if int(pid) == os.getpid():
+        return False  # ours, left by a write of this process that failed
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 def remove_stale_temporaries(out_dir) -> list[Path]:
-    """Remove the ``.tmp-*`` directories a killed or failed writer left in ``<out_dir>/checkpoints``;
-    returns what was removed."""
+    """Remove the ``.tmp-*`` directories that killed or failed writers left in ``<out_dir>/checkpoints``
+    (those of live processes are kept); returns what was removed. Call only while holding the run lock."""
     root = ckpt_root(out_dir)
     if not root.is_dir():
         return []
-    stale = sorted(p for p in root.glob(TMP_PREFIX + "*") if p.is_dir())
+    stale = sorted(p for p in root.glob(TMP_PREFIX + "*") if p.is_dir() and not _writer_alive(p))
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
     return stale
 
 
 def check_writable(out_dir) -> None:
-    """Fail early, with a clear message, when ``out_dir`` cannot hold checkpoints; remove the
-    temporary directories an interrupted earlier run left there."""
+    """Fail early, with a clear message, when ``out_dir`` cannot hold checkpoints (touches nothing
+    that is there: this runs before the run lock is taken)."""
     root = ckpt_root(out_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -175,7 +193,6 @@ def check_writable(out_dir) -> None:
     except OSError as exc:
         raise PermissionError(f"output directory {out_dir!s} is not writable ({exc.strerror or exc}); "
                               f"choose another out_dir before training starts") from exc
-    remove_stale_temporaries(out_dir)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -351,11 +368,31 @@ def _read_checksums(path: Path) -> Optional[dict]:
         files = doc["files"]
         if doc.get("format") != CHECKSUMS_FORMAT or not isinstance(files, dict) or STATE_FILE not in files:
             raise ValueError(f"not a {CHECKSUMS_FORMAT} record")
-        return {str(k): {"size": int(v["size"]), "sha256": str(v["sha256"])} for k, v in files.items()}
+        sums = {str(k): {"size": int(v["size"]), "sha256": str(v["sha256"])} for k, v in files.items()}
     except OSError as exc:
         raise CheckpointCorruptError(path, CHECKSUMS_FILE, f"cannot be read ({exc.strerror or exc})") from exc
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise CheckpointCorruptError(path, CHECKSUMS_FILE, f"is unreadable ({exc})") from exc
+    for name in sums:
+        if not _confined(name):
+            raise CheckpointCorruptError(path, CHECKSUMS_FILE, f"lists {name!r}, a path outside the checkpoint")
+    entries = list(path.rglob("*"))
+    for p in entries:
+        if p.is_symlink():
+            raise CheckpointCorruptError(path, p.relative_to(path).as_posix(), "is a symbolic link (a checkpoint "
+                                         "holds plain files only)")
+    present = {p.relative_to(path).as_posix() for p in entries if not p.is_dir()}
+    unlisted = sorted(present - set(sums) - {CHECKSUMS_FILE})
+    if unlisted:
+        raise CheckpointCorruptError(path, unlisted[0], f"is not listed in {CHECKSUMS_FILE} (added after the "
+                                     f"checkpoint was written{f'; {len(unlisted) - 1} more' if len(unlisted) > 1 else ''})")
+    return sums
+
+
+def _confined(name: str) -> bool:
+    """A relative POSIX path of plain names below the checkpoint (no ``..``, no absolute path)."""
+    parts = name.split("/")
+    return bool(name) and not name.startswith("/") and "\\" not in name and all(p not in ("", ".", "..") for p in parts)
 
 
 def _check_bytes(path: Path, name: str, size: int, digest: str, expect: dict) -> None:
@@ -450,29 +487,6 @@ def load_checkpoint(path, *, log: Optional[Callable[[str], None]] = None) -> tup
     if not isinstance(state, dict):
         raise CheckpointCorruptError(path, STATE_FILE, f"holds a JSON {type(state).__name__}, not an object")
     return {name[:-len(".safetensors")]: t for name, t in parsed.items()}, state
-
-
-def is_sharded(path) -> bool:
-    """Whether a checkpoint directory holds its tensors as DCP shards (``distributed.strategy=fsdp``)."""
-    return (Path(path) / SHARDS_DIR).is_dir()
-
-
-def read_shards(path, prefix: str) -> dict[str, torch.Tensor]:
-    """The whole tensors of one entry (``ema``, ``generator`` or ``fake``) of a sharded checkpoint,
-    assembled in this process from every rank's shards (DCP without a process group), keyed as
-    the network's ``state_dict``. Verify the checkpoint first (:func:`resolve_checkpoint`)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    shards = Path(path) / SHARDS_DIR
-    meta = dcp.FileSystemReader(str(shards)).read_metadata().state_dict_metadata
-    start = prefix + "."
-    whole = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
-             if k.startswith(start) and isinstance(m, TensorStorageMetadata)}
-    if not whole:
-        raise CheckpointCorruptError(path, SHARDS_DIR, f"holds no {prefix} tensors")
-    dcp.load(whole, checkpoint_id=shards, no_dist=True)
-    return {k[len(start):]: v for k, v in whole.items()}
 
 
 def latest_verified_checkpoint(out_dir, log: Optional[Callable[[str], None]] = None) -> Optional[Path]:

@@ -8,12 +8,16 @@ evaluation, checkpoint and logging cadence, progress, device, threads) may chang
 resume; the remaining ones (learning rates, batch size, EMA, ...) need
 ``allow_config_change=true`` and each change is recorded in the checkpoints.
 
-A lock file in the run directory (process id, host, start time) stops a second process from
-writing into a live run. A lock left by a process that is gone on this host is reported and
-taken over; one held on another host (a shared file system) is taken over only with ``force=true``.
+A lock file in the run directory stops a second process from writing into a live run. It is
+held with ``flock`` (atomic; the kernel lets go when the process dies) and names its holder
+(process id, host, start time) for the messages. A lock whose file names a live process on this
+host is refused as well, and one naming another host (a shared file system) is taken over only
+with ``force=true``; a lock left by a process that is gone is reported and taken over.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -109,7 +113,7 @@ class RunLockedError(ConfigError):
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
@@ -122,50 +126,82 @@ class RunLock:
     def __init__(self, out_dir, force: bool = False, log: Callable[[str], None] = print):
         self.path = Path(out_dir) / LOCK_FILE
         self.force, self.log = force, log
-        self.held = False
+        self._fd: Optional[int] = None
 
-    def _read(self) -> Optional[dict]:
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    @staticmethod
+    def _owner(fd: int) -> Optional[dict]:
+        """Who the lock file names, or None when it names no one readable (empty, garbage, no pid)."""
         try:
-            return json.loads(self.path.read_text())
+            doc = json.loads(os.pread(fd, 1 << 16, 0).decode("utf-8"))
         except (OSError, ValueError):
             return None
+        if not isinstance(doc, dict) or not isinstance(doc.get("pid"), int) or doc["pid"] <= 0:
+            return None
+        return doc
 
     def acquire(self) -> None:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        for _ in range(10):  # the holder may release (unlink) between our open and our flock
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over(self._read(), me)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                other = self._owner(fd)
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                who = (f"process {other.get('pid')} on host {other.get('host')} (started {other.get('started')})"
+                       if other else "another process (which is still writing its lock)")
+                raise RunLockedError(f"{self.path.parent} is in use by {who}; wait for it to finish, or choose "
+                                     f"another out_dir") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
+            try:
+                self._take_over(self._owner(fd), me)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(me).encode("utf-8"), 0)
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
             return
         raise RunLockedError(f"could not take the lock {self.path}; remove it if no run uses this directory")
 
     def _take_over(self, other: Optional[dict], me: dict) -> None:
-        """Remove a lock that is ours, unreadable, stale on this host, or forced; refuse a live one."""
-        if other is not None and other.get("host") == me["host"]:
-            pid = int(other.get("pid", -1))
+        """We hold the flock: refuse a lock file naming a live process here, or another host unless forced."""
+        if other is None:
+            return
+        pid = other["pid"]
+        if other.get("host") == me["host"]:
             if pid != me["pid"] and _alive(pid):
                 raise RunLockedError(f"{self.path.parent} is in use by process {pid} on this host (started "
                                      f"{other.get('started')}); wait for it to finish, or choose another out_dir")
             if pid != me["pid"]:
                 self.log(f"fastdistill: taking over the lock of process {pid} (no longer running) in {self.path.parent}")
-        elif other is not None and not self.force:
-            raise RunLockedError(f"{self.path.parent} is locked by process {other.get('pid')} on host "
+        elif not self.force:
+            raise RunLockedError(f"{self.path.parent} is locked by process {pid} on host "
                                  f"{other.get('host')} (started {other.get('started')}); if that run is over, "
                                  f"take the lock with force=true (fastdistill distill --force)")
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
 
     def release(self) -> None:
-        if self.held:
-            other = self._read()
-            if other is not None and other.get("pid") == os.getpid():
-                self.path.unlink(missing_ok=True)
-            self.held = False
+        if self._fd is None:
+            return
+        try:  # unlink while still holding the flock; a waiter that opened this file sees it gone and retries
+            if os.fstat(self._fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self._fd)
+            self._fd = None

@@ -37,6 +37,7 @@ from .build import (bf16_is_fast, build_data, build_teacher, compile_network, co
 from .config import DistillConfig, preset_config
 from .ema import EMA, ema_beta
 from .lora import add_lora, set_trainable, trainable_parameters
+from .shards import SHARDS_DIR, load_shards
 from .prompts import encoded_prompts
 from .evaluator import LoopEvaluator, Quality, plot_run_curve
 from .identity import RunLock, architecture_of, changed_settings, describe, identity_differences, run_identity
@@ -152,10 +153,12 @@ class Distiller:
         self.per_rank = per_rank
 
     def _lock(self) -> None:
-        """Only one process writes into a run directory (rank 0 holds the lock for all ranks)."""
+        """Only one process writes into a run directory (rank 0 holds the lock for all ranks, and alone
+        clears what dead writers left, once it holds it)."""
         lock = RunLock(self.out_dir, force=self.cfg.force)
         if self.main:
             lock.acquire()
+            ckpt.remove_stale_temporaries(self.out_dir)
         self._release_lock = weakref.finalize(self, lock.release)
 
     def release(self) -> None:
@@ -415,7 +418,7 @@ class Distiller:
         if err:
             raise ckpt.CheckpointWriteError(err)
         tmp = Path(made)
-        dcp.save(self.sharded_state(), checkpoint_id=tmp / ckpt.SHARDS_DIR)
+        dcp.save(self.sharded_state(), checkpoint_id=tmp / SHARDS_DIR)
         D.barrier()
         return tmp
 
@@ -521,11 +524,10 @@ class Distiller:
     def _load_shards(self, path: Path) -> None:
         """Each rank reads its shards of a sharded checkpoint (DCP re-shards one written by another
         world size) into the networks, the EMA and the Adam states."""
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
         sd = self.sharded_state()
-        dcp.load(sd, checkpoint_id=path / ckpt.SHARDS_DIR)
+        load_shards(sd, path)
         for net, name in ((self.G, "generator"), (self.fake, "fake"), (self.ema.module, "ema")):
             set_model_state_dict(net, sd[name])
         set_optimizer_state_dict(self.G, self.opt_g, sd["optim"]["generator"])

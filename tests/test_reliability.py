@@ -1,0 +1,180 @@
+"""Reliability round 3, the three defects that come first: a checkpoint folder that runs code when
+loaded, a refused second launch that deletes the live run's in-flight checkpoint, and a run lock
+that two processes can hold at once. Each test failed on the code before its fix."""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from fastdistill.engine import Distiller
+from fastdistill.engine import checkpoint as ckpt
+from fastdistill.engine.identity import LOCK_FILE, RunLock, RunLockedError
+from fastdistill.engine.shards import SHARDS_DIR, load_shards, read_shards
+from fastdistill.student import load_student
+from tests._engine_helpers import tiny_config, tiny_teacher
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the file ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "run"
+    Distiller(tiny_config(out, steps=2, ckpt_every=2), teacher=tiny_teacher(0)).run()
+    return out
+
+
+def _rewrite_checksums(path: Path) -> None:
+    """What an attacker who controls the folder does: list every file, with its true checksum."""
+    sums = {p.relative_to(path).as_posix(): {"size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+            for p in sorted(path.rglob("*")) if p.is_file() and p.name != ckpt.CHECKSUMS_FILE}
+    (path / ckpt.CHECKSUMS_FILE).write_text(json.dumps({"format": ckpt.CHECKSUMS_FORMAT, "files": sums}))
+
+
+def test_a_planted_shard_metadata_is_refused_and_never_unpickled(whole_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(whole_run, run)
+    newest = ckpt.latest_checkpoint(run)
+    marker = tmp_path / "pwned"
+    (newest / SHARDS_DIR).mkdir()
+    (newest / SHARDS_DIR / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    # unlisted: the checkpoint fails verification (and is skipped for the older one, which is intact)
+    with pytest.raises(ckpt.CheckpointCorruptError, match=r"shards/.metadata is not listed in checksums.json"):
+        ckpt.verify_checkpoint(newest)
+    with pytest.raises(ckpt.CheckpointCorruptError, match="not listed"):
+        load_student(newest, network=tiny_teacher(0))
+    assert not marker.exists()
+    # listed too, but state.json says whole: the shards are never read
+    _rewrite_checksums(newest)
+    load_student(newest, network=tiny_teacher(0))
+    assert not marker.exists()
+    # and where state.json claims shards, the metadata goes through the restricted reader
+    state = json.loads((newest / ckpt.STATE_FILE).read_text())
+    (newest / ckpt.STATE_FILE).write_text(json.dumps({**state, "layout": "sharded"}))
+    _rewrite_checksums(newest)
+    with pytest.raises(ckpt.CheckpointCorruptError, match=r"shards/.metadata is refused.*builtins.exec"):
+        load_student(newest, network=tiny_teacher(0))
+    assert not marker.exists()
+
+
+def test_shard_entries_are_read_as_weights_only(tmp_path):
+    """DCP's own format round-trips through the restricted reader; a non-tensor entry that runs code does not."""
+    shards = tmp_path / "ck" / SHARDS_DIR
+    want = {"ema.w": torch.randn(3, 4), "ema.b": torch.randn(4).bfloat16(), "optim.lr": 0.01, "optim.betas": (0.9, 0.99)}
+    dcp.save(dict(want), checkpoint_id=shards, no_dist=True)
+    got = {"ema.w": torch.zeros(3, 4), "ema.b": torch.zeros(4, dtype=torch.bfloat16), "optim.lr": None,
+           "optim.betas": None}
+    load_shards(got, tmp_path / "ck", no_dist=True)
+    assert torch.equal(got["ema.w"], want["ema.w"]) and torch.equal(got["ema.b"], want["ema.b"])
+    assert got["optim.lr"] == 0.01 and tuple(got["optim.betas"]) == (0.9, 0.99)
+    assert set(read_shards(tmp_path / "ck", "ema")) == {"w", "b"}
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil" / SHARDS_DIR
+    dcp.save({"ema.w": torch.zeros(2), "optim.lr": _Payload(marker)}, checkpoint_id=evil, no_dist=True)
+    with pytest.raises(ckpt.CheckpointCorruptError, match="is refused"):
+        load_shards({"ema.w": torch.zeros(2), "optim.lr": None}, tmp_path / "evil", no_dist=True)
+    assert not marker.exists()
+
+
+SLOW_RUN = ("from fastdistill.engine import Distiller\nfrom tests._engine_helpers import tiny_config, tiny_teacher\n"
+            "import sys\nDistiller(tiny_config(sys.argv[1], threads=1, steps=10**7, ckpt_every=0, log_every=10**6),"
+            " teacher=tiny_teacher(0)).run()\n")
+
+
+def test_a_refused_second_launch_touches_nothing_of_the_live_run(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(tmp_path)], cwd=REPO, env=env)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / LOCK_FILE).exists() or not (tmp_path / LOCK_FILE).read_text():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        in_flight = ckpt.ckpt_root(tmp_path) / f".tmp-step-00000042-{proc.pid}"  # the live run's write under way
+        in_flight.mkdir(parents=True)
+        (in_flight / "generator.safetensors").write_bytes(b"half written")
+        with pytest.raises(RunLockedError, match=f"process {proc.pid}"):
+            Distiller(tiny_config(tmp_path, resume="auto"), teacher=tiny_teacher(0))
+        assert (in_flight / "generator.safetensors").read_bytes() == b"half written"
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _contend(out: str, start: float, log: str) -> None:
+    """One contender: take the lock at ``start``, hold it briefly, record the interval it held it."""
+    time.sleep(max(0.0, start - time.time()))
+    lock = RunLock(out, log=lambda msg: None)
+    try:
+        lock.acquire()
+    except RunLockedError:
+        return
+    t0 = time.monotonic()
+    time.sleep(0.05)
+    t1 = time.monotonic()
+    lock.release()
+    with open(log, "a") as f:
+        f.write(f"{t0} {t1}\n")
+
+
+TRIALS = 12  # the lock before flock was shared in about 24 of 25 such trials
+
+
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="forks the contenders")
+@pytest.mark.parametrize("stale", [False, True], ids=["fresh-folder", "over-a-stale-lock"])
+def test_the_run_lock_is_never_held_by_two_processes(tmp_path, stale):
+    ctx = mp.get_context("fork")
+    overlaps, holders = 0, 0
+    for trial in range(TRIALS):
+        out = tmp_path / f"t{trial}"
+        out.mkdir()
+        if stale:  # left by a process that is gone
+            (out / LOCK_FILE).write_text(json.dumps({"pid": 2**22 + 12345, "host": os.uname().nodename,
+                                                     "started": "then"}))
+        log = tmp_path / f"t{trial}.log"
+        start = time.time() + 0.1
+        procs = [ctx.Process(target=_contend, args=(str(out), start, str(log))) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        spans = sorted(tuple(map(float, line.split())) for line in log.read_text().splitlines()) if log.exists() else []
+        holders += len(spans)
+        overlaps += sum(b[0] < a[1] for a, b in zip(spans, spans[1:]))
+    assert holders >= TRIALS  # someone took it every time
+    assert overlaps == 0, f"two processes held the lock at once in {overlaps} of {TRIALS} trials"
+
+
+def test_a_lock_naming_no_owner_is_taken_over_not_waited_for(tmp_path):
+    for content in ("", "[1, 2]", json.dumps({"pid": 0, "host": os.uname().nodename}), json.dumps({"host": "x"}),
+                    json.dumps({"pid": 10**30, "host": os.uname().nodename})):
+        (tmp_path / LOCK_FILE).write_text(content)
+        lock = RunLock(tmp_path, log=lambda msg: None)
+        lock.acquire()
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+        lock.release()
+        assert not (tmp_path / LOCK_FILE).exists()
