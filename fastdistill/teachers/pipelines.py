@@ -6,7 +6,9 @@ training scale, plus the pipeline's own prompt encoding and VAE decoding. diffus
 folder and encodes prompts; only the conversion of the network's output to an x0-prediction is
 written here: the discrete VP form of :class:`DiffusersDenoiser` for the UNet families and
 PixArt (:class:`PipelineTeacher`), the flow-matching form of :class:`FlowMatchDenoiser` for SD3
-and Flux (:class:`FlowPipelineTeacher`).
+and Flux (:class:`FlowPipelineTeacher`). What differs between families (components, prompt
+encoding, the network's inputs) is the family's own file under :mod:`.families`, found by the
+pipeline class the folder names.
 
 The pipeline parts the denoiser does not train (tokenizers, text encoders, VAE) are shared, not
 copied, by every copy of the teacher (the generator, fake network and EMA start as copies), so
@@ -17,7 +19,6 @@ engine casts and checkpoints ``teacher.unet``.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 import warnings
@@ -29,34 +30,10 @@ import torch
 from ..conditioning import Conditioning
 from .diffusers_adapter import (DiffusersDenoiser, FlowMatchDenoiser, _alphas_cumprod_from_config, _require_diffusers,
                                 _sample_of)
+from .families import PipelineFamily, call_default, family_for, registered
 
-__all__ = ["PipelineTeacher", "FlowPipelineTeacher", "load_pipeline_teacher", "is_pipeline_folder",
-           "SUPPORTED_PIPELINES"]
+__all__ = ["PipelineTeacher", "FlowPipelineTeacher", "load_pipeline_teacher", "is_pipeline_folder", "supported_pipelines"]
 
-#: pipeline class (model_index.json ``_class_name``) -> the family this adapter knows
-SUPPORTED_PIPELINES = {
-    "StableDiffusionPipeline": "Stable Diffusion 1.x/2.x",
-    "StableDiffusionXLPipeline": "SDXL",
-    "PixArtAlphaPipeline": "PixArt-alpha",
-    "PixArtSigmaPipeline": "PixArt-Sigma",
-    "StableDiffusion3Pipeline": "SD3",
-    "FluxPipeline": "Flux",
-}
-_UNET_FAMILIES = ("Stable Diffusion 1.x/2.x", "SDXL")
-_PIXART = ("PixArt-alpha", "PixArt-Sigma")
-_FLOW_FAMILIES = ("SD3", "Flux")
-_COMMON = ("vae", "text_encoder", "tokenizer", "scheduler")
-#: family -> the components its folder must hold (each a sub-folder listed in model_index.json)
-_REQUIRED = {
-    "Stable Diffusion 1.x/2.x": ("unet",) + _COMMON,
-    "SDXL": ("unet",) + _COMMON + ("text_encoder_2", "tokenizer_2"),
-    "PixArt-alpha": ("transformer",) + _COMMON,
-    "PixArt-Sigma": ("transformer",) + _COMMON,
-    "SD3": ("transformer",) + _COMMON + ("text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3"),
-    "Flux": ("transformer",) + _COMMON + ("text_encoder_2", "tokenizer_2"),
-}
-#: family -> the pipeline attribute holding its T5 tokenizer (its limit is the call's max_sequence_length)
-_T5_TOKENIZER = {"PixArt-alpha": "tokenizer", "PixArt-Sigma": "tokenizer", "SD3": "tokenizer_3", "Flux": "tokenizer_2"}
 _ENCODER_NAMES = ("text_encoder", "text_encoder_2", "text_encoder_3")
 _TOKENIZER_NAMES = ("tokenizer", "tokenizer_2", "tokenizer_3")
 
@@ -83,17 +60,9 @@ def is_pipeline_folder(path) -> bool:
     return isinstance(name, str) and name.endswith("Pipeline") and name not in ("DDPMPipeline", "DDIMPipeline")
 
 
-def _call_default(pipe, name: str):
-    """A default of the pipeline's own ``__call__`` (what a user of the pipeline gets)."""
-    return inspect.signature(type(pipe).__call__).parameters[name].default
-
-
-def _cleans_captions(pipe) -> bool:
-    """PixArt's caption cleaning as its call does it: on by default, where its two libraries are
-    installed (the pipeline itself turns it off, with a warning per call, where they are not)."""
-    from diffusers.utils import is_bs4_available, is_ftfy_available
-
-    return bool(_call_default(pipe, "clean_caption")) and is_bs4_available() and is_ftfy_available()
+def supported_pipelines() -> str:
+    """The registered pipeline classes and their families, for messages."""
+    return ", ".join(f"{k} ({v.name})" for k, v in registered().items())
 
 
 class _TextToImage:
@@ -102,14 +71,16 @@ class _TextToImage:
 
     latent = True  # the methods use section 9's recipe (teacher timesteps, the teacher's own objective)
 
-    def _init_pipeline(self, pipe, family: str) -> None:
-        self.family = family
+    def _init_pipeline(self, pipe, spec: PipelineFamily) -> None:
+        self.spec = spec
+        self.family = spec.name
         self.parts = _Shared(pipe)
         self._null: Optional[Conditioning] = None
-        t5 = _T5_TOKENIZER.get(family)
+        self.cond_dim = spec.cond_dim(self.unet)
+        t5 = spec.t5_tokenizer
         #: T5's sequence length: the pipeline call's default, within the tokenizer's own limit
         self.max_sequence_length = None if t5 is None else int(
-            min(_call_default(pipe, "max_sequence_length"), getattr(pipe, t5).model_max_length))
+            min(call_default(pipe, "max_sequence_length"), getattr(pipe, t5).model_max_length))
 
     @property
     def resolution(self) -> int:
@@ -160,38 +131,11 @@ class _TextToImage:
         if pipe.text_encoder is None:
             raise RuntimeError("this teacher's text encoders were released after its training prompts were encoded; "
                                "load the pipeline again (load_teacher / load_student) to encode new prompts")
-        device, family = pipe.text_encoder.device, self.family
-        if family == "Stable Diffusion 1.x/2.x":
-            embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
-            return Conditioning(embeds=embeds.float().cpu())
-        if family == "SDXL":
-            embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
-                                                      do_classifier_free_guidance=False)
-            r = self.resolution
-            time_ids = torch.tensor([[r, r, 0, 0, r, r]], dtype=torch.float32).repeat(len(prompts), 1)
-            return Conditioning(embeds=embeds.float().cpu(), pooled=pooled.float().cpu(), extra={"time_ids": time_ids})
-        if family in _PIXART:
-            embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device,
-                                                    clean_caption=_cleans_captions(pipe),
-                                                    max_sequence_length=self.max_sequence_length)
-            extra = {}
-            if self.unet.use_additional_conditions:  # PixArt-alpha's micro-conditions: (height, width), height / width
-                r = float(self.resolution)
-                extra = {"resolution": torch.tensor([[r, r]]).repeat(len(prompts), 1),
-                         "aspect_ratio": torch.ones(len(prompts), 1)}
-            return Conditioning(embeds=embeds.float().cpu(), mask=mask.cpu(), extra=extra)
-        if family == "SD3":
-            embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, do_classifier_free_guidance=False,
-                                                      max_sequence_length=self.max_sequence_length)
-            return Conditioning(embeds=embeds.float().cpu(), pooled=pooled.float().cpu())
-        embeds, pooled, _ = pipe.encode_prompt(prompts, device=device, max_sequence_length=self.max_sequence_length)
-        extra = {} if self.embedded_guidance is None else {
-            "guidance": torch.full((len(prompts),), self.embedded_guidance, dtype=torch.float32)}
-        return Conditioning(embeds=embeds.float().cpu(), pooled=pooled.float().cpu(), extra=extra)
+        return self.spec.encode(self, pipe, prompts, pipe.text_encoder.device)
 
     def _warn_truncation(self, prompts: list) -> None:
         pipe = self.parts.pipe
-        t5 = _T5_TOKENIZER.get(self.family)
+        t5 = self.spec.t5_tokenizer
         for name in _TOKENIZER_NAMES:
             tok = getattr(pipe, name, None)
             if tok is None:
@@ -217,8 +161,10 @@ class _TextToImage:
         return torch.cat(out) if out else torch.zeros((0, 3, self.resolution, self.resolution))
 
     # -- conditioning checks ---------------------------------------------------------------
-    def _text(self, cond, batch: int, device, dtype, width: int, *, pooled_width: Optional[int] = None):
-        """``cond``'s embeddings (and pooled embedding) on ``device`` / ``dtype``, checked against the network."""
+    def text_inputs(self, cond, batch: int, device, dtype, *, pooled: bool = False):
+        """``cond``'s embeddings (and, with ``pooled``, its pooled embedding, else None) on ``device`` /
+        ``dtype``, checked against the network's widths."""
+        width, pooled_width = self.cond_dim, self.pooled_dim if pooled else None
         if not isinstance(cond, Conditioning) or cond.embeds is None:
             raise ValueError("a text-to-image teacher needs text conditioning: cond = teacher.encode_prompt(prompts)")
         if cond.batch_size != batch:
@@ -254,38 +200,18 @@ class PipelineTeacher(_TextToImage, DiffusersDenoiser):
     about unit std.
     """
 
-    def __init__(self, pipe, alphas_cumprod, prediction_type: str, family: str, resolution: Optional[int] = None):
-        network = pipe.unet if family in _UNET_FAMILIES else pipe.transformer
+    def __init__(self, pipe, alphas_cumprod, prediction_type: str, spec: PipelineFamily,
+                 resolution: Optional[int] = None):
+        network = getattr(pipe, spec.network)
         self.vae_scale_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         latent_res = None if resolution is None else _latent_resolution(resolution, self.vae_scale_factor)
         super().__init__(network, alphas_cumprod, prediction_type=prediction_type, sigma_data=1.0,
                          img_channels=int(network.config.in_channels), img_resolution=latent_res, label_dim=0)
-        self._init_pipeline(pipe, family)
-        self.cond_dim = int(network.config.cross_attention_dim if family in _UNET_FAMILIES
-                            else network.config.caption_channels)
+        self._init_pipeline(pipe, spec)
 
     # -- the network call ----------------------------------------------------------------
     def network_inputs(self, cond, batch: int, device, dtype) -> dict:
-        embeds, _ = self._text(cond, batch, device, dtype, self.cond_dim)
-        inputs = {"encoder_hidden_states": embeds}
-        if self.family == "SDXL":
-            if cond.pooled is None or "time_ids" not in cond.extra:
-                raise ValueError("an SDXL teacher needs pooled embeddings and time ids: cond = teacher.encode_prompt(prompts)")
-            inputs["added_cond_kwargs"] = {"text_embeds": cond.pooled.to(device=device, dtype=dtype),
-                                           "time_ids": cond.extra["time_ids"].to(device=device, dtype=dtype)}
-        elif self.family in _PIXART:
-            if cond.mask is None:
-                raise ValueError("a PixArt teacher needs the T5 attention mask: cond = teacher.encode_prompt(prompts)")
-            inputs["encoder_attention_mask"] = cond.mask.to(device)
-            added = {"resolution": None, "aspect_ratio": None}
-            if self.unet.use_additional_conditions:
-                missing = [k for k in added if k not in cond.extra]
-                if missing:
-                    raise ValueError(f"this PixArt-alpha transformer needs the {' and '.join(missing)} micro-conditions: "
-                                     f"cond = teacher.encode_prompt(prompts)")
-                added = {k: cond.extra[k].to(device=device, dtype=dtype) for k in added}
-            inputs["added_cond_kwargs"] = added
-        return inputs
+        return self.spec.network_inputs(self, cond, batch, device, dtype)
 
     def network_output(self, x_vp: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         inputs = self.network_inputs(cond, x_vp.shape[0], x_vp.device, x_vp.dtype)
@@ -306,26 +232,19 @@ class FlowPipelineTeacher(_TextToImage, FlowMatchDenoiser):
     text: zeros, as the pipeline makes them) and unpacks the velocity.
     """
 
-    def __init__(self, pipe, family: str, num_train_timesteps: int, resolution: Optional[int] = None):
-        network = pipe.transformer
+    def __init__(self, pipe, spec: PipelineFamily, num_train_timesteps: int, resolution: Optional[int] = None):
+        network = getattr(pipe, spec.network)
         self.vae_scale_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        cfg = network.config
-        if resolution is None:  # SD3: the transformer's sample_size; Flux's transformer has none: the VAE's
-            resolution = (int(cfg.sample_size) * self.vae_scale_factor if family == "SD3"
-                          else int(pipe.vae.config.sample_size))
-        latent_res = _latent_resolution(resolution, self.vae_scale_factor * (2 if family == "Flux" else 1))
-        if family == "Flux":
-            latent_res *= 2  # Flux packs 2 x 2 latent patches: the latent side must be even
+        if resolution is None:
+            resolution = spec.default_resolution(pipe, self.vae_scale_factor)
+        latent_res = _latent_resolution(resolution, self.vae_scale_factor * spec.patch) * spec.patch
         T = int(num_train_timesteps)
-        super().__init__(network, timestep_scale=T if family == "SD3" else T / 1000.0,
-                         img_channels=int(cfg.in_channels) // (4 if family == "Flux" else 1),
+        super().__init__(network, timestep_scale=spec.timestep_scale(T), img_channels=spec.latent_channels(network),
                          img_resolution=latent_res, num_train_timesteps=T)
-        self._init_pipeline(pipe, family)
-        self.cond_dim = int(cfg.joint_attention_dim)
-        self.pooled_dim = int(cfg.pooled_projection_dim)
-        guidance = family == "Flux" and bool(getattr(cfg, "guidance_embeds", False))
-        #: Flux-dev's guidance input (the pipeline's default); None: the network has none
-        self.embedded_guidance = float(_call_default(pipe, "guidance_scale")) if guidance else None
+        self.pooled_dim = int(network.config.pooled_projection_dim)
+        #: the network's own guidance input (FLUX.1-dev; the pipeline's default); None: it has none
+        self.embedded_guidance = spec.embedded_guidance(pipe)
+        self._init_pipeline(pipe, spec)
 
     @property
     def guidance_distilled(self) -> bool:
@@ -333,29 +252,8 @@ class FlowPipelineTeacher(_TextToImage, FlowMatchDenoiser):
         return self.embedded_guidance is not None
 
     def network_output(self, x_t: torch.Tensor, timestep: torch.Tensor, cond) -> torch.Tensor:
-        B, dev, dtype = x_t.shape[0], x_t.device, x_t.dtype
-        embeds, pooled = self._text(cond, B, dev, dtype, self.cond_dim, pooled_width=self.pooled_dim)
-        timestep = timestep.to(dev)  # float32, as the pipelines pass it (1000 t in bf16 would lose its fraction)
-        if self.family == "SD3":
-            return _sample_of(self.unet(hidden_states=x_t, timestep=timestep, encoder_hidden_states=embeds,
-                                        pooled_projections=pooled, return_dict=False))
-        guidance = None
-        if self.guidance_distilled:
-            if "guidance" not in cond.extra:
-                raise ValueError("this Flux transformer is guidance-distilled: cond.extra['guidance'] must hold its "
-                                 "guidance value per sample (cond = teacher.encode_prompt(prompts))")
-            guidance = cond.extra["guidance"].to(device=dev, dtype=torch.float32).reshape(B)
-        pipe_cls = type(self.parts.pipe)
-        C, h, w = x_t.shape[1:]
-        if h % 2 or w % 2:
-            raise ValueError(f"Flux packs 2 x 2 latent patches: the latent sides must be even, got {h} x {w}")
-        tokens = pipe_cls._pack_latents(x_t, B, C, h, w)
-        img_ids = pipe_cls._prepare_latent_image_ids(B, h // 2, w // 2, dev, dtype)
-        txt_ids = torch.zeros(embeds.shape[1], 3, device=dev, dtype=dtype)
-        v = _sample_of(self.unet(hidden_states=tokens, timestep=timestep, guidance=guidance, pooled_projections=pooled,
-                                 encoder_hidden_states=embeds, txt_ids=txt_ids, img_ids=img_ids, return_dict=False))
-        f = self.vae_scale_factor
-        return pipe_cls._unpack_latents(v, h * f, w * f, f)
+        # float32, as the pipelines pass it (1000 t in bf16 would lose its fraction)
+        return self.spec.velocity(self, x_t, timestep.to(x_t.device), cond)
 
 
 def _latent_resolution(resolution: int, factor: int) -> int:
@@ -375,15 +273,13 @@ def _dtype_argument(dtype: torch.dtype) -> dict:
     return {"dtype" if new else "torch_dtype": dtype}
 
 
-def _check_components(root: Path, name: str, family: str, index: dict) -> None:
+def _check_components(root: Path, spec: PipelineFamily, index: dict) -> None:
     """Refuse a folder whose denoising network is another family's, or that lacks a component."""
-    required = _REQUIRED[family]
-    network = required[0]
+    required, network, name = spec.required, spec.network, spec.pipeline
     other = "transformer" if network == "unet" else "unet"
     if isinstance(index.get(other), list) and index[other][0] is not None and not isinstance(index.get(network), list):
-        known = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_PIPELINES.items())
         raise ValueError(f"{root}: a {name} is not supported with a {other} ({index[other][-1]}) in place of its "
-                         f"{network}; supported pipelines: {known}")
+                         f"{network}; supported pipelines: {supported_pipelines()}")
     missing = [c for c in required if not isinstance(index.get(c), list) or index.get(c)[0] is None
                or not (root / c).is_dir()]
     if missing:
@@ -408,31 +304,28 @@ def load_pipeline_teacher(path, *, resolution: Optional[int] = None, device="cpu
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{root}/model_index.json is not valid JSON ({exc})") from None
     name = index.get("_class_name", "?")
-    if name not in SUPPORTED_PIPELINES:
-        known = ", ".join(f"{k} ({v})" for k, v in SUPPORTED_PIPELINES.items())
-        raise ValueError(f"{root}: a {name} is not supported as a teacher; supported pipelines: {known}")
-    family = SUPPORTED_PIPELINES[name]
-    _check_components(root, name, family, index)
+    spec = family_for(name) if isinstance(name, str) else None
+    if spec is None:
+        raise ValueError(f"{root}: a {name} is not supported as a teacher; supported pipelines: {supported_pipelines()}")
+    _check_components(root, spec, index)
     _require_diffusers()
     import diffusers
 
     scfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    if family in _FLOW_FAMILIES:
+    if spec.flow:
         if not str(scfg.get("_class_name", "")).startswith("FlowMatch"):
             raise ValueError(f"{root}: a {name} needs a flow-matching scheduler (FlowMatchEulerDiscreteScheduler), "
                              f"got {scfg.get('_class_name', '?')}")
         abar = None
     else:
         abar = _alphas_cumprod_from_config(scfg, str(root / "scheduler"))
-    kw = _dtype_argument(dtype)
-    if name == "StableDiffusionPipeline":
-        kw.update(safety_checker=None, requires_safety_checker=False)
-    pipe = getattr(diffusers, name).from_pretrained(str(root), local_files_only=True, **kw)
+    pipe = getattr(diffusers, name).from_pretrained(str(root), local_files_only=True, **_dtype_argument(dtype),
+                                                    **spec.load_kwargs())
     pipe.set_progress_bar_config(disable=True)
-    if abar is None:
-        teacher = FlowPipelineTeacher(pipe, family, scfg.get("num_train_timesteps", 1000), resolution)
+    if spec.flow:
+        teacher = FlowPipelineTeacher(pipe, spec, scfg.get("num_train_timesteps", 1000), resolution)
     else:
-        teacher = PipelineTeacher(pipe, abar, scfg.get("prediction_type", "epsilon"), family, resolution)
+        teacher = PipelineTeacher(pipe, abar, scfg.get("prediction_type", "epsilon"), spec, resolution)
     pipe.to(device)
     for part in [*teacher.text_encoders, pipe.vae]:
         part.eval().requires_grad_(False)

@@ -1,0 +1,63 @@
+"""Every registered teacher family meets the family protocol: its own file, the attributes and
+methods its kind needs, and a tiny pipeline of it that loads as a teacher and denoises. A family
+added without a builder here fails the last test, so none is registered untested."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")  # the diffusers extra
+
+from fastdistill.teachers import load_teacher  # noqa: E402
+from fastdistill.teachers.families import PipelineFamily, family_for, registered  # noqa: E402
+from tests import tiny_pipelines as tp  # noqa: E402
+
+BUILDERS = {
+    "StableDiffusionPipeline": tp.make_sd_pipeline,
+    "StableDiffusionXLPipeline": tp.make_sdxl_pipeline,
+    "PixArtAlphaPipeline": tp.make_pixart_pipeline,
+    "PixArtSigmaPipeline": lambda folder: tp.make_pixart_pipeline(folder, sigma=True),
+    "StableDiffusion3Pipeline": tp.make_sd3_pipeline,
+    "FluxPipeline": tp.make_flux_pipeline,
+}
+
+
+def _overrides(family: PipelineFamily, method: str) -> bool:
+    return getattr(type(family), method) is not getattr(PipelineFamily, method)
+
+
+@pytest.mark.parametrize("pipeline", list(registered()))
+def test_family_declares_what_its_kind_needs(pipeline):
+    import diffusers
+
+    family = family_for(pipeline)
+    assert family.pipeline == pipeline and family.name and hasattr(diffusers, pipeline)
+    assert family.network in ("unet", "transformer") and family.network not in family.components
+    assert {"vae", "scheduler", "text_encoder", "tokenizer"} <= set(family.components)
+    if family.t5_tokenizer is not None:
+        assert family.t5_tokenizer in family.components
+    needs = ["cond_dim", "encode"] + (["velocity", "default_resolution"] if family.flow else ["network_inputs"])
+    missing = [m for m in needs if not _overrides(family, m)]
+    assert not missing, f"{type(family).__name__} does not implement {missing}"
+    assert Path(inspect.getfile(type(family))).parent.name == "families"
+
+
+def test_each_family_lives_in_its_own_file():
+    files: dict[str, set] = {}
+    for family in registered().values():
+        files.setdefault(inspect.getfile(type(family)), set()).add(family.name.split("-")[0])
+    assert all(len(names) == 1 for names in files.values()), files  # variants of one family may share a file
+
+
+@pytest.mark.parametrize("pipeline", list(registered()))
+def test_a_tiny_pipeline_of_each_family_loads_and_denoises(pipeline, tmp_path):
+    assert pipeline in BUILDERS, f"no tiny {pipeline} to test its family with: add a builder to tests/tiny_pipelines.py"
+    teacher = load_teacher(str(BUILDERS[pipeline](tmp_path / "pipe")))
+    assert teacher.spec is family_for(pipeline) and teacher.family == teacher.spec.name
+    cond = teacher.encode_prompt(["a cat", "a dog"])
+    x = torch.randn(2, teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+    out = teacher(x, torch.tensor([0.5, 3.0]), cond)
+    assert out.shape == x.shape and torch.isfinite(out).all()
