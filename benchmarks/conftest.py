@@ -3,7 +3,7 @@
 Every benchmark records its median time (and a few facts) in `RESULTS`; at the end of the
 session `pytest_terminal_summary` prints, per (op, batch, shape), the fused backend against the
 eager reference, against `torch.compile` of the reference, and its achieved bandwidth as a
-fraction of a same-size `copy_` timed in the same session (DESIGN.md, "Performance").
+fraction of a same-size `copy_` timed in the same session (docs/performance.md).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@
 //
 // Every op is a forward that returns the per-sample loss (B,) already multiplied by `scale`
 // and the gradients of that scaled loss with respect to each differentiable input (the
-// gradient-in-forward scheme of DESIGN.md). Semantics: fastdistill/ops/reference.py.
+// gradient-in-forward scheme, docs/losses.md). Semantics: fastdistill/ops/reference.py.
 #include <Python.h>
 #include <torch/library.h>
 
