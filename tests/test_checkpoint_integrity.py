@@ -1,7 +1,8 @@
 """Checkpoint integrity: checksums verified on load, fallback to the newest intact checkpoint
 (resume, ``load_student``, ``fastdistill sample``), clear errors for corrupt checkpoints and
 failed writes, stale temporaries removed, and SIGKILLs injected at seeded points of 20
-checkpoint writes (``FASTDISTILL_FAULT_INJECT``) that each resume to a bit-identical end.
+checkpoint writes (through the seam ``checkpoint.phase_hook``, tests/_faults.py) that each
+resume to a bit-identical end.
 
 New names are reached as ``ckpt.<name>`` inside the tests so that the module imports on an
 older fastdistill and each test fails there for its own reason.
@@ -23,6 +24,7 @@ from fastdistill.engine import Distiller, TrainingDiverged
 from fastdistill.engine import checkpoint as ckpt
 from fastdistill.student import load_student
 from fastdistill.teachers import CheckpointError
+from tests import _faults as faults
 from tests._engine_helpers import tiny_config, tiny_teacher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,7 +127,7 @@ def _prunes(n_existing: int, k: int) -> tuple[int, int]:
 
 
 def _fork_segment(out, spec: str) -> int:
-    """One training process (forked, resume=auto) with FASTDISTILL_FAULT_INJECT=spec; its wait status."""
+    """One training process (forked, resume=auto) with the faults of ``spec`` installed; its wait status."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -134,7 +136,7 @@ def _fork_segment(out, spec: str) -> int:
         try:
             signal.alarm(120)  # a hang is a failure, not a stuck test
             torch.set_num_threads(1)  # also after run() restores it: a forked OpenMP pool must stay unused
-            os.environ[ckpt.FAULT_ENV] = spec
+            faults.install(spec)
             Distiller(config(out, steps=STEPS, resume="auto", keep_last=KEEP), teacher=teacher()).run()
             code = 0
         except BaseException:
@@ -151,7 +153,7 @@ def _fork_segment(out, spec: str) -> int:
 
 @pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(signal, "SIGKILL"), reason="needs fork and SIGKILL")
 def test_sigkill_at_seeded_points_of_20_checkpoint_writes_resumes_bit_identical(tmp_path):
-    """20 processes each SIGKILLed by FASTDISTILL_FAULT_INJECT inside one checkpoint write (every
+    """20 processes each SIGKILLed by an injected fault inside one checkpoint write (every
     phase 4 times, in a seeded order, at a seeded file / occurrence), each resumed by the next; the
     last one runs to the end. After every kill no complete checkpoint is lost or corrupt, and the
     final checkpoint equals an uninterrupted run's bit for bit."""
@@ -159,7 +161,7 @@ def test_sigkill_at_seeded_points_of_20_checkpoint_writes_resumes_bit_identical(
     run(ref, steps=STEPS, keep_last=KEEP)
     out = tmp_path / "killed"
     rng = random.Random(SEED)
-    phases = list(ckpt.FAULT_PHASES) * (KILLS // len(ckpt.FAULT_PHASES))
+    phases = list(ckpt.WRITE_PHASES) * (KILLS // len(ckpt.WRITE_PHASES))
     rng.shuffle(phases)
     done, log = 0, []
     while phases:
@@ -208,13 +210,9 @@ def test_sigkill_at_seeded_points_of_20_checkpoint_writes_resumes_bit_identical(
 
 
 def test_fault_spec_is_checked():
-    os.environ[ckpt.FAULT_ENV] = "rename:1"
-    try:
-        with pytest.raises(ValueError, match="FASTDISTILL_FAULT_INJECT"):
-            ckpt._fault_point("write", "x")
-    finally:
-        del os.environ[ckpt.FAULT_ENV]
-        ckpt._fault_point("write", "x")  # back to no injection
+    with pytest.raises(ValueError, match="fault spec 'rename:1'"):
+        faults.install("rename:1")
+    assert ckpt.phase_hook is None
 
 
 # ----------------------------------------------------------------------------- corrupt checkpoints
@@ -398,12 +396,11 @@ def test_leftover_temporaries_of_dead_writers_are_removed_when_a_run_starts(run6
 
 
 # ----------------------------------------------------------------------------- the command line
-def _cli(*args, env_extra=None, timeout=300):
+def _cli(*args, faults_spec="", timeout=300):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop(ckpt.FAULT_ENV, None)
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "fastdistill.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    command = ["-c", faults.CLI, faults_spec] if faults_spec else ["-m", "fastdistill.cli"]
+    return subprocess.run([sys.executable, *command, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -412,7 +409,7 @@ def toy_run(tmp_path_factory):
     before its 4th checkpoint is renamed into place: steps 1-3 complete, step 4 a temporary."""
     out = tmp_path_factory.mktemp("toy") / "run"
     r = _cli("distill", *TOY, f"out_dir={out}", "steps=5", "ckpt_every=1",
-             env_extra={"FASTDISTILL_FAULT_INJECT": "before-rename:4"})
+             faults_spec="before-rename:4")
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     assert "killing this process at before-rename #4" in r.stderr
     return out

@@ -34,11 +34,11 @@ checkpoint of a run and reports each newer one it skipped; :func:`resolve_checkp
 for a run directory and checks a named checkpoint directory. A failed write (disk full, I/O
 error, permissions) removes its temporary directory and raises :class:`CheckpointWriteError`.
 
-Fault injection (tests): ``FASTDISTILL_FAULT_INJECT="<phase>:<n>[,<phase>:<n>...]"`` SIGKILLs the
-process at the ``n``-th occurrence (counted from 1 in this process) of a write phase, one of
-:data:`FAULT_PHASES`: ``write`` (halfway through each data file), ``checksums`` (halfway through
-``checksums.json``), ``before-rename``, ``after-rename`` (the checkpoint is in place, not yet
-pruned) and ``prune`` (an old checkpoint renamed away, not yet deleted).
+A test seam for fault injection: :data:`phase_hook`, when a test sets it, is called with the
+phase and the file or checkpoint name at every point of :data:`WRITE_PHASES`: ``write`` (halfway
+through each data file), ``checksums`` (halfway through ``checksums.json``), ``before-rename``,
+``after-rename`` (the checkpoint is in place, not yet pruned) and ``prune`` (an old checkpoint
+renamed away, not yet deleted). The SIGKILL tests install a hook there (tests/_faults.py).
 """
 from __future__ import annotations
 
@@ -49,7 +49,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -62,7 +61,7 @@ from safetensors.torch import save as _st_save
 from ..teachers.checkpoint import CheckpointError
 
 __all__ = ["CheckpointCorruptError", "CheckpointWriteError", "CKPT_RE", "STATE_FILE", "CHECKSUMS_FILE",
-           "FAULT_ENV", "FAULT_PHASES", "ckpt_root", "check_writable", "list_checkpoints", "latest_checkpoint",
+           "WRITE_PHASES", "ckpt_root", "check_writable", "list_checkpoints", "latest_checkpoint",
            "latest_verified_checkpoint", "resolve_checkpoint", "verify_checkpoint", "save_checkpoint",
            "load_checkpoint", "begin_checkpoint", "remove_stale_temporaries",
            "optimizer_tensors", "load_optimizer", "rng_state", "set_rng_state"]
@@ -73,11 +72,12 @@ CHECKSUMS_FILE = "checksums.json"
 CHECKSUMS_FORMAT = "fastdistill-checksums/1"
 TMP_PREFIX = ".tmp-"
 
-#: test hook, called with the path of every file once it is written (to simulate a crash)
+#: test seam, called with the path of every file once it is written (to simulate a crash)
 _after_file_written: Optional[Callable[[Path], None]] = None
 
-FAULT_ENV = "FASTDISTILL_FAULT_INJECT"
-FAULT_PHASES = ("write", "checksums", "before-rename", "after-rename", "prune")
+WRITE_PHASES = ("write", "checksums", "before-rename", "after-rename", "prune")
+#: test seam, called as ``phase_hook(phase, name)`` at every point of :data:`WRITE_PHASES`
+phase_hook: Optional[Callable[[str, str], None]] = None
 
 
 class CheckpointCorruptError(CheckpointError, ValueError):
@@ -113,36 +113,9 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------------- fault injection
-_fault_spec: Optional[str] = None
-_fault_targets: dict[str, int] = {}
-_fault_counts: dict[str, int] = {}
-
-
-def _parse_fault_spec(spec: str) -> dict[str, int]:
-    targets = {}
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        phase, _, n = item.rpartition(":")
-        if phase not in FAULT_PHASES or not n.isdigit() or int(n) < 1:
-            raise ValueError(f"{FAULT_ENV}={spec!r}: expected <phase>:<n> with n >= 1 and phase one of "
-                             f"{', '.join(FAULT_PHASES)}")
-        targets[phase] = int(n)
-    return targets
-
-
 def _fault_point(phase: str, what) -> None:
-    """Count one occurrence of ``phase``; SIGKILL this process when ``FASTDISTILL_FAULT_INJECT`` says so."""
-    global _fault_spec, _fault_targets, _fault_counts
-    spec = os.environ.get(FAULT_ENV, "")
-    if spec != _fault_spec:  # (re)read: counting starts when the variable is set or changed
-        _fault_targets, _fault_counts, _fault_spec = _parse_fault_spec(spec), {}, spec
-    if not _fault_targets:
-        return
-    n = _fault_counts[phase] = _fault_counts.get(phase, 0) + 1
-    if _fault_targets.get(phase) == n:
-        _stderr(f"fastdistill: {FAULT_ENV}={spec}: killing this process at {phase} #{n} ({what})")
-        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
-        os._exit(137)  # not reached where SIGKILL exists
+    if phase_hook is not None:
+        phase_hook(phase, str(what))
 
 
 # ---------------------------------------------------------------------- files
