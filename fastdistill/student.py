@@ -36,7 +36,7 @@ from .engine import checkpoint as ckpt
 from .engine.build import make_mlp
 from .engine.config import LoRAConfig
 from .engine.lora import add_lora
-from .engine.loop import FORMAT
+from .engine.run_checkpoints import FORMAT
 from .engine.shards import is_sharded, read_shards
 from .export import STUDENT_FILE
 from .metrics import EvalError

@@ -309,7 +309,7 @@ def _lora_config(out, folder, prompts, **over):
 
 def _state(d):
     out = {}
-    for name, sd in d.state_tensors().items():
+    for name, sd in d.trained.whole_tensors()[0].items():
         out.update({f"{name}.{k}": v.detach().clone() for k, v in sd.items()})
     return out
 

@@ -178,3 +178,17 @@ def test_a_lock_naming_no_owner_is_taken_over_not_waited_for(tmp_path):
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
         lock.release()
         assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_checkpoint_renamed_to_another_step_is_skipped_not_resumed(whole_run, tmp_path, capsys):
+    """Item 11: a folder renamed to a higher step is refused by name, and the run resumes from the
+    newest checkpoint whose state matches its name."""
+    run = tmp_path / "run"
+    shutil.copytree(whole_run, run)
+    newest = ckpt.latest_checkpoint(run)
+    renamed = newest.parent / "step-00000099"
+    shutil.copytree(newest, renamed)
+    with pytest.raises(ckpt.CheckpointCorruptError, match=r"records step 2, but the folder is named step-00000099"):
+        ckpt.verify_checkpoint(renamed)
+    assert ckpt.latest_verified_checkpoint(run) == newest
+    assert "skipped checkpoint" in capsys.readouterr().err

@@ -25,7 +25,7 @@ def teacher():
 
 def state_of(d: Distiller) -> dict:
     out = {}
-    for name, sd in d.state_tensors().items():
+    for name, sd in d.trained.whole_tensors()[0].items():
         out.update({f"{name}.{k}": v.detach().clone() for k, v in sd.items()})
     return out
 

@@ -435,7 +435,20 @@ def verify_checkpoint(path, *, log: Optional[Callable[[str], None]] = None) -> b
         except OSError as exc:
             raise CheckpointCorruptError(path, name, f"cannot be read ({exc.strerror or exc})") from exc
         _check_bytes(path, name, got["size"], got["sha256"], expect)
+    _check_state(path, _parse(path, STATE_FILE, _read(path, STATE_FILE)))
     return True
+
+
+def _check_state(path: Path, state) -> dict:
+    """``state.json`` is an object, and a ``step-N`` folder's state is at step N (a folder renamed
+    to another step would otherwise win or lose every resume)."""
+    if not isinstance(state, dict):
+        raise CheckpointCorruptError(path, STATE_FILE, f"holds a JSON {type(state).__name__}, not an object")
+    named = CKPT_RE.match(path.name)
+    if named and "step" in state and state["step"] != int(named.group(1)):
+        raise CheckpointCorruptError(path, STATE_FILE, f"records step {state['step']!r}, but the folder is named "
+                                     f"{path.name} (renamed?)")
+    return state
 
 
 def load_checkpoint(path, *, log: Optional[Callable[[str], None]] = None) -> tuple[dict[str, dict], dict]:
@@ -456,9 +469,7 @@ def load_checkpoint(path, *, log: Optional[Callable[[str], None]] = None) -> tup
         parsed[name] = _parse(path, name, data)
     if sums is None:
         _warn_unverified(path, log)
-    state = parsed.pop(STATE_FILE)
-    if not isinstance(state, dict):
-        raise CheckpointCorruptError(path, STATE_FILE, f"holds a JSON {type(state).__name__}, not an object")
+    state = _check_state(path, parsed.pop(STATE_FILE))
     return {name[:-len(".safetensors")]: t for name, t in parsed.items()}, state
 
 

@@ -30,7 +30,8 @@ import torch
 
 from ..methods import ConfigError
 
-__all__ = ["run_identity", "architecture_of", "identity_differences", "changed_settings", "FREE_KEYS", "RunLock", "RunLockedError"]
+__all__ = ["run_identity", "architecture_of", "identity_differences", "changed_settings", "check_resume", "FREE_KEYS",
+           "RunLock", "RunLockedError"]
 
 #: settings that may change freely when a run is resumed (a trailing dot: the whole section)
 FREE_KEYS = ("steps", "resume", "out_dir", "prompt_cache", "device", "threads", "compile", "compile_scope", "compile_mode", "channels_last", "activation_checkpointing", "progress",
@@ -103,6 +104,35 @@ def changed_settings(recorded_config: dict, current_config: dict, defaults: Opti
 
 def describe(diffs: dict) -> str:
     return "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diffs.items())
+
+
+def check_resume(path: Path, state: dict, cfg, identity: dict, main: bool) -> list[dict]:
+    """Resume only the same run: refuse another identity, and changed settings unless
+    ``cfg.allow_config_change``; returns the run's record of setting changes, this one appended."""
+    from .config import DistillConfig
+
+    recorded = state.get("identity")
+    if recorded is None:
+        if main:
+            print(f"fastdistill: {path} records no run identity (written by an older fastdistill); resuming "
+                  f"without checking that it is the same run")
+    else:
+        diffs = identity_differences(recorded, identity)
+        if diffs:
+            raise ConfigError(f"{path.parent.parent} holds a different run ({describe(diffs)}): start this one in "
+                              f"another out_dir, or resume with that run's settings")
+    defaults = DistillConfig().with_overrides([f"method.name={cfg.method.name}"]).to_dict()
+    changed = changed_settings(state.get("config", {}), cfg.to_dict(), defaults)
+    changes = list(state.get("config_changes", []))
+    if changed:
+        if not cfg.allow_config_change:
+            raise ConfigError(f"resuming {path} with changed settings ({describe(changed)}): pass "
+                              f"allow_config_change=true to continue with them (the change is recorded), or "
+                              f"resume with the run's settings")
+        changes.append({"step": int(state["step"]), "changes": {k: list(v) for k, v in changed.items()}})
+        if main:
+            print(f"fastdistill: settings changed at step {state['step']} (recorded): {describe(changed)}")
+    return changes
 
 
 # ----------------------------------------------------------------------------- the lock

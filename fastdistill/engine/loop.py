@@ -37,14 +37,13 @@ from .build import (bf16_is_fast, build_data, build_teacher, compile_network, co
 from .config import DistillConfig, preset_config
 from .ema import EMA, ema_beta
 from .lora import add_lora, set_trainable, trainable_parameters
-from .shards import SHARDS_DIR, load_shards
+from .run_checkpoints import RunCheckpoints, Trained
 from .prompts import encoded_prompts
 from .evaluator import LoopEvaluator, Quality, plot_run_curve
-from .identity import RunLock, architecture_of, changed_settings, describe, identity_differences, run_identity
+from .identity import RunLock, architecture_of, check_resume, run_identity
 from .monitor import NVTX, MetricsLogger, progress_bar
 from .optim import make_adam, sanitize_grads
 
-FORMAT = "fastdistill-distill/1"
 #: signals that checkpoint the run and stop it (see Distiller._install_signal_handlers)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 RESUME_HINT = "resume with resume=auto"  # printed when a run stops early (Ctrl-C, request_stop)
@@ -100,7 +99,9 @@ class Distiller:
         self._check_output()
         self._lock()
         try:
-            self.resume_path = self._find_resume()
+            self.checkpoints = RunCheckpoints(self.out_dir, cfg.keep_last, sharded=self.sharded, main=self.main,
+                                              rank=self.rank, world=self.world)
+            self.resume_path = self.checkpoints.find(cfg.resume)
             self._seed_global_rngs()
             self._build_networks(teacher, init_network)
             self.identity = run_identity(cfg, self.teacher, architecture_of(self.G, self.arch_config or self.arch))
@@ -369,88 +370,25 @@ class Distiller:
             data_generator=self.data_gen, shape=tuple(self.shape), label_dim=self.label_dim,
             device=self.device, seed=cfg.seed, progress=cfg.progress and self.main))
 
-    # ------------------------------------------------------------------ resume
-    def _find_resume(self) -> Optional[Path]:
-        r = self.cfg.resume
-        if r == "none":
-            existing = ckpt.list_checkpoints(self.out_dir) if self.main else []
-            if existing:
-                raise ConfigError(f"resume=none, but {self.out_dir} already holds checkpoints (up to {existing[-1].name}) "
-                                  f"of a run: continue it with resume=auto, or start the new run in another out_dir")
-            return None
-        log = None if self.main else (lambda msg: None)  # skipped (corrupt) checkpoints: said once, on stderr
-        if r == "auto":
-            return ckpt.latest_verified_checkpoint(self.out_dir, log=log)
-        try:  # a checkpoint directory (verified; a corrupt one is an error) or a run directory
-            return ckpt.resolve_checkpoint(r, log=log)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"resume={r!r}: no complete checkpoint found there") from None
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def trained(self) -> Trained:
+        return Trained({"generator": self.G, "fake": self.fake, "ema": self.ema.module},
+                       {"generator": self.opt_g, "fake": self.opt_f})
 
-    def state_tensors(self) -> dict:
-        og, gg = ckpt.optimizer_tensors(self.opt_g, "generator")
-        of, gf = ckpt.optimizer_tensors(self.opt_f, "fake")
-        self._groups = {"generator": gg, "fake": gf}
-        return {"generator": self.G.state_dict(), "ema": self.ema.module.state_dict(),
-                "fake": self.fake.state_dict(), "optim": {**og, **of}}
-
-    def sharded_state(self) -> dict:
-        """Networks, EMA and Adam states as torch.distributed.checkpoint state dicts (DTensor shards
-        under FSDP, keyed by parameter name, so DCP can re-shard them for another world size)."""
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
-        return {"generator": get_model_state_dict(self.G), "fake": get_model_state_dict(self.fake),
-                "ema": get_model_state_dict(self.ema.module),
-                "optim": {"generator": get_optimizer_state_dict(self.G, self.opt_g),
-                          "fake": get_optimizer_state_dict(self.fake, self.opt_f)}}
-
-    def _write_shards(self) -> Path:
-        """Every rank writes its shards (DCP) into the checkpoint's temporary directory, which rank 0
-        made; returns that directory (for rank 0 to checksum, complete and rename)."""
-        import torch.distributed.checkpoint as dcp
-
-        made = err = None
-        if self.main:
-            try:
-                made = str(ckpt.begin_checkpoint(self.out_dir, self.step))
-            except OSError as exc:
-                err = f"could not write checkpoint step {self.step} in {self.out_dir}: {exc.strerror or exc}"
-        made, err = D.broadcast_object((made, err))
-        if err:
-            raise ckpt.CheckpointWriteError(err)
-        tmp = Path(made)
-        dcp.save(self.sharded_state(), checkpoint_id=tmp / SHARDS_DIR)
-        D.barrier()
-        return tmp
+    def _record(self) -> dict:
+        """The run's facts for a checkpoint's state.json, beside what :class:`RunCheckpoints` adds."""
+        return {"config": self.cfg.to_dict(), "images_seen": self.images_seen, "nan_steps": self.nan_steps,
+                "consecutive_nan": self.consecutive_nan, "student": self.student_record(),
+                "sigma_data": self.sigma_data, "init": self.init, "arch": self.arch, "arch_config": self.arch_config,
+                "identity": self.identity, "config_changes": self.config_changes,
+                "initial_quality": self.initial_quality,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
 
     def save(self) -> Optional[Path]:
-        """Checkpoint (collective: every rank contributes its RNG state, and its shards under
-        strategy=fsdp; rank 0 writes the rest, the checksums, and renames it into place)."""
-        rngs = D.all_gather_object(ckpt.rng_state({"noise": self.gen, "data": self.data_gen}))
-        path = err = None
-        tmp = self._write_shards() if self.sharded else None
-        if self.main:
-            with self.nvtx("checkpoint"):
-                tensors = {} if self.sharded else self.state_tensors()
-                state = {
-                    "format": FORMAT, "config": self.cfg.to_dict(), "step": self.step,
-                    "images_seen": self.images_seen, "nan_steps": self.nan_steps,
-                    "consecutive_nan": self.consecutive_nan, "param_groups": None if self.sharded else self._groups,
-                    "layout": "sharded" if self.sharded else "whole",
-                    "world_size": self.world, "rng": rngs, "student": self.student_record(),
-                    "sigma_data": self.sigma_data, "init": self.init, "arch": self.arch,
-                    "arch_config": self.arch_config, "identity": self.identity, "config_changes": self.config_changes,
-                    "initial_quality": self.initial_quality,
-                    "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                }
-                try:
-                    path = ckpt.save_checkpoint(self.out_dir, self.step, tensors, state, self.cfg.keep_last, tmp=tmp)
-                except ckpt.CheckpointWriteError as exc:
-                    err = exc
-        msg = D.broadcast_object(None if err is None else str(err))  # a failed write stops every rank
-        if msg:
-            raise err if err is not None else ckpt.CheckpointWriteError(msg)
-        D.barrier()
-        return path
+        """Checkpoint (collective; the path on rank 0)."""
+        with self.nvtx("checkpoint"):
+            return self.checkpoints.save(self.step, self.trained, self._record, {"noise": self.gen, "data": self.data_gen})
 
     def student_record(self) -> dict:
         """What a trained student is, for ``fastdistill.student`` (checkpoints and exports carry it)."""
@@ -464,74 +402,18 @@ class Distiller:
                     data_shape=list(self.shape), label_dim=self.label_dim,
                     cond_kind=kind, teacher=teacher, step=self.step)
 
-    def _check_identity(self, path: Path, state: dict) -> None:
-        """Resume only the same run: refuse another identity, and changed settings unless allowed."""
-        recorded = state.get("identity")
-        if recorded is None:
-            if self.main:
-                print(f"fastdistill: {path} records no run identity (written by an older fastdistill); resuming "
-                      f"without checking that it is the same run")
-        else:
-            diffs = identity_differences(recorded, self.identity)
-            if diffs:
-                raise ConfigError(f"{path.parent.parent} holds a different run ({describe(diffs)}): start this one in "
-                                  f"another out_dir, or resume with that run's settings")
-        defaults = DistillConfig().with_overrides([f"method.name={self.cfg.method.name}"]).to_dict()
-        changed = changed_settings(state.get("config", {}), self.cfg.to_dict(), defaults)
-        self.config_changes = list(state.get("config_changes", []))
-        if changed:
-            if not self.cfg.allow_config_change:
-                raise ConfigError(f"resuming {path} with changed settings ({describe(changed)}): pass "
-                                  f"allow_config_change=true to continue with them (the change is recorded), or "
-                                  f"resume with the run's settings")
-            self.config_changes.append({"step": int(state["step"]), "changes": {k: list(v) for k, v in changed.items()}})
-            if self.main:
-                print(f"fastdistill: settings changed at step {state['step']} (recorded): {describe(changed)}")
-
     def load(self, path: Path) -> None:
-        tensors, state = ckpt.load_checkpoint(path)
-        if state.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a distillation checkpoint (format {state.get('format')!r})")
-        self._check_identity(path, state)
-        layout = state.get("layout", "whole")
-        if layout != ("sharded" if self.sharded else "whole"):
-            raise ConfigError(f"{path} is a {layout} checkpoint (distributed.strategy="
-                              f"{'fsdp' if layout == 'sharded' else 'ddp'}); resume it with that strategy, or load "
-                              f"its student (fastdistill.load_student) to start a new run from it")
-        if self.sharded:
-            self._load_shards(path)
-        else:
-            self.G.load_state_dict(tensors["generator"])
-            self.fake.load_state_dict(tensors["fake"])
-            self.ema.module.load_state_dict(tensors["ema"])
-            groups = state["param_groups"]
-            ckpt.load_optimizer(self.opt_g, tensors["optim"], groups["generator"], "generator")
-            ckpt.load_optimizer(self.opt_f, tensors["optim"], groups["fake"], "fake")
+        tensors, state = self.checkpoints.read(path)
+        self.config_changes = check_resume(path, state, self.cfg, self.identity, self.main)
+        self.checkpoints.restore(path, tensors, state, self.trained, {"noise": self.gen, "data": self.data_gen})
         self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
         self.nan_steps, self.consecutive_nan = int(state["nan_steps"]), int(state["consecutive_nan"])
         self.initial_quality = state.get("initial_quality")  # the generator before distillation, for the summary
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        rngs = state["rng"]
-        if len(rngs) == self.world:
-            ckpt.set_rng_state(rngs[self.rank], {"noise": self.gen, "data": self.data_gen})
-        elif self.main:
-            print(f"fastdistill: checkpoint written by {len(rngs)} ranks, resuming on {self.world}: RNG streams reseeded")
         self.resumed_from = str(path)
         if self.main:
             print(f"fastdistill: resuming from step {self.step} of {path.parent.parent}", flush=True)
-
-    def _load_shards(self, path: Path) -> None:
-        """Each rank reads its shards of a sharded checkpoint (DCP re-shards one written by another
-        world size) into the networks, the EMA and the Adam states."""
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-
-        sd = self.sharded_state()
-        load_shards(sd, path)
-        for net, name in ((self.G, "generator"), (self.fake, "fake"), (self.ema.module, "ema")):
-            set_model_state_dict(net, sd[name])
-        set_optimizer_state_dict(self.G, self.opt_g, sd["optim"]["generator"])
-        set_optimizer_state_dict(self.fake, self.opt_f, sd["optim"]["fake"])
 
     # ------------------------------------------------------------------ noise
     def _noises(self, kind: str):
@@ -638,10 +520,7 @@ class Distiller:
             self.nan_steps += 1
             self.consecutive_nan += 1
             if self.consecutive_nan >= self.cfg.max_nan_steps:
-                try:
-                    good = ckpt.latest_verified_checkpoint(self.out_dir, log=None if self.main else (lambda m: None))
-                except ckpt.CheckpointCorruptError:
-                    good = None
+                good = self.checkpoints.last_good()
                 raise TrainingDiverged(
                     f"stopping at step {self.step}: {self.consecutive_nan} consecutive non-finite steps "
                     f"({self.nan_steps} in total). Lower optim.lr, try precision=fp32, or check the teacher; "
