@@ -10,7 +10,7 @@ pytest.importorskip("diffusers", reason="diffusers is an optional dependency")
 pytest.importorskip("transformers", reason="transformers is an optional dependency")
 
 from fastdistill.cli import main  # noqa: E402
-from fastdistill.data.digit_prompts import (DIGIT_NAMES, HELDOUT_TEMPLATES, TRAIN_TEMPLATES,  # noqa: E402
+from fastdistill.data.digit_prompts import (HELDOUT_TEMPLATES, TRAIN_TEMPLATES,  # noqa: E402
                                             digit_prompts, prompt_words)
 from fastdistill.engine import Distiller, preset_config  # noqa: E402
 from fastdistill.metrics.digits_classifier import load_digits_classifier  # noqa: E402

@@ -9,7 +9,6 @@ Tokenizers keep prompts to `MODEL_MAX_LENGTH` (16) tokens, bos and eos included.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Union

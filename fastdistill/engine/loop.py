@@ -32,11 +32,12 @@ from ..plotting import image_grid, scatter_panels
 from ..sampling import DEFAULT_SIGMA_END, data_shape_of, draw
 from . import checkpoint as ckpt
 from . import distributed as D
-from .build import (bf16_is_fast, build_data, build_teacher, compile_network, copy_net, fit_denoiser, make_mlp, mlp_arch,
+from .build import (bf16_is_fast, build_data, build_teacher, copy_net, fit_denoiser, make_mlp, mlp_arch,
                     resolve_init)
 from .config import DistillConfig, preset_config
 from .ema import EMA, ema_beta
 from .lora import add_lora, set_trainable, trainable_parameters
+from .parallel import parallelize, teacher_precision
 from .run_checkpoints import RunCheckpoints, Trained
 from .prompts import encoded_prompts
 from .evaluator import LoopEvaluator, Quality, plot_run_curve
@@ -73,21 +74,6 @@ def _slice(noise, a: int, b: int):
                                           for f in dataclasses.fields(noise)})
 
 
-class _Checkpointed(torch.nn.Module):
-    """Activation checkpointing of a whole network call (recompute in backward)."""
-
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *args):
-        if torch.is_grad_enabled():
-            from torch.utils.checkpoint import checkpoint
-
-            return checkpoint(self.fn, *args, use_reentrant=False)
-        return self.fn(*args)
-
-
 class Distiller:
     """Holds the networks, optimisers and state of one run. ``Distiller(cfg).run()``."""
 
@@ -99,7 +85,7 @@ class Distiller:
         self._check_output()
         self._lock()
         try:
-            self.checkpoints = RunCheckpoints(self.out_dir, cfg.keep_last, sharded=self.sharded, main=self.main,
+            self.checkpoints = RunCheckpoints(self.out_dir, cfg.keep_last, sharded=cfg.distributed.strategy == "fsdp", main=self.main,
                                               rank=self.rank, world=self.world)
             self.resume_path = self.checkpoints.find(cfg.resume)
             self._seed_global_rngs()
@@ -110,7 +96,7 @@ class Distiller:
             self._build_optimizers()
             self._bind_method()
             self.evaluator = LoopEvaluator.for_run(cfg, self.teacher, self.shape) if self.main else None
-            if self.fsdp and D.broadcast_object(self.evaluator is not None):
+            if self.par.sharded and D.broadcast_object(self.evaluator is not None):
                 raise ConfigError("distributed.strategy=fsdp does not evaluate during training yet (rank 0 alone "
                                   "would need the whole teacher and generator): set eval_data=none and score the "
                                   "run afterwards with `fastdistill eval`")
@@ -137,11 +123,9 @@ class Distiller:
         """Device, process group, threads, and the per-rank / per-micro-batch split of the batch."""
         cfg = self.cfg
         self.device = D.local_device(cfg.device)
-        self.distributed = D.init_from_env(cfg.distributed.backend, self.device)
+        D.init_from_env(cfg.distributed.backend, self.device)
         self.rank, self.world = D.rank(), D.world_size()
         self.main = self.rank == 0
-        self.sharded = cfg.distributed.strategy == "fsdp"  # sharded checkpoints, at any world size
-        self.fsdp = self.sharded and self.distributed  # FSDP2-sharded networks
         self._prev_threads = torch.get_num_threads()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)  # restored when run() returns
@@ -234,25 +218,10 @@ class Distiller:
             add_lora(self.G, lo)
         if lo.rank and lo.networks in ("both", "fake"):
             add_lora(self.fake, lo)
-        self.trainable = {"generator": trainable_parameters(self.G), "fake": trainable_parameters(self.fake)}
-        if self.distributed:  # identical starting weights (adapters included) on every rank
-            for net in (self.G, self.fake):
-                for t in list(net.parameters()) + list(net.buffers()):
-                    torch.distributed.broadcast(t.data, src=0)
-        self.ema = EMA(self.G, copy_net(self.G), self.trainable["generator"])
-        bf16 = cfg.teacher.dtype == "bf16" or (cfg.teacher.dtype == "auto" and getattr(self.teacher, "latent", False)
-                                               and bf16_is_fast(self.device))
-        unet = getattr(self.teacher, "unet", None)
-        # other teachers in bf16: FSDP2's mixed precision, when the teacher is sharded (_build_callables)
-        self.teacher_param_dtype = torch.bfloat16 if bf16 and unet is None and self.fsdp else None
-        if bf16 and unet is None and not self.fsdp:
-            raise ConfigError("teacher.dtype=bf16 is for diffusers teachers (their UNet runs in bf16, the schedule "
-                              "stays in float64) and for teachers sharded by distributed.strategy=fsdp under "
-                              "torchrun; use precision=bf16 to autocast other teachers")
-        if bf16 and unet is not None:  # after the copies, which keep the teacher's fp32 weights
-            unet.to(torch.bfloat16)
+        self._ema_net = copy_net(self.G)  # the EMA itself is made once the networks are parallelized
+        self.teacher_param_dtype = teacher_precision(cfg, self.teacher, self.device)  # after the copies (fp32)
         if cfg.channels_last:  # 4-D weights only; activations follow the weights' layout
-            for net in (self.teacher, self.G, self.fake, self.ema.module):
+            for net in (self.teacher, self.G, self.fake, self._ema_net):
                 if isinstance(net, torch.nn.Module):
                     net.to(memory_format=torch.channels_last)
 
@@ -291,62 +260,16 @@ class Distiller:
         self.scaler = torch.amp.GradScaler(dev_type) if cfg.precision == "fp16" else None
 
     def _build_callables(self) -> None:
-        """DDP for the trained passes and plain modules elsewhere, or FSDP2-sharded modules
-        throughout (strategy=fsdp); optional compile / checkpointing."""
-        cfg = self.cfg
-        if self.fsdp:
-            self._shard_networks()
-        else:
-            self.g_ddp = D.wrap_ddp(self.G, self.device)
-            self.f_ddp = D.wrap_ddp(self.fake, self.device)
-        teacher_call = self.teacher
-        if self.distributed and (cfg.distributed.fsdp_teacher or self.fsdp) and isinstance(self.teacher, torch.nn.Module):
-            teacher_call = D.shard_teacher(self.teacher, self.teacher_param_dtype)
-
-        # diffusers UNets checkpoint block by block (their own implementation), all three networks,
-        # since SiD's and SIM's gradients pass through the teacher too; other networks as a whole call
-        per_block = cfg.activation_checkpointing and all(
-            hasattr(getattr(n, "unet", None), "enable_gradient_checkpointing") for n in (self.G, self.fake, self.teacher))
-        if per_block:
-            for net in (self.G, self.fake, self.teacher):
-                net.unet.enable_gradient_checkpointing()
-
-        def prep(fn, grad_path=True):
-            if cfg.compile:
-                fn = compile_network(fn, cfg.compile_scope, cfg.compile_mode)
-            if cfg.activation_checkpointing and grad_path and not per_block:
-                fn = _Checkpointed(fn)
-            return fn
-
-        self.g_train = prep(self.g_ddp)
-        self.g_eval = prep(self.G, grad_path=False) if self.distributed and not self.fsdp else self.g_train
-        self.f_train = prep(self.f_ddp)
-        self.f_frozen = prep(self.fake) if self.distributed and not self.fsdp else self.f_train
-        self.t_call = prep(teacher_call) if isinstance(teacher_call, torch.nn.Module) else teacher_call
-
-    def _shard_networks(self) -> None:
-        """FSDP2 of the generator, fake network and EMA (fp32 masters, gradients reduce-scattered);
-        the trained-parameter lists and the EMA pairs are taken again from the sharded (DTensor)
-        parameters. A parameter-free frame of the generator is kept for :meth:`whole_ema`."""
-        self._frame = D.skeleton(self.G)
-        for net in (self.G, self.fake, self.ema.module):
-            D.shard(net)
-        self.g_ddp, self.f_ddp = self.G, self.fake
+        """How the networks are called (:func:`parallelize`), then what is trained and the EMA."""
+        self.par = parallelize(self.G, self.fake, self._ema_net, self.teacher, self.cfg, self.device,
+                               self.teacher_param_dtype)
         self.trainable = {"generator": trainable_parameters(self.G), "fake": trainable_parameters(self.fake)}
-        self.ema = EMA(self.G, self.ema.module, self.trainable["generator"])
-
-    def _reshard(self) -> None:
-        """Under FSDP: every network back to its shards (:func:`distributed.reshard`), at each phase
-        and before the EMA update, so trainable flags, optimiser, EMA and state dicts act on them."""
-        if self.fsdp:
-            for net in (self.G, self.fake, self.teacher):
-                if isinstance(net, torch.nn.Module):
-                    D.reshard(net)
+        self.ema = EMA(self.G, self._ema_net, self.trainable["generator"])
+        del self._ema_net
 
     def whole_ema(self) -> Optional[torch.nn.Module]:
-        """The EMA generator as one plain module for rank 0's samples, pictures and export: under FSDP
-        gathered from the shards (collective: every rank calls it; None on the others), else the EMA."""
-        return D.gather_whole(self.ema.module, self._frame, self.device) if self.fsdp else self.ema.module
+        """The EMA generator as one module on rank 0 (collective; None on the other ranks when sharded)."""
+        return self.par.whole(self.ema.module)
 
     def _build_optimizers(self) -> None:
         cfg, o = self.cfg, self.cfg.optim
@@ -365,7 +288,7 @@ class Distiller:
             return
         cfg = self.cfg
         self.method.bind(MethodContext(
-            teacher=self.t_call, net=self.G, ema=self.ema.module,
+            teacher=self.par.t_call, net=self.G, ema=self.ema.module,
             data=build_data(cfg, self.teacher, self.shape, self.label_dim) if "data" in self.method.needs else None,
             data_generator=self.data_gen, shape=tuple(self.shape), label_dim=self.label_dim,
             device=self.device, seed=cfg.seed, progress=cfg.progress and self.main))
@@ -435,35 +358,35 @@ class Distiller:
         ``kept`` holds each generator micro-batch's detached samples and conditioning when
         ``keep_samples``; a fake update given ``samples`` fits those instead of fresh ones."""
         accum = self.cfg.optim.grad_accum
-        self._reshard()
+        self.par.reshard()
         if kind == "fake":
             self.G.eval()
             self.fake.train()
             set_trainable(self.G, None)
             set_trainable(self.fake, self.trainable["fake"])
-            opt, params, ddp = self.opt_f, self.trainable["fake"], self.f_ddp
+            opt, params = self.opt_f, self.trainable["fake"]
         else:
             self.G.train()
             self.fake.eval()
             set_trainable(self.G, self.trainable["generator"])
             set_trainable(self.fake, None)
-            opt, params, ddp = self.opt_g, self.trainable["generator"], self.g_ddp
+            opt, params = self.opt_g, self.trainable["generator"]
         opt.zero_grad(set_to_none=True)
         stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, non-finite samples, stop flag
         kept = []
         for m, noise in enumerate(self._noises(kind)):
-            with D.no_sync(ddp, m < accum - 1):
+            with self.par.no_sync(kind, m < accum - 1):
                 if kind == "fake" and samples is not None:
                     x_g, cond = samples[m]
-                    loss, nan = self.method.fake_loss(self.g_eval, self.f_train, dataclasses.replace(noise, cond=cond),
+                    loss, nan = self.method.fake_loss(self.par.g_eval, self.par.f_train, dataclasses.replace(noise, cond=cond),
                                                       samples=x_g)
                 elif kind == "fake":
-                    loss, nan = self.method.fake_loss(self.g_eval, self.f_train, noise)
+                    loss, nan = self.method.fake_loss(self.par.g_eval, self.par.f_train, noise)
                 elif keep_samples:
-                    loss, nan, x_g = self.method.generator_loss_and_samples(self.g_train, self.t_call, self.f_frozen, noise)
+                    loss, nan, x_g = self.method.generator_loss_and_samples(self.par.g_train, self.par.t_call, self.par.f_frozen, noise)
                     kept.append((x_g, noise.cond))
                 else:
-                    loss, nan = self.method.generator_loss(self.g_train, self.t_call, self.f_frozen, noise)
+                    loss, nan = self.method.generator_loss(self.par.g_train, self.par.t_call, self.par.f_frozen, noise)
                 self._backward(loss / accum)
             stats[0] += loss.detach().double() / accum
             stats[1] += nan
@@ -508,7 +431,7 @@ class Distiller:
             with self.nvtx("fake_step"):
                 loss_f, nan_more, ok_more, _ = self._phase("fake")
             nan_f, ok_f = nan_f + nan_more, ok_f and ok_more
-        self._reshard()
+        self.par.reshard()
         with self.nvtx("ema"):
             beta = ema_beta(self.cfg.batch_size, self.images_seen, self.cfg.ema.halflife_kimg, self.cfg.ema.rampup)
             self.ema.update(beta)
