@@ -3,7 +3,7 @@
     scripts/gpu_check.sh OUT_DIR                # on an H100/H200 (one GPU, no network)
     scripts/gpu_check.sh --dry OUT_DIR          # anywhere: what it would run, and the cheap parts
 
-Steps, in order (each has a time limit; together they fit --budget, 300 s by default):
+Steps, in order (each has a time limit, its share of --budget; together they fit it, 270 s by default):
 
 1. build                the `_C` extension against the installed torch, CUDA kernels for the local GPU only
 2. imports              every fastdistill module imports with the optional packages hidden; `fastdistill doctor`
@@ -45,14 +45,17 @@ from pathlib import Path
 from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
-BUDGET_S = 300
+BUDGET_S = 270
 FINISH_S = 5  # kept free at the end of the budget for the summaries
 GRACE_S = 10  # a step's time limit includes this: SIGINT that long before it (pytest prints its summary,
 #               a distillation run checkpoints), SIGKILL at it
 PROBE_LIMIT_S, DRY_LIMIT_S = 60, 60
-# GPU-mode time limits per step; the SiD run gets the rest of the budget, at most SID_MAX_S of training
-LIMITS = {"build": 120, "imports": 30, "gpu-tests": 90, "loss-benchmarks": 45, "iteration-benchmark": 75}
+# GPU-mode time limits per step as shares of the budget (grace included); the SiD run gets the rest,
+# at least SID_MIN_S and at most SID_MAX_S of training: the shares leave room for that and the summaries
+SHARES = {"build": 0.24, "imports": 0.11, "gpu-tests": 0.25, "loss-benchmarks": 0.08, "iteration-benchmark": 0.12}
 SID_MAX_S, SID_MIN_S = 120, 30
+#: the shortest --budget whose shares still leave the SiD run its minimum and the summaries their time
+MIN_BUDGET_S = int((SID_MIN_S + GRACE_S + FINISH_S) / (1 - sum(SHARES.values()))) + 1
 # Packages fastdistill must import without (import-time optional); they are hidden in the imports step.
 OPTIONAL = ("torch_fidelity", "nvtx", "expecttest", "matplotlib", "tensorboard", "diffusers", "transformers",
             "wandb", "torchvision")
@@ -156,12 +159,21 @@ class Run:
     output: str
 
 
+def planned_limits(budget: float) -> dict[str, float]:
+    """Each step's limit at the start of a check of ``budget`` seconds, grace included; the SiD run's
+    is its minimum (it gets what the others leave)."""
+    limits = {name: share * budget for name, share in SHARES.items()}
+    limits["sid-digits"] = SID_MIN_S + GRACE_S
+    return limits
+
+
 class Check:
     """The state of one gpu_check invocation: where things go, the environment, the deadline."""
 
     def __init__(self, out: Path, dry_reason: Optional[str], t0: float, budget: float, probe: dict):
         self.out, self.dry_reason, self.probe, self.t0 = out, dry_reason, probe, t0
         self.logs = out / "logs"
+        self.budget = budget
         self.deadline = t0 + budget - FINISH_S
         self.python = sys.executable
 
@@ -182,14 +194,14 @@ class Check:
         return env
 
     def limit(self, name: str) -> float:
-        """A step's time limit, grace period included. GPU mode: its own, cut so the SiD run keeps
-        its minimum within the budget; the SiD run: the rest, at most SID_MAX_S of training."""
+        """A step's time limit, grace period included. GPU mode: its share of the budget, cut so the
+        SiD run keeps its minimum; the SiD run: the rest, at most SID_MAX_S of training."""
         if self.dry:
             return DRY_LIMIT_S
         left = self.deadline - time.monotonic()
         if name == "sid-digits":
             return min(SID_MAX_S + GRACE_S, left)
-        return max(GRACE_S + 1.0, min(LIMITS[name], left - SID_MIN_S - GRACE_S))
+        return max(GRACE_S + 1.0, min(planned_limits(self.budget)[name], left - SID_MIN_S - GRACE_S))
 
     def run(self, step: Step, argv: list[str], env: dict) -> Run:
         """Run `argv` in the repository within what is left of the step's time limit, its output
@@ -654,6 +666,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--dry", action="store_true", help="say what would run and do only the cheap parts, even with a GPU")
     parser.add_argument("--budget", type=float, default=BUDGET_S, help=f"seconds for the whole check in GPU mode (default {BUDGET_S})")
     args = parser.parse_args(argv)
+    if args.budget < MIN_BUDGET_S:
+        parser.error(f"--budget {args.budget:g}: at least {MIN_BUDGET_S:.0f} s (every step's share and the SiD run's "
+                     f"minimum must fit)")
     out = Path(args.out_dir).resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         parser.error(f"{out} exists and is not an empty directory: give a new one (results are never overwritten)")

@@ -82,7 +82,7 @@ def test_failed_build_skips_the_steps_that_need_it(tmp_path, monkeypatch):
     monkeypatch.setitem(gc.RUNNERS, "build", broken_build)
     assert gc.main([str(tmp_path / "out")]) == 1
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["mode"] == "gpu" and summary["failed_steps"] == ["build"] and summary["budget_s"] == 300
+    assert summary["mode"] == "gpu" and summary["failed_steps"] == ["build"] and summary["budget_s"] == gc.BUDGET_S
     steps = {s["name"]: s for s in summary["steps"]}
     assert "nvcc: no such architecture" in steps["build"]["reason"]
     assert steps["imports"]["status"] == "pass"
@@ -176,3 +176,20 @@ def test_sid_results(tmp_path):
     assert out == {"steps": 213, "img_per_s_median": 950.0, "fid_initial": 1.7, "fid_data_vs_data": 0.3,
                    "fid_teacher_heun35": 0.16, "fid": 0.4, "fid_step": 150}
     assert gc.sid_results("", tmp_path / "missing.jsonl") == {"steps": 0}
+
+
+@pytest.mark.parametrize("budget", [gc.BUDGET_S, gc.MIN_BUDGET_S, 600])
+def test_step_limits_fit_the_budget(budget):
+    """Every step's limit, the SiD run's minimum and the time kept for the summaries fit --budget,
+    whatever it is set to: a check cannot fail on time because its own limits overrun it."""
+    limits = gc.planned_limits(budget)
+    assert list(limits) == list(gc.STEPS)
+    assert sum(limits.values()) + gc.FINISH_S <= budget, limits
+    assert all(v > gc.GRACE_S for v in limits.values()), limits
+    assert gc.planned_limits(2 * budget)["gpu-tests"] == 2 * limits["gpu-tests"]  # --budget raises them
+
+
+def test_a_budget_too_short_for_the_steps_is_refused(tmp_path):
+    proc = _run_script("--budget", "100", tmp_path / "out")
+    assert proc.returncode == 2 and "--budget 100: at least" in proc.stderr
+    assert not (tmp_path / "out").exists()
