@@ -259,6 +259,30 @@ def _teacher_jobs(students, guidances, steps, draws) -> list:
     return sorted(jobs, key=lambda j: -teacher_nfe(j[1], "heun") * (2 if j[0] != 1 else 1))
 
 
+def teacher_rows(cache: Path, teacher: str, students: Sequence[tuple], guidances: Sequence[float],
+                 teacher_steps: Sequence[int], n: int, draws: int, workers: int, log, progress_every: float) -> list:
+    """The report's teacher rows (draws merged), each sample set read from ``cache`` when it holds
+    it (keyed by the teacher's weights and the protocol), else sampled in at most 2 processes."""
+    t1 = time.time()
+    jobs = _teacher_jobs(students, guidances, teacher_steps, draws)
+    with _quiet_loading():
+        weights = _teacher_weights(load_teacher(teacher))
+    log(f"[digits-t2i report] teacher: {len(jobs)} sample sets of n={n} (cached in {cache}) ...")
+    with pool(max(1, min(workers, 2))) as executor:
+        futs = [executor.submit(_teacher_task, teacher, weights, g, k, n, d, split, str(cache))
+                for g, k, d, split in jobs]
+        pending, said = set(futs), 0
+        while pending:
+            pending = wait(pending, timeout=progress_every).not_done
+            if pending and len(futs) - len(pending) != said:
+                said = len(futs) - len(pending)
+                log(f"  {time.time() - t1:4.0f} s  teacher: {said}/{len(futs)} sample sets")
+        rows = [f.result() for f in futs]
+    settings = sorted({(r["guidance"], r["steps"], r["split"]) for r in rows})
+    return [merge_draws([r for r in rows if (r["guidance"], r["steps"], r["split"]) == s], ("fid", "adherence"))
+            for s in settings]
+
+
 def digits_t2i_report(out_dir=DEFAULT_OUT, budget_s: Optional[float] = None, *,
                       students: Sequence[tuple] = DEFAULT_STUDENTS, teacher: str = "digits-t2i",
                       guidances: Sequence[float] = GUIDANCES, teacher_steps: Sequence[int] = TEACHER_STEPS,
@@ -293,23 +317,8 @@ def digits_t2i_report(out_dir=DEFAULT_OUT, budget_s: Optional[float] = None, *,
     rep = T2IReport(out_dir=str(out), n=n, baseline=quality(ref.baseline_set(n), ref))
 
     t1 = time.time()
-    jobs = _teacher_jobs(students, guidances, teacher_steps, draws)
-    with _quiet_loading():
-        weights = _teacher_weights(load_teacher(teacher))
-    log(f"[digits-t2i report] teacher: {len(jobs)} sample sets of n={n} (cached in {out / 'cache'}) ...")
-    with pool(max(1, min(workers, 2))) as executor:
-        futs = [executor.submit(_teacher_task, teacher, weights, g, k, n, d, split, str(out / "cache"))
-                for g, k, d, split in jobs]
-        pending, said = set(futs), 0
-        while pending:
-            pending = wait(pending, timeout=progress_every).not_done
-            if pending and len(futs) - len(pending) != said:
-                said = len(futs) - len(pending)
-                log(f"  {time.time() - t1:4.0f} s  teacher: {said}/{len(futs)} sample sets")
-        rows = [f.result() for f in futs]
-    settings = sorted({(r["guidance"], r["steps"], r["split"]) for r in rows})
-    rep.teacher_rows = [merge_draws([r for r in rows if (r["guidance"], r["steps"], r["split"]) == s],
-                                    ("fid", "adherence")) for s in settings]
+    rep.teacher_rows = teacher_rows(out / "cache", teacher, students, guidances, teacher_steps, n, draws, workers,
+                                    log, progress_every)
     rep.phases_s["teacher"] = time.time() - t1
     for r in rep.teacher_rows:
         log(f"  {r['label']:<38} {r['split']:<8} FID {r['fid']:.3f}  adherence {r['adherence']:.3f}")
