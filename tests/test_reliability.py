@@ -192,3 +192,33 @@ def test_a_checkpoint_renamed_to_another_step_is_skipped_not_resumed(whole_run, 
         ckpt.verify_checkpoint(renamed)
     assert ckpt.latest_verified_checkpoint(run) == newest
     assert "skipped checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+@pytest.mark.parametrize("bad", [0.0, -1.0])
+def test_a_non_positive_divisor_is_refused_by_every_backend(backend, bad):
+    """Item 13: a zero or negative divisor entry (a user's own tensor) is an error, not a silent
+    division by zero or a flipped gradient; a non-finite entry still drops its sample."""
+    from fastdistill.losses import dmd_loss, sid_loss
+    from tests.test_losses import use_backend
+
+    use_backend(backend)
+    y, y_real, y_fake = (torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(k)) for k in range(3))
+    for loss in (sid_loss, dmd_loss):
+        with pytest.raises(ValueError, match="divisor must be positive"):
+            loss(y, y_real, y_fake, divisor=torch.tensor([1.0, bad, 2.0]), backend=backend)
+        out = loss(y, y_real, y_fake, divisor=torch.tensor([1.0, float("nan"), 2.0]), backend=backend, reduction="none")
+        assert out[1] == 0 and bool(torch.isfinite(out).all())
+
+
+def test_a_metrics_file_that_is_a_symlink_is_refused_not_followed(tmp_path):
+    """Item 14: metrics.jsonl planted as a link in out_dir is never appended to (its target is untouched)."""
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("precious\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").symlink_to(target)
+    with pytest.raises(PermissionError, match="metrics.jsonl is a symbolic link"):
+        Distiller(tiny_config(out, steps=1), teacher=tiny_teacher(0)).run()
+    assert target.read_text() == "precious\n"
+    assert not (out / LOCK_FILE).exists()  # the refused run let go of the folder

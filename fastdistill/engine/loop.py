@@ -561,7 +561,12 @@ class Distiller:
             raise ConfigError(f"the run in {cfg.out_dir} is already at step {self.step}, past steps={cfg.steps}: "
                               f"nothing was trained (raise steps= to continue it, or start a new run in another out_dir)")
         t0 = time.time()
-        logger = self._logger()
+        try:
+            logger = self._logger()
+        except BaseException:
+            torch.set_num_threads(self._prev_threads)
+            self.release()
+            raise
         if self.main:
             (self.out_dir / "config.json").write_text(cfg.to_json())
         prev = self._install_signal_handlers()

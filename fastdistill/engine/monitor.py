@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import numbers
+import os
 import time
 from pathlib import Path
 
@@ -89,7 +91,14 @@ class MetricsLogger:
         writer_cls = _summary_writer(required=tensorboard is True) if tensorboard else None
         wandb_mod = _wandb() if wandb else None
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.out_dir / "metrics.jsonl", "a")
+        path = self.out_dir / "metrics.jsonl"
+        try:  # never through a symbolic link: a run folder is an input, and a link there could point anywhere
+            self._f = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "a")
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise PermissionError(f"{path} is a symbolic link; a run writes its metrics only into a plain file "
+                                  f"(remove the link, or choose another out_dir)") from None
         if writer_cls is not None:
             self._tb = writer_cls(log_dir=str(self.out_dir / "tensorboard"))
         if wandb_mod is not None:

@@ -9,7 +9,8 @@ of ones and the backward pass returns the kernel's gradients without touching th
 
 ``divisor`` is the per-sample number each sample's loss (and its gradient) is divided by,
 computed without gradient: ``"mean_abs"`` is ``max(mean_i |y - y_real|, 1e-5)`` (SiD's weight
-and DMD2's normalisation), ``"none"`` divides by one, a (B,) tensor is used as given (detached).
+and DMD2's normalisation), ``"none"`` divides by one, a (B,) tensor is used as given (detached;
+a zero or negative entry is refused with a ValueError).
 Options are keyword-only.
 
 Non-finite samples (the same in every backend): a sample with a NaN, +inf or -inf anywhere in
@@ -92,7 +93,10 @@ def _divisor(divisor: DivisorArg, y: torch.Tensor) -> Optional[torch.Tensor]:
             raise ValueError(f"divisor must have shape ({batch},), got {tuple(divisor.shape)}")
         if divisor.device != y.device or not divisor.is_floating_point():
             raise ValueError(f"divisor must be a floating-point tensor on {y.device}")
-        return divisor.detach().reshape(batch).to(registry._acc_dtype(y.dtype))
+        d = divisor.detach().reshape(batch)
+        if bool(((d <= 0) & torch.isfinite(d)).any()):  # one host sync, for a divisor given as a tensor only
+            raise ValueError("divisor must be positive (a non-finite entry drops its sample, see above)")
+        return d.to(registry._acc_dtype(y.dtype))
     _check_choice("divisor", divisor, DIVISORS)
     if divisor == "mean_abs":
         return None
