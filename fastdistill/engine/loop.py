@@ -26,8 +26,7 @@ import torch
 
 from ..conditioning import ConditioningBank
 from ..data.prompts import read_prompts
-from ..methods import ConfigError, MethodContext, get_method
-from ..methods.base import teacher_timestep_sigmas
+from ..methods import ConfigError, MethodContext, get_method, noise_levels
 from ..plotting import image_grid, scatter_panels
 from ..sampling import DEFAULT_SIGMA_END, data_shape_of, draw
 from . import checkpoint as ckpt
@@ -255,7 +254,7 @@ class Distiller:
         autocast = (lambda: torch.autocast(dev_type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         self.method = get_method(cfg.method.name, cfg.method, backend=cfg.method.backend,
                                  sigma_data=self.sigma_data, autocast=autocast,
-                                 timestep_sigmas=teacher_timestep_sigmas(cfg.method, self.teacher),
+                                 levels=noise_levels(cfg.method, self.teacher),
                                  conditions=self.conditions)
         self.scaler = torch.amp.GradScaler(dev_type) if cfg.precision == "fp16" else None
 

@@ -32,30 +32,13 @@ import torch
 from ..conditioning import Conditioning, ConditioningBank
 from ..losses import dsm_loss
 from ..ops.reference import nonfinite_sample_mask
-from ..sampling import DEFAULT_SIGMA_END, multistep_schedule
+from ..sampling import DEFAULT_SIGMA_END
 from ..teachers.base import guided
+from .checks import ConfigError, check, check_choice, check_positive
+from .levels import EDMLevels, FlowLevels, NoiseLevels, TimestepLevels
 
 BACKENDS = ("auto", "reference", "cpp", "triton", "cuda")
 NOISE_LEVELS = ("auto", "edm", "teacher")
-
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid."""
-
-
-def check(cond: bool, msg: str) -> None:
-    """Raise :class:`ConfigError` with ``msg`` unless ``cond``."""
-    if not cond:
-        raise ConfigError(msg)
-
-
-def check_choice(name: str, v, options) -> None:
-    check(v in options, f"{name} must be one of {list(options)}, got {v!r}")
-
-
-def check_positive(name: str, v, allow_zero: bool = False) -> None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
-    check(ok, f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
 
 
 @dataclass
@@ -123,26 +106,6 @@ class FewStepConfig(MethodConfig):
               f"method.step_sigma_end ({self.step_sigma_end}) must be below method.sigma_init ({self.sigma_init})")
 
 
-def few_step_timesteps(t_init: int, steps: int) -> list[int]:
-    """The teacher timesteps of a ``steps``-step generator starting at ``t_init``, evenly spaced:
-    ``(t_init + 1)(K - k) / K - 1`` (DMD2's list for t_init 999, K 4: [999, 749, 499, 249])."""
-    return [(t_init + 1) * (steps - k) // steps - 1 for k in range(steps)]
-
-
-@dataclass(frozen=True)
-class FlowLevels:
-    """A flow-matching teacher's noise levels (docs/algorithms.md section 9): both steps draw
-    ``t`` uniformly from ``[t_lo, t_hi) / T`` (continuous), ``sigma = t / (1 - t)``; the generator
-    input is at ``t_init / T``."""
-
-    num_train_timesteps: int = 1000
-
-    def sigma_at(self, timestep) -> torch.Tensor:
-        """``sigma = t / (1 - t)`` at ``t = timestep / T`` (float64 in, float32 out)."""
-        t = torch.as_tensor(timestep, dtype=torch.float64) / self.num_train_timesteps
-        return (t / (1 - t)).to(torch.float32)
-
-
 def _check_guidance_input(cfg: MethodConfig, teacher) -> None:
     """A guidance-distilled teacher (FLUX.1-dev) takes its guidance as a network input: no
     two-pass guidance scales (docs/algorithms.md section 9)."""
@@ -156,17 +119,17 @@ def _check_guidance_input(cfg: MethodConfig, teacher) -> None:
                      f"method.guidance_teacher=1 method.guidance_fake=1 method.guidance_fake_train=1")
 
 
-def teacher_timestep_sigmas(cfg: MethodConfig, teacher):
-    """The teacher's noise levels when the method draws them from its own schedule
-    (``method.noise_levels``; ``auto``: for latent pipeline teachers), else None: its per-timestep
-    ``sigma_t`` (float32, (T,)) for a discrete teacher, :class:`FlowLevels` for a flow-matching
-    one. Also refuses guidance scales a guidance-distilled teacher cannot take."""
+def noise_levels(cfg: MethodConfig, teacher) -> NoiseLevels:
+    """The levels both steps draw from (``method.noise_levels``; ``auto``: the teacher's own for
+    latent pipeline teachers, else EDM's): :class:`TimestepLevels` for a discrete teacher,
+    :class:`FlowLevels` for a flow-matching one. Also refuses guidance scales a guidance-distilled
+    teacher cannot take."""
     _check_guidance_input(cfg, teacher)
     mode = cfg.noise_levels
     if mode == "auto":
         mode = "teacher" if getattr(teacher, "latent", False) else "edm"
     if mode == "edm":
-        return None
+        return EDMLevels(cfg)
     if getattr(teacher, "flow", False):
         T = int(teacher.num_train_timesteps)
         check(1 <= cfg.t_lo and cfg.t_hi <= T,
@@ -176,7 +139,7 @@ def teacher_timestep_sigmas(cfg: MethodConfig, teacher):
               f"method.t_init={cfg.t_init}: a flow-matching teacher's generator input is at t = t_init / {T}, which "
               f"must be in (0, 1); t = 1 (pure noise) has sigma = inf, which the generator input sigma_init * z "
               f"cannot carry: use t_init < {T} (e.g. {T - 1})")
-        return FlowLevels(T)
+        return FlowLevels(cfg, T)
     sig = getattr(teacher, "sigmas", None)
     check(torch.is_tensor(sig) and sig.ndim == 1,
           "method.noise_levels=teacher needs a teacher with a discrete timestep schedule (a diffusers teacher); "
@@ -187,7 +150,7 @@ def teacher_timestep_sigmas(cfg: MethodConfig, teacher):
     sig = sig.float().cpu()
     check(bool(torch.isfinite(sig[cfg.t_lo:cfg.t_hi]).all()) and bool(torch.isfinite(sig[cfg.t_init])),
           f"the teacher's schedule has non-finite noise levels in [{cfg.t_lo}, {cfg.t_hi}) or at t_init {cfg.t_init}")
-    return sig
+    return TimestepLevels(cfg, sig)
 
 
 _REGISTRY: dict[str, type["DistillMethod"]] = {}
@@ -238,12 +201,6 @@ def get_method(name: str, cfg: Optional[MethodConfig] = None, **kwargs) -> "Dist
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def karras_sigma(u: torch.Tensor, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
-    """SiD's generator-step sigma: ``(smax^(1/rho) + (1-u) (smin^(1/rho) - smax^(1/rho)))^rho``."""
-    a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
-    return (a + (1.0 - u) * (b - a)) ** rho
 
 
 @dataclass
@@ -331,17 +288,17 @@ class DistillMethod:
 
     def __init__(self, cfg: MethodConfig, backend: str = "auto", *, sigma_data: float = 0.5,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                 timestep_sigmas: Optional[torch.Tensor] = None, conditions: Optional[ConditioningBank] = None):
+                 levels: Optional[NoiseLevels] = None, conditions: Optional[ConditioningBank] = None):
         """``sigma_data``: the teacher's data standard deviation (DSM weighting); ``autocast``: a
         zero-argument callable giving the mixed-precision context of the network forwards;
-        ``timestep_sigmas``: the teacher's noise levels (:func:`teacher_timestep_sigmas`: per-timestep
-        sigmas, or :class:`FlowLevels`) when both steps draw from them; ``conditions``: the bank training conditions are drawn
-        from (e.g. prompt embeddings), else uniform class labels."""
+        ``levels``: what both steps draw their noise levels from (:func:`noise_levels`; default
+        EDM's); ``conditions``: the bank training conditions are drawn from (e.g. prompt
+        embeddings), else uniform class labels."""
         self.cfg = cfg
         self.backend = backend
         self.sigma_data = float(sigma_data)
         self.autocast = autocast
-        self.timestep_sigmas = timestep_sigmas
+        self.levels = EDMLevels(cfg) if levels is None else levels
         self.conditions = conditions
         self.ctx: Optional[MethodContext] = None
         self.step_sigmas = self._step_sigmas()
@@ -360,33 +317,13 @@ class DistillMethod:
 
     def _step_sigmas(self) -> list:
         """The network noise level of each of the generator's applications, decreasing from
-        ``sigma_init`` (:class:`FewStepConfig`): EDM levels on a Karras grid, else the teacher's
-        levels at :func:`few_step_timesteps`."""
-        K = self.steps
-        if K == 1:
-            return [self.sigma_init]
-        if self.timestep_sigmas is None:
-            return [self.sigma_init] + multistep_schedule(K, self.sigma_init, "karras", self.cfg.step_sigma_end,
-                                                          rho=self.cfg.rho)
-        ts = few_step_timesteps(self.cfg.t_init, K)
-        check(ts[-1] >= 1, f"method.steps={K} does not fit below method.t_init={self.cfg.t_init}: the last "
-                           f"application would be at timestep {ts[-1]}; need t_init + 1 >= 2 K")
-        if isinstance(self.timestep_sigmas, FlowLevels):
-            return [float(self.timestep_sigmas.sigma_at(t)) for t in ts]
-        sig = [float(self.timestep_sigmas[t]) for t in ts]
-        check(all(math.isfinite(v) and v > 0 for v in sig),
-              f"the teacher's noise levels at the few-step timesteps {ts} are not all finite and positive: {sig}")
-        return sig
+        ``sigma_init`` (:class:`FewStepConfig`)."""
+        return [self.sigma_init] if self.steps == 1 else self.levels.few_step(self.steps)
 
     @property
     def sigma_init(self) -> float:
-        """The generator's input noise level: ``sigma_t`` at ``t_init`` on the teacher's schedule
-        (flow teachers: ``t / (1 - t)`` at ``t = t_init / T``), else ``method.sigma_init``."""
-        if isinstance(self.timestep_sigmas, FlowLevels):
-            return float(self.timestep_sigmas.sigma_at(self.cfg.t_init))
-        if self.timestep_sigmas is not None:
-            return float(self.timestep_sigmas[self.cfg.t_init])
-        return float(self.cfg.sigma_init)
+        """The generator's input noise level (``method.sigma_init``, or the teacher's at ``t_init``)."""
+        return self.levels.sigma_init
 
     def bind(self, ctx: MethodContext) -> None:
         """Receive the loop's context (called once, before the first step, when ``needs`` is set)."""
@@ -422,14 +359,9 @@ class DistillMethod:
         return dict(chain_pos=pos, chain_eps=torch.randn((n, K - 1, *shape), generator=gen, device=device))
 
     def draw_generator_noise(self, n, shape, label_dim, gen: torch.Generator, device) -> GeneratorNoise:
-        c = self.cfg
         z = torch.randn((n, *shape), generator=gen, device=device)
         cond = self._cond(n, label_dim, gen, device)
-        if self.timestep_sigmas is not None:
-            sigma = self._teacher_levels(n, gen, device)
-        else:
-            u = torch.rand((n,), generator=gen, device=device) * (c.t_max / 1000.0)
-            sigma = karras_sigma(u, c.sigma_min, c.sigma_max, c.rho)
+        sigma = self.levels.generator(n, gen, device)
         eps = torch.randn((n, *shape), generator=gen, device=device)
         return GeneratorNoise(z, sigma, eps, cond, **self._few_step_draws(n, shape, gen, device))
 
@@ -437,23 +369,12 @@ class DistillMethod:
         c = self.cfg
         z = torch.randn((n, *shape), generator=gen, device=device)
         cond = self._cond(n, label_dim, gen, device)
-        if self.timestep_sigmas is not None:
-            sigma = self._teacher_levels(n, gen, device)
-        else:
-            sigma = (torch.randn((n,), generator=gen, device=device) * c.fake_p_std + c.fake_p_mean).exp()
+        sigma = self.levels.fake(n, gen, device)
         noise = torch.randn((n, *shape), generator=gen, device=device)
         drop = None
         if cond is not None and c.uncond_fraction > 0 and (c.guidance_fake != 1 or c.guidance_fake_train != 1):
             drop = torch.rand((n,), generator=gen, device=device) < c.uncond_fraction
         return FakeNoise(z, sigma, noise, cond, drop, **self._few_step_draws(n, shape, gen, device))
-
-    def _teacher_levels(self, n: int, gen: torch.Generator, device) -> torch.Tensor:
-        lo, hi = self.cfg.t_lo, self.cfg.t_hi
-        if isinstance(self.timestep_sigmas, FlowLevels):  # continuous t, in float64 so that t stays below 1
-            u = torch.rand((n,), generator=gen, device=device, dtype=torch.float64)
-            return self.timestep_sigmas.sigma_at(lo + u * (hi - lo))
-        t = torch.randint(lo, hi, (n,), generator=gen, device=device)
-        return self.timestep_sigmas.to(device)[t]
 
     # --------------------------------------------------------------------- shared pieces
     def apply_generator(self, G, x: torch.Tensor, sigma, cond: Optional[Conditioning] = None) -> torch.Tensor:
@@ -510,13 +431,6 @@ class DistillMethod:
             return self._scores(teacher, fake, x_t.detach(), noise.sigma, noise.cond)
 
     @property
-    def _fake_weighting(self) -> str:
-        """The DSM weighting that makes the fake step the teacher's own objective (section 9)."""
-        if self.timestep_sigmas is None:
-            return "edm"
-        return "flow" if isinstance(self.timestep_sigmas, FlowLevels) else "eps"
-
-    @property
     def reuses_samples(self) -> bool:
         """Whether the fake step fits the generator step's own samples (``method.reuse_samples``;
         only methods whose fake step trains on one-step samples have the option)."""
@@ -566,7 +480,7 @@ class DistillMethod:
             pred = guided(fake, x_n, noise.sigma, noise.cond, self.cfg.guidance_fake_train)
         loss = dsm_loss(
             pred.float(), x_g, noise.sigma, sigma_data=self.sigma_data,
-            weighting=self._fake_weighting,
+            weighting=self.levels.weighting,
             loss_scale=self.cfg.fake_loss_scale, backend=self.backend,
         )
         with torch.no_grad():
