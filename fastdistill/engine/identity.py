@@ -79,17 +79,22 @@ def architecture_of(net: torch.nn.Module, record=None) -> dict:
             "shapes_sha256": hashlib.sha256(shapes.encode()).hexdigest()[:16]}
 
 
-def run_identity(cfg, teacher, architecture: dict) -> dict:
-    """The identity of a run with config ``cfg``, its built ``teacher`` and the generator's
-    :func:`architecture_of`."""
+#: identity keys added after checkpoints first recorded an identity: compared only when recorded
+LATER_KEYS = ("prompts_sha256",)
+
+
+def run_identity(cfg, teacher, architecture: dict, prompts_sha256: Optional[str] = None) -> dict:
+    """The identity of a run with config ``cfg``, its built ``teacher``, the generator's
+    :func:`architecture_of` and, for a text-to-image run, the content hash of its prompt list."""
     flat = _flat(cfg.to_dict())
     settings = {k: v for k, v in flat.items() if _matches(k, IDENTITY_KEYS) and k != "method.backend"}
-    return {"teacher_sha256": weights_hash(teacher), "architecture": architecture, **settings}
+    prompts = {} if prompts_sha256 is None else {"prompts_sha256": prompts_sha256}
+    return {"teacher_sha256": weights_hash(teacher), "architecture": architecture, **prompts, **settings}
 
 
 def identity_differences(recorded: dict, current: dict) -> dict:
     """``{key: (recorded, current)}`` for every identity key that differs."""
-    keys = sorted(set(recorded) | set(current))
+    keys = sorted((set(recorded) | set(current)) - {k for k in LATER_KEYS if k not in recorded})
     return {k: (recorded.get(k), current.get(k)) for k in keys
             if json.dumps(recorded.get(k), sort_keys=True) != json.dumps(current.get(k), sort_keys=True)}
 

@@ -38,7 +38,7 @@ from .ema import EMA, ema_beta
 from .lora import add_lora, set_trainable, trainable_parameters
 from .parallel import parallelize, teacher_precision
 from .run_checkpoints import RunCheckpoints, Trained
-from .prompts import encoded_prompts
+from .prompts import encoded_prompts, prompts_sha256
 from .evaluator import LoopEvaluator, Quality, plot_run_curve
 from .identity import RunLock, architecture_of, check_resume, run_identity
 from .monitor import NVTX, MetricsLogger, progress_bar
@@ -89,7 +89,8 @@ class Distiller:
             self.resume_path = self.checkpoints.find(cfg.resume)
             self._seed_global_rngs()
             self._build_networks(teacher, init_network)
-            self.identity = run_identity(cfg, self.teacher, architecture_of(self.G, self.arch_config or self.arch))
+            self.identity = run_identity(cfg, self.teacher, architecture_of(self.G, self.arch_config or self.arch),
+                                         self.prompts_sha256)
             self._build_method()
             self._build_callables()
             self._build_optimizers()
@@ -228,7 +229,7 @@ class Distiller:
         """A text-to-image teacher's training prompts (``prompts``), encoded once: the bank the
         training batches (and the pictures, in order) draw their conditions from."""
         cfg = self.cfg
-        self.conditions = None
+        self.conditions = self.prompts_sha256 = None
         text = hasattr(self.teacher, "encode_prompt")
         if not text:
             if cfg.prompts:
@@ -242,7 +243,9 @@ class Distiller:
                               f"sid, sim or dmd")
         cache = {"none": None, "auto": self.out_dir / "prompt_cache"}.get(cfg.prompt_cache, cfg.prompt_cache)
         log = print if self.main else (lambda msg: None)
-        self.conditions = ConditioningBank(encoded_prompts(self.teacher, read_prompts(cfg.prompts), cache, log))
+        prompts = read_prompts(cfg.prompts)
+        self.prompts_sha256 = prompts_sha256(prompts)
+        self.conditions = ConditioningBank(encoded_prompts(self.teacher, prompts, cache, log))
 
     def _build_method(self) -> None:
         cfg = self.cfg

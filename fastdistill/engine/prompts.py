@@ -2,9 +2,11 @@
 
 The cache file is safetensors, named by a hash of what the embeddings depend on: the text
 encoders' weights, the tokenizer's vocabulary, the teacher family and resolution (SDXL's time
-ids), and the prompts themselves; any change is another file. Writes are atomic (a temporary
-file renamed into place), so an interrupted run leaves no half-written cache. After encoding the
-text encoders are released: training needs only the embeddings.
+ids), and the prompts themselves; any change is another file. The file records that key and a
+checksum of its tensors: one that is unreadable, altered, written for another key, of another
+count or width, or not finite is said in one line and encoded again. Writes are atomic (a
+temporary file renamed into place), so an interrupted run leaves no half-written cache. After
+encoding the text encoders are released: training needs only the embeddings.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from safetensors.torch import load_file, save_file
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..conditioning import Conditioning
 from .identity import weights_hash
@@ -31,23 +35,65 @@ def cache_key(teacher, prompts: list) -> str:
     return h.hexdigest()
 
 
+def prompts_sha256(prompts: list) -> str:
+    """The content hash of a prompt list (order and text), for the run identity."""
+    return hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _tensors_sha256(tensors: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _read_cache(path: Path, key: str, teacher, n: int) -> Conditioning:
+    """The cached conditioning, or ValueError saying what is wrong with the file."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors' own error for a truncated or garbled file, or an OSError
+        raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
+    if meta.get("key") != key:
+        raise ValueError("written for other prompts or encoders")
+    if meta.get("sha256") != _tensors_sha256(tensors):
+        raise ValueError("altered since it was written (checksum mismatch)")
+    cond = Conditioning.from_tensors(tensors)
+    if cond.batch_size != n:
+        raise ValueError(f"holding {cond.batch_size} prompt embeddings, not {n}")
+    width = getattr(teacher, "cond_dim", None)
+    if width is not None and cond.embeds is not None and cond.embeds.shape[-1] != width:
+        raise ValueError(f"holding embeddings of width {cond.embeds.shape[-1]}; this teacher reads {width}")
+    if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
+        raise ValueError("holding non-finite values")
+    return cond
+
+
 def encoded_prompts(teacher, prompts: list, cache_dir: Optional[Path],
                     log: Callable[[str], None] = print) -> Conditioning:
-    """The conditioning of ``prompts``: from ``cache_dir`` when an entry for them exists, else encoded
-    (and cached there); then the teacher's text encoders are released."""
-    path = None if cache_dir is None else Path(cache_dir) / f"prompts-{cache_key(teacher, prompts)[:24]}.safetensors"
+    """The conditioning of ``prompts``: from ``cache_dir`` when a verified entry for them exists,
+    else encoded (and cached there; a damaged or mismatched entry is said in one line and
+    replaced); then the teacher's text encoders are released."""
+    key = cache_key(teacher, prompts)
+    path = None if cache_dir is None else Path(cache_dir) / f"prompts-{key[:24]}.safetensors"
+    cond = None
     if path is not None and path.is_file():
-        cond = Conditioning.from_tensors(load_file(str(path)))
-        if cond.batch_size != len(prompts):
-            raise ValueError(f"{path}: holds {cond.batch_size} prompt embeddings, expected {len(prompts)}; delete it")
-        log(f"fastdistill: {len(prompts)} prompt embeddings from the cache {path}")
-    else:
+        try:
+            cond = _read_cache(path, key, teacher, len(prompts))
+            log(f"fastdistill: {len(prompts)} prompt embeddings from the cache {path}")
+        except ValueError as exc:
+            log(f"fastdistill: the prompt cache {path} is {exc}; encoding the prompts again")
+    if cond is None:
         log(f"fastdistill: encoding {len(prompts)} prompts")
         cond = teacher.encode_prompt(prompts)
         if path is not None:
+            tensors = {k: v.contiguous() for k, v in cond.to_tensors().items()}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-            save_file({k: v.contiguous() for k, v in cond.to_tensors().items()}, str(tmp))
+            save_file(tensors, str(tmp), metadata={"key": key, "sha256": _tensors_sha256(tensors)})
             os.replace(tmp, path)
     teacher.release_text_encoders()
     return cond
