@@ -303,7 +303,13 @@ def load_student(path, which: str = "ema", device="cpu", network: Optional[torch
     if (p / STUDENT_FILE).is_file():
         return _exported_folder(p, device)
     where = _checkpoint_dir(p, log)
-    tensors, state = ckpt.load_checkpoint(where, log=log)
+    try:
+        tensors, state = ckpt.load_checkpoint(where, log=log)
+    except ckpt.CheckpointCorruptError:
+        if where.exists() or where == p:
+            raise
+        where = _checkpoint_dir(p, log)  # pruned by a live run since it was verified: its newest again
+        tensors, state = ckpt.load_checkpoint(where, log=log)
     if state.get("format") != FORMAT or "student" not in state:
         raise CheckpointError(f"{p}: not a distillation checkpoint of this fastdistill version "
                               f"(format {state.get('format')!r})")

@@ -222,3 +222,26 @@ def test_a_metrics_file_that_is_a_symlink_is_refused_not_followed(tmp_path):
         Distiller(tiny_config(out, steps=1), teacher=tiny_teacher(0)).run()
     assert target.read_text() == "precious\n"
     assert not (out / LOCK_FILE).exists()  # the refused run let go of the folder
+
+
+def test_a_checkpoint_pruned_while_it_is_read_is_not_called_corrupt(tmp_path, monkeypatch, capsys):
+    """Item 7: reading a live run (keep_last=1) whose only checkpoint is renamed away by pruning,
+    right after it wrote a newer one, finds the newer one instead of calling the old one corrupt."""
+    run = tmp_path / "run"
+    Distiller(tiny_config(run, steps=4, ckpt_every=2, keep_last=3), teacher=tiny_teacher(0)).run()
+    newer = ckpt.ckpt_root(run) / "step-00000004"
+    aside = tmp_path / "aside"
+    shutil.move(newer, aside)
+    old = ckpt.ckpt_root(run) / "step-00000002"
+    real_sum, pruned = ckpt._file_sum, []
+
+    def live_run_prunes(path):
+        if not pruned and old in path.parents:  # the live run writes step 4 and prunes step 2 meanwhile
+            shutil.move(aside, newer)
+            old.rename(old.with_name(f".tmp-prune-step-00000002-{os.getpid()}"))
+            pruned.append(True)
+        return real_sum(path)
+
+    monkeypatch.setattr(ckpt, "_file_sum", live_run_prunes)
+    assert ckpt.latest_verified_checkpoint(run) == newer
+    assert pruned and "skipped" not in capsys.readouterr().err

@@ -476,20 +476,27 @@ def load_checkpoint(path, *, log: Optional[Callable[[str], None]] = None) -> tup
 def latest_verified_checkpoint(out_dir, log: Optional[Callable[[str], None]] = None) -> Optional[Path]:
     """The newest checkpoint of the run directory ``out_dir`` that is complete and passes
     :func:`verify_checkpoint`; each newer one skipped is reported to ``log`` (default: stderr)
-    with the reason. None when the run has no checkpoint at all; raises
-    :class:`CheckpointCorruptError` when it has some but none is intact."""
+    with the reason. A checkpoint that vanishes while it is read (a live run pruned it after
+    writing a newer one) is not corrupt: the folder is looked at again. None when the run has no
+    checkpoint at all; raises :class:`CheckpointCorruptError` when it has some but none is intact."""
     log = log or _stderr
-    skipped = []
-    for p in reversed(_candidates(out_dir)):
-        try:
-            verify_checkpoint(p, log=log)
-        except CheckpointCorruptError as exc:
-            skipped.append(exc)
-            log(f"fastdistill: skipped checkpoint {p}: {exc.reason}")
-            continue
-        if skipped:
-            log(f"fastdistill: using checkpoint {p}, the newest intact one")
-        return p
+    for _ in range(5):  # each pass that sees a checkpoint vanish looks again
+        skipped, vanished = [], False
+        for p in reversed(_candidates(out_dir)):
+            try:
+                verify_checkpoint(p, log=log)
+            except CheckpointCorruptError as exc:
+                if not p.exists():
+                    vanished = True
+                    continue
+                skipped.append(exc)
+                log(f"fastdistill: skipped checkpoint {p}: {exc.reason}")
+                continue
+            if skipped:
+                log(f"fastdistill: using checkpoint {p}, the newest intact one")
+            return p
+        if not vanished:
+            break
     if skipped:
         first = skipped[0]
         raise CheckpointCorruptError(
