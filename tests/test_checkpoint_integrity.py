@@ -8,6 +8,7 @@ New names are reached as ``ckpt.<name>`` inside the tests so that the module imp
 older fastdistill and each test fails there for its own reason.
 """
 import errno
+import json
 import os
 import random
 import shutil
@@ -296,9 +297,16 @@ def test_no_intact_checkpoint_left_is_an_error_not_a_fresh_start(run6):
         Distiller(config(run6, steps=8, resume="auto"), teacher=teacher())
 
 
+def _as_written_before_checksums(p: Path) -> None:
+    state = json.loads((p / ckpt.STATE_FILE).read_text())
+    del state[ckpt.CHECKSUMS_KEY]
+    (p / ckpt.STATE_FILE).write_text(json.dumps(state))
+    (p / "checksums.json").unlink()
+
+
 def test_checkpoint_without_checksums_loads_with_a_one_time_warning(run6, reference):
     p = step_dir(run6, 6)
-    (p / "checksums.json").unlink()
+    _as_written_before_checksums(p)
     logged = []
     tensors, state = ckpt.load_checkpoint(p, log=logged.append)
     assert state["step"] == 6

@@ -245,3 +245,19 @@ def test_a_checkpoint_pruned_while_it_is_read_is_not_called_corrupt(tmp_path, mo
     monkeypatch.setattr(ckpt, "_file_sum", live_run_prunes)
     assert ckpt.latest_verified_checkpoint(run) == newer
     assert pruned and "skipped" not in capsys.readouterr().err
+
+
+def test_deleting_checksums_does_not_turn_verification_off(whole_run, tmp_path, monkeypatch, capsys):
+    """Item 8: a checkpoint written with checksums and missing them is refused (the run falls back
+    to an intact one); the documented override loads it unverified, with the warning."""
+    run = tmp_path / "run"
+    Distiller(tiny_config(run, steps=4, ckpt_every=2, keep_last=3), teacher=tiny_teacher(0)).run()
+    newest = ckpt.latest_checkpoint(run)
+    (newest / ckpt.CHECKSUMS_FILE).unlink()
+    with pytest.raises(ckpt.CheckpointCorruptError, match="checksums.json is missing, though this checkpoint was "
+                                                          "written with one.*FASTDISTILL_ALLOW_UNVERIFIED=1"):
+        ckpt.verify_checkpoint(newest)
+    assert ckpt.latest_verified_checkpoint(run) == ckpt.ckpt_root(run) / "step-00000002"
+    monkeypatch.setenv(ckpt.ALLOW_UNVERIFIED_ENV, "1")
+    assert ckpt.verify_checkpoint(newest) is False  # loaded unverified, said once
+    assert "cannot be verified" in capsys.readouterr().err

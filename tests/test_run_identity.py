@@ -76,6 +76,7 @@ def test_settings_added_since_a_checkpoint_count_as_their_defaults(tmp_path):
     latest = ckpt.latest_checkpoint(tmp_path)
     state = json.loads((latest / ckpt.STATE_FILE).read_text())
     del state["config"]["optim"]["fake_steps"], state["config"]["method"]["guidance_teacher"]
+    del state[ckpt.CHECKSUMS_KEY]  # as written before checkpoints had checksums
     (latest / ckpt.STATE_FILE).write_text(json.dumps(state))
     (latest / ckpt.CHECKSUMS_FILE).unlink()
     with pytest.raises(ConfigError, match=r"changed settings \(optim.fake_steps: 1 -> 2\)"):
@@ -87,7 +88,7 @@ def test_checkpoints_without_identity_resume_with_a_warning(tmp_path, capsys):
     _run(tmp_path)
     latest = ckpt.latest_checkpoint(tmp_path)
     state = json.loads((latest / ckpt.STATE_FILE).read_text())
-    del state["identity"]
+    del state["identity"], state[ckpt.CHECKSUMS_KEY]
     (latest / ckpt.STATE_FILE).write_text(json.dumps(state))
     (latest / ckpt.CHECKSUMS_FILE).unlink()  # as written before checkpoints had either
     assert _run(tmp_path, resume="auto", steps=6).step == 6

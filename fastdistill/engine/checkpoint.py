@@ -29,7 +29,8 @@ the holder of the run's lock (a second launch refused by the lock touches nothin
 Loading verifies every file against ``checksums.json`` and raises :class:`CheckpointCorruptError`
 (file and problem named) on a truncated file, a checksum mismatch, unreadable JSON, a missing
 file, a file the checksums do not list, or a listed name outside the checkpoint; a checkpoint written before checksums existed is loaded with a one-time warning
-that it cannot be verified. :func:`latest_verified_checkpoint` finds the newest intact
+that it cannot be verified, one written with them but missing its ``checksums.json`` is refused
+(unless ``FASTDISTILL_ALLOW_UNVERIFIED=1``, a deliberate repair). :func:`latest_verified_checkpoint` finds the newest intact
 checkpoint of a run and reports each newer one it skipped; :func:`resolve_checkpoint` does that
 for a run directory and checks a named checkpoint directory. A failed write (disk full, I/O
 error, permissions) removes its temporary directory and raises :class:`CheckpointWriteError`.
@@ -70,6 +71,10 @@ CKPT_RE = re.compile(r"^step-(\d{8,})$")
 STATE_FILE = "state.json"
 CHECKSUMS_FILE = "checksums.json"
 CHECKSUMS_FORMAT = "fastdistill-checksums/1"
+#: the state.json key of a checkpoint written with checksums: without its checksums.json it is refused
+CHECKSUMS_KEY = "checksums"
+#: set to 1 to load such a checkpoint unverified anyway (a deliberate repair)
+ALLOW_UNVERIFIED_ENV = "FASTDISTILL_ALLOW_UNVERIFIED"
 TMP_PREFIX = ".tmp-"
 
 #: test seam, called with the path of every file once it is written (to simulate a crash)
@@ -264,7 +269,7 @@ def save_checkpoint(out_dir, step: int, tensors: dict[str, dict], state: dict, k
 
         for stem, sd in tensors.items():
             put(f"{stem}.safetensors", _st_save(_contiguous(sd)))
-        put(STATE_FILE, json.dumps(state).encode("utf-8"))
+        put(STATE_FILE, json.dumps({**state, CHECKSUMS_KEY: CHECKSUMS_FORMAT}).encode("utf-8"))
         put(CHECKSUMS_FILE, json.dumps({"format": CHECKSUMS_FORMAT, "files": sums}, indent=1).encode("utf-8"),
             "checksums")
         current = None
@@ -335,6 +340,11 @@ def _read_checksums(path: Path) -> Optional[dict]:
             if not path.is_dir():
                 raise FileNotFoundError(f"{path} is not a fastdistill checkpoint directory")
             raise CheckpointCorruptError(path, STATE_FILE, "is missing")
+        state = _parse(path, STATE_FILE, _read(path, STATE_FILE))
+        if isinstance(state, dict) and state.get(CHECKSUMS_KEY) and os.environ.get(ALLOW_UNVERIFIED_ENV) != "1":
+            raise CheckpointCorruptError(path, CHECKSUMS_FILE, f"is missing, though this checkpoint was written with "
+                                         f"one, so it cannot be verified (to load it unverified, as a deliberate "
+                                         f"repair: {ALLOW_UNVERIFIED_ENV}=1)")
         return None
     try:
         doc = json.loads(f.read_bytes().decode("utf-8"))
