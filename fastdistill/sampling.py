@@ -27,11 +27,12 @@ it, so one checkpoint and seed give the same samples everywhere.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import torch
 
 from .conditioning import Conditioning, as_conditioning
+from .teachers.traits import data_shape_of
 
 __all__ = ["karras_sigmas", "edm_sampler", "heun_sampler", "euler_sampler", "sample", "data_shape_of",
            "draw", "balanced_labels", "multistep_schedule", "DEFAULT_SIGMA_END"]
@@ -68,14 +69,6 @@ def karras_sigmas(
     if append_zero:
         t = torch.cat([t, t.new_zeros(1)])
     return t.to(dtype)
-
-
-def data_shape_of(net) -> Tuple[int, ...]:
-    """Shape of one sample: `net.data_shape` when the teacher has it, else (C, R, R)."""
-    shape = getattr(net, "data_shape", None)
-    if shape is not None:
-        return tuple(int(s) for s in shape)
-    return (int(net.img_channels), int(net.img_resolution), int(net.img_resolution))
 
 
 def _call(net, x: torch.Tensor, sigma: torch.Tensor, cond, net_dtype) -> torch.Tensor:

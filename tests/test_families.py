@@ -13,6 +13,7 @@ pytest.importorskip("diffusers")  # the diffusers extra
 
 from fastdistill.teachers import load_teacher  # noqa: E402
 from fastdistill.teachers.families import PipelineFamily, family_for, registered  # noqa: E402
+from fastdistill.teachers.traits import traits  # noqa: E402
 from tests import tiny_pipelines as tp  # noqa: E402
 
 BUILDERS = {
@@ -57,7 +58,22 @@ def test_a_tiny_pipeline_of_each_family_loads_and_denoises(pipeline, tmp_path):
     assert pipeline in BUILDERS, f"no tiny {pipeline} to test its family with: add a builder to tests/tiny_pipelines.py"
     teacher = load_teacher(str(BUILDERS[pipeline](tmp_path / "pipe")))
     assert teacher.spec is family_for(pipeline) and teacher.family == teacher.spec.name
+    t = traits(teacher)  # what the engine and the methods may know of it
+    assert t.text and t.decodes and t.latent and t.network is teacher.unet and t.text_width == teacher.cond_dim
+    assert t.flow == family_for(pipeline).flow and (t.timestep_sigmas is None) == t.flow
+    assert t.family == teacher.family and t.data_shape == (teacher.img_channels,) + (teacher.img_resolution,) * 2
     cond = teacher.encode_prompt(["a cat", "a dog"])
     x = torch.randn(2, teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
     out = teacher(x, torch.tensor([0.5, 3.0]), cond)
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_a_users_module_needs_only_the_required_part():
+    """README's bring-your-own teacher: sigma_data, the sample shape, label_dim and D(x, sigma, cond);
+    every optional capability is off."""
+    from tests._engine_helpers import tiny_teacher
+
+    t = traits(tiny_teacher(0))
+    assert (t.data_shape, t.sigma_data, t.label_dim) == ((2,), 0.5, 0)
+    assert not (t.text or t.decodes or t.latent or t.flow or t.guidance_distilled or t.exact_samples)
+    assert t.timestep_sigmas is None and t.network is None and t.text_width is None and t.family == ""

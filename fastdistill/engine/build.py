@@ -18,7 +18,7 @@ import torch
 
 from ..data import load_dataset
 from ..methods import ConfigError
-from ..sampling import data_shape_of
+from ..teachers.traits import data_shape_of, traits
 from ..teachers import MLPDenoiser, load_teacher
 from ..teachers.loading import ANALYTIC_PREFIX
 
@@ -33,7 +33,7 @@ def build_teacher(cfg, teacher=None):
         return load_teacher(ANALYTIC_PREFIX + t.name)
     teacher = load_teacher(t.path, resolution=t.resolution or None)
     if t.embedded_guidance:
-        if not getattr(teacher, "guidance_distilled", False):
+        if not traits(teacher).guidance_distilled:
             raise ConfigError(f"teacher.embedded_guidance={t.embedded_guidance}: {t.path} is not a guidance-distilled "
                               f"pipeline (FLUX.1-dev); guide it with method.guidance_teacher / guidance_fake")
         teacher.embedded_guidance = float(t.embedded_guidance)
@@ -71,7 +71,7 @@ def build_data(cfg, teacher, shape, label_dim: int):
             return x.float(), (lab if label_dim else None)
 
         return data
-    if hasattr(teacher, "sample") and not label_dim:
+    if traits(teacher).exact_samples and not label_dim:
         return lambda n, g: (teacher.sample(n, generator=g).float().cpu(), None)
     return None
 
@@ -94,7 +94,7 @@ def resolve_init(cfg, teacher) -> str:
         init = "teacher" if has_weights(teacher) else "fit"
     if init == "teacher" and not has_weights(teacher):
         raise ConfigError("the teacher has no weights to copy; use teacher.init=fit")
-    if init == "fit" and cfg.teacher.fit_steps > 0 and not hasattr(teacher, "sample"):
+    if init == "fit" and cfg.teacher.fit_steps > 0 and not traits(teacher).exact_samples:
         raise ConfigError(
             f"teacher.init=fit fits an MLP to samples of the teacher, but the teacher ({_teacher_name(cfg)}) has no "
             f"sample() method: for a network teacher use teacher.init=teacher (the generator starts as a copy of "
@@ -103,10 +103,9 @@ def resolve_init(cfg, teacher) -> str:
 
 
 def mlp_arch(cfg, teacher) -> dict:
-    shape = data_shape_of(teacher)
-    return dict(dim=int(math.prod(shape)), data_shape=list(shape), hidden=cfg.teacher.mlp_hidden,
-                layers=cfg.teacher.mlp_layers, sigma_data=float(teacher.sigma_data),
-                label_dim=int(getattr(teacher, "label_dim", 0) or 0))
+    t = traits(teacher)
+    return dict(dim=int(math.prod(t.data_shape)), data_shape=list(t.data_shape), hidden=cfg.teacher.mlp_hidden,
+                layers=cfg.teacher.mlp_layers, sigma_data=t.sigma_data, label_dim=t.label_dim)
 
 
 def make_mlp(arch: dict) -> torch.nn.Module:
@@ -134,7 +133,7 @@ def fit_denoiser(net: torch.nn.Module, teacher, steps: int, batch: int, lr: floa
     teacher's outputs at the same noisy points: far less variance than plain DSM, so a few
     thousand steps give an accurate initial generator and fake network. Needs ``teacher.sample``.
     """
-    if not hasattr(teacher, "sample"):
+    if not traits(teacher).exact_samples:
         raise ValueError("teacher.init=fit needs a teacher with sample(n, generator) (e.g. an analytic teacher)")
 
     g = torch.Generator().manual_seed(seed + 12345)

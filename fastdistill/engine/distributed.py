@@ -141,15 +141,6 @@ def gather_whole(module: torch.nn.Module, frame: torch.nn.Module, device: torch.
     return whole.to(device)
 
 
-def shard_teacher(module: torch.nn.Module, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """:func:`shard` the frozen teacher's denoising network: a pipeline's UNet (its VAE and text
-    encoders, used outside the training passes, stay whole), else the whole teacher."""
-    if not is_dist():
-        return module
-    shard(getattr(module, "unet", module), param_dtype)
-    return module
-
-
 def local(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor (FSDP2 parameters and gradients), the same memory; other tensors as they are."""
     from torch.distributed.tensor import DTensor

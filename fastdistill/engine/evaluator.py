@@ -22,6 +22,7 @@ from ..methods import ConfigError
 from ..metrics import sliced_wasserstein
 from ..metrics.quality import ReferenceData, quality, reference_data
 from ..sampling import draw, sample
+from ..teachers.traits import traits
 from .identity import weights_hash
 
 __all__ = ["Quality", "LoopEvaluator", "teacher_samples", "teacher_nfe", "read_jsonl", "plot_run_curve"]
@@ -76,7 +77,7 @@ def teacher_samples(teacher, n: int, steps: int = 18, solver: str = "heun", seed
             return _TEACHER_CACHE[key]
         except (OSError, RuntimeError, KeyError, EOFError):
             pass  # a damaged cache file is recomputed and replaced
-    _, cond = draw(n, (), seed, label_dim=int(getattr(teacher, "label_dim", 0) or 0), noises=0)
+    _, cond = draw(n, (), seed, label_dim=traits(teacher).label_dim, noises=0)
     labels = None if cond is None else cond.labels
     sample(teacher, min(n, 8), seed=seed, num_steps=steps, solver=solver,
            class_labels=None if labels is None else labels[:8])  # warm-up
@@ -108,7 +109,7 @@ class LoopEvaluator:
     @classmethod
     def for_run(cls, cfg, teacher, shape) -> Optional["LoopEvaluator"]:
         if len(shape) == 1:
-            return cls("sw", cfg.eval_samples, teacher) if hasattr(teacher, "sample") else None
+            return cls("sw", cfg.eval_samples, teacher) if traits(teacher).exact_samples else None
         name = cfg.eval_data or cfg.data or ("digits" if cfg.teacher.path == "digits" else "")
         if len(shape) != 3 or not name or name == "none":
             return None

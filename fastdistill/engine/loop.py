@@ -28,7 +28,8 @@ from ..conditioning import ConditioningBank
 from ..data.prompts import read_prompts
 from ..methods import ConfigError, MethodContext, get_method, noise_levels
 from ..plotting import image_grid, scatter_panels
-from ..sampling import DEFAULT_SIGMA_END, data_shape_of, draw
+from ..sampling import DEFAULT_SIGMA_END, draw
+from ..teachers.traits import traits
 from . import checkpoint as ckpt
 from . import distributed as D
 from .build import (bf16_is_fast, build_data, build_teacher, copy_net, fit_denoiser, make_mlp, mlp_arch,
@@ -187,10 +188,9 @@ class Distiller:
         self.teacher = build_teacher(cfg, teacher)
         if isinstance(self.teacher, torch.nn.Module):
             self.teacher = self.teacher.to(self.device).eval().requires_grad_(False)
+        self.traits = traits(self.teacher)
         self._build_conditions()
-        self.shape = data_shape_of(self.teacher)
-        self.label_dim = int(getattr(self.teacher, "label_dim", 0) or 0)
-        self.sigma_data = float(getattr(self.teacher, "sigma_data", 0.5))
+        self.shape, self.label_dim, self.sigma_data = self.traits.data_shape, self.traits.label_dim, self.traits.sigma_data
         self.init = resolve_init(cfg, self.teacher) if init_network is None else "given"
         self.arch = None
         if init_network is not None:
@@ -219,7 +219,7 @@ class Distiller:
         if lo.rank and lo.networks in ("both", "fake"):
             add_lora(self.fake, lo)
         self._ema_net = copy_net(self.G)  # the EMA itself is made once the networks are parallelized
-        self.teacher_param_dtype = teacher_precision(cfg, self.teacher, self.device)  # after the copies (fp32)
+        self.teacher_param_dtype = teacher_precision(cfg, self.traits, self.device)  # after the copies (fp32)
         if cfg.channels_last:  # 4-D weights only; activations follow the weights' layout
             for net in (self.teacher, self.G, self.fake, self._ema_net):
                 if isinstance(net, torch.nn.Module):
@@ -230,8 +230,7 @@ class Distiller:
         training batches (and the pictures, in order) draw their conditions from."""
         cfg = self.cfg
         self.conditions = self.prompts_sha256 = None
-        text = hasattr(self.teacher, "encode_prompt")
-        if not text:
+        if not self.traits.text:
             if cfg.prompts:
                 raise ConfigError(f"prompts={cfg.prompts} given, but the teacher is not a text-to-image pipeline")
             return
@@ -257,14 +256,14 @@ class Distiller:
         autocast = (lambda: torch.autocast(dev_type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         self.method = get_method(cfg.method.name, cfg.method, backend=cfg.method.backend,
                                  sigma_data=self.sigma_data, autocast=autocast,
-                                 levels=noise_levels(cfg.method, self.teacher),
+                                 levels=noise_levels(cfg.method, self.traits),
                                  conditions=self.conditions)
         self.scaler = torch.amp.GradScaler(dev_type) if cfg.precision == "fp16" else None
 
     def _build_callables(self) -> None:
         """How the networks are called (:func:`parallelize`), then what is trained and the EMA."""
-        self.par = parallelize(self.G, self.fake, self._ema_net, self.teacher, self.cfg, self.device,
-                               self.teacher_param_dtype)
+        self.par = parallelize(self.G, self.fake, self._ema_net, self.teacher, self.traits.network, self.cfg,
+                               self.device, self.teacher_param_dtype)
         self.trainable = {"generator": trainable_parameters(self.G), "fake": trainable_parameters(self.fake)}
         self.ema = EMA(self.G, self._ema_net, self.trainable["generator"])
         del self._ema_net
@@ -493,7 +492,7 @@ class Distiller:
         """A grid of samples of ``net`` (default: the EMA; decoded by the VAE for latent
         teachers; for text teachers the first training prompts in turn), or for vector data a
         scatter beside data and teacher."""
-        if hasattr(self.teacher, "decode"):
+        if self.traits.decodes:
             return image_grid(self.teacher.decode(self.student_samples(16, seed=9_000_004, net=net)), path)
         if len(self.shape) == 3:
             return image_grid(self.student_samples(64, seed=9_000_004, net=net), path)

@@ -18,6 +18,7 @@ import torch
 
 from ..methods import ConfigError
 from . import distributed as D
+from ..teachers.traits import TeacherTraits
 from .build import bf16_is_fast, compile_network
 
 __all__ = ["Parallel", "parallelize", "teacher_precision"]
@@ -70,15 +71,13 @@ class Parallel:
         return D.gather_whole(ema, self.frame, self.device) if self.frame is not None else ema
 
 
-def teacher_precision(cfg, teacher, device: torch.device) -> Optional[torch.dtype]:
+def teacher_precision(cfg, teacher: TeacherTraits, device: torch.device) -> Optional[torch.dtype]:
     """``teacher.dtype``: a diffusers teacher's network is cast to bf16 here (its schedule stays in
     float64); any other teacher runs in bf16 only as FSDP2's mixed precision when sharded, whose
     parameter dtype is returned (else None). Call after the generator copied the fp32 teacher."""
-    bf16 = cfg.teacher.dtype == "bf16" or (cfg.teacher.dtype == "auto" and getattr(teacher, "latent", False)
-                                           and bf16_is_fast(device))
-    network = getattr(teacher, "unet", None)
-    if bf16 and network is not None:
-        network.to(torch.bfloat16)
+    bf16 = cfg.teacher.dtype == "bf16" or (cfg.teacher.dtype == "auto" and teacher.latent and bf16_is_fast(device))
+    if bf16 and teacher.network is not None:
+        teacher.network.to(torch.bfloat16)
         return None
     sharded = D.is_dist() and cfg.distributed.strategy == "fsdp"
     if bf16 and not sharded:
@@ -95,9 +94,13 @@ def _same_start(nets) -> None:
             torch.distributed.broadcast(t.data, src=0)
 
 
-def parallelize(generator: torch.nn.Module, fake: torch.nn.Module, ema: torch.nn.Module, teacher, cfg,
-                device: torch.device, teacher_param_dtype: Optional[torch.dtype] = None) -> Parallel:
-    """Wrap the run's networks for ``cfg`` (in place where sharding; see the module docstring)."""
+def parallelize(generator: torch.nn.Module, fake: torch.nn.Module, ema: torch.nn.Module, teacher,
+                teacher_network: Optional[torch.nn.Module], cfg, device: torch.device,
+                teacher_param_dtype: Optional[torch.dtype] = None) -> Parallel:
+    """Wrap the run's networks for ``cfg`` (in place where sharding; see the module docstring).
+    ``teacher_network``: the denoising network inside a pipeline teacher (its traits' ``network``),
+    the part that is sharded and checkpointed per block; the generator and the fake network,
+    copies of the teacher, hold theirs under the same name."""
     distributed = D.is_dist()
     fsdp = distributed and cfg.distributed.strategy == "fsdp"
     frame, sharded = None, ()
@@ -113,15 +116,15 @@ def parallelize(generator: torch.nn.Module, fake: torch.nn.Module, ema: torch.nn
         g_sync, f_sync = D.wrap_ddp(generator, device), D.wrap_ddp(fake, device)
     teacher_call = teacher
     if distributed and (cfg.distributed.fsdp_teacher or fsdp) and isinstance(teacher, torch.nn.Module):
-        teacher_call = D.shard_teacher(teacher, teacher_param_dtype)
+        D.shard(teacher_network if teacher_network is not None else teacher, teacher_param_dtype)
 
-    # diffusers UNets checkpoint block by block (their own implementation), all three networks,
+    # diffusers networks checkpoint block by block (their own implementation), all three networks,
     # since SiD's and SIM's gradients pass through the teacher too; other networks as a whole call
-    per_block = cfg.activation_checkpointing and all(
-        hasattr(getattr(n, "unet", None), "enable_gradient_checkpointing") for n in (generator, fake, teacher))
+    blocks = (getattr(generator, "unet", None), getattr(fake, "unet", None), teacher_network)
+    per_block = cfg.activation_checkpointing and all(hasattr(n, "enable_gradient_checkpointing") for n in blocks)
     if per_block:
-        for net in (generator, fake, teacher):
-            net.unet.enable_gradient_checkpointing()
+        for net in blocks:
+            net.enable_gradient_checkpointing()
 
     def prep(fn, grad_path=True):
         if cfg.compile:

@@ -21,11 +21,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..conditioning import Conditioning
+from ..teachers.traits import traits
 from .identity import weights_hash
 
 
 def cache_key(teacher, prompts: list) -> str:
-    guidance = getattr(teacher, "embedded_guidance", None)  # Flux-dev's guidance input is part of the encoding
+    guidance = traits(teacher).embedded_guidance  # Flux-dev's guidance input is part of the encoding
     h = hashlib.sha256(json.dumps([teacher.family, teacher.resolution, prompts]
                                   + ([guidance] if guidance is not None else [])).encode())
     for enc in teacher.text_encoders:
@@ -64,7 +65,7 @@ def _read_cache(path: Path, key: str, teacher, n: int) -> Conditioning:
     cond = Conditioning.from_tensors(tensors)
     if cond.batch_size != n:
         raise ValueError(f"holding {cond.batch_size} prompt embeddings, not {n}")
-    width = getattr(teacher, "cond_dim", None)
+    width = traits(teacher).text_width
     if width is not None and cond.embeds is not None and cond.embeds.shape[-1] != width:
         raise ValueError(f"holding embeddings of width {cond.embeds.shape[-1]}; this teacher reads {width}")
     if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):

@@ -34,6 +34,7 @@ from ..losses import dsm_loss
 from ..ops.reference import nonfinite_sample_mask
 from ..sampling import DEFAULT_SIGMA_END
 from ..teachers.base import guided
+from ..teachers.traits import TeacherTraits
 from .checks import ConfigError, check, check_choice, check_positive
 from .levels import EDMLevels, FlowLevels, NoiseLevels, TimestepLevels
 
@@ -106,20 +107,20 @@ class FewStepConfig(MethodConfig):
               f"method.step_sigma_end ({self.step_sigma_end}) must be below method.sigma_init ({self.sigma_init})")
 
 
-def _check_guidance_input(cfg: MethodConfig, teacher) -> None:
+def _check_guidance_input(cfg: MethodConfig, teacher: TeacherTraits) -> None:
     """A guidance-distilled teacher (FLUX.1-dev) takes its guidance as a network input: no
     two-pass guidance scales (docs/algorithms.md section 9)."""
-    if not getattr(teacher, "guidance_distilled", False):
+    if not teacher.guidance_distilled:
         return
     scales = {k: getattr(cfg, k) for k in ("guidance_teacher", "guidance_fake", "guidance_fake_train")}
     given = [f"method.{k}={v}" for k, v in scales.items() if v != 1]
-    check(not given, f"{', '.join(given)}: this {getattr(teacher, 'family', '')} teacher is guidance-distilled (its "
-                     f"guidance value, {getattr(teacher, 'embedded_guidance', '?')}, is an input of the network, "
+    check(not given, f"{', '.join(given)}: this {teacher.family} teacher is guidance-distilled (its "
+                     f"guidance value, {teacher.embedded_guidance}, is an input of the network, "
                      f"in cond.extra['guidance']); it takes no two-pass guidance: set "
                      f"method.guidance_teacher=1 method.guidance_fake=1 method.guidance_fake_train=1")
 
 
-def noise_levels(cfg: MethodConfig, teacher) -> NoiseLevels:
+def noise_levels(cfg: MethodConfig, teacher: TeacherTraits) -> NoiseLevels:
     """The levels both steps draw from (``method.noise_levels``; ``auto``: the teacher's own for
     latent pipeline teachers, else EDM's): :class:`TimestepLevels` for a discrete teacher,
     :class:`FlowLevels` for a flow-matching one. Also refuses guidance scales a guidance-distilled
@@ -127,10 +128,10 @@ def noise_levels(cfg: MethodConfig, teacher) -> NoiseLevels:
     _check_guidance_input(cfg, teacher)
     mode = cfg.noise_levels
     if mode == "auto":
-        mode = "teacher" if getattr(teacher, "latent", False) else "edm"
+        mode = "teacher" if teacher.latent else "edm"
     if mode == "edm":
         return EDMLevels(cfg)
-    if getattr(teacher, "flow", False):
+    if teacher.flow:
         T = int(teacher.num_train_timesteps)
         check(1 <= cfg.t_lo and cfg.t_hi <= T,
               f"method.t_lo ({cfg.t_lo}) and method.t_hi ({cfg.t_hi}) must lie in [1, {T}] for a flow-matching "
@@ -140,8 +141,8 @@ def noise_levels(cfg: MethodConfig, teacher) -> NoiseLevels:
               f"must be in (0, 1); t = 1 (pure noise) has sigma = inf, which the generator input sigma_init * z "
               f"cannot carry: use t_init < {T} (e.g. {T - 1})")
         return FlowLevels(cfg, T)
-    sig = getattr(teacher, "sigmas", None)
-    check(torch.is_tensor(sig) and sig.ndim == 1,
+    sig = teacher.timestep_sigmas
+    check(sig is not None,
           "method.noise_levels=teacher needs a teacher with a discrete timestep schedule (a diffusers teacher); "
           "this one has none: use method.noise_levels=edm")
     T = sig.numel()

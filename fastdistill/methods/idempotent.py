@@ -13,6 +13,7 @@ from typing import ClassVar, Optional
 import torch
 
 from ..conditioning import Conditioning
+from ..teachers.traits import traits
 from .base import MethodConfig, MethodContext, check_choice, check_positive
 
 __all__ = ["IdempotentConfig", "IDEM_DISTANCES", "idem_distance", "student_apply", "frozen_apply", "IdempotentMethod"]
@@ -76,7 +77,7 @@ class IdempotentMethod:
 
     def bind(self, ctx: MethodContext) -> None:
         super().bind(ctx)
-        if ctx.data is None and ctx.label_dim == 0 and hasattr(ctx.teacher, "sample"):
+        if ctx.data is None and ctx.label_dim == 0 and traits(ctx.teacher).exact_samples:
             ctx.data = lambda n, g: (ctx.teacher.sample(n, generator=g), None)
 
     @property
