@@ -1,5 +1,5 @@
-"""Training checkpoints: safetensors for tensors, JSON for everything else, written atomically
-and checksummed.
+"""Training checkpoint files: safetensors for tensors, JSON for everything else, written
+atomically and checksummed (what goes into them: :mod:`.run_checkpoints`).
 
 Layout of one checkpoint (a directory ``<out_dir>/checkpoints/step-00001234``):
 
@@ -43,19 +43,15 @@ renamed away, not yet deleted). The SIGKILL tests install a hook there (tests/_f
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
-import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
@@ -64,8 +60,7 @@ from ..teachers.checkpoint import CheckpointError
 __all__ = ["CheckpointCorruptError", "CheckpointWriteError", "CKPT_RE", "STATE_FILE", "CHECKSUMS_FILE",
            "WRITE_PHASES", "ckpt_root", "check_writable", "list_checkpoints", "latest_checkpoint",
            "latest_verified_checkpoint", "resolve_checkpoint", "verify_checkpoint", "save_checkpoint",
-           "load_checkpoint", "begin_checkpoint", "remove_stale_temporaries",
-           "optimizer_tensors", "load_optimizer", "rng_state", "set_rng_state"]
+           "load_checkpoint", "begin_checkpoint", "remove_stale_temporaries"]
 
 CKPT_RE = re.compile(r"^step-(\d{8,})$")
 STATE_FILE = "state.json"
@@ -548,72 +543,3 @@ def resolve_checkpoint(path, log: Optional[Callable[[str], None]] = None) -> Pat
     if found is None:
         raise FileNotFoundError(f"no checkpoint in {p}")
     return found
-
-
-# ---------------------------------------------------------------------- optimiser state
-def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, list]:
-    """Flatten an optimiser state into tensors + JSON-able param groups."""
-    sd = opt.state_dict()
-    flat = {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            t = v if torch.is_tensor(v) else torch.tensor(v)
-            flat[f"{prefix}.{idx}.{k}"] = t
-    return flat, sd["param_groups"]
-
-
-def load_optimizer(opt: torch.optim.Optimizer, flat: dict, groups: list, prefix: str) -> None:
-    state: dict = {}
-    for key, v in flat.items():
-        if not key.startswith(prefix + "."):
-            continue
-        _, idx, k = key.split(".", 2)
-        state.setdefault(int(idx), {})[k] = v
-    for g in groups:
-        g["betas"] = tuple(g["betas"])
-    opt.load_state_dict({"state": state, "param_groups": groups})
-    # checkpoints store contiguous tensors; moments laid out unlike their parameter (channels_last)
-    # would be read in the wrong order by the fused Adam kernels
-    for group in opt.param_groups:
-        for p in group["params"]:
-            st = opt.state.get(p, {})
-            for k, v in st.items():
-                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
-                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
-
-
-# ---------------------------------------------------------------------- RNG states
-def _b64(t: torch.Tensor) -> str:
-    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
-
-
-def _unb64(s: str) -> torch.Tensor:
-    return torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
-
-
-def rng_state(generators: dict[str, torch.Generator]) -> dict:
-    """This process's RNG states (global torch/CUDA/numpy/python plus named generators), JSON-able."""
-    npst = np.random.get_state()
-    py = random.getstate()
-    out = {
-        "torch": _b64(torch.get_rng_state()),
-        "numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
-        "python": [py[0], list(py[1]), py[2]],
-        "generators": {k: _b64(g.get_state()) for k, g in generators.items()},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
-    return out
-
-
-def set_rng_state(st: dict, generators: dict[str, torch.Generator]) -> None:
-    torch.set_rng_state(_unb64(st["torch"]))
-    n = st["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    p = st["python"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
-    for k, g in generators.items():
-        if k in st["generators"]:
-            g.set_state(_unb64(st["generators"][k]))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_unb64(s) for s in st["cuda"]])

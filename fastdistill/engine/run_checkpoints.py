@@ -4,10 +4,13 @@ rank's DCP shards under ``distributed.strategy=fsdp``). The files themselves, th
 and the atomic write are :mod:`.checkpoint`'s; reading shards is :mod:`.shards`'."""
 from __future__ import annotations
 
+import base64
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from ..methods import ConfigError
@@ -15,7 +18,7 @@ from . import checkpoint as ckpt
 from . import distributed as D
 from .shards import SHARDS_DIR, is_sharded, load_shards
 
-__all__ = ["FORMAT", "Trained", "RunCheckpoints"]
+__all__ = ["FORMAT", "Trained", "RunCheckpoints", "optimizer_tensors", "load_optimizer", "rng_state", "set_rng_state"]
 
 #: the ``format`` of a distillation checkpoint's state.json
 FORMAT = "fastdistill-distill/1"
@@ -34,7 +37,7 @@ class Trained:
         tensors = {name: net.state_dict() for name, net in self.networks.items()}
         flat, groups = {}, {}
         for name, opt in self.optimizers.items():
-            moments, groups[name] = ckpt.optimizer_tensors(opt, name)
+            moments, groups[name] = optimizer_tensors(opt, name)
             flat.update(moments)
         return {**tensors, "optim": flat}, groups
 
@@ -112,7 +115,7 @@ class RunCheckpoints:
         sharded; rank 0 writes the rest, the checksums, and renames it into place). ``record()``:
         the run's facts for state.json, asked on rank 0 only. Returns the path on rank 0; a failed
         write raises on every rank."""
-        rngs = D.all_gather_object(ckpt.rng_state(generators))
+        rngs = D.all_gather_object(rng_state(generators))
         path = err = None
         tmp = self._write_shards(step, trained) if self.sharded else None
         if self.main:
@@ -159,9 +162,78 @@ class RunCheckpoints:
             for name, net in trained.networks.items():
                 net.load_state_dict(tensors[name])
             for name, opt in trained.optimizers.items():
-                ckpt.load_optimizer(opt, tensors["optim"], state["param_groups"][name], name)
+                load_optimizer(opt, tensors["optim"], state["param_groups"][name], name)
         rngs = state["rng"]
         if len(rngs) == self.world:
-            ckpt.set_rng_state(rngs[self.rank], generators)
+            set_rng_state(rngs[self.rank], generators)
         elif self.main:
             print(f"fastdistill: checkpoint written by {len(rngs)} ranks, resuming on {self.world}: RNG streams reseeded")
+
+
+# ---------------------------------------------------------------------- optimiser state
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, list]:
+    """Flatten an optimiser state into tensors + JSON-able param groups."""
+    sd = opt.state_dict()
+    flat = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            t = v if torch.is_tensor(v) else torch.tensor(v)
+            flat[f"{prefix}.{idx}.{k}"] = t
+    return flat, sd["param_groups"]
+
+
+def load_optimizer(opt: torch.optim.Optimizer, flat: dict, groups: list, prefix: str) -> None:
+    state: dict = {}
+    for key, v in flat.items():
+        if not key.startswith(prefix + "."):
+            continue
+        _, idx, k = key.split(".", 2)
+        state.setdefault(int(idx), {})[k] = v
+    for g in groups:
+        g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    # checkpoints store contiguous tensors; moments laid out unlike their parameter (channels_last)
+    # would be read in the wrong order by the fused Adam kernels
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
+# ---------------------------------------------------------------------- RNG states
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict:
+    """This process's RNG states (global torch/CUDA/numpy/python plus named generators), JSON-able."""
+    npst = np.random.get_state()
+    py = random.getstate()
+    out = {
+        "torch": _b64(torch.get_rng_state()),
+        "numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
+        "python": [py[0], list(py[1]), py[2]],
+        "generators": {k: _b64(g.get_state()) for k, g in generators.items()},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return out
+
+
+def set_rng_state(st: dict, generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(_unb64(st["torch"]))
+    n = st["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    p = st["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    for k, g in generators.items():
+        if k in st["generators"]:
+            g.set_state(_unb64(st["generators"][k]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in st["cuda"]])
