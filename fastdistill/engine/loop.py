@@ -85,8 +85,8 @@ class Distiller:
         self._check_output()
         self._lock()
         try:
-            self.checkpoints = RunCheckpoints(self.out_dir, cfg.keep_last, sharded=cfg.distributed.strategy == "fsdp", main=self.main,
-                                              rank=self.rank, world=self.world)
+            self.checkpoints = RunCheckpoints(self.out_dir, cfg.keep_last, sharded=cfg.distributed.strategy == "fsdp",
+                                              main=self.main, rank=self.rank, world=self.world)
             self.resume_path = self.checkpoints.find(cfg.resume)
             self._seed_global_rngs()
             self._build_networks(teacher, init_network)
