@@ -402,17 +402,19 @@ def peak_memory(step: Callable[[], object], device) -> int:
     return peak
 
 
-def dense_yardstick(device, dtype: torch.dtype, repeats: int = 3) -> dict:
+def dense_yardstick(device, dtype: torch.dtype, repeats: int = 3, smoke: bool = False) -> dict:
     """Same-run FLOP/s of a large matmul and of a 3x3 convolution in ``dtype`` (best of
     ``repeats``). The convolution's FLOPs are counted as direct convolution, so a library that
-    uses a faster algorithm (Winograd) shows more than the hardware's FLOP/s."""
+    uses a faster algorithm (Winograd) shows more than the hardware's FLOP/s. ``smoke``: tiny
+    sizes, to check the code runs (an emulated bf16 matmul of full size takes minutes on a CPU
+    without native bf16); its figures mean nothing."""
     dev = torch.device(device)
-    n = 2048 if dev.type == "cpu" else 8192
+    n = 128 if smoke else 2048 if dev.type == "cpu" else 8192
     a = torch.randn(n, n, device=dev, dtype=dtype)
     b = torch.randn(n, n, device=dev, dtype=dtype)
-    nb = 4 if dev.type == "cpu" else 128
-    x = torch.randn(nb, 256, 32, 32, device=dev, dtype=dtype)
-    w = torch.randn(256, 256, 3, 3, device=dev, dtype=dtype)
+    nb, c = (1, 16) if smoke else (4, 256) if dev.type == "cpu" else (128, 256)
+    x = torch.randn(nb, c, 32, 32, device=dev, dtype=dtype)
+    w = torch.randn(c, c, 3, 3, device=dev, dtype=dtype)
 
     def best(fn, flops):
         fn()
@@ -420,7 +422,7 @@ def dense_yardstick(device, dtype: torch.dtype, repeats: int = 3) -> dict:
         return flops / min(times)
 
     mm = best(lambda: a @ b, 2 * n**3)
-    conv = best(lambda: torch.nn.functional.conv2d(x, w, padding=1), 2 * nb * 256 * 256 * 9 * 32 * 32)
+    conv = best(lambda: torch.nn.functional.conv2d(x, w, padding=1), 2 * nb * c * c * 9 * 32 * 32)
     return {"matmul": mm, "conv": conv, "peak": max(mm, conv)}
 
 

@@ -73,7 +73,7 @@ def _one_thread():
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_dense_yardstick(benchmark, dtype):
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    y = L.dense_yardstick(DEVICE, dt, repeats=1 if benchmark.disabled else 3)
+    y = L.dense_yardstick(DEVICE, dt, repeats=1 if benchmark.disabled else 3, smoke=benchmark.disabled)
     RESULTS["yardstick"][dtype] = y
     benchmark.extra_info.update({k: v / 1e9 for k, v in y.items()})
     benchmark(lambda: None)
