@@ -1,10 +1,23 @@
 """Small networks and configs shared by the engine tests (not a library module)."""
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from fastdistill.engine import DistillConfig
+from fastdistill.engine.identity import LOCK_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+_LIVE_RUN = ("from fastdistill.engine import Distiller\nfrom tests._engine_helpers import tiny_config, tiny_teacher\n"
+             "import sys\nDistiller(tiny_config(sys.argv[1], threads=1, steps=10**7, ckpt_every=0, log_every=10**6),"
+             " teacher=tiny_teacher(0)).run()\n")
 
 
 class TinyDenoiser(nn.Module):
@@ -44,3 +57,21 @@ def tiny_config(out_dir, **over) -> DistillConfig:
 
 def params_of(module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in module.parameters()]
+
+
+@contextlib.contextmanager
+def live_run(out_dir, timeout: float = 120):
+    """A training process writing into ``out_dir`` (it runs until killed), yielded once its lock
+    names it; killed on exit."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", _LIVE_RUN, str(out_dir)], cwd=REPO, env=env)
+    lock = Path(out_dir) / LOCK_FILE
+    try:
+        deadline = time.time() + timeout
+        while not lock.exists() or not lock.read_text():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()

@@ -9,8 +9,6 @@ import multiprocessing as mp
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,9 +21,8 @@ from fastdistill.engine import checkpoint as ckpt
 from fastdistill.engine.identity import LOCK_FILE, RunLock, RunLockedError
 from fastdistill.engine.shards import SHARDS_DIR, load_shards, read_shards
 from fastdistill.student import load_student
-from tests._engine_helpers import tiny_config, tiny_teacher
+from tests._engine_helpers import live_run, tiny_config, tiny_teacher
 
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,19 +97,8 @@ def test_shard_entries_are_read_as_weights_only(tmp_path):
     assert not marker.exists()
 
 
-SLOW_RUN = ("from fastdistill.engine import Distiller\nfrom tests._engine_helpers import tiny_config, tiny_teacher\n"
-            "import sys\nDistiller(tiny_config(sys.argv[1], threads=1, steps=10**7, ckpt_every=0, log_every=10**6),"
-            " teacher=tiny_teacher(0)).run()\n")
-
-
 def test_a_refused_second_launch_touches_nothing_of_the_live_run(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(tmp_path)], cwd=REPO, env=env)
-    try:
-        deadline = time.time() + 120
-        while not (tmp_path / LOCK_FILE).exists() or not (tmp_path / LOCK_FILE).read_text():
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.05)
+    with live_run(tmp_path) as proc:
         in_flight = ckpt.ckpt_root(tmp_path) / f".tmp-step-00000042-{proc.pid}"  # the live run's write under way
         in_flight.mkdir(parents=True)
         (in_flight / "generator.safetensors").write_bytes(b"half written")
@@ -120,9 +106,6 @@ def test_a_refused_second_launch_touches_nothing_of_the_live_run(tmp_path):
             Distiller(tiny_config(tmp_path, resume="auto"), teacher=tiny_teacher(0))
         assert (in_flight / "generator.safetensors").read_bytes() == b"half written"
         assert proc.poll() is None
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def _contend(out: str, start: float, log: str) -> None:

@@ -17,7 +17,7 @@ from fastdistill.cli import main
 from fastdistill.engine import ConfigError, Distiller
 from fastdistill.engine import checkpoint as ckpt
 from fastdistill.engine.identity import LOCK_FILE, RunLockedError
-from tests._engine_helpers import tiny_config, tiny_teacher
+from tests._engine_helpers import live_run, tiny_config, tiny_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 OVER = {"threads": 1, "steps": 4, "ckpt_every": 2, "optim.lr": 1e-2}
@@ -119,24 +119,10 @@ def test_a_live_run_directory_is_locked(tmp_path, capsys):
     assert _run(other, force=True).step == 4
 
 
-SLOW_RUN = ("from fastdistill.engine import Distiller\nfrom tests._engine_helpers import tiny_config, tiny_teacher\n"
-            "import sys\nDistiller(tiny_config(sys.argv[1], threads=1, steps=10**7, ckpt_every=0, log_every=10**6),"
-            " teacher=tiny_teacher(0)).run()\n")
-
-
 def test_two_processes_cannot_write_into_one_run(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(tmp_path)], cwd=REPO, env=env)
-    try:
-        deadline = time.time() + 120
-        while not (tmp_path / LOCK_FILE).exists():
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.05)
+    with live_run(tmp_path) as proc:
         with pytest.raises(RunLockedError, match=f"process {proc.pid}"):
             _run(tmp_path, resume="auto")
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 # ---------------------------------------------------------------------- signals
