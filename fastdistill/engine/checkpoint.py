@@ -28,10 +28,11 @@ the holder of the run's lock (a second launch refused by the lock touches nothin
 
 Loading verifies every file against ``checksums.json`` and raises :class:`CheckpointCorruptError`
 (file and problem named) on a truncated file, a checksum mismatch, unreadable JSON, a missing
-file, a file the checksums do not list, or a listed name outside the checkpoint; a checkpoint written before checksums existed is loaded with a one-time warning
-that it cannot be verified, one written with them but missing its ``checksums.json`` is refused
-(unless ``FASTDISTILL_ALLOW_UNVERIFIED=1``, a deliberate repair). :func:`latest_verified_checkpoint` finds the newest intact
-checkpoint of a run and reports each newer one it skipped; :func:`resolve_checkpoint` does that
+file, a file the checksums do not list, or a listed name outside the checkpoint. A checkpoint
+written before checksums existed is loaded with a one-time warning that it cannot be verified;
+one written with them but missing its ``checksums.json`` is refused (unless
+``FASTDISTILL_ALLOW_UNVERIFIED=1``, a deliberate repair). :func:`latest_verified_checkpoint`
+finds the newest intact checkpoint of a run and reports each newer one it skipped; :func:`resolve_checkpoint` does that
 for a run directory and checks a named checkpoint directory. A failed write (disk full, I/O
 error, permissions) removes its temporary directory and raises :class:`CheckpointWriteError`.
 

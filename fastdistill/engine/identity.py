@@ -60,15 +60,19 @@ def _matches(key: str, patterns) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
 
 
+def tensors_sha256(tensors: dict, prefix: str = "") -> str:
+    """sha256 of ``prefix`` and then named tensors (names, shapes, dtypes, bytes)."""
+    h = hashlib.sha256(prefix.encode())
+    for name, t in sorted(tensors.items()):
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        # reshape(-1): the elements in logical order whatever the layout (channels_last included)
+        h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def weights_hash(net) -> str:
     """sha256 of a module's tensors (names, shapes, dtypes, bytes); the class name for anything else."""
-    h = hashlib.sha256(type(net).__name__.encode())
-    if isinstance(net, torch.nn.Module):
-        for name, t in sorted(net.state_dict().items()):
-            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-            # reshape(-1): the elements in logical order whatever the layout (channels_last included)
-            h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    return tensors_sha256(net.state_dict() if isinstance(net, torch.nn.Module) else {}, type(net).__name__)
 
 
 def architecture_of(net: torch.nn.Module, record=None) -> dict:

@@ -17,8 +17,8 @@ from typing import Callable, Optional
 import torch
 
 from ..methods import ConfigError
-from . import distributed as D
 from ..teachers.traits import TeacherTraits
+from . import distributed as D
 from .build import bf16_is_fast, compile_network
 
 __all__ = ["Parallel", "parallelize", "teacher_precision"]
@@ -114,9 +114,8 @@ def parallelize(generator: torch.nn.Module, fake: torch.nn.Module, ema: torch.nn
         sharded = (generator, fake) + ((teacher,) if isinstance(teacher, torch.nn.Module) else ())
     else:
         g_sync, f_sync = D.wrap_ddp(generator, device), D.wrap_ddp(fake, device)
-    teacher_call = teacher
     if distributed and (cfg.distributed.fsdp_teacher or fsdp) and isinstance(teacher, torch.nn.Module):
-        D.shard(teacher_network if teacher_network is not None else teacher, teacher_param_dtype)
+        D.shard(teacher_network if teacher_network is not None else teacher, teacher_param_dtype)  # in place
 
     # diffusers networks checkpoint block by block (their own implementation), all three networks,
     # since SiD's and SIM's gradients pass through the teacher too; other networks as a whole call
@@ -137,5 +136,5 @@ def parallelize(generator: torch.nn.Module, fake: torch.nn.Module, ema: torch.nn
     replicated = distributed and not fsdp  # DDP wrappers only for the trained passes
     return Parallel(g_train=g_train, g_eval=prep(generator, grad_path=False) if replicated else g_train,
                     f_train=f_train, f_frozen=prep(fake) if replicated else f_train,
-                    t_call=prep(teacher_call) if isinstance(teacher_call, torch.nn.Module) else teacher_call,
+                    t_call=prep(teacher) if isinstance(teacher, torch.nn.Module) else teacher,
                     synced={"generator": g_sync, "fake": f_sync}, sharded=sharded, frame=frame, device=device)

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from ..conditioning import Conditioning
 from ..teachers.traits import traits
-from .identity import weights_hash
+from .identity import tensors_sha256, weights_hash
 
 
 def cache_key(teacher, prompts: list) -> str:
@@ -41,15 +41,6 @@ def prompts_sha256(prompts: list) -> str:
     return hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def _tensors_sha256(tensors: dict) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def _read_cache(path: Path, key: str, teacher, n: int) -> Conditioning:
     """The cached conditioning, or ValueError saying what is wrong with the file."""
     try:
@@ -60,7 +51,7 @@ def _read_cache(path: Path, key: str, teacher, n: int) -> Conditioning:
         raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from None
     if meta.get("key") != key:
         raise ValueError("written for other prompts or encoders")
-    if meta.get("sha256") != _tensors_sha256(tensors):
+    if meta.get("sha256") != tensors_sha256(tensors):
         raise ValueError("altered since it was written (checksum mismatch)")
     cond = Conditioning.from_tensors(tensors)
     if cond.batch_size != n:
@@ -94,7 +85,7 @@ def encoded_prompts(teacher, prompts: list, cache_dir: Optional[Path],
             tensors = {k: v.contiguous() for k, v in cond.to_tensors().items()}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-            save_file(tensors, str(tmp), metadata={"key": key, "sha256": _tensors_sha256(tensors)})
+            save_file(tensors, str(tmp), metadata={"key": key, "sha256": tensors_sha256(tensors)})
             os.replace(tmp, path)
     teacher.release_text_encoders()
     return cond
