@@ -194,6 +194,44 @@ def test_a_non_positive_divisor_is_refused_by_every_backend(backend, bad):
         assert out[1] == 0 and bool(torch.isfinite(out).all())
 
 
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_dmd_loss_has_no_graph_when_only_a_teacher_output_requires_grad(backend):
+    """Item 13: DMD's loss has no gradient for y_real or y_fake, so with y constant no backend
+    returns a graph (a fused op used to hand back one whose backward gave zeros)."""
+    from fastdistill.losses import dmd_loss
+    from tests.test_losses import use_backend
+
+    use_backend(backend)
+    y, y_real, y_fake = (torch.randn(2, 8, generator=torch.Generator().manual_seed(k)) for k in range(3))
+    for grads in ((True, False), (False, True)):
+        real, fake = (t.clone().requires_grad_(g) for t, g in zip((y_real, y_fake), grads))
+        for name in ("reference", backend):
+            assert dmd_loss(y, real, fake, backend=name).grad_fn is None, name
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_the_loss_backends_agree_on_huge_finite_inputs(backend):
+    """Item 13: at |y| = 1e18 DMD's loss is 0.5 |g|^2 in every backend (the literal reference form
+    cancelled to 0); at 1e37, where the sums overflow fp32, every backend says so with a non-finite
+    value rather than the reference calling it 0."""
+    from fastdistill.losses import dmd_loss, sid_loss, sim_loss
+    from tests.test_losses import use_backend
+
+    use_backend(backend)
+    for magnitude, finite in ((1e18, True), (1e37, False)):
+        y = torch.full((2, 8), magnitude)
+        y[:, 0] *= -1
+        y_real, y_fake = 0.5 * torch.full_like(y, magnitude), -0.3 * torch.full_like(y, magnitude)
+        for loss in (sid_loss, sim_loss, dmd_loss):
+            values = [loss(y, y_real, y_fake, backend=name, reduction="none") for name in ("reference", backend)]
+            assert all(bool(torch.isfinite(v).all()) == finite for v in values), (loss.__name__, magnitude, values)
+            if finite:
+                torch.testing.assert_close(values[1], values[0], rtol=1e-5, atol=0)
+        if finite:
+            g = (y_fake - y_real) / (y - y_real).abs().mean(dim=1, keepdim=True)
+            torch.testing.assert_close(dmd_loss(y, y_real, y_fake, backend="reference", reduction="none"),
+                                       0.5 * (g * g).sum(dim=1), rtol=1e-5, atol=0)
+
 def test_a_metrics_file_that_is_a_symlink_is_refused_not_followed(tmp_path):
     """Item 14: metrics.jsonl planted as a link in out_dir is never appended to (its target is untouched)."""
     target = tmp_path / "elsewhere.txt"

@@ -169,7 +169,9 @@ def dmd_loss(
     w = _divisor(divisor, y)
     scale = _scale(reduction, loss_scale, y.shape[0])
     op = registry.resolve_backend(backend, y.device.type).dmd
-    return _reduce(op(y, y_real, y_fake, w, scale), reduction)
+    # Detached here, not only inside the op: a fused op would otherwise hand back a graph when
+    # only a teacher output requires grad, while the loss has no gradient for them.
+    return _reduce(op(y, y_real.detach(), y_fake.detach(), w, scale), reduction)
 
 
 def dsm_loss(

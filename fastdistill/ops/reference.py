@@ -92,13 +92,19 @@ def sim(y, y_real, y_fake, weight: Optional[torch.Tensor], c: float, pseudo_hube
 
 
 def dmd(y, y_real, y_fake, weight: Optional[torch.Tensor], scale: float) -> torch.Tensor:
-    """DMD2 loss `0.5 |y - sg(y - g)|^2` with g = (yf - yr)/w; the teacher outputs get no gradient."""
+    """DMD2 loss `0.5 |y - sg(y - g)|^2` with g = (yf - yr)/w; the teacher outputs get no gradient.
+
+    Written in its equal form `0.5 |yf - yr|^2 / w^2` with gradient g into y: the literal form
+    loses the loss to cancellation once |y| dwarfs |g| (0 at |y| = 1e18), and this one overflows
+    exactly where the fused kernels' sums do.
+    """
     mask = _sample_mask(y, y_real, y_fake, weight)
     w = _resolve_weight(weight, y, y_real, mask)
     y_, yr, yf = _clean(mask, y, y_real.detach(), y_fake.detach())
-    g = (yf - yr) / w[:, None]
-    target = (y_ - g).detach()
-    loss = 0.5 * ((y_ - target) ** 2).sum(dim=1)
+    diff = yf - yr
+    w = w.to(diff.dtype)  # a given fp32 weight with float64 inputs: square it in float64
+    g = diff / w[:, None]
+    loss = 0.5 * (diff * diff).sum(dim=1) / (w * w) + ((y_ - y_.detach()) * g).sum(dim=1)
     return torch.where(mask, torch.zeros_like(loss), loss) * scale
 
 
