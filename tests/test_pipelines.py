@@ -4,6 +4,8 @@ Tiny random Stable Diffusion pipelines are built in code and saved with ``save_p
 (tests/tiny_pipelines.py), then loaded through the folder path a user takes.
 """
 import copy
+import errno
+import os
 
 import pytest
 import torch
@@ -393,7 +395,7 @@ def test_lora_rank_and_targets_that_do_not_fit(tmp_path, sd_eps_folder, prompt_f
 # ---------------------------------------------------------------------- export
 @pytest.mark.parametrize("kind,lora,mode", [("sd", 2, "merge"), ("sd", 2, "adapter"), ("sd", 0, "merge"),
                                             ("sdxl", 2, "merge")])
-def test_export_round_trip(tmp_path, sd_eps_folder, sdxl_folder, prompt_file, kind, lora, mode):
+def test_export_round_trip(tmp_path, sd_eps_folder, sdxl_folder, prompt_file, kind, lora, mode, monkeypatch, capsys):
     """``fastdistill export`` writes a folder diffusers loads; the documented one-step snippet run on
     it gives ``Student.sample`` for the same noise."""
     from fastdistill.cli import main
@@ -430,6 +432,17 @@ def test_export_round_trip(tmp_path, sd_eps_folder, sdxl_folder, prompt_file, ki
         with pytest.raises(CheckpointError, match="LoRA adapters .*--lora merge"):
             load_student(out)
     assert main(["export", str(run), str(out)]) == 2  # an existing folder is refused, nothing overwritten
+    if kind == "sd" and lora == 0:  # a full disk while exporting: one line, no half-written folder left
+        import fastdistill.export as export_module
+
+        def disk_full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[1]))
+
+        monkeypatch.setattr(export_module.shutil, "copytree", disk_full)
+        capsys.readouterr()
+        assert main(["export", str(run), str(tmp_path / "full")]) == 2
+        assert "No space left on device" in capsys.readouterr().err.strip().splitlines()[-1]
+        assert not [p.name for p in tmp_path.iterdir() if "full" in p.name]
 
 
 def test_checkpointing_and_bf16_teacher(tmp_path, sd_eps_folder, prompt_file):

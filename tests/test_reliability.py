@@ -1,8 +1,12 @@
-"""Reliability round 3, the three defects that come first: a checkpoint folder that runs code when
-loaded, a refused second launch that deletes the live run's in-flight checkpoint, and a run lock
-that two processes can hold at once. Each test failed on the code before its fix."""
+"""Reliability round 3 (issue 35), the engine's and the losses' items: a checkpoint folder that
+runs code when loaded, a refused second launch that deletes the live run's in-flight checkpoint, a
+run lock two processes can hold, checkpoints renamed, pruned or stripped of their checksums, loss
+backends that disagree in corners, a user's files in out_dir, and the configuration and disk
+errors that ended in tracebacks (test_t2i_inputs has the text-to-image inputs). Each test failed
+on the code before its fix."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import multiprocessing as mp
@@ -282,3 +286,134 @@ def test_deleting_checksums_does_not_turn_verification_off(whole_run, tmp_path, 
     monkeypatch.setenv(ckpt.ALLOW_UNVERIFIED_ENV, "1")
     assert ckpt.verify_checkpoint(newest) is False  # loaded unverified, said once
     assert "cannot be verified" in capsys.readouterr().err
+
+
+def test_a_fresh_run_refuses_a_folder_of_someone_elses_files(tmp_path, capsys):
+    """Item 12: a user's config.json and samples.png in out_dir are not replaced: the launch is one
+    line, rc 2. A user's other files stay beside a run (test_run_identity), and a folder a run
+    already holds is taken as before."""
+    from fastdistill.cli import main
+    from tests.test_cli_errors import TINY, _one_line_error
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    mine = {"config.json": '{"my": "settings"}', "samples.png": "my picture"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    assert main(["distill", "--preset", "toy", *TINY, f"out_dir={out}"]) == 2
+    assert "would replace (config.json, samples.png)" in _one_line_error(capsys, "distill")
+    assert {p.name: p.read_text() for p in out.iterdir()} == mine
+
+    run = tmp_path / "run"
+    Distiller(tiny_config(run, steps=2, ckpt_every=2), teacher=tiny_teacher(0)).run()
+    Distiller(tiny_config(run, steps=4, ckpt_every=2, resume="auto"), teacher=tiny_teacher(0)).run()
+    assert ckpt.latest_checkpoint(run).name == "step-00000004"
+
+
+def test_the_fsdp_refusals_advice_turns_evaluation_off_for_vector_data(tmp_path):
+    """Item 6: ``eval_data=none``, the advice of the refusal below, now turns the sliced-Wasserstein
+    evaluation of vector data off too (it used to keep it, so the sharded run stayed refused)."""
+    from fastdistill.engine.config import preset_config
+    from fastdistill.engine.evaluator import LoopEvaluator
+    from fastdistill.teachers import load_teacher
+    from fastdistill.teachers.loading import ANALYTIC_PREFIX
+
+    cfg = preset_config("toy")
+    teacher = load_teacher(ANALYTIC_PREFIX + cfg.teacher.name)
+    assert LoopEvaluator.for_run(cfg, teacher, (2,)) is not None
+    assert LoopEvaluator.for_run(cfg.with_overrides(["eval_data=none"]), teacher, (2,)) is None
+    over = ["eval_data=none", "steps=2", "batch_size=16", "teacher.fit_steps=5", "progress=false", "threads=1",
+            f"out_dir={tmp_path / 'run'}", "log.tensorboard=false"]
+    result = Distiller(preset_config("toy").with_overrides(over)).run()
+    assert result.step == 2 and result.quality is None
+
+
+@pytest.fixture()
+def deep_config(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    return path
+
+
+#: item 9 and 10's configuration cases: (overrides, what the one line says)
+CONFIG_CASES = {
+    "seed 1e23": (["seed=1e23"], "seed must be an integer within"),
+    "deep override": (["seed=" + "[" * 200_000 + "]" * 200_000], "nested too deeply"),
+    "threads past the cores": (["threads=100000"], "CPU cores"),
+    "enormous batch": (["batch_size=100000000000"], "out of memory"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_a_config_that_broke_deep_inside_is_one_line(tmp_path, capsys, case):
+    """Items 9 and 10: each of these ended in a traceback (the threads one in a libgomp abort that
+    left a stale lock); now one line naming the key, rc 2, and no run folder left behind."""
+    from fastdistill.cli import main
+    from tests.test_cli_errors import _one_line_error
+
+    overrides, message = CONFIG_CASES[case]
+    out = tmp_path / "run"
+    assert main(["distill", "--preset", "toy", "steps=1", "progress=false", "teacher.fit_steps=5", *overrides,
+                 f"out_dir={out}"]) == 2
+    assert message in _one_line_error(capsys, "distill")
+    assert not (out / LOCK_FILE).exists()
+
+
+def test_a_config_file_nested_too_deeply_is_one_line(deep_config, tmp_path, capsys):
+    from fastdistill.cli import main
+    from tests.test_cli_errors import _one_line_error
+
+    assert main(["distill", "--config", str(deep_config), f"out_dir={tmp_path / 'run'}"]) == 2
+    assert "nested too deeply" in _one_line_error(capsys, "distill")
+
+
+def _disk_full_once(monkeypatch, owner, name):
+    """``owner.name`` raises ENOSPC on its first call, as a full disk does, and works after."""
+    real, calls = getattr(owner, name), []
+
+    def full(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "student.safetensors")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, full)
+
+
+def test_a_full_disk_at_the_final_student_loses_nothing_and_the_same_command_finishes(tmp_path, monkeypatch, capsys):
+    """Item 9: a full disk while the final student is written was a traceback; now one line saying
+    the trained run is safe in its checkpoint, and the same command again writes the outputs
+    without training a step more."""
+    from fastdistill.cli import main
+    from tests.test_cli_errors import TINY, _one_line_error
+
+    _disk_full_once(monkeypatch, Distiller, "export_student")
+    out = tmp_path / "run"
+    argv = ["distill", "--preset", "toy", *TINY, f"out_dir={out}"]
+    assert main(argv) == 2
+    line = _one_line_error(capsys, "distill")
+    assert "No space left on device" in line and "safe in" in line and "run the same command again" in line
+    assert not (out / "student.safetensors").exists() and ckpt.latest_checkpoint(out).name == "step-00000002"
+    rows = (out / "metrics.jsonl").read_text().count("\n")
+    assert main(argv) == 0
+    assert (out / "student.safetensors").is_file() and (out / "samples.npz").is_file()
+    assert (out / "metrics.jsonl").read_text().count("\n") == rows  # nothing retrained
+
+
+def test_sample_onto_a_read_only_file_system_is_one_line(tmp_path, monkeypatch, capsys):
+    """Item 9: ``sample --out`` on a read-only file system was a traceback (OSErrors other than the
+    few named ones were not user errors; test_pipelines' export round trip has the full disk)."""
+    import fastdistill.student as student_module
+    from fastdistill.cli import main
+    from tests.test_cli_errors import TINY, _one_line_error
+
+    run = tmp_path / "run"
+    assert main(["distill", "--preset", "toy", *TINY, f"out_dir={run}"]) == 0
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "s.npz"))
+
+    monkeypatch.setattr(student_module, "save_samples", read_only)
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "4", "--out", str(tmp_path / "s")]) == 2
+    assert "Read-only file system" in _one_line_error(capsys, "sample")

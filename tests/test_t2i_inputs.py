@@ -1,7 +1,14 @@
 """Reliability round 3, the text-to-image inputs: a run's identity covers its prompt list (item
-4), and the prompt-embedding cache is verified before use and encoded again, with one line, when
-it is damaged, edited, another list's, another encoder's or not finite (item 5)."""
+4), the prompt-embedding cache is verified before use and encoded again, with one line, when
+it is damaged, edited, another list's, another encoder's or not finite (item 5), and a broken
+pipeline folder is one line naming what is wrong (items 9, 10)."""
 from __future__ import annotations
+
+import json
+import pickle
+import re
+import shutil
+import struct
 
 import pytest
 import torch
@@ -79,3 +86,77 @@ def test_a_bad_prompt_cache_is_encoded_again_with_one_line(tmp_path, folder, kin
     capsys.readouterr()
     Distiller(_lora_config(tmp_path / "c", folder, prompts, prompt_cache=str(cache), **over))  # repaired
     assert "prompt embeddings from the cache" in capsys.readouterr().out
+
+
+def _lying_header(folder):
+    """A safetensors header whose first tensor claims a terabyte of data."""
+    path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    first = next(k for k in header if k != "__metadata__")
+    header[first]["data_offsets"] = [0, 10**12]
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def _bin_pickle(folder):
+    """Weights only as a pickled .bin whose unpickling would run code."""
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(_Payload(folder / "PWNED")))
+
+
+BROKEN_FOLDERS = {
+    "no weights": (lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors").unlink(), "no file named"),
+    "empty tokenizer": (lambda f: [p.unlink() for p in (f / "tokenizer").iterdir()], "tokenizer folder is empty"),
+    "broken unet config": (lambda f: (f / "unet" / "config.json").write_text('{"_class_name": '), "not a valid JSON"),
+    "lying safetensors header": (_lying_header, "SafetensorError"),
+    "pickled .bin weights": (_bin_pickle, "UnpicklingError"),
+    "invalid model_index.json": (lambda f: (f / "model_index.json").write_text("{bad"), "model_index.json is not valid JSON"),
+    "broken scheduler config": (lambda f: (f / "scheduler" / "scheduler_config.json").write_text("{not json"),
+                                "scheduler_config.json is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_FOLDERS))
+def test_a_broken_pipeline_folder_is_one_line_naming_what_is_wrong(folder, tmp_path, case):
+    """Items 9 and 10: what diffusers, transformers and safetensors raise for a broken folder (or an
+    empty tokenizer folder, which used to load and then fail at the first prompt) is one user
+    error that names the folder or file; an invalid model_index.json is not called an unsupported
+    UNet, and the pickled .bin is refused without running."""
+    from fastdistill.engine.entry import USER_ERRORS
+    from fastdistill.teachers import load_teacher
+
+    broken = tmp_path / "pipe"
+    shutil.copytree(folder, broken)
+    damage, message = BROKEN_FOLDERS[case]
+    damage(broken)
+    with pytest.raises(USER_ERRORS, match=re.escape(message)) as info:
+        load_teacher(broken)
+    assert str(broken) in str(info.value)
+    assert not (broken / "PWNED").exists()
+
+
+def test_a_broken_pipeline_folder_from_the_command_line_is_one_line(folder, tmp_path, capsys):
+    """The same from ``distill``: one error line, rc 2 (diffusers' loading bar may precede it)."""
+    from fastdistill.cli import main
+
+    broken = tmp_path / "pipe"
+    shutil.copytree(folder, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    prompts = write_prompt_file(tmp_path / "prompts.txt")
+    argv = ["distill", "--preset", "sid-lsg-sd15", "--teacher", str(broken), "--prompts", str(prompts),
+            f"out_dir={tmp_path / 'run'}", "steps=1", "progress=false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("fastdistill distill: ")]
+    assert len(errors) == 1 and "could not be loaded" in errors[0] and "Traceback" not in err, err

@@ -14,6 +14,7 @@ import dataclasses
 import importlib.util
 import inspect
 import json
+import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -123,7 +124,7 @@ class DistillConfig:
     eval_every: int = 0  # steps between quality evaluations (0 = start and end): SW2 on vector data, FID on images with eval data
     eval_samples: int = 4096  # samples per quality evaluation (images: capped at the held-out half of the data, 898 on digits)
     eval_cache: str = ""  # directory caching the teacher's evaluation samples between runs ("" = in this process only)
-    eval_data: str = ""  # images: reference data for FID tracking (digits features); "" = `data`, else digits for the digits teacher; "none" = off
+    eval_data: str = ""  # images: reference data for FID tracking (digits features); "" = `data`, else digits for the digits teacher; "none" = off (vector data too)
     max_nan_steps: int = 20  # stop after this many consecutive non-finite steps
     max_nan_fraction: float = 0.5  # a step whose loss is non-finite, or with more NaN samples than this fraction, is skipped (NaN samples below it just contribute zero, as in SiD)
     progress: bool = True  # tqdm progress bar
@@ -154,11 +155,15 @@ class DistillConfig:
 
             try:
                 d = tomllib.loads(text)
+            except RecursionError:
+                raise ConfigError(f"config file {path}: nested too deeply to be a config") from None
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"config file {path}: not valid TOML ({exc})") from None
         else:
             try:
                 d = json.loads(text)
+            except RecursionError:
+                raise ConfigError(f"config file {path}: nested too deeply to be a config") from None
             except json.JSONDecodeError as exc:
                 hint = "" if path.suffix.lower() == ".json" else "; a TOML file needs the .toml suffix"
                 raise ConfigError(f"config file {path}: not valid JSON ({exc.msg} at line {exc.lineno}, "
@@ -287,6 +292,9 @@ class DistillConfig:
              f"out_dir, resume=none to start afresh, or the path of a checkpoint)")
         for k in ("ckpt_every", "log_every", "sample_every", "eval_every", "threads"):
             need(isinstance(getattr(self, k), int) and getattr(self, k) >= 0, f"{k} must be an integer >= 0, got {getattr(self, k)!r}")
+        cores = os.cpu_count() or 1
+        need(self.threads <= cores, f"threads={self.threads}: this machine has {cores} CPU cores (threads=0 leaves "
+                                    f"torch's own choice)")
         need(isinstance(self.keep_last, int) and self.keep_last >= 1, f"keep_last must be an integer >= 1, got {self.keep_last!r}")
         need(isinstance(self.max_nan_steps, int) and self.max_nan_steps >= 1, f"max_nan_steps must be >= 1, got {self.max_nan_steps!r}")
         need(0 <= self.max_nan_fraction < 1, f"max_nan_fraction must be in [0, 1), got {self.max_nan_fraction!r}")
@@ -392,6 +400,8 @@ def _coerce(value, typ, key: str):
     if typ in ("int", int):
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if not -2**62 <= value <= 2**62:  # what torch, numpy and the run's seed offsets hold
+            raise ConfigError(f"{key} must be an integer within +-2^62, got {value!r}")
         return int(value)
     if typ in ("float", float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -454,6 +464,8 @@ def set_dotted(cfg, key: str, value) -> None:
 def _parse_value(raw: str) -> Any:
     try:
         return json.loads(raw)
+    except RecursionError:
+        raise ConfigError(f"override value {raw[:40]!r}... is nested too deeply") from None
     except json.JSONDecodeError:
         low = raw.lower()
         if low in ("true", "false"):

@@ -10,6 +10,7 @@ them instead, traceback and all. A diverged run gives exit code 3.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -23,10 +24,9 @@ from .distributed import is_main
 from .loop import Distiller, TrainingDiverged
 
 #: what the user can get wrong: one line and exit code 2 from the CLI (ValueError: the checks of
-#: configs, inputs and shapes; the others: paths, files and checkpoints). Anything else is a bug
-#: and keeps its traceback.
-USER_ERRORS = (ConfigError, CheckpointError, UnsafeCheckpointError, EvalError, FileNotFoundError, FileExistsError,
-               NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
+#: configs, inputs and shapes; OSError: paths, files, full or read-only disks; the others:
+#: checkpoints). Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, CheckpointError, UnsafeCheckpointError, EvalError, OSError, ValueError)
 
 DEBUG_ENV = "FASTDISTILL_DEBUG"
 
@@ -44,6 +44,14 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror and text.startswith("[Errno"):
         text = f"{exc.filename}: {exc.strerror}"  # an OS error straight from open() / mkdir()
     return " ".join(text.split()) if text else type(exc).__name__
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that did not fit (CUDA, or the CPU allocator's refusal)."""
+    import torch
+
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
 def load_config(config: Optional[str] = None, overrides: Sequence[str] = (), preset: Optional[str] = None) -> DistillConfig:
@@ -99,6 +107,13 @@ def distill_command(config: Optional[str] = None, overrides: Sequence[str] = (),
         if debug_enabled(debug):
             raise
         print(f"fastdistill distill: {error_message(exc)}", file=sys.stderr)
+        return 2
+    except (RuntimeError, MemoryError) as exc:
+        if debug_enabled(debug) or not out_of_memory(exc):
+            raise
+        asked = re.search(r"tried to allocate ([0-9.]+ ?[A-Za-z]*)", str(exc), re.IGNORECASE)
+        print(f"fastdistill distill: out of memory{f' (an allocation of {asked.group(1)})' if asked else ''}: lower "
+              f"batch_size (or optim.grad_accum > 1 keeps the batch in smaller pieces)", file=sys.stderr)
         return 2
     if is_main():  # under torchrun rank 0 speaks for all
         print(format_summary(result))

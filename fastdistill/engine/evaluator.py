@@ -108,10 +108,12 @@ class LoopEvaluator:
 
     @classmethod
     def for_run(cls, cfg, teacher, shape) -> Optional["LoopEvaluator"]:
+        if cfg.eval_data == "none":  # off for every kind of data
+            return None
         if len(shape) == 1:
             return cls("sw", cfg.eval_samples, teacher) if traits(teacher).exact_samples else None
         name = cfg.eval_data or cfg.data or ("digits" if cfg.teacher.path == "digits" else "")
-        if len(shape) != 3 or not name or name == "none":
+        if len(shape) != 3 or not name:
             return None
         if importlib.util.find_spec("torch_fidelity") is None:  # before any work, not at the first evaluation
             raise ConfigError(f"FID tracking (eval_data={name}) needs torch-fidelity: pip install 'torch-fidelity>=0.4'; "

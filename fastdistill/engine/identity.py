@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import fnmatch
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ import torch
 from ..methods import ConfigError
 
 __all__ = ["run_identity", "architecture_of", "identity_differences", "changed_settings", "check_resume", "FREE_KEYS",
-           "RunLock", "RunLockedError"]
+           "RunLock", "RunLockedError", "check_run_folder"]
 
 #: settings that may change freely when a run is resumed (a trailing dot: the whole section)
 FREE_KEYS = ("steps", "resume", "out_dir", "prompt_cache", "device", "threads", "compile", "compile_scope", "compile_mode", "channels_last", "activation_checkpointing", "progress",
@@ -44,6 +45,29 @@ IDENTITY_KEYS = ("method.", "seed", "precision", "data", "teacher.kind", "teache
                  "teacher.mlp_layers")
 
 LOCK_FILE = "run.lock"
+#: what only a run's folder holds: its checkpoints, its lock, its metrics log, its prompt cache
+#: (encoded before training: a run refused after that leaves it behind)
+RUN_MARKERS = ("checkpoints", LOCK_FILE, "metrics.jsonl", "prompt_cache")
+#: what a run writes beside them (fnmatch patterns)
+RUN_OUTPUTS = ("config.json", "samples.png", "samples-*.png", "samples.npz", "student.safetensors",
+               "*_vs_iterations.png", "tensorboard")
+
+
+def check_run_folder(out_dir) -> None:
+    """Refuse an ``out_dir`` that is not a run's but holds files of the names a run writes: they
+    would be replaced. A user's other files are left as they are, beside the run's."""
+    out_dir = Path(out_dir)
+    try:
+        names = sorted(p.name for p in out_dir.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a new folder, or a path check_writable refuses with its own message
+    if any(name in RUN_MARKERS for name in names):
+        return
+    clashes = [name for name in names if any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_OUTPUTS)]
+    if clashes:
+        shown = ", ".join(clashes[:5]) + (f" and {len(clashes) - 5} more" if len(clashes) > 5 else "")
+        raise ConfigError(f"out_dir {out_dir} is not a fastdistill run but holds files a run would replace "
+                          f"({shown}): give a new or empty folder")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -41,7 +41,7 @@ from .parallel import parallelize, teacher_precision
 from .run_checkpoints import RunCheckpoints, Trained
 from .prompts import encoded_prompts, prompts_sha256
 from .evaluator import LoopEvaluator, Quality, plot_run_curve
-from .identity import RunLock, architecture_of, check_resume, run_identity
+from .identity import RunLock, architecture_of, check_resume, check_run_folder, run_identity
 from .monitor import NVTX, MetricsLogger, progress_bar
 from .optim import make_adam, sanitize_grads
 
@@ -158,12 +158,13 @@ class Distiller:
         err = None
         if self.main:
             try:
+                check_run_folder(self.out_dir)
                 ckpt.check_writable(self.out_dir)
-            except PermissionError as exc:
-                err = str(exc)
+            except (ConfigError, PermissionError) as exc:
+                err = (type(exc), str(exc))
         err = D.broadcast_object(err)
         if err:
-            raise PermissionError(err)
+            raise err[0](err[1])
 
     def _remove_empty_output(self) -> None:
         """A run that failed before training leaves no empty folders behind (only those it made)."""
@@ -505,6 +506,14 @@ class Distiller:
         panels.append((f"student ({k} step{'s' if k > 1 else ''}, step {self.step})", x))
         return scatter_panels(panels, path)
 
+    def _write_final_outputs(self, whole) -> str:
+        """samples.npz and student.safetensors of the finished run; returns the samples' path."""
+        x = self.student_samples(min(self.cfg.eval_samples, 4096), seed=9_000_005, net=whole)
+        samples = str(self.out_dir / "samples.npz")
+        np.savez(samples, samples=x.numpy())
+        self.export_student(self.out_dir / "student.safetensors", whole)
+        return samples
+
     def export_student(self, path: Path, net=None) -> Optional[Path]:
         """The EMA generator's denoiser (or ``net``) in the teacher checkpoint format (``load_teacher``
         reads it); the generator is ``D(sigma_init z; sigma_init)``, and its further steps' levels are in the
@@ -630,10 +639,12 @@ class Distiller:
         picture = samples = None
         whole = None if interrupted else self.whole_ema()
         if self.main and not interrupted:
-            x = self.student_samples(min(self.cfg.eval_samples, 4096), seed=9_000_005, net=whole)
-            samples = str(self.out_dir / "samples.npz")
-            np.savez(samples, samples=x.numpy())
-            self.export_student(self.out_dir / "student.safetensors", whole)
+            try:
+                samples = self._write_final_outputs(whole)
+            except OSError as exc:  # a full or read-only disk: the trained run is safe in its checkpoint
+                raise OSError(exc.errno, f"{exc.filename or self.out_dir}: {exc.strerror or exc} while writing the "
+                                         f"final outputs; the trained run is safe in {last_ckpt}: free space and run "
+                                         f"the same command again to write them (nothing is retrained)") from exc
             try:  # pictures last: a missing optional plotting library loses nothing else
                 picture = str(self.save_picture(self.out_dir / "samples.png", whole))
                 if quality is not None:

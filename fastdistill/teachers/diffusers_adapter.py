@@ -292,6 +292,17 @@ def _alphas_cumprod_from_config(cfg: Mapping[str, Any], source: str) -> torch.Te
     return torch.as_tensor(sched.alphas_cumprod, dtype=torch.float64)
 
 
+def read_config(path) -> dict:
+    """A pipeline's JSON config file as a dict; a malformed one is a ValueError naming the file."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a JSON object, got a {type(config).__name__}")
+    return config
+
+
 def load_diffusers_teacher(
     path: Union[str, os.PathLike],
     *,
@@ -316,8 +327,7 @@ def load_diffusers_teacher(
     unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
     if not (unet_dir / "config.json").is_file():
         raise FileNotFoundError(f"{root}: no UNet config.json (looked in {root} and {root / 'unet'})")
-    with open(unet_dir / "config.json") as f:
-        ucfg = json.load(f)
+    ucfg = read_config(unet_dir / "config.json")
     if ucfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise ValueError(f"{unet_dir}: a {ucfg.get('_class_name')} is not supported (only UNet2DModel)")
 
@@ -328,15 +338,11 @@ def load_diffusers_teacher(
                 f"{root}: no scheduler_config.json found (looked in scheduler/, the UNet folder and {root}); "
                 "pass scheduler_config="
             )
-        with open(sc_path) as f:
-            scfg = json.load(f)
-        source = str(sc_path)
+        scfg, source = read_config(sc_path), str(sc_path)
     elif isinstance(scheduler_config, Mapping):
         scfg, source = dict(scheduler_config), "scheduler_config"
     else:
-        with open(scheduler_config) as f:
-            scfg = json.load(f)
-        source = str(scheduler_config)
+        scfg, source = read_config(scheduler_config), str(scheduler_config)
     abar = _alphas_cumprod_from_config(scfg, source)
 
     unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)

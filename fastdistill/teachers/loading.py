@@ -89,19 +89,50 @@ def sniff_format(path: "str | os.PathLike") -> str:
         f"safetensors teachers (.safetensors), fastdistill or diffusers directories")
 
 
+def _library_errors() -> tuple[type, ...]:
+    """What diffusers, transformers and safetensors raise for a broken or refused file in a model
+    folder (a missing or mislabelled weights file, a lying safetensors header, a pickled ``.bin``
+    that torch's weights-only loader refuses, an unreadable config)."""
+    errors: list[type] = [OSError, OverflowError, UnicodeDecodeError, RecursionError]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _innermost_message(exc: BaseException) -> str:
+    """The outer message, and the first cause's when it says more (diffusers wraps the real reason)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and (cause.__cause__ or cause.__context__) is not None:
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
+        text += f" ({type(cause).__name__}: {' '.join(str(cause).split())})"
+    return text
+
+
 def _load_diffusers(path: str, device, resolution) -> nn.Module:
-    """Through the adapter module as installed (it imports diffusers only when a model is loaded)."""
+    """Through the adapter module as installed (it imports diffusers only when a model is loaded).
+    What the libraries raise for a broken folder becomes one :class:`CheckpointError` naming it."""
     try:
         adapter = importlib.import_module("fastdistill.teachers.diffusers_adapter")
     except ImportError as e:
         raise CheckpointError(f"{path}: looks like a diffusers model, but the diffusers adapter "
                               f"(fastdistill.teachers.diffusers_adapter) is not available") from e
     pipelines = importlib.import_module("fastdistill.teachers.pipelines")
-    if pipelines.is_pipeline_folder(path):
-        return pipelines.load_pipeline_teacher(path, device=device, resolution=resolution)
-    if resolution is not None:
-        raise ValueError(f"{path}: a resolution is chosen only for text-to-image pipelines")
-    return adapter.load_diffusers_teacher(path).to(device).eval().requires_grad_(False)
+    try:
+        if pipelines.is_pipeline_folder(path):
+            return pipelines.load_pipeline_teacher(path, device=device, resolution=resolution)
+        if resolution is not None:
+            raise ValueError(f"{path}: a resolution is chosen only for text-to-image pipelines")
+        return adapter.load_diffusers_teacher(path).to(device).eval().requires_grad_(False)
+    except (FileNotFoundError, PermissionError):
+        raise  # our own checks, and the OS's, already name the file
+    except _library_errors() as exc:
+        raise CheckpointError(f"teacher {path} could not be loaded: {_innermost_message(exc)}") from exc
 
 
 ANALYTIC_PREFIX = "analytic:"

@@ -29,7 +29,7 @@ import torch
 
 from ..conditioning import Conditioning
 from .diffusers_adapter import (DiffusersDenoiser, FlowMatchDenoiser, _alphas_cumprod_from_config, _require_diffusers,
-                                _sample_of)
+                                _sample_of, read_config)
 from .families import PipelineFamily, call_default, family_for, registered
 
 __all__ = ["PipelineTeacher", "FlowPipelineTeacher", "load_pipeline_teacher", "is_pipeline_folder", "supported_pipelines"]
@@ -49,14 +49,15 @@ class _Shared:
 
 
 def is_pipeline_folder(path) -> bool:
-    """A folder whose ``model_index.json`` names a text-to-image pipeline (any family)."""
+    """A folder whose ``model_index.json`` names a text-to-image pipeline (any family), or does not
+    parse: :func:`load_pipeline_teacher` then says what is wrong with it."""
     index = Path(path) / "model_index.json"
     if not index.is_file():
         return False
     try:
-        name = json.loads(index.read_text()).get("_class_name", "")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return False
+        name = read_config(index).get("_class_name", "")
+    except ValueError:
+        return True
     return isinstance(name, str) and name.endswith("Pipeline") and name not in ("DDPMPipeline", "DDIMPipeline")
 
 
@@ -285,6 +286,9 @@ def _check_components(root: Path, spec: PipelineFamily, index: dict) -> None:
     if missing:
         raise FileNotFoundError(f"{root}: the pipeline lacks {', '.join(missing)} (a {name} needs "
                                 f"{', '.join(required)}; each a sub-folder listed in model_index.json)")
+    empty = [c for c in required if not any((root / c).iterdir())]
+    if empty:  # diffusers would load an empty tokenizer folder as a tokenizer that breaks on first use
+        raise FileNotFoundError(f"{root}: the pipeline's {', '.join(empty)} folder is empty")
 
 
 def load_pipeline_teacher(path, *, resolution: Optional[int] = None, device="cpu",
@@ -299,10 +303,7 @@ def load_pipeline_teacher(path, *, resolution: Optional[int] = None, device="cpu
     root = Path(os.fspath(path))
     if not (root / "model_index.json").is_file():
         raise FileNotFoundError(f"{root}: not a diffusers pipeline folder (no model_index.json)")
-    try:
-        index = json.loads((root / "model_index.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{root}/model_index.json is not valid JSON ({exc})") from None
+    index = read_config(root / "model_index.json")
     name = index.get("_class_name", "?")
     spec = family_for(name) if isinstance(name, str) else None
     if spec is None:
@@ -311,7 +312,7 @@ def load_pipeline_teacher(path, *, resolution: Optional[int] = None, device="cpu
     _require_diffusers()
     import diffusers
 
-    scfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    scfg = read_config(root / "scheduler" / "scheduler_config.json")
     if spec.flow:
         if not str(scfg.get("_class_name", "")).startswith("FlowMatch"):
             raise ValueError(f"{root}: a {name} needs a flow-matching scheduler (FlowMatchEulerDiscreteScheduler), "
