@@ -19,7 +19,6 @@ engine casts and checkpoints ``teacher.unet``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import warnings
 from pathlib import Path
