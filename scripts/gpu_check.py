@@ -1,4 +1,4 @@
-"""The GPU check: everything a CUDA machine can tell about fastdistill, in one command of at most 5 minutes.
+"""The GPU check: everything a CUDA machine can tell about fastdistill, in one command of at most 4.5 minutes (a rerun: 3).
 
     scripts/gpu_check.sh OUT_DIR                # on an H100/H200 (one GPU, no network)
     scripts/gpu_check.sh --dry OUT_DIR          # anywhere: what it would run, and the cheap parts
@@ -15,12 +15,16 @@ Steps, in order (each has a time limit, its share of --budget; together they fit
                         stopped like Ctrl-C; its last FID from metrics.jsonl
 
 Steps 3-6 need the build and are skipped with that reason when it fails; every failure is recorded
-and the next step runs. Without a CUDA device (or with --dry) nothing GPU-bound runs: each step says
+and the next step runs. A rerun on the same machine reuses the build when the sources, torch and the
+GPU architecture are unchanged (a stamp in build/gpu_check/ records them), so it fits 3 minutes. Without a CUDA device (or with --dry) nothing GPU-bound runs: each step says
 what it would run and why it did not, and checks what it can here (setup.py runs with the build's
 settings, the imports, the GPU tests collect and skip, the benchmarks collect, the SiD settings
 validate), with CUDA hidden from the child processes; that takes well under a minute.
 
-Writes OUT_DIR/summary.json, OUT_DIR/summary.md and every step's full output in OUT_DIR/logs/.
+Writes three files, so that the few a lent machine sends back carry it all: OUT_DIR/summary.txt
+(PASS/FAIL per step, one line each, with its figures), OUT_DIR/results.json (everything parsed) and
+OUT_DIR/details.tar.gz (summary.md, every step's full output, the benchmarks' JSON, the SiD run's
+metrics and config).
 Exit status 1 when a step failed (after the summaries are written), 2 for a bad command line.
 Standard library only: it must run wherever the package's own dependencies do.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -36,6 +41,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import traceback
@@ -45,6 +51,9 @@ from pathlib import Path
 from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
+BUILD_DIR = REPO / "build" / "gpu_check"  # kept between checks on one machine: a rerun reuses the build
+BUILD_STAMP = BUILD_DIR / "stamp.json"
+SUMMARY, RESULTS, DETAILS = "summary.txt", "results.json", "details.tar.gz"  # all a check leaves in OUT_DIR
 BUDGET_S = 270
 FINISH_S = 5  # kept free at the end of the budget for the summaries
 GRACE_S = 10  # a step's time limit includes this: SIGINT that long before it (pytest prints its summary,
@@ -136,7 +145,7 @@ if not cuda:
 
 @dataclass
 class Step:
-    """One step's record in summary.json."""
+    """One step's record in results.json."""
 
     name: str
     status: str = "skipped"  # pass | fail | skipped | skipped (no CUDA)
@@ -168,7 +177,8 @@ def planned_limits(budget: float) -> dict[str, float]:
 
 
 class Check:
-    """The state of one gpu_check invocation: where things go, the environment, the deadline."""
+    """The state of one gpu_check invocation: where things go (``out``: the working folder whose
+    contents end in the tarball), the environment, the deadline."""
 
     def __init__(self, out: Path, dry_reason: Optional[str], t0: float, budget: float, probe: dict):
         self.out, self.dry_reason, self.probe, self.t0 = out, dry_reason, probe, t0
@@ -383,7 +393,7 @@ def build(c: Check, step: Step, skip: Optional[str]) -> None:
     def argv(temp: str) -> list[str]:
         return [c.python, "setup.py", "build_ext", "--inplace", "--build-temp", f"{temp}/temp", "--build-lib", f"{temp}/lib"]
 
-    step.command = _env_prefix(env) + shlex.join(argv("TMP")) + "  # TMP: a new temporary directory"
+    step.command = _env_prefix(env) + shlex.join(argv(os.path.relpath(BUILD_DIR, REPO)))
     step.results = {"arch_list": arch, "ninja": c.probe.get("ninja"), "nvcc": c.probe.get("nvcc")}
     if c.dry:
         if not c.probe.get("nvcc"):  # CUDAExtension needs a toolkit even to be declared
@@ -400,20 +410,44 @@ def build(c: Check, step: Step, skip: Optional[str]) -> None:
             step.reason += (f"{c.dry_reason}: setup.py runs with the build's settings "
                             f"(TORCH_CUDA_ARCH_LIST={arch} stands in for the GPU's)")
         return
-    temp = tempfile.mkdtemp(prefix="fastdistill-build-")  # a fresh build, not objects of an earlier torch
-    try:
-        run = c.run(step, argv(temp), c.env(**env))
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+    stamp = build_stamp(c.probe, arch)
+    if _read_stamp() == stamp:  # a rerun on this machine: the same sources, torch and architecture
+        verify = c.run(step, [c.python, "-c", _VERIFY_BUILD], c.env())
+        if verify.rc == 0:
+            step.results.update(_tagged_json(verify.output, "BUILD"), reused=True)
+            step.status, step.reason = "pass", f"reused the build of {stamp['sources'][:12]} (unchanged sources)"
+            return
+    BUILD_STAMP.unlink(missing_ok=True)
+    shutil.rmtree(BUILD_DIR, ignore_errors=True)  # not objects of another torch or architecture
+    BUILD_DIR.mkdir(parents=True)
+    run = c.run(step, argv(str(BUILD_DIR)), c.env(**env))
     if run.rc != 0:
         step.status, step.reason = "fail", _failure(run, "the build")
         return
     verify = c.run(step, [c.python, "-c", _VERIFY_BUILD], c.env())
-    step.results.update(_tagged_json(verify.output, "BUILD"))
+    step.results.update(_tagged_json(verify.output, "BUILD"), reused=False)
     if verify.rc != 0:
         step.status, step.reason = "fail", _failure(verify, "loading the built extension")
     else:
         step.status = "pass"
+        BUILD_STAMP.write_text(json.dumps(stamp) + "\n")
+
+
+def build_stamp(probe: dict, arch: str) -> dict:
+    """What a build depends on: the extension's sources and setup.py, torch, CUDA, the architectures."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "csrc").rglob("*")) + [REPO / "setup.py"]:
+        if path.is_file():
+            digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return {"sources": digest.hexdigest(), "torch": probe.get("torch"), "torch_cuda": probe.get("torch_cuda"),
+            "arch_list": arch}
+
+
+def _read_stamp() -> Optional[dict]:
+    try:
+        return json.loads(BUILD_STAMP.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def imports(c: Check, step: Step, skip: Optional[str]) -> None:
@@ -569,7 +603,8 @@ def key_numbers(step: Step) -> str:
     return r.get("fid_note", "")
 
 
-def write_summaries(c: Check, steps: list[Step], started: str) -> int:
+def write_summaries(c: Check, steps: list[Step], started: str, dest: Path) -> int:
+    """results.json and summary.txt into ``dest``, summary.md into the working folder; returns the exit status."""
     failed = [s.name for s in steps if s.status == "fail"]
     summary = {
         "status": "fail" if failed else "pass",
@@ -583,9 +618,18 @@ def write_summaries(c: Check, steps: list[Step], started: str) -> int:
         "environment": c.probe,
         "steps": [asdict(s) for s in steps],
     }
-    (c.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (dest / RESULTS).write_text(json.dumps(summary, indent=2) + "\n")
     gpus = ", ".join(f"{g['name']} (sm {g['capability']})" for g in c.probe.get("gpus", [])) or "no CUDA device"
     p = c.probe
+    mode = f"GPU mode (budget {summary['budget_s']} s)" if not c.dry else f"dry mode: {c.dry_reason}"
+    text = [f"fastdistill GPU check: {summary['status'].upper()} in {summary['seconds']:.0f} s, {mode}; {gpus}; "
+            f"torch {p.get('torch')}, triton {p.get('triton')}, python {p.get('python')}; "
+            f"commit {summary['git'].get('commit', '?')[:12]}"]
+    for s in steps:
+        figures = key_numbers(s)
+        why = f" [{s.reason}]" if s.reason and s.status != "pass" else ""
+        text.append(f"{s.status.split()[0].upper():<7} {s.name:<20} {s.seconds:6.1f} s  {figures}{why}")
+    (dest / SUMMARY).write_text("\n".join(text) + f"\n(full outputs: {DETAILS})\n")
     lines = [
         "# fastdistill GPU check", "",
         f"**{summary['status'].upper()}** in {summary['seconds']:.0f} s, "
@@ -616,6 +660,16 @@ def write_summaries(c: Check, steps: list[Step], started: str) -> int:
         lines += [f"| {k} | {_fmt(v, '.4g') if isinstance(v, float) else v} |" for k, v in sid.items()]
     (c.out / "summary.md").write_text("\n".join(lines) + "\n")
     return 1 if failed else 0
+
+
+def pack_details(work: Path, dest: Path) -> None:
+    """Everything of the working folder but the SiD run's checkpoints, as one tarball in ``dest``."""
+    def keep(info: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:
+        return None if "/checkpoints" in info.name else info
+
+    with tarfile.open(dest / DETAILS, "w:gz") as tar:
+        for path in sorted(work.iterdir()):
+            tar.add(path, arcname=path.name, filter=keep)
 
 
 def _git() -> dict:
@@ -662,7 +716,7 @@ def run_step(c: Check, name: str, skip: Optional[str]) -> Step:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/gpu_check.sh", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", help="where summary.json, summary.md and logs/ go (new or empty)")
+    parser.add_argument("out_dir", help=f"where {SUMMARY}, {RESULTS} and {DETAILS} go (new or empty)")
     parser.add_argument("--dry", action="store_true", help="say what would run and do only the cheap parts, even with a GPU")
     parser.add_argument("--budget", type=float, default=BUDGET_S, help=f"seconds for the whole check in GPU mode (default {BUDGET_S})")
     args = parser.parse_args(argv)
@@ -672,10 +726,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = Path(args.out_dir).resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         parser.error(f"{out} exists and is not an empty directory: give a new one (results are never overwritten)")
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="fastdistill-gpu-check-"))
+    try:
+        return _check(args, out, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check(args: argparse.Namespace, out: Path, work: Path) -> int:
+    (work / "logs").mkdir()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     t0 = time.monotonic()
-    info = probe(out)
+    info = probe(work)
     if args.dry:
         dry_reason = "--dry given"
     elif "error" in info:
@@ -684,7 +747,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         dry_reason = "no CUDA device (torch.cuda.is_available() is False)"
     else:
         dry_reason = None
-    c = Check(out, dry_reason, t0, args.budget, info)
+    c = Check(work, dry_reason, t0, args.budget, info)
     if c.dry:  # independent cheap checks, side by side: the dry run stays short
         with ThreadPoolExecutor(len(STEPS)) as pool:
             steps = list(pool.map(lambda name: run_step(c, name, None), STEPS))
@@ -693,8 +756,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         for name in STEPS:
             failed_build = name in NEEDS_BUILD and steps[0].status == "fail"
             steps.append(run_step(c, name, "needs the build, which failed" if failed_build else None))
-    rc = write_summaries(c, steps, started)
-    print(f"gpu_check: {'FAIL' if rc else 'PASS'}; {out / 'summary.md'}")
+    rc = write_summaries(c, steps, started, out)
+    pack_details(work, out)
+    print((out / SUMMARY).read_text(), end="")
     return rc
 
 

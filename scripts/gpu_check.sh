@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check (docs/development.md, "GPU check"): build, GPU tests, benchmarks and a short SiD run
-# on a CUDA machine in at most 5 minutes; without CUDA, or with --dry, what it would run and the
-# cheap parts only. Results: OUT_DIR/summary.json, OUT_DIR/summary.md, OUT_DIR/logs/.
+# on a CUDA machine in at most 4.5 minutes (a rerun reuses the build); without CUDA, or with --dry, what it would run and the
+# cheap parts only. Results: OUT_DIR/summary.txt, OUT_DIR/results.json, OUT_DIR/details.tar.gz.
 #   scripts/gpu_check.sh [--dry] [--budget SECONDS] OUT_DIR
 # Python: $PYTHON, else the repository's .venv, else python3.
 set -euo pipefail

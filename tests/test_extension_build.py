@@ -90,23 +90,68 @@ def _on(device, xs, kw):
     return [x.to(device) for x in xs], {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
 
 
+#: a format's machine epsilon: one rounding to it is within eps / 2 of the value, relative
+EPS = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.float32: 2.0**-23}
+#: what fp32 arithmetic of the kernels adds, relative to a case's largest value (the terms of a
+#: gradient entry can cancel; a loss is a sum over the sample)
+FP32_SLACK = 64 * 2.0**-24
+
+
+def _exact(name, xs, kw):
+    """The reference in float64 on the inputs as given (upcast exactly)."""
+    return _reference(name, [x.double() for x in xs],
+                      {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+
+
+def _assert_within(got, want, rtol):
+    """|got - want| <= rtol |want| + FP32_SLACK max |want|, entry by entry."""
+    got, want = got.double().cpu(), want.cpu()
+    bound = rtol * want.abs() + FP32_SLACK * want.abs().max()
+    worst = ((got - want).abs() - bound).max().item()
+    assert worst <= 0, f"off by {worst:.3g} beyond the bound (rtol {rtol:.3g})"
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("shape", [(4, 3, 8, 8), (4, 3, 64, 64)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", ["sid", "sim", "dmd", "dsm"])
 def test_low_precision_dtypes(name, dtype, shape, device):
-    """Against the reference on the same device. On a GPU, samples of 192 values take the
-    one-block-per-sample kernel, those of 12,288 the split one (several blocks per sample); both
-    with vector loads."""
+    """Against the float64 reference of the same inputs: the gradients, written in the input's
+    format, within 2 ulps of it; the fp32 loss within fp32 rounding, which a kernel accumulating
+    in the input's format fails (the last assertion: even the exact loss rounded to that format). On a GPU, samples of 192 values
+    take the one-block-per-sample kernel, those of 12,288 the split one; both with vector loads."""
     xs, kw = _on(device, *_case(name, shape, dtype, False, nan_rows=(2,)))
-    ref_loss, ref_grads = _reference(name, xs, kw)
+    want_loss, want_grads = _exact(name, xs, kw)
     out = _fused(name, xs, kw)
-    tol = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
     assert out[0].dtype == torch.float32
-    torch.testing.assert_close(out[0], ref_loss, rtol=tol, atol=tol * ref_loss.abs().max().item())
-    for got, want in zip(out[1:], ref_grads):
+    _assert_within(out[0], want_loss, 0)
+    for got, want in zip(out[1:], want_grads):
         assert got.dtype == dtype
-        torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * want.abs().max().item())
+        _assert_within(got, want, 2 * EPS[dtype])
+    if dtype != torch.float32:  # an accumulator in the input's format ends with a number of that format:
+        with pytest.raises(AssertionError, match="beyond the bound"):  # even the best one is refused
+            _assert_within(want_loss.to(dtype), want_loss, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("length", [12_268, 12_261])
+@pytest.mark.parametrize("name", ["sid", "sim", "dmd", "dsm"])
+def test_cuda_ragged_split_slices_and_infinities(name, length, dtype):
+    """Two samples of about 12k values take the split kernel in 3 slices whose last is shorter
+    (12,268: vector loads; 12,261: scalar ones); +inf in the last slice of one sample and -inf in
+    the first of another drop exactly those samples, although the CUDA build uses --use_fast_math."""
+    xs, kw = _case(name, (4, length), dtype, False)
+    xs[0][1, -1] = float("inf")
+    xs[-1 if name != "dsm" else 1][3, 5] = float("-inf")
+    want = _fused(name, xs, kw)  # the CPU kernel: equal to reference.py (test_matches_reference_float64)
+    got = _fused(name, *_on("cuda", xs, kw))
+    for a, b in zip(want, got):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-5 if dtype == torch.float32 else 1e-10, atol=1e-7)
+    for r in (1, 3):
+        assert got[0][r].item() == 0 and all(bool((g[r] == 0).all()) for g in got[1:])
+    assert bool(got[0][[0, 2]].ne(0).all())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -33,20 +34,34 @@ def _run_script(*args, env=None):
     return subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
 
 
+def _details(out, into):
+    """The check's tarball unpacked into ``into``."""
+    with tarfile.open(out / gc.DETAILS) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
 def test_dry_mode_writes_every_step_and_says_why_it_skipped(tmp_path):
     out = tmp_path / "check"
     t0 = time.monotonic()
     proc = _run_script("--dry", out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert time.monotonic() - t0 < 60  # well under a minute, also on a busy machine
-    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == sorted([gc.SUMMARY, gc.RESULTS, gc.DETAILS])  # what comes back
+    text = (out / gc.SUMMARY).read_text().splitlines()
+    assert text[0].startswith("fastdistill GPU check: PASS") and "dry mode: --dry given" in text[0]
+    assert [line.split()[1] for line in text[1:1 + len(STEPS)]] == STEPS
+    assert text[1 + STEPS.index("imports")].startswith("PASS") and text[1].startswith("SKIPPED")
+    assert proc.stdout.splitlines()[-len(text):] == text
+    summary = json.loads((out / gc.RESULTS).read_text())
     assert summary["status"] == "pass" and summary["mode"] == "dry" and summary["dry_reason"] == "--dry given"
     assert "torch" in summary["environment"] and "packages" in summary["environment"]
     steps = {s["name"]: s for s in summary["steps"]}
     assert [s["name"] for s in summary["steps"]] == STEPS
+    details = _details(out, tmp_path / "details")
     for name, s in steps.items():
         assert s["command"], name  # what GPU mode runs
-        assert (out / s["log"]).is_file() and (out / s["log"]).read_text().startswith("$ "), name
+        assert (details / s["log"]).is_file() and (details / s["log"]).read_text().startswith("$ "), name
         if name == "imports":  # the one step that runs in full here
             assert s["status"] == "pass" and s["results"]["modules"] > 40 and not s["results"]["failed"]
             assert "torch_fidelity" in s["results"]["hidden"]
@@ -57,7 +72,7 @@ def test_dry_mode_writes_every_step_and_says_why_it_skipped(tmp_path):
     assert not steps["gpu-tests"]["results"]["tests"].get("passed")
     assert steps["iteration-benchmark"]["results"]["tests"]["collected"] > 0
     assert "TORCH_CUDA_ARCH_LIST=" in steps["build"]["command"] and "device=cuda" in steps["sid-digits"]["command"]
-    md = (out / "summary.md").read_text()
+    md = (details / "summary.md").read_text()
     for name in STEPS:
         assert f"| {name} | " in md
     assert "dry mode: --dry given" in md
@@ -81,7 +96,7 @@ def test_failed_build_skips_the_steps_that_need_it(tmp_path, monkeypatch):
                                                   "packages": {}})
     monkeypatch.setitem(gc.RUNNERS, "build", broken_build)
     assert gc.main([str(tmp_path / "out")]) == 1
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / gc.RESULTS).read_text())
     assert summary["mode"] == "gpu" and summary["failed_steps"] == ["build"] and summary["budget_s"] == gc.BUDGET_S
     steps = {s["name"]: s for s in summary["steps"]}
     assert "nvcc: no such architecture" in steps["build"]["reason"]
@@ -90,7 +105,10 @@ def test_failed_build_skips_the_steps_that_need_it(tmp_path, monkeypatch):
         assert steps[name]["status"] == "skipped" and steps[name]["reason"] == "needs the build, which failed"
         assert steps[name]["command"] and steps[name]["seconds"] == 0
     assert "eval_data=none" in steps["sid-digits"]["command"]  # no torch-fidelity: no FID tracking
-    assert "**FAIL**" in (tmp_path / "out" / "summary.md").read_text()
+    assert "**FAIL**" in (_details(tmp_path / "out", tmp_path / "details") / "summary.md").read_text()
+    lines = (tmp_path / "out" / gc.SUMMARY).read_text().splitlines()
+    assert lines[0].startswith("fastdistill GPU check: FAIL") and lines[1].startswith("FAIL    build")
+    assert "nvcc: no such architecture" in lines[1] and "[needs the build, which failed]" in lines[3]
 
 
 def test_an_error_of_the_script_fails_only_its_step(tmp_path, monkeypatch):
@@ -193,3 +211,35 @@ def test_a_budget_too_short_for_the_steps_is_refused(tmp_path):
     proc = _run_script("--budget", "100", tmp_path / "out")
     assert proc.returncode == 2 and "--budget 100: at least" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_reuses_the_build_until_a_source_torch_or_architecture_changes(tmp_path, monkeypatch):
+    """The stamp in build/gpu_check/ records what the build depends on: a rerun with the same ones
+    only loads the extension (it fits 3 minutes); any change builds afresh."""
+    monkeypatch.setattr(gc, "BUILD_DIR", tmp_path / "build")
+    monkeypatch.setattr(gc, "BUILD_STAMP", tmp_path / "build" / "stamp.json")
+    commands = []
+
+    def run(step, argv, env):
+        commands.append("setup.py" if "setup.py" in argv else "verify")
+        return gc.Run(0, 0.1, False, 'BUILD {"cuda_kernels": true}')
+
+    probe = {"cuda_available": True, "gpus": [{"name": "H100", "capability": "9.0"}], "torch": "2.11.0", "cpus": 16}
+    (tmp_path / "logs").mkdir()
+    c = gc.Check(tmp_path, None, time.monotonic(), gc.BUDGET_S, probe)
+    monkeypatch.setattr(c, "run", run)
+
+    def check():
+        commands.clear()
+        step = gc.Step("build", limit_s=60)
+        gc.build(c, step, None)
+        assert step.status == "pass", step.reason
+        return commands[:], step
+
+    assert check()[0] == ["setup.py", "verify"]  # the first check builds
+    assert json.loads(gc.BUILD_STAMP.read_text()) == gc.build_stamp(probe, "9.0")
+    done, step = check()
+    assert done == ["verify"] and step.results["reused"] and "reused the build" in step.reason
+    c.probe = {**probe, "torch": "2.12.0"}  # another torch: built again
+    assert check()[0] == ["setup.py", "verify"]
+    assert gc.build_stamp(probe, "9.0") != gc.build_stamp(probe, "10.0")

@@ -3,7 +3,7 @@
 Without a CUDA device the kernels run on CPU tensors in Triton's interpreter, which must be
 switched on before `fastdistill.ops.triton_kernels` is imported (tests/conftest.py does it for
 the whole session; the setdefault below makes this file work when run alone). The interpreter
-is slow, so the shapes stay tiny. The last test compiles every kernel variant for a CUDA
+is slow, so the shapes stay tiny; on a GPU the same tests are marked `gpu`. The last test compiles every kernel variant for a CUDA
 target (down to cubin) in a subprocess, which proves the GPU code path compiles without a GPU.
 """
 import os
@@ -31,6 +31,9 @@ from fastdistill.ops import reference  # noqa: E402
 from fastdistill.ops import triton_kernels as tk  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# With a GPU the whole oracle suite runs on it and is part of `pytest -m gpu` (the GPU check's
+# selection); without one it runs in the interpreter with every other CPU test.
+pytestmark = [pytest.mark.gpu] if DEVICE == "cuda" else []
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SHAPES = [(3, 5, 7), (2, 1), (1, 3, 5, 5), (4, 3, 8, 8)]
@@ -177,20 +180,22 @@ def test_weight_floor():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
 @pytest.mark.parametrize("op", list(OPS))
-def test_nan_samples(op, dtype):
-    """A NaN anywhere in a sample's inputs zeroes that sample's loss and gradients only."""
+def test_non_finite_samples(op, dtype):
+    """A NaN anywhere in a sample's inputs zeroes that sample's loss and gradients only; so do
+    +inf and -inf (in fp32: on a GPU the rule must hold under Triton's fast math too)."""
     shape = (4, 3, 5)
     B = shape[0]
     n_inputs = 2 if op == "dsm" else 3
-    for where in range(n_inputs + (1 if op == "dsm" else 0)):
+    bad_values = ("nan", "inf", "-inf") if dtype == torch.float32 else ("nan",)
+    for where, bad in [(w, b) for w in range(n_inputs + (1 if op == "dsm" else 0)) for b in bad_values]:
         xs = _inputs(op, shape, dtype, seed=5)
         aux = _aux(op, B, given=False, dtype=_acc(dtype))
         if where < n_inputs:
             xs[where] = xs[where].clone()
-            xs[where][1, 2, 3] = float("nan")
-        else:  # DSM: NaN sigma
+            xs[where][1, 2, 3] = float(bad)
+        else:  # DSM: a bad sigma
             aux = aux.clone()
-            aux[1] = float("nan")
+            aux[1] = float(bad)
         out = _check_against_reference(op, xs, aux, dtype)
         assert out[0][1].item() == 0.0
         for gr in out[1:]:
