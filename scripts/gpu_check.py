@@ -61,7 +61,7 @@ GRACE_S = 10  # a step's time limit includes this: SIGINT that long before it (p
 PROBE_LIMIT_S, DRY_LIMIT_S = 60, 60
 # GPU-mode time limits per step as shares of the budget (grace included); the SiD run gets the rest,
 # at least SID_MIN_S and at most SID_MAX_S of training: the shares leave room for that and the summaries
-SHARES = {"build": 0.24, "imports": 0.11, "gpu-tests": 0.25, "loss-benchmarks": 0.08, "iteration-benchmark": 0.12}
+SHARES = {"build": 0.24, "imports": 0.07, "gpu-tests": 0.29, "loss-benchmarks": 0.08, "iteration-benchmark": 0.12}
 SID_MAX_S, SID_MIN_S = 120, 30
 #: the shortest --budget whose shares still leave the SiD run its minimum and the summaries their time
 MIN_BUDGET_S = int((SID_MIN_S + GRACE_S + FINISH_S) / (1 - sum(SHARES.values()))) + 1

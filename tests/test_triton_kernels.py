@@ -150,6 +150,25 @@ def _check_against_reference(op, xs, aux, dtype):
     return out
 
 
+ALL_CONFIGS = list(getattr(tk._fused_launch, "configs", None) or [])  # the autotuner's (none in the interpreter)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_autotune_config():
+    """On a GPU the oracle tests launch the autotuner's first config only: the numerics are every
+    config's, test_every_autotune_config_matches covers the others once, and the compiles stay
+    within the GPU check's share. (The interpreter has no autotuner: one config.)"""
+    launch = tk._fused_launch
+    if DEVICE != "cuda" or not ALL_CONFIGS or not isinstance(getattr(launch, "cache", None), dict):
+        yield
+        return
+    launch.configs = ALL_CONFIGS[:1]
+    launch.cache.clear()
+    yield
+    launch.configs = ALL_CONFIGS
+    launch.cache.clear()
+
+
 # --- agreement with the reference -------------------------------------------------------
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -159,6 +178,22 @@ def test_matches_reference(op, dtype, shape):
     xs = _inputs(op, shape, dtype)
     # weight None for the main matrix (the in-kernel mean|y - yr| weight); given weight below
     _check_against_reference(op, xs, _aux(op, shape[0], given=False, dtype=_acc(dtype)), dtype)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter runs one config (no autotuner); a GPU runs them all")
+@pytest.mark.parametrize("op", list(OPS))
+def test_every_autotune_config_matches(op):
+    launch = tk._fused_launch
+    assert len(ALL_CONFIGS) > 1
+    try:
+        for config in ALL_CONFIGS:
+            launch.configs = [config]
+            launch.cache.clear()
+            _check_against_reference(op, _inputs(op, (4, 3, 40, 40), torch.float32, seed=11),
+                                     _aux(op, 4, given=False), torch.float32)
+    finally:
+        launch.configs = ALL_CONFIGS[:1]  # the module's setting (the fixture restores all)
+        launch.cache.clear()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)

@@ -107,7 +107,7 @@ class DistillConfig:
     batch_size: int = 256  # global batch (all ranks, all micro-batches)
     steps: int = 1000  # iterations; one = one fake step + one generator step
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast of the network forwards; fp32 master weights)
+    precision: str = "fp32"  # fp32 | tf32 (fp32 with TF32 matmuls on CUDA) | bf16 | fp16 (autocast of the network forwards; fp32 master weights)
     compile: bool = False  # torch.compile the networks
     compile_scope: str = "full"  # full: whole networks | regional: each repeated block compiled once per shape, shared by all networks (docs/performance.md: which pays where)
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs; CUDA only) | max-autotune | max-autotune-no-cudagraphs
@@ -280,7 +280,7 @@ class DistillConfig:
             ok, reason = backend_status(m.backend, dev_type)
             need(ok, f"method.backend={m.backend} cannot run on this run's {dev_type} device ({reason}); "
                      f"use method.backend=auto")
-        choice("precision", self.precision, ("fp32", "bf16", "fp16"))
+        choice("precision", self.precision, ("fp32", "tf32", "bf16", "fp16"))
         choice("compile_scope", self.compile_scope, COMPILE_SCOPES)
         choice("compile_mode", self.compile_mode, COMPILE_MODES)
         need(not (self.compile and self.compile_mode == "reduce-overhead" and dev_type != "cuda"),

@@ -127,9 +127,16 @@ class Distiller:
         D.init_from_env(cfg.distributed.backend, self.device)
         self.rank, self.world = D.rank(), D.world_size()
         self.main = self.rank == 0
-        self._prev_threads = torch.get_num_threads()
+        tf32 = cfg.precision == "tf32" and self.device.type == "cuda"
+        # restored when run() returns: the threads, and the matmul precision where this run sets it
+        self._prev_process = (torch.get_num_threads(), torch.get_float32_matmul_precision() if tf32 else None)
         if cfg.threads:
-            torch.set_num_threads(cfg.threads)  # restored when run() returns
+            torch.set_num_threads(cfg.threads)
+        if cfg.precision == "tf32":
+            if tf32:  # matmuls too (cuDNN's convolutions use TF32 by default)
+                torch.set_float32_matmul_precision("high")
+            elif self.main:
+                print(f"fastdistill: precision=tf32 on {self.device}: TF32 is a CUDA format, this run computes in fp32")
         per_rank, rem = divmod(cfg.batch_size, self.world)
         if rem:
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the world size {self.world}")
@@ -146,6 +153,13 @@ class Distiller:
             lock.acquire()
             ckpt.remove_stale_temporaries(self.out_dir)
         self._release_lock = weakref.finalize(self, lock.release)
+
+    def _restore_process(self) -> None:
+        """The threads and matmul precision the process had before this run."""
+        threads, matmul = self._prev_process
+        torch.set_num_threads(threads)
+        if matmul is not None:
+            torch.set_float32_matmul_precision(matmul)
 
     def release(self) -> None:
         """Give the run directory back (the end of :meth:`run` does this; also when the object goes)."""
@@ -566,7 +580,7 @@ class Distiller:
     def run(self) -> DistillResult:
         cfg = self.cfg
         if self.step > cfg.steps:  # a resumed run already past the requested length: touch nothing
-            torch.set_num_threads(self._prev_threads)
+            self._restore_process()
             self.release()
             raise ConfigError(f"the run in {cfg.out_dir} is already at step {self.step}, past steps={cfg.steps}: "
                               f"nothing was trained (raise steps= to continue it, or start a new run in another out_dir)")
@@ -574,7 +588,7 @@ class Distiller:
         try:
             logger = self._logger()
         except BaseException:
-            torch.set_num_threads(self._prev_threads)
+            self._restore_process()
             self.release()
             raise
         if self.main:
@@ -634,7 +648,7 @@ class Distiller:
             logger.close()
             for s, h in prev.items():
                 signal.signal(s, h)
-            torch.set_num_threads(self._prev_threads)
+            self._restore_process()
             self.release()
         picture = samples = None
         whole = None if interrupted else self.whole_ema()
