@@ -3,6 +3,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_strided.h>
 #include <c10/util/Exception.h>
 
 #include <initializer_list>
@@ -12,12 +13,26 @@
 namespace fastdistill {
 
 struct LossArgs {
-  std::vector<at::Tensor> in;  // contiguous inputs, shape (B, ...)
+  std::vector<at::Tensor> in;  // inputs, shape (B, ...), each sample one dense block of N elements
   at::Tensor aux;              // (B,) weight / sigma in the math dtype, contiguous; may be undefined
   int64_t B = 0;
   int64_t N = 0;               // elements per sample
   at::ScalarType math_dtype = at::kFloat;  // float for fp16/bf16/fp32 inputs, double for fp64
 };
+
+// Whether the kernels can read `inputs` as they lie: each sample one dense block of N elements
+// (a contiguous tensor, and a channels_last one too) and all in one layout, so that offset k of a
+// sample is the same element in each. Otherwise they are copied contiguous. Mirrored by
+// fastdistill/ops/layout.py for the fake kernels and the Triton launchers.
+inline bool rows_in_place(std::initializer_list<const at::Tensor*> inputs, int64_t N) {
+  const at::Tensor& first = **inputs.begin();
+  if (first.numel() == 0) return false;
+  for (const at::Tensor* t : inputs) {
+    if (!t->is_non_overlapping_and_dense() || t->strides() != first.strides() || (t->size(0) > 1 && t->stride(0) != N))
+      return false;
+  }
+  return true;
+}
 
 inline LossArgs prepare_loss_args(const char* op, std::initializer_list<const at::Tensor*> inputs,
                                   const std::optional<at::Tensor>& aux, const char* aux_name,
@@ -35,12 +50,13 @@ inline LossArgs prepare_loss_args(const char* op, std::initializer_list<const at
                 t->scalar_type());
     TORCH_CHECK(t->device() == first.device(), op, ": all inputs must be on the same device, got ", first.device(),
                 " and ", t->device());
-    a.in.push_back(t->contiguous());
   }
   TORCH_CHECK(first.device().type() == device_type, op, ": kernel for ", device_type, " called with tensors on ",
               first.device());
   a.B = first.size(0);
   a.N = a.B == 0 ? 0 : first.numel() / a.B;
+  const bool in_place = rows_in_place(inputs, a.N);
+  for (const at::Tensor* t : inputs) a.in.push_back(in_place ? *t : t->contiguous());
   a.math_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
   if (aux.has_value() && aux->defined()) {
     TORCH_CHECK(aux->numel() == a.B, op, ": ", aux_name, " must have one value per sample (", a.B, "), got shape ",
@@ -57,6 +73,9 @@ inline at::Tensor new_loss(const LossArgs& a) {
   return at::empty({a.B}, a.in[0].options().dtype(a.math_dtype));
 }
 
-inline at::Tensor new_grad(const LossArgs& a) { return at::empty(a.in[0].sizes(), a.in[0].options()); }
+// A gradient in its input's layout.
+inline at::Tensor new_grad(const LossArgs& a) {
+  return at::empty_strided(a.in[0].sizes(), a.in[0].strides(), a.in[0].options());
+}
 
 }  // namespace fastdistill

@@ -224,10 +224,38 @@ def test_gradcheck_float64(backend, name, fn, kwargs, reduction):
 
 
 @pytest.mark.parametrize("backend,device", on_devices(CPU_FUSED + CUDA_FUSED))
-@pytest.mark.parametrize("name", ["sid", "sim", "dmd", "dsm"])
-def test_opcheck(backend, device, name):
+@pytest.mark.parametrize("name,fn,kwargs", CASES[::2], ids=CASE_IDS[::2])
+def test_channels_last_inputs_are_read_in_place(backend, device, name, fn, kwargs):
+    """Inputs whose samples each lie as one dense block (channels_last) are not copied: the
+    gradients come back in their layout and equal the reference's; mixed layouts are copied."""
     use_backend(backend, device)
-    inputs = [t.requires_grad_(i < 2) for i, t in enumerate(make_inputs(name, (2, 3, 4), device=device))]
+    inputs = [t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+              for t in make_inputs(name, (3, 4, 5, 6), device=device)]
+    assert not inputs[0].is_contiguous()
+    got, want = run(fn, inputs, backend, **kwargs), run(fn, inputs, "reference", **kwargs)
+    assert_matches(got, want, torch.float32)
+    for grad, x in zip(got[1], inputs):
+        if grad is not None and x.dim() == 4:
+            assert grad.stride() == x.stride()
+    if not (backend == "triton" and device == "cpu"):  # no copy of an input (Triton's interpreter copies its own)
+        leaves = [t.detach().requires_grad_(t.dim() == 4) for t in inputs]
+        with torch.profiler.profile() as prof:
+            fn(*leaves, backend=backend, **kwargs)
+        copies = [e.key for e in prof.key_averages() if e.key in ("aten::copy_", "aten::clone", "aten::contiguous")]
+        assert not copies, copies
+    mixed = [inputs[0].contiguous(), *inputs[1:]]  # one contiguous, the others channels_last
+    assert_matches(run(fn, mixed, backend, **kwargs), run(fn, mixed, "reference", **kwargs), torch.float32)
+
+
+@pytest.mark.parametrize("backend,device", on_devices(CPU_FUSED + CUDA_FUSED))
+@pytest.mark.parametrize("name", ["sid", "sim", "dmd", "dsm"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck(backend, device, name, layout):
+    use_backend(backend, device)
+    inputs = make_inputs(name, (2, 3, 4, 2), device=device)
+    if layout == "channels_last":
+        inputs = [t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in inputs]
+    inputs = [t.requires_grad_(i < 2) for i, t in enumerate(inputs)]
     suffix = "_triton" if backend == "triton" else ""
     op = getattr(torch.ops.fastdistill, f"{name}_fused{suffix}").default
     weight = torch.tensor([0.5, 2.0], device=device)

@@ -161,8 +161,8 @@ class OutputCache final : public c10::Allocator {
 };
 
 at::Tensor new_cpu_grad(const LossArgs& a) {
-  return at::detail::empty_generic(a.in[0].sizes(), &OutputCache::instance(), c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   a.in[0].scalar_type(), std::nullopt);
+  return at::detail::empty_strided_generic(a.in[0].sizes(), a.in[0].strides(), &OutputCache::instance(),
+                                           c10::DispatchKeySet(c10::DispatchKey::CPU), a.in[0].scalar_type());
 }
 
 int64_t empty_cpu_output_cache() { return OutputCache::instance().empty(); }

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import torch
 
 from . import reference
+from .layout import as_rows, empty_grad
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -51,8 +52,8 @@ def _make_fake(spec: OpSpec) -> Callable:
     def fake(*args):
         x = args[0]
         loss = x.new_empty((x.shape[0],), dtype=_acc_dtype(x.dtype))
-        grads = [torch.empty(args[i].shape, dtype=args[i].dtype, device=args[i].device) for i in spec.grad_inputs]
-        return (loss, *grads)
+        rows = as_rows(*args[:spec.num_tensor_inputs])
+        return (loss, *(empty_grad(rows[i]) for i in spec.grad_inputs))
 
     return fake
 
@@ -193,9 +194,8 @@ class Backend:
 
 def _fused_backend(name: str, namespace_suffix: str) -> Backend:
     def op(loss: str):
-        def call(*args):
-            tensors = [a.contiguous() if isinstance(a, torch.Tensor) else a for a in args]
-            return getattr(torch.ops.fastdistill, f"{loss}_fused{namespace_suffix}")(*tensors)[0]
+        def call(*args):  # the kernels take any layout (ops/layout.py)
+            return getattr(torch.ops.fastdistill, f"{loss}_fused{namespace_suffix}")(*args)[0]
 
         return call
 

@@ -12,7 +12,8 @@ upstream gradient):
 
 Conventions: inputs (B, ...) of float16/bfloat16/float32/float64; math in fp32 (fp64 when an
 input is fp64, so float64 gradcheck works); the loss is fp32 (fp64 for fp64 `y`/`pred`); the
-gradients are contiguous, in the dtype and shape of their input. `weight=None` means
+gradients are in the dtype, shape and layout of their input (ops/layout.py: contiguous unless
+each sample lies as one dense block, as under channels_last). `weight=None` means
 `w_b = max(mean_i |y - y_real|, 1e-5)` computed inside the kernel (a constant, no gradient);
 a given weight is a (B,) tensor used as is. A sample with a NaN, +inf or -inf in any input
 (y, y_real, y_fake; DSM: pred, target), or whose given weight (DSM: sigma_b) is not finite,
@@ -49,6 +50,8 @@ import struct
 from typing import Optional
 
 import torch
+
+from .layout import as_rows, empty_grad
 
 try:  # triton is optional: the backend selector asks `is_available()` for the reason
     import triton
@@ -416,7 +419,7 @@ def _launch(mode: int, tensors, n_grads: int, vec: Optional[torch.Tensor], p0: f
     fp64 = any(t.dtype == torch.float64 for t in tensors)
     loss = torch.empty(B, dtype=torch.float64 if y.dtype == torch.float64 else torch.float32, device=y.device)
     grad_src = (y, yr, yf)[:n_grads]
-    grads = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in grad_src]
+    grads = [empty_grad(t) for t in grad_src]
     if B == 0 or N == 0:
         return (loss.zero_(), *[g.zero_() for g in grads])
     gy = grads[0]
@@ -480,7 +483,7 @@ def _require_triton() -> None:
 def _prepare3(names, y, y_real, y_fake, weight):
     _require_triton()
     _check(names, (y, y_real, y_fake))
-    tensors = (y.contiguous(), y_real.contiguous(), y_fake.contiguous())
+    tensors = as_rows(y, y_real, y_fake)
     w = None if weight is None else _per_sample_vector(weight, y.shape[0], "weight", y.device)
     return tensors, w
 
@@ -513,7 +516,7 @@ def dsm_fused(pred: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor, sig
     """DSM loss `lambda(sigma) sum (pred - target)^2 * scale` and grad_pred (grad_target = -grad_pred)."""
     _require_triton()
     _check(("pred", "target"), (pred, target))
-    p, t = pred.contiguous(), target.contiguous()
+    p, t = as_rows(pred, target)
     sig = _per_sample_vector(sigma, pred.shape[0], "sigma", pred.device)
     # y_fake is unused in DSM mode; pass target as a harmless pointer.
     return _launch(_DSM, (p, t, t), 1, sig, sigma_data, scale, False)
