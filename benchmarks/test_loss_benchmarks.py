@@ -13,6 +13,7 @@ torch.cuda.max_memory_allocated).
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
@@ -116,6 +117,26 @@ def _provider_status(provider, device):
     return registry.backend_status(provider, device)
 
 
+def _required(provider: str) -> bool:
+    """FASTDISTILL_REQUIRE_BACKENDS (CI, the GPU check) names it: missing is a failure, not a skip."""
+    return provider in {b.strip() for b in os.environ.get("FASTDISTILL_REQUIRE_BACKENDS", "").split(",")}
+
+
+def _check_result(op, provider, inputs):
+    """The timed call's loss and gradients against the eager reference on the same inputs (fp32):
+    a benchmark of a wrong result is no result."""
+    def once(fn):
+        leaves = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
+        loss = fn(*leaves)
+        loss.backward()
+        return loss.detach(), [t.grad for t in leaves if t.requires_grad]
+
+    got, want = once(_loss_fn(op, provider)), once(_loss_fn(op, "eager"))
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-6)
+    for a, b in zip(got[1], want[1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
 def _fwd_bwd(loss_fn, inputs, device):
     leaves = [t for t in inputs if t.requires_grad]
 
@@ -163,6 +184,8 @@ def test_copy(benchmark, results, device, batch, shape):
 def test_loss(benchmark, results, request, op, device, batch, shape, provider):
     ok, reason = _provider_status(provider, device)
     if not ok:
+        if _required(provider):
+            pytest.fail(f"{provider} is required (FASTDISTILL_REQUIRE_BACKENDS) but cannot run on {device}: {reason}")
         pytest.skip(reason)
     disabled = request.config.getoption("benchmark_disable", False)
     if provider == "compiled" and disabled and not request.config.getoption("--fd-compile-all"):
@@ -172,6 +195,8 @@ def test_loss(benchmark, results, request, op, device, batch, shape, provider):
     shape_id = _shape_id(shape)
     benchmark.group = f"{op} B={batch} {shape_id} {device}"
     inputs = _make_inputs(op, device, batch, shape)
+    if provider != "eager":
+        _check_result(op, provider, inputs)
     run = _fwd_bwd(_loss_fn(op, provider), inputs, device)
     run()  # warm-up (and compilation for the compiled provider)
     peak = peak_memory(run, device)
