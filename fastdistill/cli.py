@@ -195,6 +195,10 @@ def _doctor(args: argparse.Namespace) -> int:
     else:
         print("cuda         no CUDA device visible")
     print(f"extension    {registry.EXTENSION_REASON}")
+    from .engine.build import COMPILE_ON_CPU, bf16_is_fast
+
+    print(f"bf16 on cpu  {'native' if bf16_is_fast('cpu') else 'emulated (slower than fp32): precision=fp32 is likely faster'}")
+    print(f"compile      off by default; {COMPILE_ON_CPU}")
     print("backends (auto picks the first available of: " + "; ".join(f"{d}: {', '.join(o)}" for d, o in registry.AUTO_ORDER.items()) + ")")
     for device in ("cpu", "cuda"):
         for name in registry.BACKENDS:

@@ -255,6 +255,13 @@ def test_bf16_autocast_runs(tmp_path, capsys):
     assert warned == (not bf16_is_fast("cpu"))
 
 
+def test_compile_on_cpu_says_it_measured_slower(tmp_path, capsys):
+    Distiller(tiny_config(tmp_path / "a", compile=True), teacher=tiny_teacher(0)).release()
+    assert "compiled training ran slower than eager on CPU" in capsys.readouterr().out
+    Distiller(tiny_config(tmp_path / "b"), teacher=tiny_teacher(0)).release()
+    assert "slower" not in capsys.readouterr().out
+
+
 def test_tf32_is_fp32_off_cuda(tmp_path, capsys):
     """precision=tf32 sets TF32 matmuls on CUDA only: on CPU the run is fp32's, bit for bit, said once."""
     a = _final(tmp_path, "a", steps=2)

@@ -40,6 +40,11 @@ def build_teacher(cfg, teacher=None):
     return teacher
 
 
+#: what the measurements say of compile=true on CPU (the run's log and `fastdistill doctor` say it)
+COMPILE_ON_CPU = ("compile=true on CPU: in the measurements of docs/performance.md compiled training ran slower "
+                  "than eager on CPU (and compiling takes minutes at U-Net size); compile is meant for CUDA")
+
+
 def bf16_is_fast(device) -> bool:
     """Whether ``device`` computes bf16 natively: CUDA with bf16, or a CPU with AVX512-BF16 / AMX
     (oneDNN's bf16 path). Elsewhere (an AVX2 CPU) bf16 matmuls are emulated, many times slower than fp32."""

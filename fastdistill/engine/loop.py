@@ -32,8 +32,8 @@ from ..sampling import DEFAULT_SIGMA_END, draw
 from ..teachers.traits import traits
 from . import checkpoint as ckpt
 from . import distributed as D
-from .build import (bf16_is_fast, build_data, build_teacher, copy_net, fit_denoiser, make_mlp, mlp_arch,
-                    resolve_init)
+from .build import (COMPILE_ON_CPU, bf16_is_fast, build_data, build_teacher, copy_net, fit_denoiser, make_mlp,
+                    mlp_arch, resolve_init)
 from .config import DistillConfig, preset_config
 from .ema import EMA, ema_beta
 from .lora import add_lora, set_trainable, trainable_parameters
@@ -268,6 +268,8 @@ class Distiller:
         if cfg.precision == "bf16" and self.main and not bf16_is_fast(self.device):
             print(f"fastdistill: precision=bf16 on {self.device}, which has no native bf16 (emulated, usually "
                   f"slower than fp32): precision=fp32 is likely faster here", flush=True)
+        if cfg.compile and dev_type == "cpu" and self.main:
+            print(f"fastdistill: {COMPILE_ON_CPU}", flush=True)
         autocast = (lambda: torch.autocast(dev_type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         self.method = get_method(cfg.method.name, cfg.method, backend=cfg.method.backend,
                                  sigma_data=self.sigma_data, autocast=autocast,
