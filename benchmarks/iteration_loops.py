@@ -1,5 +1,6 @@
 """What the iteration benchmark runs: the architectures, the authors'-style eager loops, and the
-measurements (FLOPs, dense-matmul yardstick, share of time in matmul/conv, peak memory).
+measurements (share of time in matmul/conv, peak memory; FLOPs and the dense-matmul yardstick
+are fastdistill.engine.throughput's).
 
 Shared by ``test_iteration_benchmark.py`` and ``scripts/gpu_check.sh``. The eager loops are
 written the way each method's own code is, in fp32:
@@ -17,12 +18,12 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from fastdistill.engine.throughput import sync
 from fastdistill.methods import karras_sigma
 
 SIGMA_INIT, SIGMA_DATA, ALPHA = 2.5, 0.5, 1.2
@@ -330,31 +331,10 @@ def engine(teacher: torch.nn.Module, method: str, batch: int, device: str, out_d
 
 
 # ----------------------------------------------------------------------------- measurements
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
-def time_steps(step: Callable[[], object], device, iters: int) -> list[float]:
-    """Wall time of each of ``iters`` calls of ``step``."""
-    out = []
-    for _ in range(iters):
-        sync(device)
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
 
 
-def count_flops(step: Callable[[], object]) -> int:
-    """Matmul/conv FLOPs of one call (``torch.utils.flop_counter``: forward and backward)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    mode = FlopCounterMode(display=False)
-    with mode:
-        step()
-    return int(mode.get_total_flops())
 
 
 DENSE_OPS = ("conv", "mm", "matmul", "linear", "bmm", "addmm", "baddbmm", "attention")
@@ -402,28 +382,6 @@ def peak_memory(step: Callable[[], object], device) -> int:
     return peak
 
 
-def dense_yardstick(device, dtype: torch.dtype, repeats: int = 3, smoke: bool = False) -> dict:
-    """Same-run FLOP/s of a large matmul and of a 3x3 convolution in ``dtype`` (best of
-    ``repeats``). The convolution's FLOPs are counted as direct convolution, so a library that
-    uses a faster algorithm (Winograd) shows more than the hardware's FLOP/s. ``smoke``: tiny
-    sizes, to check the code runs (an emulated bf16 matmul of full size takes minutes on a CPU
-    without native bf16); its figures mean nothing."""
-    dev = torch.device(device)
-    n = 128 if smoke else 2048 if dev.type == "cpu" else 8192
-    a = torch.randn(n, n, device=dev, dtype=dtype)
-    b = torch.randn(n, n, device=dev, dtype=dtype)
-    nb, c = (1, 16) if smoke else (4, 256) if dev.type == "cpu" else (128, 256)
-    x = torch.randn(nb, c, 32, 32, device=dev, dtype=dtype)
-    w = torch.randn(c, c, 3, 3, device=dev, dtype=dtype)
-
-    def best(fn, flops):
-        fn()
-        times = time_steps(fn, dev, repeats)
-        return flops / min(times)
-
-    mm = best(lambda: a @ b, 2 * n**3)
-    conv = best(lambda: torch.nn.functional.conv2d(x, w, padding=1), 2 * nb * c * c * 9 * 32 * 32)
-    return {"matmul": mm, "conv": conv, "peak": max(mm, conv)}
 
 
 def amdahl(dense_share: float, speedup_of_dense: float) -> float:

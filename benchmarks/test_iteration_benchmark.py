@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import iteration_loops as L
+from fastdistill.engine.throughput import count_flops, dense_yardstick, time_steps
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 RESULTS: dict = {"yardstick": {}, "rows": {}}
@@ -74,7 +75,7 @@ def _one_thread():
 def test_dense_yardstick(benchmark, dtype):
     """The peak the MFU column divides by; pytest-benchmark times the measurement itself."""
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    y = benchmark.pedantic(L.dense_yardstick, args=(DEVICE, dt), rounds=1, iterations=1,
+    y = benchmark.pedantic(dense_yardstick, args=(DEVICE, dt), rounds=1, iterations=1,
                            kwargs={"repeats": 1 if benchmark.disabled else 3, "smoke": benchmark.disabled})
     RESULTS["yardstick"][dtype] = y
     benchmark.extra_info.update({k: v / 1e9 for k, v in y.items()})
@@ -113,23 +114,23 @@ def test_iteration(benchmark, request, tmp_path, monkeypatch, arch, method, row)
         return
     flops = compile_s = None
     if compiled:  # the first call compiles: timed on a cold cache (a fresh inductor cache, dynamo reset)
-        compile_s = L.time_steps(step, DEVICE, 1)[0]
+        compile_s = time_steps(step, DEVICE, 1)[0]
         warm += 1
     else:
-        flops = L.count_flops(step)
+        flops, _ = count_flops(step)
         warm -= 1
     for _ in range(max(warm, 0)):
         step()
     ref_times = None
     if options is None:
-        times = L.time_steps(step, DEVICE, timed)
+        times = time_steps(step, DEVICE, timed)
     else:  # timed alternately with a fresh eager loop: the ratio is immune to the machine's drift between rows
         ref = L.eager_loop(a.build(), method, batch, torch.device(DEVICE))
         ref.step()
         times, ref_times = [], []
         for _ in range(timed):
-            times += L.time_steps(step, DEVICE, 1)
-            ref_times += L.time_steps(ref.step, DEVICE, 1)
+            times += time_steps(step, DEVICE, 1)
+            ref_times += time_steps(ref.step, DEVICE, 1)
         del ref
     benchmark.pedantic(step, rounds=1, iterations=1)
     if compile_s is not None:

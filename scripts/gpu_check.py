@@ -72,7 +72,7 @@ OPTIONAL = ("torch_fidelity", "nvtx", "expecttest", "matplotlib", "tensorboard",
 # rows without torch.compile (compiling DDPM++ takes minutes), plus the dense yardstick for the MFU column.
 LOSS_K = "cuda and 256 and 3x64x64 and (copy or sid or dmd)"
 ITERATION_K = "yardstick or (ddpmpp and (eager or bf16) and not compiled)"
-SID_OVERRIDES = ["steps=1000000", "eval_every=250", "log_every=50", "resume=none"]
+SID_OVERRIDES = ["steps=1000000", "eval_every=250", "log_every=50", "resume=none", "log.mfu=true"]
 STEPS = ("build", "imports", "gpu-tests", "loss-benchmarks", "iteration-benchmark", "sid-digits")
 NEEDS_BUILD = {"gpu-tests", "loss-benchmarks", "iteration-benchmark", "sid-digits"}
 NO_CUDA = "skipped (no CUDA)"
@@ -362,14 +362,15 @@ def iteration_benchmark_rows(data: dict) -> list[dict]:
 
 def sid_results(output: str, metrics_jsonl: Path) -> dict:
     """A distillation run's steps (its closing "distilled N steps" line, else the last logged step),
-    and from its metrics.jsonl the median images/s and the last FID with the baselines."""
+    and from its metrics.jsonl the median images/s and MFU and the last FID with the baselines."""
     rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()] if metrics_jsonl.is_file() else []
     done = re.findall(r"^distilled (\d+) steps", output, re.M)
     out: dict = {"steps": int(done[-1]) if done else max((r.get("step", 0) for r in rows), default=0)}
-    rates = [r["img_per_s"] for r in rows if isinstance(r.get("img_per_s"), (int, float))]
-    rates = sorted(rates[1:] or rates)  # the first interval holds the warm-up
-    if rates:
-        out["img_per_s_median"] = rates[len(rates) // 2]
+    for key in ("img_per_s", "mfu"):
+        values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+        values = sorted(values[1:] or values)  # the first interval holds the warm-up
+        if values:
+            out[f"{key}_median"] = values[len(values) // 2]
     for r in rows:
         for k in ("fid_initial", "fid_data_vs_data", "fid_teacher_heun35"):
             if k in r:
@@ -598,7 +599,7 @@ def key_numbers(step: Step) -> str:
                                      for x in r["rows"])
         return text
     if step.name == "sid-digits" and "steps" in r:
-        text = f"{r['steps']} steps, {_fmt(r.get('img_per_s_median'), '.0f')} img/s"
+        text = f"{r['steps']} steps, {_fmt(r.get('img_per_s_median'), '.0f')} img/s, MFU {_fmt(r.get('mfu_median'), '.1%')}"
         return text + (f", FID {r['fid']:.3f} at step {r['fid_step']}" if "fid" in r else f"; {r.get('fid_note', 'no FID logged')}")
     return r.get("fid_note", "")
 

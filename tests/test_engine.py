@@ -255,6 +255,24 @@ def test_bf16_autocast_runs(tmp_path, capsys):
     assert warned == (not bf16_is_fast("cpu"))
 
 
+def test_the_log_reports_mfu_without_changing_the_run(tmp_path, capsys):
+    """log.mfu=true: rows carry tflop_s and mfu (the first step's FLOPs over the same-run dense
+    peak); counting them changes the training only by rounding (under the FLOP counter's dispatch
+    mode torch may pick other kernels for that step); refused with compile."""
+    plain = Distiller(tiny_config(tmp_path / "plain", steps=4), teacher=tiny_teacher(0))
+    plain.run()
+    counted = Distiller(tiny_config(tmp_path / "mfu", steps=4, **{"log.mfu": True}), teacher=tiny_teacher(0))
+    counted.run()
+    assert "dense float32 peak" in capsys.readouterr().out
+    for x, y in zip(params_of(plain.G), params_of(counted.G)):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-8)
+    rows = [json.loads(line) for line in (tmp_path / "mfu" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["tflop_s"] > 0 and 0 < r["mfu"] < 2 for r in rows)
+    assert "mfu" not in (tmp_path / "plain" / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="log.mfu=true counts FLOPs in eager mode"):
+        tiny_config(tmp_path / "c", compile=True, **{"log.mfu": True}).validate()
+
+
 def test_compile_on_cpu_says_it_measured_slower(tmp_path, capsys):
     Distiller(tiny_config(tmp_path / "a", compile=True), teacher=tiny_teacher(0)).release()
     assert "compiled training ran slower than eager on CPU" in capsys.readouterr().out

@@ -186,12 +186,12 @@ def test_benchmark_rows():
 
 def test_sid_results(tmp_path):
     rows = [{"step": 0, "fid_initial": 1.7, "fid_data_vs_data": 0.3, "fid_teacher_heun35": 0.16},
-            {"step": 50, "img_per_s": 100.0}, {"step": 100, "img_per_s": 900.0},
-            {"step": 150, "img_per_s": 1000.0, "fid_student": 0.4}, {"step": 200, "img_per_s": 950.0}]
+            {"step": 50, "img_per_s": 100.0, "mfu": 0.01}, {"step": 100, "img_per_s": 900.0, "mfu": 0.2},
+            {"step": 150, "img_per_s": 1000.0, "mfu": 0.22, "fid_student": 0.4}, {"step": 200, "img_per_s": 950.0, "mfu": 0.21}]
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = gc.sid_results("fastdistill: stopped at step 213; ...\ndistilled 213 steps (6.8 kimg) in 118 s\n", path)
-    assert out == {"steps": 213, "img_per_s_median": 950.0, "fid_initial": 1.7, "fid_data_vs_data": 0.3,
+    assert out == {"steps": 213, "img_per_s_median": 950.0, "mfu_median": 0.21, "fid_initial": 1.7, "fid_data_vs_data": 0.3,
                    "fid_teacher_heun35": 0.16, "fid": 0.4, "fid_step": 150}
     assert gc.sid_results("", tmp_path / "missing.jsonl") == {"steps": 0}
 

@@ -78,6 +78,7 @@ class LogConfig:
     tensorboard: str = "auto"  # TensorBoard event files in <out_dir>/tensorboard: auto (when tensorboard is installed) | true | false
     wandb: bool = False  # also log to Weights & Biases (needs wandb; WANDB_MODE=offline works)
     wandb_project: str = "fastdistill"  # wandb project name
+    mfu: bool = False  # model FLOP utilisation in the log: the first step's matmul/conv FLOPs counted, the device's peak from a dense matmul/conv timed at the start (a few seconds); rows get tflop_s and mfu (the counted step may differ from an uncounted one by rounding)
 
 
 @dataclass
@@ -283,6 +284,8 @@ class DistillConfig:
         choice("precision", self.precision, ("fp32", "tf32", "bf16", "fp16"))
         choice("compile_scope", self.compile_scope, COMPILE_SCOPES)
         choice("compile_mode", self.compile_mode, COMPILE_MODES)
+        need(not (self.log.mfu and self.compile), "log.mfu=true counts FLOPs in eager mode (compiled code bypasses "
+                                                   "the counter; the FLOPs are the same): set compile=false for it")
         need(not (self.compile and self.compile_mode == "reduce-overhead" and dev_type != "cuda"),
              "compile_mode=reduce-overhead captures CUDA graphs: it needs a CUDA device (use compile_mode=default on CPU)")
         need(not self.prompts or Path(self.prompts).is_file(), f"prompts={self.prompts}: no such file")

@@ -39,6 +39,7 @@ from .ema import EMA, ema_beta
 from .lora import add_lora, set_trainable, trainable_parameters
 from .parallel import parallelize, teacher_precision
 from .run_checkpoints import RunCheckpoints, Trained
+from .throughput import count_flops, dense_yardstick
 from .prompts import encoded_prompts, prompts_sha256
 from .evaluator import LoopEvaluator, Quality, plot_run_curve
 from .identity import RunLock, architecture_of, check_resume, check_run_folder, run_identity
@@ -522,6 +523,16 @@ class Distiller:
         panels.append((f"student ({k} step{'s' if k > 1 else ''}, step {self.step})", x))
         return scatter_panels(panels, path)
 
+    def _device_peak(self) -> float:
+        """FLOP/s of a dense matmul and convolution on this rank's device in the run's compute
+        format (fp32 where bf16 would be emulated: its peak there is not what bf16 hardware does)."""
+        bf16 = self.cfg.precision == "bf16" and bf16_is_fast(self.device)
+        dtype = {"fp16": torch.float16}.get(self.cfg.precision, torch.bfloat16 if bf16 else torch.float32)
+        peak = dense_yardstick(self.device, dtype)["peak"]
+        print(f"fastdistill: the device's dense {str(dtype).removeprefix('torch.')} peak: {peak / 1e12:.3g} TFLOP/s "
+              f"(the log's mfu divides by it)", flush=True)
+        return peak
+
     def _write_final_outputs(self, whole) -> str:
         """samples.npz and student.safetensors of the finished run; returns the samples' path."""
         x = self.student_samples(min(self.cfg.eval_samples, 4096), seed=9_000_005, net=whole)
@@ -606,9 +617,14 @@ class Distiller:
                 self.initial_quality, first.initial, first.student = first.student, first.student, None
                 quality = first
                 logger.log(step=0, kimg=0.0, **first.log_row())
+            peak = self._device_peak() if cfg.log.mfu and self.main else None
+            step_flops = None
             tick, tick_step = time.time(), self.step
             while self.step < cfg.steps:
-                row = self.train_step()
+                if peak is not None and step_flops is None:  # this rank's FLOPs of one step, counted once
+                    step_flops, row = count_flops(self.train_step)
+                else:
+                    row = self.train_step()
                 if bar is not None:
                     bar.update(1)
                 if self.callback is not None:
@@ -616,9 +632,12 @@ class Distiller:
                 last = self.step == cfg.steps
                 if self.main and (self.step % max(cfg.log_every, 1) == 0 or last):
                     now = time.time()
-                    rate = (self.step - tick_step) * cfg.batch_size / max(now - tick, 1e-9)
+                    steps_per_s = (self.step - tick_step) / max(now - tick, 1e-9)
+                    rate = steps_per_s * cfg.batch_size
                     tick, tick_step = now, self.step
                     rec = dict(step=self.step, kimg=self.images_seen / 1000, img_per_s=rate, nan_steps=self.nan_steps, **row)
+                    if step_flops:
+                        rec.update(tflop_s=step_flops * steps_per_s / 1e12, mfu=step_flops * steps_per_s / peak)
                     if self.evaluator is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or last):
                         quality = self.evaluate()
                         quality.initial = self.initial_quality
