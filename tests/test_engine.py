@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -408,8 +409,22 @@ def test_checkpoints_kept_and_logs(tmp_path):
     assert {"loss_gen", "loss_fake", "img_per_s", "kimg", "nan_steps"} <= set(rows[0])
     state = json.loads((tmp_path / "checkpoints" / "step-00000006" / "state.json").read_text())
     assert state["step"] == 6 and len(state["rng"]) == 1 and state["config"]["steps"] == 6
-    assert Path(r.samples).is_file()
+    assert r.samples is None and not (tmp_path / "samples.npz").exists()  # final_samples=auto: none without evaluation
     assert (Path(r.picture).is_file() if importlib.util.find_spec("matplotlib") else r.picture is None)  # a scatter plot
+
+
+def test_final_samples_only_when_asked(tmp_path, capsys):
+    """final_samples: auto writes eval_samples where the run evaluates (toy: exact teacher samples),
+    none where it does not; a count writes that many, with its time in the summary, apart from training."""
+    from fastdistill.engine.entry import format_summary
+
+    r = run_distillation(tiny_config(tmp_path / "a", steps=2, final_samples=48), teacher=tiny_teacher(0))
+    assert np.load(r.samples)["samples"].shape == (48, 2)
+    assert "final outputs" in format_summary(r) or r.final_s < 0.5
+    toy = preset_config("toy").with_overrides([f"out_dir={tmp_path / 'b'}", "steps=2", "teacher.fit_steps=5",
+                                                 "eval_samples=64", "progress=false", "threads=1", "log.tensorboard=false"])
+    assert np.load(run_distillation(toy).samples)["samples"].shape == (64, 2)
+    assert run_distillation(toy.with_overrides([f"out_dir={tmp_path / 'c'}", "final_samples=0"])).samples is None
 
 
 def test_sample_api(tmp_path):

@@ -124,6 +124,7 @@ class DistillConfig:
     sample_every: int = 0  # steps between sample pictures (0 = only at the end)
     eval_every: int = 0  # steps between quality evaluations (0 = start and end): SW2 on vector data, FID on images with eval data
     eval_samples: int = 4096  # samples per quality evaluation (images: capped at the held-out half of the data, 898 on digits)
+    final_samples: int = -1  # samples.npz of the finished student: -1 = auto (eval_samples, at most 4096, where the run evaluates quality; else none) | 0 = none | N
     eval_cache: str = ""  # directory caching the teacher's evaluation samples between runs ("" = in this process only)
     eval_data: str = ""  # images: reference data for FID tracking (digits features); "" = `data`, else digits for the digits teacher; "none" = off (vector data too)
     max_nan_steps: int = 20  # stop after this many consecutive non-finite steps
@@ -302,6 +303,8 @@ class DistillConfig:
         need(isinstance(self.max_nan_steps, int) and self.max_nan_steps >= 1, f"max_nan_steps must be >= 1, got {self.max_nan_steps!r}")
         need(0 <= self.max_nan_fraction < 1, f"max_nan_fraction must be in [0, 1), got {self.max_nan_fraction!r}")
         need(isinstance(self.eval_samples, int) and self.eval_samples >= 16, f"eval_samples must be >= 16, got {self.eval_samples!r}")
+        need(isinstance(self.final_samples, int) and self.final_samples >= -1,
+             f"final_samples must be -1 (auto), 0 (none) or a count, got {self.final_samples!r}")
         return self
 
 

@@ -85,6 +85,8 @@ def format_summary(result) -> str:
             lines.append(f"curve:      {curve}")
     if result.picture:
         lines.append(f"picture:    {result.picture}")
+    if result.final_s >= 0.5:
+        lines.append(f"final outputs (student, pictures{', samples' if result.samples else ''}) in {result.final_s:.0f} s")
     if result.samples:
         lines.append(f"samples:    {result.samples}")
     if result.checkpoint:

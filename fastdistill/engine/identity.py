@@ -36,7 +36,7 @@ __all__ = ["run_identity", "architecture_of", "identity_differences", "changed_s
 
 #: settings that may change freely when a run is resumed (a trailing dot: the whole section)
 FREE_KEYS = ("steps", "resume", "out_dir", "prompt_cache", "device", "threads", "compile", "compile_scope", "compile_mode", "channels_last", "activation_checkpointing", "progress",
-             "nvtx", "ckpt_every", "keep_last", "log_every", "sample_every", "eval_every", "eval_samples", "eval_data",
+             "nvtx", "ckpt_every", "keep_last", "log_every", "sample_every", "eval_every", "eval_samples", "final_samples", "eval_data",
              "eval_cache", "max_nan_steps", "max_nan_fraction", "allow_config_change", "force", "method.backend",
              "distributed.backend", "log.", "teacher.path", "teacher.name", "teacher.fit_steps", "teacher.fit_batch",
              "teacher.fit_lr")

@@ -61,13 +61,14 @@ class DistillResult:
     step: int
     images_seen: int
     checkpoint: Optional[str]
-    elapsed_s: float
+    elapsed_s: float  # training, its evaluations and checkpoints
     nan_steps: int
     interrupted: bool = False
     quality: Optional[Quality] = None  # the last evaluation (with the initial generator's score), when the run evaluates
     picture: Optional[str] = None
     samples: Optional[str] = None
     stop_signal: Optional[int] = None  # the signal that stopped the run early, if one did
+    final_s: float = 0.0  # the final outputs after training: the student, samples.npz (final_samples), pictures
 
 
 def _slice(noise, a: int, b: int):
@@ -473,9 +474,10 @@ class Distiller:
 
     # ------------------------------------------------------------------ evaluation / pictures
     @torch.no_grad()
-    def student_samples(self, n: int, seed: int, net=None) -> torch.Tensor:
+    def student_samples(self, n: int, seed: int, net=None, progress: bool = False) -> torch.Tensor:
         """``n`` samples of ``net`` (default: the EMA) in the generator's steps, from
-        :func:`fastdistill.sampling.draw`, the draw ``fastdistill sample`` and ``eval`` use too, on the CPU."""
+        :func:`fastdistill.sampling.draw`, the draw ``fastdistill sample`` and ``eval`` use too, on the CPU;
+        ``progress``: a bar over them."""
         net = net if net is not None else self.ema.module
         prompts = None if self.conditions is None else self.conditions.cond[torch.arange(n) % len(self.conditions)]
         (z, *renoise), cond = draw(n, self.shape, seed, label_dim=self.label_dim, cond=prompts, noises=self.method.steps)
@@ -483,10 +485,16 @@ class Distiller:
         was = net.training
         net.eval()
         out = []
-        for i in range(0, n, 1024):
-            c = None if cond is None else cond[i:i + 1024].to(self.device)
-            e = None if chain_eps is None else chain_eps[i:i + 1024].to(self.device)
-            out.append(self.method.generate(net, z[i:i + 1024].to(self.device), c, e).cpu())
+        chunk = 1024
+        bar = progress_bar(n, 0, progress, desc="final samples")
+        for i in range(0, n, chunk):
+            c = None if cond is None else cond[i:i + chunk].to(self.device)
+            e = None if chain_eps is None else chain_eps[i:i + chunk].to(self.device)
+            out.append(self.method.generate(net, z[i:i + chunk].to(self.device), c, e).cpu())
+            if bar is not None:
+                bar.update(len(out[-1]))
+        if bar is not None:
+            bar.close()
         net.train(was)
         return torch.cat(out)
 
@@ -533,12 +541,22 @@ class Distiller:
               f"(the log's mfu divides by it)", flush=True)
         return peak
 
-    def _write_final_outputs(self, whole) -> str:
-        """samples.npz and student.safetensors of the finished run; returns the samples' path."""
-        x = self.student_samples(min(self.cfg.eval_samples, 4096), seed=9_000_005, net=whole)
+    def final_sample_count(self) -> int:
+        """How many samples the finished run writes to samples.npz (``final_samples``)."""
+        n = self.cfg.final_samples
+        if n == -1:
+            return min(self.cfg.eval_samples, 4096) if self.evaluator is not None else 0
+        return n
+
+    def _write_final_outputs(self, whole) -> Optional[str]:
+        """student.safetensors and, where asked for, samples.npz of the finished run (the samples' path)."""
+        self.export_student(self.out_dir / "student.safetensors", whole)
+        n = self.final_sample_count()
+        if not n:
+            return None
+        x = self.student_samples(n, seed=9_000_005, net=whole, progress=self.cfg.progress)
         samples = str(self.out_dir / "samples.npz")
         np.savez(samples, samples=x.numpy())
-        self.export_student(self.out_dir / "student.safetensors", whole)
         return samples
 
     def export_student(self, path: Path, net=None) -> Optional[Path]:
@@ -671,7 +689,7 @@ class Distiller:
                 signal.signal(s, h)
             self._restore_process()
             self.release()
-        picture = samples = None
+        trained_s, picture, samples = time.time() - t0, None, None
         whole = None if interrupted else self.whole_ema()
         if self.main and not interrupted:
             try:
@@ -688,9 +706,10 @@ class Distiller:
             except ImportError as exc:
                 print(f"fastdistill: pictures skipped: {exc}")
         return DistillResult(out_dir=str(self.out_dir), step=self.step, images_seen=self.images_seen,
-                             checkpoint=str(last_ckpt) if last_ckpt else None, elapsed_s=time.time() - t0,
+                             checkpoint=str(last_ckpt) if last_ckpt else None, elapsed_s=trained_s,
                              nan_steps=self.nan_steps, interrupted=interrupted, quality=quality,
-                             picture=picture, samples=samples, stop_signal=self.stop_signal if interrupted else None)
+                             picture=picture, samples=samples, stop_signal=self.stop_signal if interrupted else None,
+                             final_s=time.time() - t0 - trained_s)
 
 
 def run_distillation(config=None, teacher=None, overrides=None, callback=None,
