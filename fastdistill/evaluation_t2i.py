@@ -15,6 +15,7 @@ Heun/Euler sampler on their latents, guided with ``guidance`` (1: none), then th
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -22,7 +23,7 @@ import torch
 
 from .engine.evaluator import TEACHER_SEED, teacher_nfe
 from .evaluation import EvalResult, _fmt
-from .metrics.clip_score import clip_score
+from .metrics.clip_score import clip_score, load_clip
 from .metrics.quality import EvalError, quality, reference_data
 from .sampling import draw, edm_sampler
 from .student import load_student
@@ -77,6 +78,23 @@ def _images(model: T2IModel, obj, prompts: list, n: int, seed: int, batch_size: 
     return x, (time.perf_counter() - t0) / n
 
 
+def _check_measures(data, clip, extractor: str) -> None:
+    """What the measurements need, checked up front: the CLIP folder (loaded: it is needed anyway),
+    the reference images' path, the Inception weights of an Inception FID."""
+    if clip is not None:
+        load_clip(clip)
+    if data is not None:
+        from .data import BUILTIN_DATASETS
+
+        if not (str(data).lower() in BUILTIN_DATASETS or Path(data).exists()):
+            raise EvalError(f"--data {data}: no such file or folder of reference images (nor a built-in dataset: "
+                            f"{', '.join(BUILTIN_DATASETS)})")
+        if extractor == "inception":
+            from .metrics.fidelity import resolve_inception_weights
+
+            resolve_inception_weights()
+
+
 def evaluate_text_to_image(models: Sequence[T2IModel], prompts: Sequence[str], *, data=None, clip=None,
                            n: Optional[int] = None, extractor: str = "inception", seed: int = TEACHER_SEED,
                            device="cpu", batch_size: int = 16, progress=None) -> EvalResult:
@@ -89,6 +107,7 @@ def evaluate_text_to_image(models: Sequence[T2IModel], prompts: Sequence[str], *
         raise EvalError("a text-to-image evaluation needs prompts (--prompts FILE)")
     if clip is None and data is None:
         raise EvalError("nothing to measure: give a local CLIP model folder (--clip) and/or reference images (--data)")
+    _check_measures(data, clip, extractor)  # before any model is loaded or sampled
     loaded = {}
     for m in models:  # everything first: fail fast on a missing folder
         obj = load_teacher(m.spec, device=device) if m.kind == "teacher" else load_student(m.spec, device=device)

@@ -2,6 +2,8 @@
 the report's plumbing, and a short distillation whose one-step student learns to follow prompts."""
 import hashlib
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -19,6 +21,25 @@ from fastdistill.sampling import draw, edm_sampler  # noqa: E402
 from fastdistill.student import Student, StudentInfo, load_student  # noqa: E402
 from fastdistill.teachers import GuidedDenoiser, load_teacher  # noqa: E402
 from fastdistill.teachers import digits_t2i  # noqa: E402
+
+
+#: the shipped folder, or an export of a student of it, in plain diffusers: no fastdistill imported,
+#: no argument beyond the prompt (the pipeline's own defaults) but a short run and numpy output
+PLAIN_DIFFUSERS = """
+import sys
+from diffusers import StableDiffusionPipeline
+pipe = StableDiffusionPipeline.from_pretrained(sys.argv[1])
+images = pipe("the digit seven", num_inference_steps=2, output_type="np").images
+assert images.shape == (1, 16, 16, 3), images.shape
+assert "fastdistill" not in sys.modules
+print("ran")
+"""
+
+
+def run_in_plain_diffusers(folder):
+    proc = subprocess.run([sys.executable, "-c", PLAIN_DIFFUSERS, str(folder)], capture_output=True, text=True,
+                          timeout=300, cwd="/")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ran"), proc.stderr[-2000:]
 
 
 def _folder_digest(folder):
@@ -52,7 +73,8 @@ def test_shipped_folder_is_a_small_stable_diffusion_pipeline():
     assert record["train_seconds"] <= 30 * 60  # the issue's budget on 2 cores
     t = load_teacher("digits-t2i")
     assert (t.family, t.resolution, t.img_channels, t.img_resolution) == ("Stable Diffusion 1.x/2.x", 16, 4, 8)
-    assert all(p.dtype == torch.float32 for p in t.parameters())  # stored float16, loaded float32
+    assert all(p.dtype == torch.float32 for p in t.parameters())  # UNet and VAE stored float16, loaded float32
+    run_in_plain_diffusers(folder)  # the text encoder is stored float32: transformers keeps a stored dtype
     tok = t.tokenizers[0]
     for word in prompt_words():
         assert len(tok.tokenize(word)) == 1, word
@@ -81,6 +103,7 @@ def test_training_command_writes_a_loadable_pipeline_and_fails_without_loss(tmp_
     assert t.encode_prompt(["a handwritten seven"]).embeds.shape == (1, 16, 64)
     record = json.loads((out / digits_t2i.TRAINING_RECORD).read_text())
     assert record["config"]["unet_steps"] == 2 and record["unet_parameters"] > 10**6
+    assert json.loads((out / "text_encoder" / "config.json").read_text())["dtype"] == "float32"
     before = _folder_digest(out)
 
     def interrupted(*args, **kwargs):
@@ -142,3 +165,5 @@ def test_short_distillation_learns_to_follow_prompts(tmp_path, method):
     d.run()
     final = adherence(load_student(tmp_path))
     assert final >= 0.8 and final > initial + 0.1, (initial, final)
+    assert main(["export", str(tmp_path), str(tmp_path / "exported")]) == 0
+    run_in_plain_diffusers(tmp_path / "exported")

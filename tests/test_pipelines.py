@@ -6,6 +6,7 @@ Tiny random Stable Diffusion pipelines are built in code and saved with ``save_p
 import copy
 import errno
 import os
+import re
 
 import pytest
 import torch
@@ -383,6 +384,17 @@ def test_prompt_cache_is_shared_and_keyed(tmp_path, sd_eps_folder, prompt_file, 
         Distiller(_lora_config(tmp_path / "c", sd_eps_folder, other, **over))
 
 
+def test_the_run_says_what_it_detected(tmp_path, sd_eps_folder, prompt_file, capsys):
+    """One line at the start: method, family, objective, teacher dtype, data shape, what trains (LoRA), processes."""
+    d = Distiller(_lora_config(tmp_path / "a", sd_eps_folder, prompt_file))
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("fastdistill: sid (1 step) of a"))
+    assert "Stable Diffusion 1.x/2.x teacher (epsilon, float32)" in line and f"data {tuple(d.shape)}" in line
+    trained, total = re.search(r"generator (\S+) of (\S+) parameters trained", line).groups()
+    assert trained != total  # LoRA: the adapters only
+    assert "LoRA rank 2 (both)" in line and "1 process on cpu" in line
+    d.release()
+
+
 def test_lora_rank_and_targets_that_do_not_fit(tmp_path, sd_eps_folder, prompt_file):
     from fastdistill.methods import ConfigError
 
@@ -520,6 +532,18 @@ def test_eval_command_on_text_to_image_models(tmp_path, sd_eps_folder, prompt_fi
     assert main(["eval", "--prompts", str(prompt_file), "--student", str(run)]) == 2  # no --clip, no --data
     assert "nothing to measure" in capsys.readouterr().err
     assert main(["eval", "--student", str(run), "--clip", str(clip)]) == 2  # --clip without --prompts
+    import fastdistill.evaluation_t2i as evaluation_t2i
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded before the measurements' inputs were checked")
+
+    with monkeypatch.context() as m:  # a wrong --clip or --data fails before any model is loaded or sampled
+        m.setattr(evaluation_t2i, "load_student", loaded)
+        capsys.readouterr()
+        assert main(["eval", "--prompts", str(prompt_file), "--student", str(run), "--clip", str(tmp_path)]) == 2
+        assert "has no config.json" in capsys.readouterr().err
+        assert main(["eval", "--prompts", str(prompt_file), "--student", str(run), "--data", str(tmp_path / "no")]) == 2
+        assert "no such file or folder of reference images" in capsys.readouterr().err
     refs = tmp_path / "refs"  # FID against reference images: Inception from a local file, never downloaded
     refs.mkdir()
     from PIL import Image

@@ -99,6 +99,8 @@ class Distiller:
             self._build_optimizers()
             self._bind_method()
             self.evaluator = LoopEvaluator.for_run(cfg, self.teacher, self.shape) if self.main else None
+            if self.main:
+                print(f"fastdistill: {self.describe()}", flush=True)
             if self.par.sharded and D.broadcast_object(self.evaluator is not None):
                 raise ConfigError("distributed.strategy=fsdp does not evaluate during training yet (rank 0 alone "
                                   "would need the whole teacher and generator): set eval_data=none and score the "
@@ -547,6 +549,28 @@ class Distiller:
         if n == -1:
             return min(self.cfg.eval_samples, 4096) if self.evaluator is not None else 0
         return n
+
+    def describe(self) -> str:
+        """One line of what the run detected and set up: the teacher's family and objective, the data
+        shape, the teacher's dtype, what trains, the processes."""
+        t, cfg = self.traits, self.cfg
+        teacher = t.family or type(self.teacher).__name__
+        dtype = next((p.dtype for p in (t.network or self.teacher).parameters()), torch.float32)
+
+        def count(n: int) -> str:
+            return next((f"{n / scale:.3g}{unit}" for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")) if n >= scale),
+                        str(n))
+
+        def trained(net, name):
+            total = sum(p.numel() for p in net.parameters())
+            return f"{name} {count(sum(p.numel() for p in self.trainable[name]))} of {count(total)} parameters trained"
+
+        lora = f", LoRA rank {cfg.lora.rank} ({cfg.lora.networks})" if cfg.lora.rank else ""
+        procs = f"{self.world} ranks, {cfg.distributed.strategy}" if self.world > 1 else "1 process"
+        return (f"{cfg.method.name} ({self.method.steps} step{'s' if self.method.steps > 1 else ''}) of a {teacher} "
+                f"teacher ({t.objective}, {str(dtype).removeprefix('torch.')}), data {tuple(self.shape)}; "
+                f"{trained(self.G, 'generator')}, {trained(self.fake, 'fake')}{lora}; {procs} on {self.device}, "
+                f"precision {cfg.precision}")
 
     def _write_final_outputs(self, whole) -> Optional[str]:
         """student.safetensors and, where asked for, samples.npz of the finished run (the samples' path)."""

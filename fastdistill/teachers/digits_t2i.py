@@ -68,7 +68,7 @@ class DigitsT2IConfig:
     ema_halflife_fraction: float = 0.05  # of all samples seen, as EDM's
     text_width: int = 64
     seed: int = 0
-    weights_dtype: str = "float16"  # storage; loaded as float32
+    weights_dtype: str = "float16"  # storage of the UNet and VAE (diffusers loads them as float32); the text encoder is float32
 
 
 def digits_t2i_path() -> Path:
@@ -248,7 +248,9 @@ def _train_into(work: Path, cfg: DigitsT2IConfig, progress: bool) -> None:
     seconds = time.perf_counter() - t0
 
     dtype = torch.float16 if cfg.weights_dtype == "float16" else torch.float32
-    pipe = StableDiffusionPipeline(vae=vae.to(dtype), text_encoder=text_encoder.to(dtype), tokenizer=tokenizer,
+    # the text encoder stays fp32: transformers loads a model in its stored dtype while diffusers loads the
+    # UNet and VAE in fp32 whatever they are stored in, and plain diffusers must run the folder as it is
+    pipe = StableDiffusionPipeline(vae=vae.to(dtype), text_encoder=text_encoder.float(), tokenizer=tokenizer,
                                    unet=ema.to(dtype), scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(work, safe_serialization=True)

@@ -51,6 +51,9 @@ class TeacherTraits:
     embedded_guidance: Optional[float]
     #: the pipeline family's name ("" for other teachers)
     family: str
+    #: what the network predicts: "epsilon", "v_prediction", "sample" (a discrete diffusers teacher),
+    #: "flow" (velocity), else "denoiser" (EDM's D(x; sigma))
+    objective: str
     #: sample(n, generator): exact samples (analytic teachers)
     exact_samples: bool
     #: the denoising network inside an adapter (a pipeline's UNet or transformer), else None
@@ -72,5 +75,6 @@ def traits(teacher) -> TeacherTraits:
         num_train_timesteps=int(teacher.num_train_timesteps) if flow else None,
         guidance_distilled=bool(getattr(teacher, "guidance_distilled", False)),
         embedded_guidance=None if guidance is None else float(guidance), family=str(getattr(teacher, "family", "")),
+        objective="flow" if flow else str(getattr(teacher, "prediction_type", "denoiser")),
         exact_samples=callable(getattr(teacher, "sample", None)),
         network=network if isinstance(network, torch.nn.Module) else None)
