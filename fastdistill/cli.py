@@ -312,6 +312,12 @@ def _sample_stem(args: argparse.Namespace) -> Path:
     return (where.parent if where.is_file() else where) / f"samples-seed{args.seed}"
 
 
+def _no_labels(student) -> str:
+    if student.info.cond_kind == "text":
+        return "--label given, but the student is text-conditioned: give --prompt TEXT or --prompts FILE"
+    return "--label given, but the student is unconditional"
+
+
 @_command("sample")
 def _sample(args: argparse.Namespace) -> int:
     """Write ``<out>.png`` and ``<out>.npz`` with ``n`` samples of a student."""
@@ -324,7 +330,7 @@ def _sample(args: argparse.Namespace) -> int:
         check_output_path(stem.with_suffix(suffix))
     student = load_student(args.checkpoint, which=args.which, device=args.device)
     if args.label and not student.info.label_dim:
-        raise ValueError("--label given, but the student is unconditional")
+        raise ValueError(_no_labels(student))
     cond, n, ncol = _labels(args), args.n or 64, None
     prompts = _prompt_list(args)
     if prompts:
@@ -368,7 +374,7 @@ def _project(args: argparse.Namespace) -> int:
         raise ValueError(f"the student is class-conditional ({student.info.label_dim} classes): pass --label K "
                          f"(one class for every input) or one --label per input")
     if labels is not None and not student.info.label_dim:
-        raise ValueError("--label given, but the student is unconditional")
+        raise ValueError(_no_labels(student))
     steps = args.steps or 1
     x = project(student, y, sigma=args.sigma, steps=steps, seed=args.seed, cond=labels, schedule=args.schedule)
     p = save_output(x, args.out)
@@ -508,7 +514,6 @@ def add_train_classifier_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="with --eval-only: weights to check (default: the shipped ones)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=_positive_int, default=40)
-    p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=_train_classifier)
     return p
 
@@ -672,11 +677,14 @@ def add_config_parser(subparsers) -> argparse.ArgumentParser:
 
 
 DEBUG_HELP = "show the full traceback of an error instead of one line (also: FASTDISTILL_DEBUG=1)"
+VERBOSE_HELP = ("more output: diffusers' and transformers' loading bars and notices, train-classifier's epochs "
+                "(also: FASTDISTILL_VERBOSE=1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastdistill", description=__doc__)
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_IntermixedParser)
     sub.add_parser("doctor", help="versions, devices and available loss backends").set_defaults(func=_doctor)
     add_distill_parser(sub)
@@ -687,8 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_project_parser(sub)
     add_train_teacher_parser(sub)
     add_train_classifier_parser(sub)
-    for p in sub.choices.values():  # --debug after the command too (it does not reset one given before it)
+    for p in sub.choices.values():  # --debug and --verbose after the command too (not resetting one given before it)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
@@ -699,6 +708,10 @@ def main(argv: list[str] | None = None) -> int:
     from .engine.entry import USER_ERRORS
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        from .teachers.pipelines import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
     try:
         return args.func(args)
     except USER_ERRORS as exc:  # each command catches these already; this covers a func set elsewhere

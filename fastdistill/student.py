@@ -272,6 +272,9 @@ def _rebuild(state: dict, network: Optional[torch.nn.Module]) -> torch.nn.Module
         net = make_mlp(state["arch"])
     elif state["config"]["teacher"]["kind"] == "checkpoint":
         teacher = state["config"]["teacher"]
+        if not Path(teacher["path"]).exists() and teacher["path"] not in ("digits", "digits-t2i"):
+            raise FileNotFoundError(f"the run's teacher {teacher['path']!r} is not there any more (moved or deleted): "
+                                    f"its student is built on it; put it back at that path")
         net = load_teacher(teacher["path"], resolution=teacher.get("resolution") or None)
     else:
         raise ValueError("the generator's architecture came from a Python object; pass network=<module>")

@@ -395,6 +395,31 @@ def test_the_run_says_what_it_detected(tmp_path, sd_eps_folder, prompt_file, cap
     d.release()
 
 
+def test_messages_say_what_a_text_to_image_user_did(tmp_path, sd_eps_folder, prompt_file, capsys):
+    """The wording of four refusals: --label on a text student, --prompts given a folder, a
+    missing teacher path, a run whose teacher folder was moved."""
+    import shutil
+
+    from fastdistill.cli import main
+    from tests.test_cli_errors import _one_line_error
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(sd_eps_folder, teacher)
+    run = tmp_path / "run"
+    Distiller(_lora_config(run, teacher, prompt_file, steps=1, ckpt_every=1)).run()
+    capsys.readouterr()
+    assert main(["sample", str(run), "--label", "3", "-n", "2", "--out", str(tmp_path / "s")]) == 2
+    assert "the student is text-conditioned: give --prompt TEXT or --prompts FILE" in _one_line_error(capsys, "sample")
+    assert main(["distill", "--preset", "sid-lsg-sd15", "--teacher", str(teacher), "--prompts", str(tmp_path)]) == 2
+    assert "a folder, not a prompt file" in _one_line_error(capsys, "distill")
+    assert main(["distill", "--preset", "sid-lsg-sd15", "--prompts", str(prompt_file)]) == 2
+    assert "--teacher PATH" in _one_line_error(capsys, "distill")
+    teacher.rename(tmp_path / "moved")
+    assert main(["sample", str(run), "--prompt", "a cat", "-n", "2", "--out", str(tmp_path / "s")]) == 2
+    line = _one_line_error(capsys, "sample")
+    assert "is not there any more (moved or deleted)" in line and "analytic" not in line
+
+
 def test_lora_rank_and_targets_that_do_not_fit(tmp_path, sd_eps_folder, prompt_file):
     from fastdistill.methods import ConfigError
 

@@ -527,3 +527,19 @@ def test_unsupported_or_broken_folders(tmp_path, folders):
     (other / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDIMScheduler"}))
     with pytest.raises(ValueError, match="needs a flow-matching scheduler"):
         load_pipeline_teacher(other)
+
+
+def test_an_sd15_preset_on_another_family_warns(tmp_path, folders, prompt_file, capsys):
+    """The SD 1.5 recipes record their family: on SD3 the run says its recipe was not made for it;
+    `teacher.family=` (any family) silences it."""
+    from fastdistill.engine.config import preset_config
+
+    def distiller(folder, *over):
+        cfg = preset_config("sid-lsg-sd15").with_overrides([
+            f"teacher.path={folder}", f"prompts={prompt_file}", f"out_dir={tmp_path / str(len(over))}", "batch_size=2",
+            "progress=false", "threads=1", *over])
+        Distiller(cfg).release()
+        return capsys.readouterr().out
+
+    assert "this recipe was made for Stable Diffusion 1.x/2.x teachers" in distiller(folders["sd3"])
+    assert "recipe was made" not in distiller(folders["sd3"], "teacher.family=")

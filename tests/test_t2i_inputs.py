@@ -146,9 +146,11 @@ def test_a_broken_pipeline_folder_is_one_line_naming_what_is_wrong(folder, tmp_p
     assert not (broken / "PWNED").exists()
 
 
-def test_a_broken_pipeline_folder_from_the_command_line_is_one_line(folder, tmp_path, capsys):
-    """The same from ``distill``: one error line, rc 2 (diffusers' loading bar may precede it)."""
+def test_a_broken_pipeline_folder_from_the_command_line_is_one_line(folder, tmp_path, capsys, monkeypatch):
+    """The same from ``distill``: one line, rc 2, diffusers' loading bars silenced (--verbose keeps them)."""
     from fastdistill.cli import main
+    from fastdistill.teachers.pipelines import VERBOSE_ENV
+    from tests.test_cli_errors import _one_line_error
 
     broken = tmp_path / "pipe"
     shutil.copytree(folder, broken)
@@ -157,6 +159,7 @@ def test_a_broken_pipeline_folder_from_the_command_line_is_one_line(folder, tmp_
     argv = ["distill", "--preset", "sid-lsg-sd15", "--teacher", str(broken), "--prompts", str(prompts),
             f"out_dir={tmp_path / 'run'}", "steps=1", "progress=false"]
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("fastdistill distill: ")]
-    assert len(errors) == 1 and "could not be loaded" in errors[0] and "Traceback" not in err, err
+    assert "could not be loaded" in _one_line_error(capsys, "distill")
+    monkeypatch.setenv(VERBOSE_ENV, "0")  # restored after the test: main(--verbose) sets it for the process
+    assert main([*argv, "--verbose"]) == 2
+    assert "Loading pipeline components" in capsys.readouterr().err

@@ -37,6 +37,7 @@ class TeacherConfig:
     dtype: str = "auto"  # the frozen teacher's network: auto (bf16 for text-to-image pipelines on a device with native bf16: CUDA, AVX512-BF16 / AMX CPUs; else fp32) | fp32 | bf16 (diffusers teachers; halves its memory; the trained copies start from its fp32 weights and stay fp32)
     resolution: int = 0  # text-to-image pipelines: the image side in pixels, a multiple of the VAE's factor (0 = the pipeline's own)
     embedded_guidance: float = 0.0  # guidance-distilled pipelines (FLUX.1-dev): the guidance value fed to the network (0 = the pipeline's default, 3.5)
+    family: str = ""  # the pipeline family a preset's recipe was made for (its timesteps, guidance, learning rates): a teacher of another family gets a warning; "" = any
     init: str = "auto"  # teacher: generator/fake/EMA are copies of the teacher | fit: an MLP fitted to the teacher's denoiser (needed for analytic teachers) | auto
     mlp_hidden: int = 128  # width of the fitted MLP (init=fit)
     mlp_layers: int = 3  # hidden layers of the fitted MLP
@@ -210,7 +211,8 @@ class DistillConfig:
         t, m, o, e, dd = self.teacher, self.method, self.optim, self.ema, self.distributed
         choice("teacher.kind", t.kind, ("analytic", "checkpoint", "network"))
         choice("teacher.init", t.init, ("auto", "teacher", "fit"))
-        need(t.kind != "checkpoint" or t.path, "teacher.path is required with teacher.kind=checkpoint")
+        need(t.kind != "checkpoint" or t.path, "teacher.path is required with teacher.kind=checkpoint "
+                                               "(on the command line: --teacher PATH)")
         need(not (t.kind == "analytic" and t.init == "teacher"),
              "an analytic teacher has no network to copy: use teacher.init=fit (or auto)")
         choice("teacher.dtype", t.dtype, ("auto", "fp32", "bf16"))
@@ -289,7 +291,9 @@ class DistillConfig:
                                                    "the counter; the FLOPs are the same): set compile=false for it")
         need(not (self.compile and self.compile_mode == "reduce-overhead" and dev_type != "cuda"),
              "compile_mode=reduce-overhead captures CUDA graphs: it needs a CUDA device (use compile_mode=default on CPU)")
-        need(not self.prompts or Path(self.prompts).is_file(), f"prompts={self.prompts}: no such file")
+        need(not self.prompts or Path(self.prompts).is_file(),
+             f"prompts={self.prompts}: " + ("a folder, not a prompt file (.txt, .csv or .jsonl)"
+                                            if Path(self.prompts).is_dir() else "no such file"))
         need(isinstance(self.resume, str) and self.resume != "", "resume must be auto, none or a checkpoint path")
         need(self.resume in ("auto", "none") or Path(self.resume).exists(),
              f"resume={self.resume}: no such checkpoint or run directory (use resume=auto to continue the run in "
@@ -654,6 +658,9 @@ def _imagenet64() -> DistillConfig:
     return cfg
 
 
+SD_FAMILY = "Stable Diffusion 1.x/2.x"  # the family of the SD 1.5 recipes (teachers/families/sd.py)
+
+
 def _pipeline_recipe(method: MethodConfig, lr: float, batch_size: int, out_dir: str) -> DistillConfig:
     """What the text-to-image presets share: a pipeline teacher (``--teacher DIR``) copied into the
     generator and fake network, one learning rate for both, 20000 iterations with checkpoints
@@ -683,6 +690,7 @@ def _sid_lsg_sd15() -> DistillConfig:
                                          noise_levels="teacher", guidance_teacher=1.5, guidance_fake=1.5,
                                          guidance_fake_train=1.5), lr=1e-6, batch_size=512, out_dir="runs/sid-lsg-sd15")
     cfg.teacher.dtype = "fp32"
+    cfg.teacher.family = SD_FAMILY
     cfg.ema.halflife_kimg = 50.0
     return cfg
 
@@ -701,6 +709,7 @@ def _dmd2_sd15_nogan() -> DistillConfig:
     cfg.optim.weight_decay = 0.01
     cfg.optim.clip_grad = 10.0
     cfg.optim.fake_steps = 10
+    cfg.teacher.family = SD_FAMILY
     return cfg
 
 

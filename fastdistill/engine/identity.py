@@ -38,7 +38,7 @@ __all__ = ["run_identity", "architecture_of", "identity_differences", "changed_s
 FREE_KEYS = ("steps", "resume", "out_dir", "prompt_cache", "device", "threads", "compile", "compile_scope", "compile_mode", "channels_last", "activation_checkpointing", "progress",
              "nvtx", "ckpt_every", "keep_last", "log_every", "sample_every", "eval_every", "eval_samples", "final_samples", "eval_data",
              "eval_cache", "max_nan_steps", "max_nan_fraction", "allow_config_change", "force", "method.backend",
-             "distributed.backend", "log.", "teacher.path", "teacher.name", "teacher.fit_steps", "teacher.fit_batch",
+             "distributed.backend", "log.", "teacher.path", "teacher.family", "teacher.name", "teacher.fit_steps", "teacher.fit_batch",
              "teacher.fit_lr")
 #: settings that are part of the identity itself (compared through run_identity, never changed)
 IDENTITY_KEYS = ("method.", "seed", "precision", "data", "teacher.kind", "teacher.init", "teacher.mlp_hidden",

@@ -101,6 +101,10 @@ class Distiller:
             self.evaluator = LoopEvaluator.for_run(cfg, self.teacher, self.shape) if self.main else None
             if self.main:
                 print(f"fastdistill: {self.describe()}", flush=True)
+                if cfg.teacher.family and self.traits.family != cfg.teacher.family:
+                    print(f"fastdistill: warning: this recipe was made for {cfg.teacher.family} teachers (its timesteps, "
+                          f"guidance and learning rates), the teacher is {self.traits.family or 'not a pipeline'}: check "
+                          f"them (teacher.family= silences this)", flush=True)
             if self.par.sharded and D.broadcast_object(self.evaluator is not None):
                 raise ConfigError("distributed.strategy=fsdp does not evaluate during training yet (rank 0 alone "
                                   "would need the whole teacher and generator): set eval_data=none and score the "

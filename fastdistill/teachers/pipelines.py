@@ -18,6 +18,7 @@ engine casts and checkpoints ``teacher.unet``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
@@ -45,6 +46,33 @@ class _Shared:
 
     def __deepcopy__(self, memo):
         return self
+
+
+#: set to 1 (the CLI's --verbose) to keep diffusers' and transformers' loading bars and notices
+VERBOSE_ENV = "FASTDISTILL_VERBOSE"
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """diffusers' and transformers' progress bars and notices off while a folder loads (they print
+    for every component), unless ``$FASTDISTILL_VERBOSE`` is set; restored after."""
+    if os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off"):
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = (diffusers_logging, transformers_logging)
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
+    for lib in libraries:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, verbosity, bar in saved:
+            lib.set_verbosity(verbosity)
+            lib.enable_progress_bar() if bar else lib.disable_progress_bar()
 
 
 def is_pipeline_folder(path) -> bool:
@@ -319,8 +347,9 @@ def load_pipeline_teacher(path, *, resolution: Optional[int] = None, device="cpu
         abar = None
     else:
         abar = _alphas_cumprod_from_config(scfg, str(root / "scheduler"))
-    pipe = getattr(diffusers, name).from_pretrained(str(root), local_files_only=True, **_dtype_argument(dtype),
-                                                    **spec.load_kwargs())
+    with quiet_libraries():
+        pipe = getattr(diffusers, name).from_pretrained(str(root), local_files_only=True, **_dtype_argument(dtype),
+                                                        **spec.load_kwargs())
     pipe.set_progress_bar_config(disable=True)
     if spec.flow:
         teacher = FlowPipelineTeacher(pipe, spec, scfg.get("num_train_timesteps", 1000), resolution)
