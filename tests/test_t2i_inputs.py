@@ -163,3 +163,18 @@ def test_a_broken_pipeline_folder_from_the_command_line_is_one_line(folder, tmp_
     monkeypatch.setenv(VERBOSE_ENV, "0")  # restored after the test: main(--verbose) sets it for the process
     assert main([*argv, "--verbose"]) == 2
     assert "Loading pipeline components" in capsys.readouterr().err
+
+
+def test_a_long_prompt_is_one_warning_line_not_a_dump(folder, capsys):
+    """diffusers logs the truncated text of every prompt of the batch (a 500-word prompt gave a
+    megabyte of <|endoftext|>): now one line from fastdistill per truncated prompt, with its tokens
+    and the limit, and nothing from diffusers."""
+    from fastdistill.teachers import load_teacher
+
+    teacher = load_teacher(folder)
+    capsys.readouterr()
+    cond = teacher.encode_prompt(["a cat " * 300, "a dog"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastdistill: warning: prompt 0 ('a cat a cat") and "truncated" in lines[0]
+    assert "endoftext" not in err and cond.batch_size == 2

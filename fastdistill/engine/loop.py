@@ -691,7 +691,7 @@ class Distiller:
                     logger.log(**rec)
                     self.history.append(rec)
                     if bar is not None:
-                        post = dict(gen=f"{row['loss_gen']:.3g}", fake=f"{row['loss_fake']:.3g}", img_s=f"{rate:.0f}")
+                        post = dict(gen=f"{row['loss_gen']:.3g}", fake=f"{row['loss_fake']:.3g}", img_s=f"{rate:.3g}")
                         if quality is not None and quality.student is not None:
                             post[quality.metric] = f"{quality.student:.4g}"
                         bar.set_postfix(post)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import warnings
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -48,6 +48,8 @@ class _Shared:
         return self
 
 
+#: truncated prompts named one line each, up to this many (then a count)
+TRUNCATION_LINES = 5
 #: set to 1 (the CLI's --verbose) to keep diffusers' and transformers' loading bars and notices
 VERBOSE_ENV = "FASTDISTILL_VERBOSE"
 
@@ -159,7 +161,8 @@ class _TextToImage:
         if pipe.text_encoder is None:
             raise RuntimeError("this teacher's text encoders were released after its training prompts were encoded; "
                                "load the pipeline again (load_teacher / load_student) to encode new prompts")
-        return self.spec.encode(self, pipe, prompts, pipe.text_encoder.device)
+        with quiet_libraries():  # diffusers logs the truncated text of every prompt (the padding too): said above
+            return self.spec.encode(self, pipe, prompts, pipe.text_encoder.device)
 
     def _warn_truncation(self, prompts: list) -> None:
         pipe = self.parts.pipe
@@ -171,9 +174,13 @@ class _TextToImage:
             limit = self.max_sequence_length if name == t5 else int(tok.model_max_length)
             lengths = [len(ids) for ids in tok(prompts, truncation=False)["input_ids"]]
             long = [i for i, n in enumerate(lengths) if n > limit]
+            for i in long[:TRUNCATION_LINES]:
+                print(f"fastdistill: warning: prompt {i} ({prompts[i][:40]!r}...) has {lengths[i]} tokens, more than "
+                      f"the {limit} of {name}: truncated", file=sys.stderr)
+            if len(long) > TRUNCATION_LINES:
+                print(f"fastdistill: warning: and {len(long) - TRUNCATION_LINES} more prompts longer than {limit} "
+                      f"tokens ({name}), truncated", file=sys.stderr)
             if long:
-                warnings.warn(f"{len(long)} prompt(s) are longer than the text encoder's {limit} tokens ({name}) and "
-                              f"are truncated (the first: prompt {long[0]}, {lengths[long[0]]} tokens)", stacklevel=3)
                 return
 
     @torch.no_grad()
