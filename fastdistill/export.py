@@ -5,10 +5,10 @@ The folder is the teacher's pipeline with the student's denoising network (``une
 (``lora="merge"``), or the teacher's network untouched plus the adapters in diffusers' LoRA format
 (``lora="adapter"``, loaded with ``pipe.load_lora_weights(folder)``). Its
 ``fastdistill_student.json`` and ``README.md`` say how to generate in one step, or in the K steps
-of a few-step student (docs/algorithms.md sections 9 and 10). For one-step Stable Diffusion
-1.x/2.x and SDXL students, in diffusers alone: feed the latents
-``sqrt(1 - abar[t_init]) z`` at the single timestep ``t_init`` and read the scheduler's
-``pred_original_sample``; :data:`ONE_STEP_SNIPPET` is that code (the tests run it). Every family,
+of a few-step student (docs/algorithms.md sections 9 and 10). One-step Stable Diffusion
+1.x/2.x and SDXL students run with the pipeline's own call in diffusers alone: the export's
+scheduler is a DDPMScheduler, whose one step at ``timesteps=[t_init]`` ends at the sample, and the
+latents are ``sqrt(1 - abar[t_init]) z``; :data:`ONE_STEP_SNIPPET` is that code (the tests run it). Every family,
 LoRA merged, loads back with ``fastdistill.load_student(folder)`` (so ``fastdistill sample``). The
 folder is written beside its destination and renamed into place, so an interrupted export leaves
 nothing half-written.
@@ -33,29 +33,17 @@ STUDENT_FILE = "fastdistill_student.json"
 
 LORA_MODES = ("merge", "adapter")
 
-#: one-step generation with an exported folder, in diffusers alone (``folder``, ``prompts``,
-#: ``z``: (B, 4, h, w) standard normal latents); ``images`` in [0, 1], (B, H, W, 3)
+#: one-step generation with an exported Stable Diffusion 1.x/2.x or SDXL folder through the
+#: pipeline's own call, in diffusers alone, run from inside the folder (``prompts``; ``z``: (B, 4,
+#: h, w) standard normal latents); ``images`` in [0, 1], (B, H, W, 3). The export's scheduler is a
+#: DDPMScheduler: its one step at the student's timestep ends at the predicted sample itself.
 ONE_STEP_SNIPPET = '''\
-import json, torch
+import json
 from diffusers import DiffusionPipeline
-pipe = DiffusionPipeline.from_pretrained(folder)
-t_init = json.load(open(f"{folder}/fastdistill_student.json"))["t_init"]
-embeds = pipe.encode_prompt(prompts, device="cpu", num_images_per_prompt=1,
-                            do_classifier_free_guidance=False)  # SD: (embeds, None); SDXL: 4 tensors
-abar = pipe.scheduler.alphas_cumprod[t_init]
-latents = (1 - abar).sqrt() * z                          # diffusers' add_noise of x0 = 0 at t_init
-t = torch.full((z.shape[0],), t_init)
-extra = {}
-if len(embeds) == 4:                                     # SDXL: pooled text and time ids
-    size = z.shape[-1] * pipe.vae_scale_factor
-    extra = {"added_cond_kwargs": {"text_embeds": embeds[2],
-                                   "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * z.shape[0])}}
-with torch.no_grad():
-    out = pipe.unet(latents, t, encoder_hidden_states=embeds[0], **extra).sample
-    pipe.scheduler.set_timesteps(1)
-    x0 = pipe.scheduler.step(out, t_init, latents).pred_original_sample  # the one-step sample (latents)
-    images = pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample
-images = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+pipe = DiffusionPipeline.from_pretrained(".")
+student = json.load(open("fastdistill_student.json"))  # t_init and latent_scale = sqrt(1 - alphas_cumprod[t_init])
+images = pipe(prompts, timesteps=[student["t_init"]], guidance_scale=1.0, latents=student["latent_scale"] * z,
+              output_type="np").images
 '''
 
 #: generation (in the student's trained steps) with any exported folder (LoRA merged) through fastdistill; ``images`` in [-1, 1]
@@ -64,6 +52,22 @@ from fastdistill import load_student
 student = load_student(folder)
 images = student.decode(student.sample(len(prompts), seed=0, cond=prompts))
 '''
+
+
+def _write_one_step_scheduler(folder: Path) -> None:
+    """The export's scheduler: the teacher's schedule as a DDPMScheduler, which takes custom
+    timesteps and whose last step ends at the predicted sample (its variance there is 0), so
+    ``pipe(prompt, timesteps=[t_init], guidance_scale=1, latents=...)`` is the student, whatever
+    scheduler class the teacher's folder shipped (DDIM, PNDM, Euler, DPM-Solver, ...)."""
+    from diffusers import DDPMScheduler
+
+    source = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = DDPMScheduler.from_config(source, clip_sample=False, thresholding=False)
+    shutil.rmtree(folder / "scheduler")
+    scheduler.save_pretrained(str(folder / "scheduler"))
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "DDPMScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def _merged_unet(unet: torch.nn.Module) -> torch.nn.Module:
@@ -127,7 +131,9 @@ def export_student(student, out, lora: str = "merge") -> Path:
         else:
             info.update(t_init=int(round(float(net.timestep_for(torch.tensor(sigma))))),
                         timesteps=[int(round(float(net.timestep_for(torch.tensor(s))))) for s in sigmas],
-                        input="latents = sqrt(1 - alphas_cumprod[t_init]) * z, at the single timestep t_init",
+                        latent_scale=sigma / (1 + sigma * sigma) ** 0.5,
+                        input="latents = latent_scale * z = sqrt(1 - alphas_cumprod[t_init]) * z, at the single "
+                              "timestep t_init",
                         output="the scheduler's pred_original_sample (latents; decode with the VAE)")
         if k > 1:
             info["steps"] = ("each step after the first re-noises the previous step's sample x0 to its own timestep t "
@@ -135,11 +141,14 @@ def export_student(student, out, lora: str = "merge") -> Path:
                              "t noise) and reads the sample as the first step does")
         (tmp / STUDENT_FILE).write_text(json.dumps(info, indent=2) + "\n")
         diffusers_alone = component == "unet" and k == 1
-        how = (f"In diffusers alone (`folder`, `prompts` and `z`, standard normal latents, are yours):\n\n"
-               f"```python\nfolder = {str(out)!r}\n{ONE_STEP_SNIPPET}```\n" if diffusers_alone else
+        if diffusers_alone:
+            _write_one_step_scheduler(tmp)
+        how = (f"With the pipeline's own call, in diffusers alone, from inside this folder (`prompts` and `z`, "
+               f"standard normal latents, are yours; its DDPMScheduler takes the one step at t_init and ends at the "
+               f"sample):\n\n```python\n{ONE_STEP_SNIPPET}```\n" if diffusers_alone else
                f"The network input and output are in {STUDENT_FILE}.\n")
         if info["lora"] != "adapter":
-            how += f"\nWith fastdistill:\n\n```python\nfolder = {str(out)!r}\n{FASTDISTILL_SNIPPET}```\n"
+            how += f"\nWith fastdistill, from inside this folder:\n\n```python\nfolder = \".\"\n{FASTDISTILL_SNIPPET}```\n"
         else:
             how += ("\nThe adapters are in pytorch_lora_weights.safetensors: call `pipe.load_lora_weights(folder)` "
                     "after loading.\n")

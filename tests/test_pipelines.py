@@ -8,6 +8,7 @@ import errno
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -430,13 +431,77 @@ def test_lora_rank_and_targets_that_do_not_fit(tmp_path, sd_eps_folder, prompt_f
 
 
 # ---------------------------------------------------------------------- export
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "pndm", "euler", "euler_ancestral", "dpm"])
+def test_the_export_runs_with_the_pipelines_own_call_whatever_scheduler_the_teacher_shipped(tmp_path, prompt_file,
+                                                                                              scheduler):
+    """The export writes its own scheduler (a DDPMScheduler on the teacher's schedule), so the
+    README's pipeline call is the student for the scheduler classes SD folders ship (the old
+    snippet raised on DDPM, PNDM and Euler), in a process without fastdistill."""
+    from fastdistill.cli import main
+    from fastdistill.sampling import draw
+    from fastdistill.student import load_student
+
+    teacher = make_sd_pipeline(tmp_path / "teacher", prediction_type="v_prediction" if scheduler == "dpm" else "epsilon",
+                               scheduler=scheduler)
+    run = tmp_path / "run"
+    Distiller(_lora_config(run, teacher, prompt_file, **{"lora.rank": 0, "steps": 1, "optim.lr": 1e-2})).run()
+    assert main(["export", str(run), str(tmp_path / "exported")]) == 0
+    student, prompts = load_student(run), ["a cat", "a dog"]
+    (z,), _ = draw(2, student.info.data_shape, 4)
+    torch.testing.assert_close(run_one_step_snippet(tmp_path / "exported", prompts, z, tmp_path),
+                               student.sample(2, seed=4, cond=prompts), rtol=1e-4, atol=1e-5)
+
+
+#: runs the export's one-step snippet from inside the folder in a process without fastdistill
+#: (argv: z.pt, prompts.json, images.npy, "adapter" to load the LoRA adapters first)
+_SNIPPET_RUNNER = """
+import json, sys
+import numpy as np, torch
+z, prompts = torch.load(sys.argv[1]), json.load(open(sys.argv[2]))
+CODE
+np.save(sys.argv[3], images)
+assert "fastdistill" not in sys.modules
+"""
+
+
+def run_one_step_snippet(folder, prompts, z, tmp_path, adapter=False, scale_latents=True, latents=True):
+    """What the export's README snippet makes, run as a user would, inside ``folder``: with
+    ``latents`` the sample before the VAE (``output_type="latent"``: a tiny random VAE hardly
+    depends on its input), else the images."""
+    import json
+    import subprocess
+    import sys
+
+    from fastdistill.export import ONE_STEP_SNIPPET
+
+    code = ONE_STEP_SNIPPET
+    if adapter:
+        code = code.replace('from_pretrained(".")\n', 'from_pretrained(".")\npipe.load_lora_weights(".")\n')
+    if not scale_latents:
+        code = code.replace('latents=student["latent_scale"] * z', "latents=z")
+    if latents:
+        code = code.replace('output_type="np"', 'output_type="latent"')
+    torch.save(z, tmp_path / "z.pt")
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    proc = subprocess.run([sys.executable, "-c", _SNIPPET_RUNNER.replace("CODE", code), str(tmp_path / "z.pt"),
+                           str(tmp_path / "prompts.json"), str(tmp_path / "images.npy")],
+                          cwd=folder, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.from_numpy(np.load(tmp_path / "images.npy"))
+
+
+def _student_images(student, prompts, seed):
+    x = student.decode(student.sample(len(prompts), seed=seed, cond=prompts))
+    return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+
+
 @pytest.mark.parametrize("kind,lora,mode", [("sd", 2, "merge"), ("sd", 2, "adapter"), ("sd", 0, "merge"),
                                             ("sdxl", 2, "merge")])
 def test_export_round_trip(tmp_path, sd_eps_folder, sdxl_folder, prompt_file, kind, lora, mode, monkeypatch, capsys):
-    """``fastdistill export`` writes a folder diffusers loads; the documented one-step snippet run on
-    it gives ``Student.sample`` for the same noise."""
+    """``fastdistill export`` writes a folder diffusers loads; the README's one-step snippet (the
+    pipeline's own call, run inside the folder without fastdistill) gives ``fastdistill sample``'s
+    images for the same noise."""
     from fastdistill.cli import main
-    from fastdistill.export import ONE_STEP_SNIPPET
     from fastdistill.sampling import draw
     from fastdistill.student import load_student
 
@@ -446,25 +511,22 @@ def test_export_round_trip(tmp_path, sd_eps_folder, sdxl_folder, prompt_file, ki
     out = tmp_path / "exported"
     assert main(["export", str(run), str(out), "--lora", mode]) == 0
     assert (out / "fastdistill_student.json").is_file() and (out / "README.md").is_file()
+    assert str(out) not in (out / "README.md").read_text()  # paths relative to the folder: it can move
     assert (out / "pytorch_lora_weights.safetensors").is_file() == (mode == "adapter" and lora > 0)
     student = load_student(run)
     prompts = ["a cat", "the digit seven"]
     want = student.sample(2, seed=3, cond=prompts)
     (z,), _ = draw(2, student.info.data_shape, 3)
-    scope = {"folder": str(out), "prompts": prompts, "z": z}
-    snippet = ONE_STEP_SNIPPET
-    if mode == "adapter":
-        snippet = snippet.replace("pipe = DiffusionPipeline.from_pretrained(folder)\n",
-                                  "pipe = DiffusionPipeline.from_pretrained(folder)\npipe.load_lora_weights(folder)\n")
-    exec(snippet, scope)
-    torch.testing.assert_close(scope["x0"], want, rtol=1e-4, atol=1e-5)
-    assert scope["images"].shape == (2, 16, 16, 3)
-    teacher_scope = {"folder": str(folder), "prompts": prompts, "z": z}
-    exec(ONE_STEP_SNIPPET.replace('json.load(open(f"{folder}/fastdistill_student.json"))["t_init"]', "625"),
-         teacher_scope)
-    assert (teacher_scope["x0"] - want).abs().max() > 1e-3  # the student is not the teacher: the check can fail
+    adapter = mode == "adapter"
+    torch.testing.assert_close(run_one_step_snippet(out, prompts, z, tmp_path, adapter=adapter), want,
+                               rtol=1e-4, atol=1e-5)
+    unscaled = run_one_step_snippet(out, prompts, z, tmp_path, adapter=adapter, scale_latents=False)
+    assert (unscaled - want).abs().max() > 1e-3  # the comparison can fail: the latents' scale shows
+    images = run_one_step_snippet(out, prompts, z, tmp_path, adapter=adapter, latents=False)
+    torch.testing.assert_close(images, _student_images(student, prompts, seed=3), rtol=1e-4, atol=1e-4)
     if mode == "merge":  # fastdistill loads the folder back as the same student
-        torch.testing.assert_close(load_student(out).sample(2, seed=3, cond=prompts), want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(load_student(out).sample(2, seed=3, cond=prompts), student.sample(2, seed=3, cond=prompts),
+                                   rtol=1e-4, atol=1e-5)
     else:
         with pytest.raises(CheckpointError, match="LoRA adapters .*--lora merge"):
             load_student(out)

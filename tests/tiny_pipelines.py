@@ -128,6 +128,7 @@ def _scheduler(name: str, prediction_type: str):
     classes = {
         "ddim": diffusers.DDIMScheduler, "pndm": diffusers.PNDMScheduler,
         "ddpm": diffusers.DDPMScheduler, "euler": diffusers.EulerDiscreteScheduler,
+        "euler_ancestral": diffusers.EulerAncestralDiscreteScheduler, "dpm": diffusers.DPMSolverMultistepScheduler,
     }
     if name not in classes:
         raise ValueError(f"scheduler must be one of {sorted(classes)}, got {name!r}")
@@ -140,6 +141,8 @@ def _scheduler(name: str, prediction_type: str):
         kwargs.update(skip_prk_steps=True, set_alpha_to_one=False)
     elif name == "euler":
         kwargs.update(timestep_spacing="leading", interpolation_type="linear")
+    elif name == "euler_ancestral":
+        kwargs.update(timestep_spacing="leading")
     return classes[name](**kwargs)
 
 
@@ -150,7 +153,7 @@ def make_sd_pipeline(
     """Save a random StableDiffusionPipeline to `folder` and return its path.
 
     Latents (4, sample_size, sample_size), images 2 * sample_size pixels square (16 x 16 by default);
-    scheduler is "ddim", "pndm", "ddpm" or "euler", all on SD's schedule; `size`: the UNet's
+    scheduler is "ddim", "pndm", "ddpm", "euler", "euler_ancestral" or "dpm", all on SD's schedule; `size`: the UNet's
     shape (:data:`UNET_SIZES`; "mid" has a 256-wide text encoder).
     """
     from diffusers import StableDiffusionPipeline
