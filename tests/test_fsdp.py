@@ -66,8 +66,18 @@ def _worker(rank: int, world: int, port: int, out_dir: str, extra: dict, report:
 
 
 def _sharded_run(out_dir, world=2, kill_at=0, **extra) -> dict:
-    report = str(Path(out_dir).parent / f"{Path(out_dir).name}-report.pt")
-    mp.spawn(_worker, args=(world, free_port(), str(out_dir), extra, report, kill_at), nprocs=world, join=True)
+    report = Path(out_dir).parent / f"{Path(out_dir).name}-report.pt"
+    report.unlink(missing_ok=True)  # an earlier run's into the same folder says nothing of this one
+    try:
+        mp.spawn(_worker, args=(world, free_port(), str(out_dir), extra, str(report), kill_at), nprocs=world, join=True)
+    except mp.ProcessExitedException as exc:
+        # gloo sometimes aborts a rank while the process group is torn down (about 1 run of the file in 6,
+        # before and after this session's changes, "terminate called without an active exception"). The
+        # report is written only after the run and the last collective (the EMA gathered on every rank),
+        # so with a report the run itself finished on every rank; without one the failure stands.
+        if exc.signal_name != "SIGABRT" or not report.is_file():
+            raise
+        print(f"note: {exc} after the run's last collective (gloo's teardown)")
     return torch.load(report, weights_only=True)
 
 
