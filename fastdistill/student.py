@@ -24,6 +24,7 @@ is exactly sampling.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -44,6 +45,7 @@ from .plotting import save_samples_picture
 from .sampling import DEFAULT_SIGMA_END, data_shape_of, draw, multistep_schedule
 from .teachers import CheckpointError, load_teacher
 from .teachers.checkpoint import build_teacher, decode_init_kwargs, read_teacher_extra
+from .teachers.loading import teacher_location
 
 __all__ = ["Student", "StudentInfo", "load_student", "sample", "generate", "idempotence_error", "save_samples",
            "MULTISTEP_METHODS"]
@@ -272,10 +274,13 @@ def _rebuild(state: dict, network: Optional[torch.nn.Module]) -> torch.nn.Module
         net = make_mlp(state["arch"])
     elif state["config"]["teacher"]["kind"] == "checkpoint":
         teacher = state["config"]["teacher"]
-        if not Path(teacher["path"]).exists() and teacher["path"] not in ("digits", "digits-t2i"):
+        try:
+            net = load_teacher(teacher["path"], resolution=teacher.get("resolution") or None)
+        except FileNotFoundError as exc:  # load_teacher's own wording suggests other teachers: say what happened
+            if os.path.exists(teacher_location(teacher["path"])):
+                raise  # a file missing inside it, named by the loader
             raise FileNotFoundError(f"the run's teacher {teacher['path']!r} is not there any more (moved or deleted): "
-                                    f"its student is built on it; put it back at that path")
-        net = load_teacher(teacher["path"], resolution=teacher.get("resolution") or None)
+                                    f"its student is built on it; put it back at that path") from exc
     else:
         raise ValueError("the generator's architecture came from a Python object; pass network=<module>")
     lora = LoRAConfig(**state["config"].get("lora", {}))
