@@ -19,6 +19,7 @@ pytest.importorskip("diffusers")  # the diffusers extra
 from fastdistill.engine import Distiller  # noqa: E402
 from fastdistill.methods import ConfigError  # noqa: E402
 from tests.test_pipelines import _lora_config  # noqa: E402
+from tests.test_reliability import _Payload  # noqa: E402  (unpickling it creates a marker file)
 from tests.tiny_pipelines import PROMPTS, make_sd_pipeline, write_prompt_file  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,14 +100,6 @@ def _lying_header(folder):
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
     path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
-
-
-class _Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').close()",)
 
 
 def _bin_pickle(folder):
