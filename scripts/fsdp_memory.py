@@ -32,7 +32,7 @@ import torch.multiprocessing as mp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from iteration_loops import peak_memory  # noqa: E402  (the benchmarks' measure, not a package)
-from fastdistill.engine.distributed import free_port  # noqa: E402
+from fastdistill.engine.distributed import free_port, shutdown  # noqa: E402
 
 
 def _status_mib(field: str) -> float:
@@ -58,7 +58,7 @@ def _held_mib(d) -> float:
         return t.numel() * t.element_size()
 
     total = sum(size(p) for net in (d.G, d.fake, d.ema.module, d.teacher) for p in net.parameters())
-    total += sum(size(v) for opt in (d.opt_g, d.opt_f) for st in opt.state.values() for v in st.values()
+    total += sum(size(v) for opt in (d.updates.opt_g, d.updates.opt_f) for st in opt.state.values() for v in st.values()
                  if torch.is_tensor(v))
     return total / 2**20
 
@@ -66,8 +66,6 @@ def _held_mib(d) -> float:
 def _worker(rank: int, world: int, port: int, strategy: str, args, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
-    import torch.distributed as dist
-
     from fastdistill.engine import DistillConfig, Distiller
     from fastdistill.teachers.mlp import MLPDenoiser
 
@@ -92,8 +90,8 @@ def _worker(rank: int, world: int, port: int, strategy: str, args, out: dict) ->
             d.train_step()
         out[rank] = (_held_mib(d), build, peak_memory(d.train_step, "cpu") / 2**20)
         d.release()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+        del d
+    shutdown()
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 
 from fastdistill.engine import Distiller
 from fastdistill.engine import checkpoint as ckpt
-from fastdistill.engine.distributed import free_port
+from fastdistill.engine.distributed import free_port, shutdown
 from tests._engine_helpers import tiny_config, tiny_teacher
 
 OVER = {"threads": 1, "steps": 4, "batch_size": 16, "distributed.rng": "global", "optim.lr": 1e-2}
@@ -17,12 +17,8 @@ OVER = {"threads": 1, "steps": 4, "batch_size": 16, "distributed.rng": "global",
 def _worker(rank: int, world: int, port: int, out_dir: str, extra: dict):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
                       RANK=str(rank), LOCAL_RANK=str(rank))
-    try:
-        d = Distiller(tiny_config(out_dir, **{**OVER, **extra}), teacher=tiny_teacher(0))
-        d.run()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    Distiller(tiny_config(out_dir, **{**OVER, **extra}), teacher=tiny_teacher(0)).run()
+    shutdown()
 
 
 def _run_ddp(out_dir, world=2, **extra):

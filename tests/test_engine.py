@@ -15,6 +15,7 @@ from fastdistill.engine import (ConfigError, DistillConfig, Distiller, TrainingD
 from fastdistill.engine.config import PRESETS
 from fastdistill.engine.ema import EMA, ema_beta
 from fastdistill.engine.optim import make_adam, sanitize_grads
+from fastdistill.engine.updates import Updates
 
 from tests._engine_helpers import TinyDenoiser, params_of, tiny_config, tiny_teacher
 
@@ -116,7 +117,7 @@ def _one_engine_step(tmp_path, **over):
     teacher = tiny_teacher(0)
     d = Distiller(tiny_config(tmp_path, steps=1, batch_size=8, **{"optim.lr": 1e-2, **over}), teacher=teacher)
     g = torch.Generator().manual_seed(0)
-    g.set_state(d.gen.get_state())
+    g.set_state(d.updates.gen.get_state())
     G0, F0 = copy.deepcopy(d.G), copy.deepcopy(d.fake)
     d.train_step()
     return d, teacher, G0, F0, g
@@ -223,12 +224,12 @@ def test_fake_steps_clipping_and_weight_decay(tmp_path, monkeypatch):
     """DMD2's recipe knobs: optim.fake_steps fake updates per iteration, gradient-norm clipping
     (at 1e-12 Adam's first step shrinks from about lr to nearly nothing), AdamW weight decay."""
     phases = []
-    real = Distiller._phase
-    monkeypatch.setattr(Distiller, "_phase", lambda self, kind, *a, **k: phases.append(kind) or real(self, kind, *a, **k))
+    real = Updates.phase
+    monkeypatch.setattr(Updates, "phase", lambda self, kind, *a, **k: phases.append(kind) or real(self, kind, *a, **k))
     d = Distiller(tiny_config(tmp_path / "a", steps=1, **{"optim.fake_steps": 3}), teacher=tiny_teacher(0))
     d.train_step()
     assert phases == ["fake", "generator", "fake", "fake"]
-    monkeypatch.setattr(Distiller, "_phase", real)
+    monkeypatch.setattr(Updates, "phase", real)
     moved = {}
     for clip in (0.0, 1e-12):
         d = Distiller(tiny_config(tmp_path / f"c{clip}", steps=1, **{"optim.clip_grad": clip, "optim.lr": 1e-2}),
@@ -238,7 +239,7 @@ def test_fake_steps_clipping_and_weight_decay(tmp_path, monkeypatch):
         moved[clip] = max(float((a - b).abs().max()) for a, b in zip(params_of(d.G), before))
     assert moved[0.0] > 5e-3 and moved[1e-12] < 1e-4
     d = Distiller(tiny_config(tmp_path / "w", steps=1, **{"optim.weight_decay": 0.01}), teacher=tiny_teacher(0))
-    assert isinstance(d.opt_g, torch.optim.AdamW) and d.opt_g.param_groups[0]["weight_decay"] == 0.01
+    assert isinstance(d.updates.opt_g, torch.optim.AdamW) and d.updates.opt_g.param_groups[0]["weight_decay"] == 0.01
 
 
 @pytest.mark.parametrize("method", ["sim", "dmd"])

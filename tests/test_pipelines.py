@@ -185,7 +185,7 @@ def test_guided_step_matches_handwritten_sid_lsg(tmp_path, sd_folder, prompt_fil
     pred = teacher.prediction_type
     abar = 1 / (1 + teacher.sigmas**2)
     g = torch.Generator().manual_seed(0)
-    g.set_state(d.gen.get_state())
+    g.set_state(d.updates.gen.get_state())
     G0, F0 = copy.deepcopy(d.G), copy.deepcopy(d.fake)
     start = {net: {n: p.detach().clone() for n, p in net.named_parameters()} for net in (d.G, d.fake)}
     g_train = [p for p in G0.parameters() if p.requires_grad]

@@ -366,7 +366,7 @@ def test_step_matches_handwritten(tmp_path, folders, prompt_file, kind, method):
     teacher, m = d.teacher, d.method
     fam = _Family(teacher)
     g = torch.Generator().manual_seed(0)
-    g.set_state(d.gen.get_state())
+    g.set_state(d.updates.gen.get_state())
     G0, F0 = copy.deepcopy(d.G), copy.deepcopy(d.fake)
     start = {net: {n: p.detach().clone() for n, p in net.named_parameters()} for net in (d.G, d.fake)}
     g_train, f_train = list(G0.unet.parameters()), list(F0.unet.parameters())

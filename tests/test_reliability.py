@@ -23,6 +23,7 @@ import torch.distributed.checkpoint as dcp
 from fastdistill.engine import Distiller
 from fastdistill.engine import checkpoint as ckpt
 from fastdistill.engine.identity import LOCK_FILE, RunLock, RunLockedError
+from fastdistill.engine.outputs import StudentOutputs
 from fastdistill.engine.shards import SHARDS_DIR, load_shards, read_shards
 from fastdistill.student import load_student
 from tests._engine_helpers import live_run, tiny_config, tiny_teacher
@@ -387,7 +388,7 @@ def test_a_full_disk_at_the_final_student_loses_nothing_and_the_same_command_fin
     from fastdistill.cli import main
     from tests.test_cli_errors import TINY, _one_line_error
 
-    _disk_full_once(monkeypatch, Distiller, "export_student")
+    _disk_full_once(monkeypatch, StudentOutputs, "export")
     out = tmp_path / "run"
     argv = ["distill", "--preset", "toy", *TINY, f"out_dir={out}"]
     assert main(argv) == 2

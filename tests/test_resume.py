@@ -42,7 +42,7 @@ def uninterrupted(tmp_path_factory):
     d = Distiller(tiny_config(tmp_path_factory.mktemp("full"), **OVER), teacher=teacher())
     d.run()
     torch.set_num_threads(threads)
-    return state_of(d), d.gen.get_state(), torch.get_rng_state()
+    return state_of(d), d.updates.gen.get_state(), torch.get_rng_state()
 
 
 def test_ctrl_c_then_resume_is_exact(tmp_path, uninterrupted):
@@ -63,7 +63,7 @@ def test_ctrl_c_then_resume_is_exact(tmp_path, uninterrupted):
     assert r2.step == 6 and not r2.interrupted
     full, gen_state, rng = uninterrupted
     assert_bitwise_equal(state_of(d2), full)
-    assert torch.equal(d2.gen.get_state(), gen_state)
+    assert torch.equal(d2.updates.gen.get_state(), gen_state)
 
 
 def test_request_stop_checkpoints_and_prints_the_hint(tmp_path, capsys):
@@ -162,7 +162,7 @@ def test_channels_last_training_and_resume(tmp_path):
     part = Distiller(tiny_config(tmp_path / "part", channels_last=True, **over), teacher=_conv_teacher(), callback=stop_at_2)
     assert part.run().step == 2
     resumed = Distiller(tiny_config(tmp_path / "part", channels_last=True, resume="auto", **over), teacher=_conv_teacher())
-    moments = [v for s in resumed.opt_g.state.values() for v in s.values() if torch.is_tensor(v) and v.ndim == 4]
+    moments = [v for s in resumed.updates.opt_g.state.values() for v in s.values() if torch.is_tensor(v) and v.ndim == 4]
     assert moments and all(v.is_contiguous(memory_format=torch.channels_last) for v in moments)
     resumed.run()
     assert_bitwise_equal(state_of(full), state_of(resumed))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -182,6 +184,57 @@ def fit_denoiser(net: torch.nn.Module, teacher, steps: int, batch: int, lr: floa
 
 def copy_net(net: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(net)
+
+
+@dataclass
+class Students:
+    """The trained networks of a run before :func:`parallelize`: generator, fake network and the
+    generator's EMA copy; what they started from (``init``: teacher, fit or given), the MLP's
+    ``arch`` when they are one, and ``arch_config`` (class + init kwargs) when their class is registered."""
+    generator: torch.nn.Module
+    fake: torch.nn.Module
+    ema: torch.nn.Module
+    init: str
+    arch: Optional[dict]
+    arch_config: Optional[dict]
+
+
+def build_students(cfg, teacher, init_network: Optional[torch.nn.Module], device: torch.device, fit: bool,
+                   progress: bool) -> Students:
+    """Generator, fake network and EMA copy, in fp32 on ``device``: copies of ``init_network``, of
+    the teacher's weights, or of an MLP fitted to the teacher (``fit``: not when resuming, where the
+    checkpoint holds the weights); LoRA factors added where ``lora`` says; channels_last weights."""
+    from ..teachers.checkpoint import teacher_config
+    from .lora import add_lora
+
+    init = resolve_init(cfg, teacher) if init_network is None else "given"
+    arch = None
+    if init_network is not None:
+        base = copy_net(init_network)
+    elif init == "teacher":
+        base = copy_net(teacher)
+    else:
+        arch = mlp_arch(cfg, teacher)
+        base = make_mlp(arch)
+        if fit and cfg.teacher.fit_steps > 0:
+            fit_denoiser(base, teacher, cfg.teacher.fit_steps, cfg.teacher.fit_batch, cfg.teacher.fit_lr,
+                         cfg.seed, device, progress=progress)
+    base = base.to(device).float().requires_grad_(True)
+    try:  # class + init kwargs that rebuild the generator (registered teacher classes)
+        arch_config = teacher_config(base)
+    except TypeError:
+        arch_config = None
+    fake = copy_net(base)
+    lo = cfg.lora
+    if lo.rank and lo.networks in ("both", "generator"):
+        add_lora(base, lo)
+    if lo.rank and lo.networks in ("both", "fake"):
+        add_lora(fake, lo)
+    students = Students(base, fake, copy_net(base), init, arch, arch_config)
+    if cfg.channels_last:  # 4-D weights only; activations follow the weights' layout
+        for net in (students.generator, students.fake, students.ema):
+            net.to(memory_format=torch.channels_last)
+    return students
 
 
 def repeated_blocks(net: torch.nn.Module) -> list[torch.nn.Module]:

@@ -20,7 +20,7 @@ from ..methods import ConfigError
 from ..metrics import EvalError
 from ..teachers import CheckpointError, UnsafeCheckpointError
 from .config import DistillConfig, preset_config
-from .distributed import is_main
+from .distributed import is_main, shutdown
 from .loop import Distiller, TrainingDiverged
 
 #: what the user can get wrong: one line and exit code 2 from the CLI (ValueError: the checks of
@@ -117,7 +117,9 @@ def distill_command(config: Optional[str] = None, overrides: Sequence[str] = (),
         print(f"fastdistill distill: out of memory{f' (an allocation of {asked.group(1)})' if asked else ''}: lower "
               f"batch_size (or optim.grad_accum > 1 keeps the batch in smaller pieces)", file=sys.stderr)
         return 2
-    if is_main():  # under torchrun rank 0 speaks for all
+    speaks = is_main()  # under torchrun rank 0 speaks for all
+    shutdown()  # the Distiller is gone, so the process group can go before the exit
+    if speaks:
         print(format_summary(result))
         if result.interrupted:
             print(f"interrupted; resume with the same command (resume=auto picks up {result.checkpoint})")

@@ -20,7 +20,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..conditioning import Conditioning
+from ..conditioning import Conditioning, ConditioningBank
+from ..data.prompts import read_prompts
+from ..methods import ConfigError
 from ..teachers.traits import traits
 from .identity import tensors_sha256, weights_hash
 
@@ -89,3 +91,23 @@ def encoded_prompts(teacher, prompts: list, cache_dir: Optional[Path],
             os.replace(tmp, path)
     teacher.release_text_encoders()
     return cond
+
+
+def training_conditions(cfg, teacher, out_dir: Path, main: bool):
+    """A text-to-image teacher's training prompts (``prompts``), encoded once: the bank that the
+    training batches (and the pictures, in order) draw their conditions from, and the prompts'
+    hash; ``(None, None)`` for other teachers."""
+    if not traits(teacher).text:
+        if cfg.prompts:
+            raise ConfigError(f"prompts={cfg.prompts} given, but the teacher is not a text-to-image pipeline")
+        return None, None
+    if not cfg.prompts:
+        raise ConfigError("a text-to-image teacher needs training prompts: prompts=FILE (one prompt a line, "
+                          "or CSV / JSONL with a prompt column)")
+    if cfg.method.name in ("sign", "ign"):
+        raise ConfigError(f"method.name={cfg.method.name} is for pixel teachers; text-to-image teachers take "
+                          f"sid, sim or dmd")
+    cache = {"none": None, "auto": out_dir / "prompt_cache"}.get(cfg.prompt_cache, cfg.prompt_cache)
+    prompts = read_prompts(cfg.prompts)
+    bank = ConditioningBank(encoded_prompts(teacher, prompts, cache, print if main else (lambda msg: None)))
+    return bank, prompts_sha256(prompts)

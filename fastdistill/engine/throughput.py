@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["sync", "time_steps", "count_flops", "dense_yardstick"]
+__all__ = ["sync", "time_steps", "count_flops", "dense_yardstick", "StepRate"]
 
 
 def sync(device) -> None:
@@ -64,3 +64,28 @@ def dense_yardstick(device, dtype: torch.dtype, repeats: int = 3, smoke: bool = 
     mm = best(lambda: a @ b, 2 * n**3)
     conv = best(lambda: torch.nn.functional.conv2d(x, w, padding=1), 2 * nb * c * c * 9 * 32 * 32)
     return {"matmul": mm, "conv": conv, "peak": max(mm, conv)}
+
+
+class StepRate:
+    """The training log's speed columns: steps (images) per second since the last row and, with a
+    device ``peak`` (``log.mfu``), TFLOP/s and MFU from this rank's FLOPs of one step, counted on
+    the first step it runs."""
+
+    def __init__(self, batch_size: int, step: int, peak: float | None):
+        self.batch_size, self.peak, self.flops = batch_size, peak, None
+        self.tick, self.tick_step = time.time(), step
+
+    def run(self, train_step: Callable[[], dict]) -> dict:
+        if self.peak is not None and self.flops is None:
+            self.flops, row = count_flops(train_step)
+            return row
+        return train_step()
+
+    def columns(self, step: int) -> dict:
+        now = time.time()
+        steps_per_s = (step - self.tick_step) / max(now - self.tick, 1e-9)
+        self.tick, self.tick_step = now, step
+        row = {"img_per_s": steps_per_s * self.batch_size}
+        if self.flops:
+            row.update(tflop_s=self.flops * steps_per_s / 1e12, mfu=self.flops * steps_per_s / self.peak)
+        return row
