@@ -318,11 +318,12 @@ def test_the_fsdp_refusals_advice_turns_evaluation_off_for_vector_data(tmp_path)
     from fastdistill.engine.evaluator import LoopEvaluator
     from fastdistill.teachers import load_teacher
     from fastdistill.teachers.loading import ANALYTIC_PREFIX
+    from fastdistill.teachers.traits import traits
 
     cfg = preset_config("toy")
     teacher = load_teacher(ANALYTIC_PREFIX + cfg.teacher.name)
-    assert LoopEvaluator.for_run(cfg, teacher, (2,)) is not None
-    assert LoopEvaluator.for_run(cfg.with_overrides(["eval_data=none"]), teacher, (2,)) is None
+    assert LoopEvaluator.for_run(cfg, teacher, traits(teacher)) is not None
+    assert LoopEvaluator.for_run(cfg.with_overrides(["eval_data=none"]), teacher, traits(teacher)) is None
     over = ["eval_data=none", "steps=2", "batch_size=16", "teacher.fit_steps=5", "progress=false", "threads=1",
             f"out_dir={tmp_path / 'run'}", "log.tensorboard=false"]
     result = Distiller(preset_config("toy").with_overrides(over)).run()

@@ -2,7 +2,8 @@
 distributed helpers, evaluation during training and logging. Entry points: :func:`run_distillation`,
 :class:`DistillConfig`."""
 from ..methods import ConfigError, MethodConfig, method_config
-from .config import (DistillConfig, DistributedConfig, EMAConfig, LogConfig, OptimConfig, PRESETS, TeacherConfig,
+from . import presets  # noqa: F401  (registers the named presets)
+from .config import (PRESETS, DistillConfig, DistributedConfig, EMAConfig, LogConfig, OptimConfig, TeacherConfig,
                      default_config, preset_config, valid_keys)
 from .entry import distill_command, format_summary, load_config
 from .evaluator import Quality

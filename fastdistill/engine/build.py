@@ -20,7 +20,7 @@ import torch
 
 from ..data import load_dataset
 from ..methods import ConfigError
-from ..teachers.traits import data_shape_of, traits
+from ..teachers.traits import TeacherTraits, traits
 from ..teachers import MLPDenoiser, load_teacher
 from ..teachers.loading import ANALYTIC_PREFIX
 
@@ -58,13 +58,14 @@ def bf16_is_fast(device) -> bool:
     return True
 
 
-def build_data(cfg, teacher, shape, label_dim: int):
+def build_data(cfg, teacher, t: TeacherTraits):
     """Real data for methods that use it: ``data(n, generator) -> (x, one-hot labels or None)`` on the CPU.
 
     ``cfg.data`` names a dataset (``fastdistill.data.load_dataset``); empty: the teacher's exact
     samples when it has ``sample`` (analytic teachers, unconditional), else ``None`` (the method
     falls back to teacher samples of its own).
     """
+    shape, label_dim = t.data_shape, t.label_dim
     if cfg.data:
         ds = load_dataset(cfg.data)
         if tuple(ds.data_shape) != tuple(shape):
@@ -78,7 +79,7 @@ def build_data(cfg, teacher, shape, label_dim: int):
             return x.float(), (lab if label_dim else None)
 
         return data
-    if traits(teacher).exact_samples and not label_dim:
+    if t.exact_samples and not label_dim:
         return lambda n, g: (teacher.sample(n, generator=g).float().cpu(), None)
     return None
 
@@ -92,7 +93,7 @@ def _teacher_name(cfg) -> str:
     return {"analytic": f"analytic:{t.name}", "checkpoint": repr(t.path)}.get(t.kind, "given as a network")
 
 
-def resolve_init(cfg, teacher) -> str:
+def resolve_init(cfg, teacher, t: TeacherTraits) -> str:
     """What the generator starts from, checked right after the teacher is built and before
     anything else is done: ``teacher`` (copies of its weights) or ``fit`` (an MLP fitted to its
     denoiser on its own samples, which needs ``teacher.sample``)."""
@@ -101,7 +102,7 @@ def resolve_init(cfg, teacher) -> str:
         init = "teacher" if has_weights(teacher) else "fit"
     if init == "teacher" and not has_weights(teacher):
         raise ConfigError("the teacher has no weights to copy; use teacher.init=fit")
-    if init == "fit" and cfg.teacher.fit_steps > 0 and not traits(teacher).exact_samples:
+    if init == "fit" and cfg.teacher.fit_steps > 0 and not t.exact_samples:
         raise ConfigError(
             f"teacher.init=fit fits an MLP to samples of the teacher, but the teacher ({_teacher_name(cfg)}) has no "
             f"sample() method: for a network teacher use teacher.init=teacher (the generator starts as a copy of "
@@ -109,8 +110,7 @@ def resolve_init(cfg, teacher) -> str:
     return init
 
 
-def mlp_arch(cfg, teacher) -> dict:
-    t = traits(teacher)
+def mlp_arch(cfg, t: TeacherTraits) -> dict:
     return dict(dim=int(math.prod(t.data_shape)), data_shape=list(t.data_shape), hidden=cfg.teacher.mlp_hidden,
                 layers=cfg.teacher.mlp_layers, sigma_data=t.sigma_data, label_dim=t.label_dim)
 
@@ -131,7 +131,7 @@ def _mlp_kwargs(arch: dict) -> dict:
     return {k: v for k, v in mapping.items() if k in params}
 
 
-def fit_denoiser(net: torch.nn.Module, teacher, steps: int, batch: int, lr: float, seed: int,
+def fit_denoiser(net: torch.nn.Module, teacher, t: TeacherTraits, steps: int, batch: int, lr: float, seed: int,
                  device: torch.device, progress: bool = False, p_mean: float = -1.2, p_std: float = 1.2) -> list[float]:
     """Regress ``net`` onto the teacher's denoiser over the noise levels distillation visits.
 
@@ -140,12 +140,11 @@ def fit_denoiser(net: torch.nn.Module, teacher, steps: int, batch: int, lr: floa
     teacher's outputs at the same noisy points: far less variance than plain DSM, so a few
     thousand steps give an accurate initial generator and fake network. Needs ``teacher.sample``.
     """
-    if not traits(teacher).exact_samples:
+    if not t.exact_samples:
         raise ValueError("teacher.init=fit needs a teacher with sample(n, generator) (e.g. an analytic teacher)")
 
     g = torch.Generator().manual_seed(seed + 12345)
-    shape = data_shape_of(teacher)
-    sd = float(teacher.sigma_data)
+    shape, sd = t.data_shape, t.sigma_data
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 100) * (0.5 * (1 + math.cos(math.pi * i / max(steps, 1)))) + 0.02)
     net.train()
@@ -199,7 +198,7 @@ class Students:
     arch_config: Optional[dict]
 
 
-def build_students(cfg, teacher, init_network: Optional[torch.nn.Module], device: torch.device, fit: bool,
+def build_students(cfg, teacher, t: TeacherTraits, init_network: Optional[torch.nn.Module], device: torch.device, fit: bool,
                    progress: bool) -> Students:
     """Generator, fake network and EMA copy, in fp32 on ``device``: copies of ``init_network``, of
     the teacher's weights, or of an MLP fitted to the teacher (``fit``: not when resuming, where the
@@ -207,17 +206,17 @@ def build_students(cfg, teacher, init_network: Optional[torch.nn.Module], device
     from ..teachers.checkpoint import teacher_config
     from .lora import add_lora
 
-    init = resolve_init(cfg, teacher) if init_network is None else "given"
+    init = resolve_init(cfg, teacher, t) if init_network is None else "given"
     arch = None
     if init_network is not None:
         base = copy_net(init_network)
     elif init == "teacher":
         base = copy_net(teacher)
     else:
-        arch = mlp_arch(cfg, teacher)
+        arch = mlp_arch(cfg, t)
         base = make_mlp(arch)
         if fit and cfg.teacher.fit_steps > 0:
-            fit_denoiser(base, teacher, cfg.teacher.fit_steps, cfg.teacher.fit_batch, cfg.teacher.fit_lr,
+            fit_denoiser(base, teacher, t, cfg.teacher.fit_steps, cfg.teacher.fit_batch, cfg.teacher.fit_lr,
                          cfg.seed, device, progress=progress)
     base = base.to(device).float().requires_grad_(True)
     try:  # class + init kwargs that rebuild the generator (registered teacher classes)

@@ -22,7 +22,7 @@ from ..methods import ConfigError
 from ..metrics import sliced_wasserstein
 from ..metrics.quality import ReferenceData, quality, reference_data
 from ..sampling import draw, sample
-from ..teachers.traits import traits
+from ..teachers.traits import TeacherTraits, traits
 from .identity import weights_hash
 
 __all__ = ["Quality", "LoopEvaluator", "teacher_samples", "teacher_nfe", "read_jsonl", "plot_run_curve"]
@@ -97,7 +97,7 @@ def teacher_samples(teacher, n: int, steps: int = 18, solver: str = "heun", seed
 class LoopEvaluator:
     """FID (images) or sliced Wasserstein-2 (vector data) of student samples, with the baselines.
 
-    ``LoopEvaluator.for_run(cfg, teacher, shape)`` is None when the run has nothing to compare
+    ``LoopEvaluator.for_run(cfg, teacher, traits)`` is None when the run has nothing to compare
     with. ``quality(x)`` scores samples; ``reference`` / ``teacher_x`` are what the pictures show.
     """
 
@@ -107,11 +107,12 @@ class LoopEvaluator:
         self.data = self.teacher_x = None
 
     @classmethod
-    def for_run(cls, cfg, teacher, shape) -> Optional["LoopEvaluator"]:
+    def for_run(cls, cfg, teacher, t: TeacherTraits) -> Optional["LoopEvaluator"]:
         if cfg.eval_data == "none":  # off for every kind of data
             return None
+        shape = t.data_shape
         if len(shape) == 1:
-            return cls("sw", cfg.eval_samples, teacher) if traits(teacher).exact_samples else None
+            return cls("sw", cfg.eval_samples, teacher) if t.exact_samples else None
         name = cfg.eval_data or cfg.data or ("digits" if cfg.teacher.path == "digits" else "")
         if len(shape) != 3 or not name:
             return None

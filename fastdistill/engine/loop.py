@@ -111,9 +111,10 @@ class Distiller:
             if cfg.channels_last:
                 self.teacher.to(memory_format=torch.channels_last)
         self.traits = traits(self.teacher)
-        self.conditions, self.prompts_sha256 = training_conditions(cfg, self.teacher, self.out_dir, self.main)
+        self.conditions, self.prompts_sha256 = training_conditions(cfg, self.teacher, self.traits, self.out_dir,
+                                                                       self.main)
         self.shape, self.label_dim, self.sigma_data = self.traits.data_shape, self.traits.label_dim, self.traits.sigma_data
-        students = build_students(cfg, self.teacher, init_network, self.device, fit=self.resume_path is None,
+        students = build_students(cfg, self.teacher, self.traits, init_network, self.device, fit=self.resume_path is None,
                                   progress=cfg.progress and self.main)
         self.G, self.fake, self._ema_net = students.generator, students.fake, students.ema
         self.init, self.arch, self.arch_config = students.init, students.arch, students.arch_config
@@ -148,10 +149,10 @@ class Distiller:
         if self.method.needs:  # the methods that declare ``needs`` get their context (data, EMA, the raw generator)
             self.method.bind(MethodContext(
                 teacher=self.par.t_call, net=self.G, ema=self.ema.module,
-                data=build_data(cfg, self.teacher, self.shape, self.label_dim) if "data" in self.method.needs else None,
+                data=build_data(cfg, self.teacher, self.traits) if "data" in self.method.needs else None,
                 data_generator=self.updates.data_gen, shape=tuple(self.shape), label_dim=self.label_dim,
                 device=self.device, seed=cfg.seed, progress=cfg.progress and self.main))
-        evaluator = LoopEvaluator.for_run(cfg, self.teacher, self.shape) if self.main else None
+        evaluator = LoopEvaluator.for_run(cfg, self.teacher, self.traits) if self.main else None
         self.outputs = StudentOutputs(cfg, self.method, self.teacher, self.traits, self.conditions, evaluator,
                                       self.ema.module, self.arch_config, self.device, self.out_dir)
 

@@ -23,12 +23,12 @@ from safetensors.torch import save_file
 from ..conditioning import Conditioning, ConditioningBank
 from ..data.prompts import read_prompts
 from ..methods import ConfigError
-from ..teachers.traits import traits
+from ..teachers.traits import TeacherTraits
 from .identity import tensors_sha256, weights_hash
 
 
-def cache_key(teacher, prompts: list) -> str:
-    guidance = traits(teacher).embedded_guidance  # Flux-dev's guidance input is part of the encoding
+def cache_key(teacher, t: TeacherTraits, prompts: list) -> str:
+    guidance = t.embedded_guidance  # Flux-dev's guidance input is part of the encoding
     h = hashlib.sha256(json.dumps([teacher.family, teacher.resolution, prompts]
                                   + ([guidance] if guidance is not None else [])).encode())
     for enc in teacher.text_encoders:
@@ -43,7 +43,7 @@ def prompts_sha256(prompts: list) -> str:
     return hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def _read_cache(path: Path, key: str, teacher, n: int) -> Conditioning:
+def _read_cache(path: Path, key: str, width: Optional[int], n: int) -> Conditioning:
     """The cached conditioning, or ValueError saying what is wrong with the file."""
     try:
         with safe_open(str(path), "pt") as f:
@@ -58,7 +58,6 @@ def _read_cache(path: Path, key: str, teacher, n: int) -> Conditioning:
     cond = Conditioning.from_tensors(tensors)
     if cond.batch_size != n:
         raise ValueError(f"holding {cond.batch_size} prompt embeddings, not {n}")
-    width = traits(teacher).text_width
     if width is not None and cond.embeds is not None and cond.embeds.shape[-1] != width:
         raise ValueError(f"holding embeddings of width {cond.embeds.shape[-1]}; this teacher reads {width}")
     if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
@@ -66,17 +65,17 @@ def _read_cache(path: Path, key: str, teacher, n: int) -> Conditioning:
     return cond
 
 
-def encoded_prompts(teacher, prompts: list, cache_dir: Optional[Path],
+def encoded_prompts(teacher, t: TeacherTraits, prompts: list, cache_dir: Optional[Path],
                     log: Callable[[str], None] = print) -> Conditioning:
     """The conditioning of ``prompts``: from ``cache_dir`` when a verified entry for them exists,
     else encoded (and cached there; a damaged or mismatched entry is said in one line and
     replaced); then the teacher's text encoders are released."""
-    key = cache_key(teacher, prompts)
+    key = cache_key(teacher, t, prompts)
     path = None if cache_dir is None else Path(cache_dir) / f"prompts-{key[:24]}.safetensors"
     cond = None
     if path is not None and path.is_file():
         try:
-            cond = _read_cache(path, key, teacher, len(prompts))
+            cond = _read_cache(path, key, t.text_width, len(prompts))
             log(f"fastdistill: {len(prompts)} prompt embeddings from the cache {path}")
         except ValueError as exc:
             log(f"fastdistill: the prompt cache {path} is {exc}; encoding the prompts again")
@@ -93,11 +92,11 @@ def encoded_prompts(teacher, prompts: list, cache_dir: Optional[Path],
     return cond
 
 
-def training_conditions(cfg, teacher, out_dir: Path, main: bool):
+def training_conditions(cfg, teacher, t: TeacherTraits, out_dir: Path, main: bool):
     """A text-to-image teacher's training prompts (``prompts``), encoded once: the bank that the
     training batches (and the pictures, in order) draw their conditions from, and the prompts'
     hash; ``(None, None)`` for other teachers."""
-    if not traits(teacher).text:
+    if not t.text:
         if cfg.prompts:
             raise ConfigError(f"prompts={cfg.prompts} given, but the teacher is not a text-to-image pipeline")
         return None, None
@@ -109,5 +108,5 @@ def training_conditions(cfg, teacher, out_dir: Path, main: bool):
                           f"sid, sim or dmd")
     cache = {"none": None, "auto": out_dir / "prompt_cache"}.get(cfg.prompt_cache, cfg.prompt_cache)
     prompts = read_prompts(cfg.prompts)
-    bank = ConditioningBank(encoded_prompts(teacher, prompts, cache, print if main else (lambda msg: None)))
+    bank = ConditioningBank(encoded_prompts(teacher, t, prompts, cache, print if main else (lambda msg: None)))
     return bank, prompts_sha256(prompts)

@@ -49,7 +49,7 @@ import torch
 
 from ..data.digit_prompts import DIGIT_NAMES, HELDOUT_TEMPLATES, TRAIN_TEMPLATES
 from ..engine import ConfigError, Distiller, preset_config
-from ..engine.config import DIGITS_T2I_GUIDANCE
+from ..engine.presets import DIGITS_T2I_GUIDANCE
 from ..engine.evaluator import teacher_nfe
 from ..engine.identity import weights_hash
 from ..export import export_student
