@@ -26,8 +26,9 @@ from .evaluation import EvalResult, _fmt
 from .metrics.clip_score import clip_score, load_clip
 from .metrics.quality import EvalError, quality, reference_data
 from .sampling import draw, edm_sampler
-from .student import load_student
+from .student import Student, load_student
 from .teachers import GuidedDenoiser, load_teacher
+from .teachers.traits import traits
 
 __all__ = ["T2IModel", "evaluate_text_to_image", "format_t2i_table"]
 
@@ -111,7 +112,7 @@ def evaluate_text_to_image(models: Sequence[T2IModel], prompts: Sequence[str], *
     loaded = {}
     for m in models:  # everything first: fail fast on a missing folder
         obj = load_teacher(m.spec, device=device) if m.kind == "teacher" else load_student(m.spec, device=device)
-        if (m.kind == "teacher" and not hasattr(obj, "encode_prompt")) or (
+        if (m.kind == "teacher" and not traits(obj).text) or (
                 m.kind == "student" and obj.info.cond_kind != "text"):
             raise EvalError(f"{m.kind} {m.spec}: not a text-to-image model (evaluate it without --prompts)")
         loaded[id(m)] = obj
@@ -123,7 +124,7 @@ def evaluate_text_to_image(models: Sequence[T2IModel], prompts: Sequence[str], *
     if data is not None:
         from .data import load_dataset
 
-        res_px = {o.resolution if hasattr(o, "resolution") else o.net.resolution for o in loaded.values()}
+        res_px = {traits(o.net if isinstance(o, Student) else o).resolution for o in loaded.values()}
         if len(res_px) != 1:
             raise EvalError(f"the models make images of different sizes {sorted(res_px)}; evaluate them separately")
         ref = reference_data(load_dataset(data, resolution=res_px.pop(), channels=3))

@@ -25,6 +25,7 @@ import torch
 
 from .engine.lora import has_lora
 from .teachers.loading import teacher_location
+from .teachers.traits import traits
 
 __all__ = ["export_student", "ONE_STEP_SNIPPET", "FASTDISTILL_SNIPPET", "LORA_MODES", "STUDENT_FILE"]
 
@@ -91,7 +92,7 @@ def export_student(student, out, lora: str = "merge") -> Path:
     if lora not in LORA_MODES:
         raise ValueError(f"lora must be one of {LORA_MODES}, got {lora!r}")
     net = student.net
-    if not hasattr(net, "parts") or student.info.cond_kind != "text":
+    if not traits(net).family or student.info.cond_kind != "text":
         raise ValueError("export to a diffusers folder is for text-to-image students; a pixel student's export "
                          "is the run's student.safetensors")
     source = Path(teacher_location(student.info.teacher or ""))
@@ -118,7 +119,7 @@ def export_student(student, out, lora: str = "merge") -> Path:
         else:
             shutil.rmtree(tmp / component)
             (_merged_unet(net.unet) if adapters else net.unet).save_pretrained(str(tmp / component))
-        flow = not hasattr(net, "timestep_for")
+        flow = traits(net).flow
         sigma, k = student.info.sigma_init, student.info.steps
         sigmas = list(student.info.step_sigmas) or [sigma]
         info = {"sigma_init": sigma, "method": student.info.method, "step": student.info.step,

@@ -32,7 +32,7 @@ from typing import Callable, Optional
 import torch
 
 from .conditioning import Conditioning, as_conditioning
-from .teachers.traits import data_shape_of
+from .teachers.traits import data_shape_of, traits
 
 __all__ = ["karras_sigmas", "edm_sampler", "heun_sampler", "euler_sampler", "sample", "data_shape_of",
            "draw", "balanced_labels", "multistep_schedule", "DEFAULT_SIGMA_END"]
@@ -123,7 +123,8 @@ def edm_sampler(
         raise TypeError("latents must be a floating-point tensor")
     if latents.ndim < 2:
         raise ValueError(f"latents must have shape (B, *data_shape), got {tuple(latents.shape)}")
-    label_dim = int(getattr(net, "label_dim", 0) or 0)
+    t = traits(net)
+    label_dim = t.label_dim
     cond = as_conditioning(cond)
     if cond is not None:
         if cond.labels is not None and label_dim == 0:
@@ -136,9 +137,8 @@ def edm_sampler(
         if cond.batch_size != latents.shape[0]:
             raise ValueError(f"conditioning for {cond.batch_size} samples, latents for {latents.shape[0]}")
         cond = cond.to(latents.device, torch.float32)
-    sigma_min = max(float(sigma_min), float(getattr(net, "sigma_min", 0.0) or 0.0))
-    sigma_max = min(float(sigma_max), float(getattr(net, "sigma_max", float("inf"))))
-    round_sigma = getattr(net, "round_sigma", None)
+    sigma_min, sigma_max = max(float(sigma_min), t.sigma_range[0]), min(float(sigma_max), t.sigma_range[1])
+    round_sigma = t.round_sigma
 
     def rnd(s: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(round_sigma(s), dtype=torch.float64, device=s.device) if round_sigma else s
@@ -230,8 +230,8 @@ def sample(
         except (StopIteration, AttributeError):
             bufs = list(net.buffers()) if hasattr(net, "buffers") else []
             device = bufs[0].device if bufs else torch.device("cpu")
-    shape = data_shape_of(net)
-    label_dim = int(getattr(net, "label_dim", 0) or 0)
+    t = traits(net)
+    shape, label_dim = t.data_shape, t.label_dim
     labels = None
     if label_dim > 0:
         if class_labels is None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -37,58 +36,21 @@ from .engine import checkpoint as ckpt
 from .engine.build import make_mlp
 from .engine.config import LoRAConfig
 from .engine.lora import add_lora
-from .engine.run_checkpoints import FORMAT
-from .engine.shards import is_sharded, read_shards
+from .engine.run_state import MULTISTEP_METHODS, RunState, StudentInfo
+from .engine.shards import read_shards
 from .export import STUDENT_FILE
 from .metrics import EvalError
 from .plotting import save_samples_picture
-from .sampling import DEFAULT_SIGMA_END, data_shape_of, draw, multistep_schedule
+from .sampling import DEFAULT_SIGMA_END, draw, multistep_schedule
 from .teachers import CheckpointError, load_teacher
 from .teachers.checkpoint import build_teacher, decode_init_kwargs, read_teacher_extra
 from .teachers.loading import teacher_location
+from .teachers.traits import traits
 
 __all__ = ["Student", "StudentInfo", "load_student", "sample", "generate", "idempotence_error", "save_samples",
            "MULTISTEP_METHODS"]
 
-#: methods whose students are time-free maps trained for multi-step sampling and projection
-MULTISTEP_METHODS = ("sign", "ign")
 PROJECT_SCHEDULES = ("reapply", "constant", "karras")
-
-
-@dataclass(frozen=True)
-class StudentInfo:
-    """What a student is (the ``student`` record the engine writes into checkpoints and exports)."""
-
-    method: str
-    sigma_init: float
-    data_shape: tuple
-    label_dim: int = 0
-    sigma_end: float = DEFAULT_SIGMA_END  # the last re-noise level it was trained with (multi-step)
-    cond_kind: str = "none"  # none | labels | text
-    teacher: Optional[str] = None  # the teacher spec it was distilled from ("digits", "analytic:NAME", a path)
-    step: Optional[int] = None
-    step_sigmas: tuple = ()  # a few-step generator's noise level at each application (empty: one step or time-free)
-
-    @classmethod
-    def from_record(cls, rec: dict) -> "StudentInfo":
-        return cls(method=str(rec["method"]), sigma_init=float(rec["sigma_init"]),
-                   data_shape=tuple(int(s) for s in rec["data_shape"]), label_dim=int(rec.get("label_dim", 0)),
-                   sigma_end=float(rec.get("sigma_end", DEFAULT_SIGMA_END)), cond_kind=str(rec.get("cond_kind", "none")),
-                   teacher=rec.get("teacher"), step=rec.get("step"),
-                   step_sigmas=tuple(float(v) for v in rec.get("step_sigmas", ())))
-
-    @property
-    def multistep(self) -> bool:
-        """A time-free student: any number of steps, on any schedule."""
-        return self.method in MULTISTEP_METHODS
-
-    @property
-    def steps(self) -> int:
-        """The generator's trained applications: K for a few-step student, else 1."""
-        return max(1, len(self.step_sigmas))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Student:
@@ -104,8 +66,9 @@ class Student:
         """A student around a network in memory (e.g. a Distiller's EMA); ``sigma_init`` defaults to
         the network's ``sigma_init`` attribute, else 2.5."""
         s = float(sigma_init if sigma_init is not None else getattr(net, "sigma_init", 2.5))
-        label_dim = int(getattr(net, "label_dim", 0) or 0)
-        info = StudentInfo(method=method, sigma_init=s, data_shape=data_shape_of(net), label_dim=label_dim,
+        t = traits(net)
+        label_dim = t.label_dim
+        info = StudentInfo(method=method, sigma_init=s, data_shape=t.data_shape, label_dim=label_dim,
                            sigma_end=sigma_end, cond_kind="labels" if label_dim else "none")
         return cls(net, info)
 
@@ -118,7 +81,7 @@ class Student:
         """``cond`` for ``n`` samples: a Conditioning, one class index or one per sample, one-hot labels,
         one prompt or one per sample (text-to-image students), or None."""
         if isinstance(cond, str) or (isinstance(cond, (list, tuple)) and cond and all(isinstance(p, str) for p in cond)):
-            if not hasattr(self.net, "encode_prompt"):
+            if not traits(self.net).text:
                 raise ValueError("prompts given, but the student is not a text-to-image model")
             prompts = [cond] * n if isinstance(cond, str) else list(cond)
             if len(prompts) != n:
@@ -200,7 +163,7 @@ class Student:
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] from samples: the VAE's decoding for latent students, else ``x`` itself."""
-        return self.net.decode(x) if hasattr(self.net, "decode") else x
+        return self.net.decode(x) if traits(self.net).decodes else x
 
     def project(self, y: torch.Tensor, sigma: float = 0.0, steps: int = 1, seed: int = 0, cond=None,
                 schedule: str = "reapply", batch_size: int = 1024) -> torch.Tensor:
@@ -261,19 +224,19 @@ def _exported_folder(folder: Path, device) -> Student:
     return Student(load_teacher(folder, device=device), StudentInfo.from_record({**info["student"], "teacher": str(folder)}))
 
 
-def _rebuild(state: dict, network: Optional[torch.nn.Module]) -> torch.nn.Module:
+def _rebuild(state: RunState, network: Optional[torch.nn.Module]) -> torch.nn.Module:
     """The generator's architecture, from the checkpoint's record (or ``network``, for a teacher that
     was a Python object): a registered class, the fitted MLP, or the teacher checkpoint itself;
     with the run's LoRA adapters when it trained them."""
     if network is not None:
         net = copy.deepcopy(network)
-    elif state.get("arch_config"):
-        arch = state["arch_config"]
+    elif state.arch_config:
+        arch = state.arch_config
         net = build_teacher(arch["class_name"], decode_init_kwargs(arch["init_kwargs"]))
-    elif state.get("arch"):
-        net = make_mlp(state["arch"])
-    elif state["config"]["teacher"]["kind"] == "checkpoint":
-        teacher = state["config"]["teacher"]
+    elif state.arch:
+        net = make_mlp(state.arch)
+    elif state.config["teacher"]["kind"] == "checkpoint":
+        teacher = state.config["teacher"]
         try:
             net = load_teacher(teacher["path"], resolution=teacher.get("resolution") or None)
         except FileNotFoundError as exc:  # load_teacher's own wording suggests other teachers: say what happened
@@ -283,7 +246,7 @@ def _rebuild(state: dict, network: Optional[torch.nn.Module]) -> torch.nn.Module
                                     f"its student is built on it; put it back at that path") from exc
     else:
         raise ValueError("the generator's architecture came from a Python object; pass network=<module>")
-    lora = LoRAConfig(**state["config"].get("lora", {}))
+    lora = LoRAConfig(**state.config.get("lora", {}))
     if lora.rank and lora.networks in ("both", "generator"):
         add_lora(net, lora)
     return net
@@ -318,12 +281,10 @@ def load_student(path, which: str = "ema", device="cpu", network: Optional[torch
             raise
         where = _checkpoint_dir(p, log)  # pruned by a live run since it was verified: its newest again
         tensors, state = ckpt.load_checkpoint(where, log=log)
-    if state.get("format") != FORMAT or "student" not in state:
-        raise CheckpointError(f"{p}: not a distillation checkpoint of this fastdistill version "
-                              f"(format {state.get('format')!r})")
+    state = RunState.from_dict(state, p)
     net = _rebuild(state, network)
-    net.load_state_dict(read_shards(where, which) if is_sharded(state) else tensors[which])
-    return Student(net.to(device).eval().requires_grad_(False), StudentInfo.from_record(state["student"]))
+    net.load_state_dict(read_shards(where, which) if state.sharded else tensors[which])
+    return Student(net.to(device).eval().requires_grad_(False), state.student)
 
 
 # ----------------------------------------------------------------------------- functional forms

@@ -29,7 +29,17 @@ def test_toy_geometry():
     x, _ = load_dataset("swissroll", noise=0.0).sample(4000, g)
     r = x.norm(dim=1)
     assert r.max() <= 1 + 1e-6 and r.min() >= 1 / 3 - 1e-6
-    assert load_dataset("8gaussians").teacher is not None  # exact analytic teacher attached
+    # the exact analytic teacher is the denoiser of this very mixture: same means, same spread
+    from fastdistill.data.toys import ring_means
+    from fastdistill.teachers import load_teacher
+
+    teacher = load_teacher("analytic:8gaussians")
+    assert torch.equal(teacher.means.double(), ring_means(8, 1.0))
+    assert torch.allclose(teacher.eigvals.double(), torch.full((8, 2), 0.05**2, dtype=torch.float64))
+    x, _ = load_dataset("8gaussians").sample(40000, g)
+    k = torch.cdist(x.double(), ring_means(8, 1.0)).argmin(1)
+    assert (torch.bincount(k, minlength=8) / len(k) - 1 / 8).abs().max() < 0.01
+    assert float((x.double() - ring_means(8, 1.0)[k]).std()) == pytest.approx(0.05, rel=0.03)
 
 
 def test_digits():

@@ -18,7 +18,7 @@ from fastdistill.engine import Distiller, preset_config  # noqa: E402
 from fastdistill.metrics.digits_classifier import load_digits_classifier  # noqa: E402
 from fastdistill.reports import digits_t2i as report  # noqa: E402
 from fastdistill.sampling import draw, edm_sampler  # noqa: E402
-from fastdistill.student import Student, StudentInfo, load_student  # noqa: E402
+from fastdistill.student import Student, load_student  # noqa: E402
 from fastdistill.teachers import GuidedDenoiser, load_teacher  # noqa: E402
 from fastdistill.teachers import digits_t2i  # noqa: E402
 
@@ -161,7 +161,7 @@ def test_short_distillation_learns_to_follow_prompts(tmp_path, method):
         return float((classifier(x).argmax(1) == digits).float().mean())
 
     # the generator starts as the teacher read at sigma_init (its text encoders are released in d)
-    initial = adherence(Student(load_teacher("digits-t2i"), StudentInfo.from_record(d.student_record())))
+    initial = adherence(Student(load_teacher("digits-t2i"), d.student_info()))
     d.run()
     final = adherence(load_student(tmp_path))
     assert final >= 0.8 and final > initial + 0.1, (initial, final)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastdistill.cli import add_train_teacher_parser
+from fastdistill.cli.parsers import add_train_teacher_parser
 from fastdistill.teachers import load_teacher
 from fastdistill.teachers.base import Denoiser
 from fastdistill.teachers.digits import (ARCH_PRESETS, digits_teacher_path,

@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("torch_fidelity")
 
-from fastdistill.cli import add_eval_parser  # noqa: E402
+from fastdistill.cli.parsers import add_eval_parser  # noqa: E402
 from fastdistill.data import load_dataset  # noqa: E402
 from fastdistill.engine.evaluator import read_jsonl  # noqa: E402
 from fastdistill.engine.loop import run_distillation  # noqa: E402

@@ -17,7 +17,8 @@ import torch.multiprocessing as mp
 from fastdistill.engine import Distiller
 from fastdistill.engine import checkpoint as ckpt
 from fastdistill.engine.distributed import free_port, shutdown
-from fastdistill.engine.shards import SHARDS_DIR, is_sharded, read_shards
+from fastdistill.engine.run_state import RunState
+from fastdistill.engine.shards import SHARDS_DIR, read_shards
 from fastdistill.methods import ConfigError
 from fastdistill.student import load_student
 from tests._engine_helpers import tiny_config, tiny_teacher
@@ -73,7 +74,7 @@ def _whole(path) -> dict:
     """Every network of a checkpoint as whole tensors, read in this process."""
     path = ckpt.resolve_checkpoint(path)
     tensors, state = ckpt.load_checkpoint(path)
-    if is_sharded(state):
+    if RunState.from_dict(state, path).sharded:
         return {name: read_shards(path, name) for name in NETS}
     return {name: tensors[name] for name in NETS}
 
@@ -253,7 +254,7 @@ def test_sharded_text_to_image_run_exports_the_gathered_student(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("distilled 2 steps") == 1  # rank 0 alone prints the summary
     newest = ckpt.latest_checkpoint(tmp_path / "run")
-    assert is_sharded(ckpt.load_checkpoint(newest)[1])
+    assert RunState.from_dict(ckpt.load_checkpoint(newest)[1], newest).sharded
     export = subprocess.run([sys.executable, "-m", "fastdistill.cli", "export", "run", "exported"], cwd=tmp_path,
                             env=env, timeout=300, capture_output=True, text=True)
     assert export.returncode == 0, export.stderr[-3000:]

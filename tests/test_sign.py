@@ -420,7 +420,7 @@ def test_projection_input_errors(tmp_path):
 def test_project_cli_hook(tmp_path, capsys):
     import argparse
 
-    from fastdistill.cli import add_project_parser
+    from fastdistill.cli.parsers import add_project_parser
 
     parser = argparse.ArgumentParser()
     add_project_parser(parser.add_subparsers(dest="command"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 from .common import fail
-from .parsers import add_eval_parser, build_parser
+from .parsers import build_parser
 
-__all__ = ["main", "build_parser", "add_eval_parser"]
+__all__ = ["main", "build_parser"]
 
 
 def main(argv: list[str] | None = None) -> int:

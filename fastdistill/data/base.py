@@ -46,14 +46,11 @@ class DataSource:
 class ToyDataset(DataSource):
     """An infinite distribution given by a sampling function `fn(n, generator) -> (n, d)`."""
 
-    def __init__(self, name: str, fn: Callable[[int, Optional[torch.Generator]], torch.Tensor], dim: int = 2,
-                 teacher=None):
+    def __init__(self, name: str, fn: Callable[[int, Optional[torch.Generator]], torch.Tensor], dim: int = 2):
         self.name = name
         self._fn = fn
         self.data_shape = (int(dim),)
         self.label_dim = 0
-        #: the exact analytic teacher for this distribution when one exists (Gaussian mixtures)
-        self.teacher = teacher
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None):
         n = int(n)

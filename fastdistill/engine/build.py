@@ -20,6 +20,8 @@ import torch
 
 from ..data import load_dataset
 from ..methods import ConfigError
+from ..losses import dsm_loss
+from ..teachers.toolkit import lr_factor
 from ..teachers.traits import TeacherTraits, traits
 from ..teachers import MLPDenoiser, load_teacher
 from ..teachers.loading import ANALYTIC_PREFIX
@@ -146,7 +148,7 @@ def fit_denoiser(net: torch.nn.Module, teacher, t: TeacherTraits, steps: int, ba
     g = torch.Generator().manual_seed(seed + 12345)
     shape, sd = t.data_shape, t.sigma_data
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 100) * (0.5 * (1 + math.cos(math.pi * i / max(steps, 1)))) + 0.02)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, max(steps, 1), 100, "cosine") + 0.02)
     net.train()
     losses = []
     it = range(steps)
@@ -166,9 +168,7 @@ def fit_denoiser(net: torch.nn.Module, teacher, t: TeacherTraits, steps: int, ba
         x, sigma = x.to(device), sigma.to(device)
         with torch.no_grad():
             target = teacher(x, sigma).float()
-        pred = net(x, sigma)
-        lam = (sigma**2 + sd**2) / (sigma * sd) ** 2
-        loss = (lam * ((pred - target) ** 2).reshape(batch, -1).sum(1)).mean()
+        loss = dsm_loss(net(x, sigma), target, sigma, sigma_data=sd)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -271,18 +271,7 @@ def save_checkpoint(out_dir, step: int, tensors: dict[str, dict], state: dict, k
         current = None
         _fsync_dir(tmp)
         _fault_point("before-rename", final.name)
-        if final.exists():  # the same step written again (e.g. Ctrl-C right after a periodic checkpoint)
-            old = root / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                os.replace(old, final)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(root)
+        _move_into_place(tmp, final)
     except OSError as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -300,8 +289,31 @@ def save_checkpoint(out_dir, step: int, tensors: dict[str, dict], state: dict, k
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fault_point("after-rename", final.name)
-    # keep the one just written and the keep_last - 1 before it; newer ones (from an earlier
-    # attempt this run resumed before) are left, to be overwritten when the run gets there
+    _prune(out_dir, step, keep_last)
+    return final
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished ``tmp`` to ``final``; a checkpoint of the same step already there (Ctrl-C
+    right after a periodic one) is set aside first and put back if the rename fails."""
+    if final.exists():
+        old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            os.replace(old, final)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _prune(out_dir, step: int, keep_last: int) -> None:
+    """Keep the checkpoint of ``step`` and the ``keep_last - 1`` before it; newer ones (from an
+    earlier attempt this run resumed before) are left, to be overwritten when the run gets there."""
+    root = ckpt_root(out_dir)
     older = [p for p in list_checkpoints(out_dir) if _step_of(p) < step]
     for old in older[:max(len(older) - (keep_last - 1), 0)]:
         gone = root / f"{TMP_PREFIX}prune-{old.name}-{os.getpid()}"
@@ -312,7 +324,6 @@ def save_checkpoint(out_dir, step: int, tensors: dict[str, dict], state: dict, k
         _fault_point("prune", old.name)
         shutil.rmtree(gone, ignore_errors=True)
     _fsync_dir(root)
-    return final
 
 
 # ---------------------------------------------------------------------- reading and verifying

@@ -5,15 +5,13 @@ from typing import Optional
 
 import torch
 
+from ..teachers import toolkit
 from .distributed import local
 
 
 def ema_beta(batch: int, images_seen: float, halflife_kimg: float, rampup: float) -> float:
-    """``beta = 0.5 ** (batch / hl)``, ``hl = min(halflife, rampup * images_seen)`` in images."""
-    hl = halflife_kimg * 1000.0
-    if rampup and rampup > 0:
-        hl = min(hl, rampup * images_seen)
-    return 0.5 ** (batch / max(hl, 1e-8))
+    """The teacher-training toolkit's EMA decay with the run's half-life in kimg (``ema.halflife_kimg``)."""
+    return toolkit.ema_beta(batch, images_seen, halflife_kimg * 1000.0, rampup)
 
 
 class EMA:

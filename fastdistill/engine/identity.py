@@ -29,6 +29,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ..hashing import weights_hash
+
 from ..methods import ConfigError
 
 __all__ = ["run_identity", "architecture_of", "identity_differences", "changed_settings", "check_resume", "FREE_KEYS",
@@ -84,21 +86,6 @@ def _matches(key: str, patterns) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
 
 
-def tensors_sha256(tensors: dict, prefix: str = "") -> str:
-    """sha256 of ``prefix`` and then named tensors (names, shapes, dtypes, bytes)."""
-    h = hashlib.sha256(prefix.encode())
-    for name, t in sorted(tensors.items()):
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        # reshape(-1): the elements in logical order whatever the layout (channels_last included)
-        h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def weights_hash(net) -> str:
-    """sha256 of a module's tensors (names, shapes, dtypes, bytes); the class name for anything else."""
-    return tensors_sha256(net.state_dict() if isinstance(net, torch.nn.Module) else {}, type(net).__name__)
-
-
 def architecture_of(net: torch.nn.Module, record=None) -> dict:
     """The generator's class, the record that rebuilds it (when there is one) and a hash of its
     parameter names and shapes."""
@@ -139,12 +126,12 @@ def describe(diffs: dict) -> str:
     return "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diffs.items())
 
 
-def check_resume(path: Path, state: dict, cfg, identity: dict, main: bool) -> list[dict]:
+def check_resume(path: Path, state, cfg, identity: dict, main: bool) -> list[dict]:
     """Resume only the same run: refuse another identity, and changed settings unless
     ``cfg.allow_config_change``; returns the run's record of setting changes, this one appended."""
     from .config import DistillConfig
 
-    recorded = state.get("identity")
+    recorded = state.identity
     if recorded is None:
         if main:
             print(f"fastdistill: {path} records no run identity (written by an older fastdistill); resuming "
@@ -155,16 +142,16 @@ def check_resume(path: Path, state: dict, cfg, identity: dict, main: bool) -> li
             raise ConfigError(f"{path.parent.parent} holds a different run ({describe(diffs)}): start this one in "
                               f"another out_dir, or resume with that run's settings")
     defaults = DistillConfig().with_overrides([f"method.name={cfg.method.name}"]).to_dict()
-    changed = changed_settings(state.get("config", {}), cfg.to_dict(), defaults)
-    changes = list(state.get("config_changes", []))
+    changed = changed_settings(state.config, cfg.to_dict(), defaults)
+    changes = list(state.config_changes)
     if changed:
         if not cfg.allow_config_change:
             raise ConfigError(f"resuming {path} with changed settings ({describe(changed)}): pass "
                               f"allow_config_change=true to continue with them (the change is recorded), or "
                               f"resume with the run's settings")
-        changes.append({"step": int(state["step"]), "changes": {k: list(v) for k, v in changed.items()}})
+        changes.append({"step": state.step, "changes": {k: list(v) for k, v in changed.items()}})
         if main:
-            print(f"fastdistill: settings changed at step {state['step']} (recorded): {describe(changed)}")
+            print(f"fastdistill: settings changed at step {state.step} (recorded): {describe(changed)}")
     return changes
 
 

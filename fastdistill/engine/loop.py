@@ -38,6 +38,7 @@ from .parallel import parallelize, teacher_precision
 from .process import RESUME_HINT, RunFolder, RunProcess, Stop
 from .prompts import training_conditions
 from .run_checkpoints import RunCheckpoints, Trained
+from .run_state import RunState, StudentInfo
 from .throughput import StepRate, dense_yardstick
 from .updates import Updates
 
@@ -204,34 +205,33 @@ class Distiller:
     def trained(self) -> Trained:
         return Trained({"generator": self.G, "fake": self.fake, "ema": self.ema.module}, self.updates.optimizers)
 
-    def _record(self) -> dict:
-        """The run's facts for a checkpoint's state.json, beside what :class:`RunCheckpoints` adds."""
+    def _record(self) -> RunState:
+        """The run's state for a checkpoint, less what :class:`RunCheckpoints` fills in."""
         scaler = self.updates.scaler
-        return {"config": self.cfg.to_dict(), "images_seen": self.images_seen, "nan_steps": self.nan_steps,
-                "consecutive_nan": self.consecutive_nan, "student": self.student_record(),
-                "sigma_data": self.sigma_data, "init": self.init, "arch": self.arch, "arch_config": self.arch_config,
-                "identity": self.identity, "config_changes": self.config_changes,
-                "initial_quality": self.initial_quality,
-                "scaler": scaler.state_dict() if scaler is not None else None}
+        return RunState(step=self.step, config=self.cfg.to_dict(), student=self.student_info(),
+                        images_seen=self.images_seen, nan_steps=self.nan_steps, consecutive_nan=self.consecutive_nan,
+                        sigma_data=self.sigma_data, init=self.init, arch=self.arch, arch_config=self.arch_config,
+                        identity=self.identity, config_changes=self.config_changes,
+                        initial_quality=self.initial_quality, scaler=scaler.state_dict() if scaler is not None else None)
 
     def save(self) -> Optional[Path]:
         """Checkpoint (collective; the path on rank 0)."""
         with self.nvtx("checkpoint"):
             return self.checkpoints.save(self.step, self.trained, self._record, self.updates.generators)
 
-    def student_record(self) -> dict:
+    def student_info(self) -> StudentInfo:
         """What the trained student is now (``fastdistill.student``; checkpoints and exports carry it)."""
-        return self.outputs.record(self.step)
+        return self.outputs.info(self.step)
 
     def load(self, path: Path) -> None:
         tensors, state = self.checkpoints.read(path)
         self.config_changes = check_resume(path, state, self.cfg, self.identity, self.main)
         self.checkpoints.restore(path, tensors, state, self.trained, self.updates.generators)
-        self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
-        self.nan_steps, self.consecutive_nan = int(state["nan_steps"]), int(state["consecutive_nan"])
-        self.initial_quality = state.get("initial_quality")  # the generator before distillation, for the summary
-        if self.updates.scaler is not None and state.get("scaler"):
-            self.updates.scaler.load_state_dict(state["scaler"])
+        self.step, self.images_seen = state.step, int(state.images_seen)
+        self.nan_steps, self.consecutive_nan = int(state.nan_steps), int(state.consecutive_nan)
+        self.initial_quality = state.initial_quality  # the generator before distillation, for the summary
+        if self.updates.scaler is not None and state.scaler:
+            self.updates.scaler.load_state_dict(state.scaler)
         self.resumed_from = str(path)
         if self.main:
             print(f"fastdistill: resuming from step {self.step} of {path.parent.parent}", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..teachers.toolkit import sanitize_gradients
 from .distributed import local
 
 
@@ -36,8 +37,5 @@ def _fused_supported(device: torch.device) -> bool:
 
 @torch.no_grad()
 def sanitize_grads(params) -> None:
-    """SiD's gradient clean-up: ``nan_to_num(nan=0, posinf=1e5, neginf=-1e5)`` in place (shard by shard)."""
-    for p in params:
-        if p.grad is not None:
-            g = local(p.grad)
-            torch.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5, out=g)
+    """The toolkit's gradient clean-up on each parameter's gradient, shard by shard."""
+    sanitize_gradients(local(p.grad) for p in params if p.grad is not None)

@@ -13,6 +13,7 @@ from ..plotting import image_grid, scatter_panels
 from ..sampling import DEFAULT_SIGMA_END, draw
 from .evaluator import Quality
 from .monitor import progress_bar
+from .run_state import StudentInfo
 
 SAMPLE_CHUNK = 1024  # samples generated per call: bounds the memory of thousands of final samples
 
@@ -29,17 +30,17 @@ class StudentOutputs:
         self.shape, self.label_dim = tuple(traits.data_shape), traits.label_dim
         self._pictures_off = False
 
-    def record(self, step: int) -> dict:
+    def info(self, step: int) -> StudentInfo:
         """What a trained student is, for ``fastdistill.student`` (checkpoints and exports carry it)."""
         t = self.cfg.teacher
         teacher = {"analytic": f"analytic:{t.name}", "checkpoint": t.path}.get(t.kind)
         kind = "text" if self.conditions is not None else "labels" if self.label_dim else "none"
         few = self.method.steps > 1
-        return dict(method=self.cfg.method.name, sigma_init=self.method.sigma_init,
-                    sigma_end=float(getattr(self.cfg.method, "sign_sigma_end", DEFAULT_SIGMA_END)),
-                    step_sigmas=[float(v) for v in self.method.step_sigmas] if few else [],
-                    data_shape=list(self.shape), label_dim=self.label_dim,
-                    cond_kind=kind, teacher=teacher, step=step)
+        return StudentInfo(method=self.cfg.method.name, sigma_init=self.method.sigma_init,
+                           sigma_end=float(getattr(self.cfg.method, "sign_sigma_end", DEFAULT_SIGMA_END)),
+                           step_sigmas=tuple(float(v) for v in self.method.step_sigmas) if few else (),
+                           data_shape=self.shape, label_dim=self.label_dim,
+                           cond_kind=kind, teacher=teacher, step=step)
 
     @torch.no_grad()
     def samples(self, n: int, seed: int, net=None, progress: bool = False) -> torch.Tensor:
@@ -124,5 +125,5 @@ class StudentOutputs:
             return None
         from ..teachers.checkpoint import save_teacher
 
-        save_teacher(self.ema if net is None else net, path, extra={"student": self.record(step)})
+        save_teacher(self.ema if net is None else net, path, extra={"student": self.info(step).to_dict()})
         return path

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from ..methods import ConfigError
-from ..teachers.traits import TeacherTraits
+from ..teachers.traits import TeacherTraits, traits
 from . import distributed as D
 from .build import bf16_is_fast, compile_network
 
@@ -119,7 +119,7 @@ def parallelize(generator: torch.nn.Module, fake: torch.nn.Module, ema: torch.nn
 
     # diffusers networks checkpoint block by block (their own implementation), all three networks,
     # since SiD's and SIM's gradients pass through the teacher too; other networks as a whole call
-    blocks = (getattr(generator, "unet", None), getattr(fake, "unet", None), teacher_network)
+    blocks = (traits(generator).network, traits(fake).network, teacher_network)
     per_block = cfg.activation_checkpointing and all(hasattr(n, "enable_gradient_checkpointing") for n in blocks)
     if per_block:
         for net in blocks:

@@ -5,6 +5,7 @@ and the atomic write are :mod:`.checkpoint`'s; reading shards is :mod:`.shards`'
 from __future__ import annotations
 
 import base64
+import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,10 @@ import torch
 from ..methods import ConfigError
 from . import checkpoint as ckpt
 from . import distributed as D
-from .shards import SHARDS_DIR, is_sharded, load_shards
+from .run_state import RunState
+from .shards import SHARDS_DIR, load_shards
 
-__all__ = ["FORMAT", "Trained", "RunCheckpoints", "optimizer_tensors", "load_optimizer", "rng_state", "set_rng_state"]
-
-#: the ``format`` of a distillation checkpoint's state.json
-FORMAT = "fastdistill-distill/1"
+__all__ = ["Trained", "RunCheckpoints", "optimizer_tensors", "load_optimizer", "rng_state", "set_rng_state"]
 
 
 @dataclass
@@ -109,19 +108,19 @@ class RunCheckpoints:
         D.barrier()
         return tmp
 
-    def save(self, step: int, trained: Trained, record: Callable[[], dict],
+    def save(self, step: int, trained: Trained, record: Callable[[], RunState],
              generators: dict[str, torch.Generator]) -> Optional[Path]:
         """Checkpoint ``step`` (collective: every rank gives its RNG states, and its shards when
         sharded; rank 0 writes the rest, the checksums, and renames it into place). ``record()``:
-        the run's facts for state.json, asked on rank 0 only. Returns the path on rank 0; a failed
-        write raises on every rank."""
+        the run's state, asked on rank 0 only; the optimisers' groups, the layout, the world size and
+        the RNG states are filled in here. Returns the path on rank 0; a failed write raises on every rank."""
         rngs = D.all_gather_object(rng_state(generators))
         path = err = None
         tmp = self._write_shards(step, trained) if self.sharded else None
         if self.main:
             tensors, groups = ({}, None) if self.sharded else trained.whole_tensors()
-            state = {"format": FORMAT, **record(), "step": step, "param_groups": groups, "layout": self.layout,
-                     "world_size": self.world, "rng": rngs}
+            state = dataclasses.replace(record(), step=step, param_groups=groups, layout=self.layout,
+                                        world_size=self.world, rng=rngs).to_dict()
             try:
                 path = ckpt.save_checkpoint(self.out_dir, step, tensors, state, self.keep_last, tmp=tmp)
             except ckpt.CheckpointWriteError as exc:
@@ -133,19 +132,18 @@ class RunCheckpoints:
         return path
 
     # ------------------------------------------------------------------ reading
-    def read(self, path: Path) -> tuple[dict, dict]:
+    def read(self, path: Path) -> tuple[dict, RunState]:
         """(tensors, state) of a verified distillation checkpoint of this process's layout."""
-        tensors, state = ckpt.load_checkpoint(path)
-        if state.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a distillation checkpoint (format {state.get('format')!r})")
-        layout = "sharded" if is_sharded(state) else "whole"
+        tensors, raw = ckpt.load_checkpoint(path)
+        state = RunState.from_dict(raw, path)
+        layout = state.layout
         if layout != self.layout:
             raise ConfigError(f"{path} is a {layout} checkpoint (distributed.strategy="
                               f"{'fsdp' if layout == 'sharded' else 'ddp'}); resume it with that strategy, or load "
                               f"its student (fastdistill.load_student) to start a new run from it")
         return tensors, state
 
-    def restore(self, path: Path, tensors: dict, state: dict, trained: Trained,
+    def restore(self, path: Path, tensors: dict, state: RunState, trained: Trained,
                 generators: dict[str, torch.Generator]) -> None:
         """Load what :meth:`read` returned into ``trained`` and ``generators`` (collective when sharded:
         each rank reads its shards; DCP re-shards a checkpoint of another world size)."""
@@ -162,8 +160,8 @@ class RunCheckpoints:
             for name, net in trained.networks.items():
                 net.load_state_dict(tensors[name])
             for name, opt in trained.optimizers.items():
-                load_optimizer(opt, tensors["optim"], state["param_groups"][name], name)
-        rngs = state["rng"]
+                load_optimizer(opt, tensors["optim"], state.param_groups[name], name)
+        rngs = state.rng
         if len(rngs) == self.world:
             set_rng_state(rngs[self.rank], generators)
         elif self.main:

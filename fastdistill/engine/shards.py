@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.filesystem import FileSystemReader, _StorageIn
 
 from .checkpoint import CheckpointCorruptError
 
-__all__ = ["SHARDS_DIR", "UnsafeShardsError", "SafeShardReader", "SafeLoadPlanner", "is_sharded", "load_shards",
+__all__ = ["SHARDS_DIR", "UnsafeShardsError", "SafeShardReader", "SafeLoadPlanner", "load_shards",
            "read_shards"]
 
 SHARDS_DIR = "shards"
@@ -80,12 +80,6 @@ class SafeLoadPlanner(DefaultLoadPlanner):
         torch.save(torch.load(value, weights_only=True), safe)
         safe.seek(0)
         super().load_bytes(read_item, safe)
-
-
-def is_sharded(state: dict) -> bool:
-    """Whether a checkpoint keeps its tensors as shards: what its verified ``state.json`` says, never
-    the mere presence of a ``shards/`` folder."""
-    return state.get("layout") == "sharded"
 
 
 def load_shards(state_dict: dict, checkpoint, *, no_dist: bool = False) -> None:

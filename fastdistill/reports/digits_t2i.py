@@ -51,7 +51,7 @@ from ..data.digit_prompts import DIGIT_NAMES, HELDOUT_TEMPLATES, TRAIN_TEMPLATES
 from ..engine import ConfigError, Distiller, preset_config
 from ..engine.presets import DIGITS_T2I_GUIDANCE
 from ..engine.evaluator import teacher_nfe
-from ..engine.identity import weights_hash
+from ..hashing import weights_hash
 from ..export import export_student
 from ..metrics.digits_classifier import DigitsClassifier, load_digits_classifier
 from ..metrics.quality import DIGITS_N, quality, reference_data

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..conditioning import labels_of
+from ..data.toys import grid_means, mixture_draws, ring_means
 
 __all__ = [
     "GaussianMixtureTeacher",
@@ -298,9 +299,9 @@ class GaussianMixtureTeacher(nn.Module):
             return torch.zeros((0, *self.data_shape), dtype=dtype, device=dev)
         logits = self._log_prior(class_labels, n, dev)
         probs = torch.softmax(logits, dim=1)
-        k = torch.multinomial(probs.float().cpu(), 1, replacement=True, generator=generator).reshape(n).to(dev)
-        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device="cpu").to(dev)
-        scaled = eps * self.eigvals[k].sqrt()
+        k, eps = mixture_draws(probs, self.dim, generator)
+        k = k.to(dev)
+        scaled = eps.to(dev) * self.eigvals[k].sqrt()
         if self.eigvecs is not None:
             scaled = torch.einsum("bkd,bd->bk", self.eigvecs[k], scaled)  # U @ (sqrt(lam) * eps)
         x = self.means[k] + scaled
@@ -317,11 +318,7 @@ class GaussianMixtureTeacher(nn.Module):
 # ---------------------------------------------------------------------- 2-D toy constructors
 def ring_of_gaussians(n_modes: int = 8, radius: float = 1.0, std: float = 0.05, **kw) -> GaussianMixtureTeacher:
     """`n_modes` isotropic Gaussians evenly spaced on a circle (first mode at angle 0)."""
-    if n_modes < 1:
-        raise ValueError("n_modes must be >= 1")
-    ang = torch.arange(n_modes, dtype=torch.float64) * (2 * math.pi / n_modes)
-    means = radius * torch.stack([ang.cos(), ang.sin()], dim=1)
-    return GaussianMixtureTeacher(means, stds=std, **kw)
+    return GaussianMixtureTeacher(ring_means(n_modes, radius), stds=std, **kw)
 
 
 def eight_gaussians(radius: float = 1.0, std: float = 0.05, **kw) -> GaussianMixtureTeacher:
@@ -334,12 +331,7 @@ def eight_gaussians(radius: float = 1.0, std: float = 0.05, **kw) -> GaussianMix
 
 def grid_of_gaussians(n_per_side: int = 5, spacing: float = 0.5, std: float = 0.05, **kw) -> GaussianMixtureTeacher:
     """An n x n grid of isotropic Gaussians centred on 0 (the "25 Gaussians" toy for n=5)."""
-    if n_per_side < 1:
-        raise ValueError("n_per_side must be >= 1")
-    c = (torch.arange(n_per_side, dtype=torch.float64) - (n_per_side - 1) / 2) * spacing
-    gx, gy = torch.meshgrid(c, c, indexing="ij")
-    means = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
-    return GaussianMixtureTeacher(means, stds=std, **kw)
+    return GaussianMixtureTeacher(grid_means(n_per_side, spacing), stds=std, **kw)
 
 
 def single_gaussian(mean, cov, **kw) -> GaussianMixtureTeacher:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
 import time
@@ -177,7 +176,7 @@ def _train_vae(vae, images: torch.Tensor, cfg: DigitsT2IConfig, g: torch.Generat
 
 def _train_unet(unet, latents, labels, embeds, prompt_digits, null, abar, cfg, g, progress):
     """epsilon-prediction training; returns (EMA UNet, losses)."""
-    from .training import ema_update
+    from .toolkit import ema_beta, ema_update, lr_factor
 
     by_digit = [torch.nonzero(prompt_digits == d).flatten() for d in range(10)]
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr)
@@ -187,10 +186,8 @@ def _train_unet(unet, latents, labels, embeds, prompt_digits, null, abar, cfg, g
     halflife = cfg.ema_halflife_fraction * cfg.unet_steps * B
     log = _LossLog(cfg.unet_steps, "train UNet", "loss", ".4f", progress)
     for step in range(cfg.unet_steps):
-        lr = cfg.unet_lr * min(1.0, (step + 1) / max(cfg.unet_warmup, 1))
-        lr *= 0.5 * (1 + math.cos(math.pi * step / cfg.unet_steps))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = cfg.unet_lr * lr_factor(step, cfg.unet_steps, cfg.unet_warmup, "cosine")
         idx = torch.randint(0, latents.shape[0], (B,), generator=g)
         z0 = latents[idx]
         which = torch.stack([by_digit[int(d)][torch.randint(0, len(by_digit[int(d)]), (1,), generator=g)]
@@ -207,7 +204,7 @@ def _train_unet(unet, latents, labels, embeds, prompt_digits, null, abar, cfg, g
         loss.backward()
         opt.step()
         seen = (step + 1) * B
-        ema_update(ema, unet, 0.5 ** (B / max(min(halflife, 0.05 * seen), 1e-8)))  # EDM's ramp-up
+        ema_update(ema, unet, ema_beta(B, seen, halflife, 0.05))
         log.add(float(loss.detach()))
     return ema, log.close()
 

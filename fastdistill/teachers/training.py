@@ -22,60 +22,15 @@ parameters require grad); its `sigma_data` is used for lambda.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
 import torch
 from torch import nn
 
-__all__ = ["edm_loss", "train_teacher", "TrainResult", "ema_update"]
+from .toolkit import edm_loss, ema_beta, ema_update, lr_factor, sanitize_gradients
 
-
-def edm_loss(
-    net: nn.Module,
-    x0: torch.Tensor,
-    class_labels: Optional[torch.Tensor] = None,
-    *,
-    P_mean: float = -1.2,
-    P_std: float = 1.2,
-    sigma_data: Optional[float] = None,
-    generator: Optional[torch.Generator] = None,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """EDM denoising loss on clean data x0 (B, ...).
-
-    reduction: "none" -> per-sample sums over elements (B,); "sum" -> their sum;
-    "mean" -> mean over batch and elements (the scale of the raw network's MSE, ~1 at init).
-    Noise is drawn from `generator` on the CPU (reproducible on any device).
-    """
-    if reduction not in ("none", "sum", "mean"):
-        raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
-    if not torch.is_tensor(x0) or not x0.is_floating_point() or x0.ndim < 2:
-        raise ValueError("x0 must be a floating-point tensor of shape (B, ...)")
-    sd = float(sigma_data if sigma_data is not None else net.sigma_data)
-    B = x0.shape[0]
-    rnd = torch.randn(B, generator=generator, dtype=torch.float32)
-    sigma = (rnd * P_std + P_mean).exp().to(x0.device)
-    n = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    D = net(x0 + sigma.reshape(shape) * n, sigma, class_labels)
-    weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
-    per_sample = weight * ((D - x0) ** 2).reshape(B, -1).sum(1)
-    if reduction == "none":
-        return per_sample
-    if reduction == "sum":
-        return per_sample.sum()
-    return per_sample.sum() / x0.numel()
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, net: nn.Module, beta: float) -> None:
-    """ema <- beta * ema + (1 - beta) * net for parameters; buffers are copied."""
-    for pe, p in zip(ema.parameters(), net.parameters()):
-        pe.lerp_(p.detach(), 1.0 - beta)
-    for be, b in zip(ema.buffers(), net.buffers()):
-        be.copy_(b)
+__all__ = ["edm_loss", "train_teacher", "TrainResult"]
 
 
 @dataclass
@@ -133,7 +88,7 @@ def train_teacher(
         lr_warmup_steps: linear warm-up; lr_decay: "none" or "cosine" (to 0 at the last step).
         grad_clip: optional max gradient norm.
         ema_halflife: EMA half-life in samples (default 5% of all samples seen in training);
-            ema_rampup: cap the half-life at ema_rampup * samples seen (EDM; None disables).
+            ema_rampup: cap the half-life at ema_rampup * samples seen (EDM; None or 0 disables).
         P_mean, P_std: the lognormal training noise distribution.
         seed: seeds the data draws and the noise (CPU generator; reproducible).
         progress: tqdm progress bar with the running loss.
@@ -179,28 +134,20 @@ def train_teacher(
     losses: List[float] = []
     seen = 0
     for step in it:
-        f = 1.0
-        if lr_warmup_steps > 0:
-            f = min(f, (step + 1) / lr_warmup_steps)
-        if lr_decay == "cosine":
-            f *= 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
-            group["lr"] = lr * f
+            group["lr"] = lr * lr_factor(step, steps, lr_warmup_steps, lr_decay)
         x, labels = source.sample(batch_size, g)
         x = x.to(device)
         labels = labels.to(device) if (labels is not None and label_dim) else None
         loss = edm_loss(net, x, labels, P_mean=P_mean, P_std=P_std, generator=g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        for p in params:
-            if p.grad is not None:
-                torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+        sanitize_gradients(p.grad for p in params if p.grad is not None)
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         seen += batch_size
-        h = halflife if ema_rampup is None else min(halflife, ema_rampup * seen)
-        ema_update(ema, net, 0.5 ** (batch_size / max(h, 1e-8)))
+        ema_update(ema, net, ema_beta(batch_size, seen, halflife, ema_rampup))
         losses.append(float(loss.detach()))
         if bar is not None and (step % 25 == 0 or step == steps - 1):
             bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.4f}")

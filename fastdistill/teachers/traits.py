@@ -11,7 +11,7 @@ probing a teacher's attributes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -38,6 +38,8 @@ class TeacherTraits:
     text_width: Optional[int]
     #: decode(latents) -> images in [-1, 1]
     decodes: bool
+    #: the pixel resolution of the decoded images (pipeline teachers), else None
+    resolution: Optional[int]
     #: a latent teacher: the methods use section 9's recipe (its own timesteps and objective)
     latent: bool
     #: a flow-matching teacher (``num_train_timesteps`` set)
@@ -49,7 +51,7 @@ class TeacherTraits:
     guidance_distilled: bool
     #: that input's value, when the teacher has one
     embedded_guidance: Optional[float]
-    #: the pipeline family's name ("" for other teachers)
+    #: the pipeline family's name ("" for other teachers); a family's adapter exports to a diffusers folder
     family: str
     #: what the network predicts: "epsilon", "v_prediction", "sample" (a discrete diffusers teacher),
     #: "flow" (velocity), else "denoiser" (EDM's D(x; sigma))
@@ -58,6 +60,10 @@ class TeacherTraits:
     exact_samples: bool
     #: the denoising network inside an adapter (a pipeline's UNet or transformer), else None
     network: Optional[torch.nn.Module]
+    #: the noise levels the network was trained on, (sigma_min, sigma_max): a sampler clips to them
+    sigma_range: tuple[float, float]
+    #: snaps a noise level to the ones the network takes (a discrete teacher's grid), else None
+    round_sigma: Optional[Callable]
 
 
 def traits(teacher) -> TeacherTraits:
@@ -66,15 +72,20 @@ def traits(teacher) -> TeacherTraits:
     flow = bool(getattr(teacher, "flow", False))
     guidance = getattr(teacher, "embedded_guidance", None)
     network = getattr(teacher, "unet", None)
+    resolution = getattr(teacher, "resolution", None)
+    round_sigma = getattr(teacher, "round_sigma", None)
     return TeacherTraits(
         data_shape=data_shape_of(teacher), sigma_data=float(getattr(teacher, "sigma_data", 0.5)),
         label_dim=int(getattr(teacher, "label_dim", 0) or 0), text=hasattr(teacher, "encode_prompt"),
         text_width=int(teacher.cond_dim) if getattr(teacher, "cond_dim", None) is not None else None,
-        decodes=hasattr(teacher, "decode"), latent=bool(getattr(teacher, "latent", False)), flow=flow,
+        decodes=hasattr(teacher, "decode"), resolution=int(resolution) if resolution is not None else None,
+        latent=bool(getattr(teacher, "latent", False)), flow=flow,
         timestep_sigmas=sigmas if torch.is_tensor(sigmas) and sigmas.ndim == 1 else None,
         num_train_timesteps=int(teacher.num_train_timesteps) if flow else None,
         guidance_distilled=bool(getattr(teacher, "guidance_distilled", False)),
         embedded_guidance=None if guidance is None else float(guidance), family=str(getattr(teacher, "family", "")),
         objective="flow" if flow else str(getattr(teacher, "prediction_type", "denoiser")),
         exact_samples=callable(getattr(teacher, "sample", None)),
-        network=network if isinstance(network, torch.nn.Module) else None)
+        network=network if isinstance(network, torch.nn.Module) else None,
+        sigma_range=(float(getattr(teacher, "sigma_min", 0.0) or 0.0), float(getattr(teacher, "sigma_max", float("inf")))),
+        round_sigma=round_sigma if callable(round_sigma) else None)
