@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -32,8 +32,10 @@ from .sampling import data_shape_of
 from .student import Student, load_student
 from .teachers import load_teacher
 from .teachers.loading import ANALYTIC_PREFIX
+from .teachers.traits import traits
 
-__all__ = ["Model", "EvalResult", "evaluate_models", "format_table", "student_samples"]
+__all__ = ["Model", "EvalRow", "EvalResult", "evaluate_models", "format_table", "student_samples", "load_models",
+           "score_models"]
 
 
 def student_samples(student: Student, n: int, steps: Optional[int] = None, seed: int = TEACHER_SEED,
@@ -48,25 +50,52 @@ def student_samples(student: Student, n: int, steps: Optional[int] = None, seed:
 
 @dataclass
 class Model:
-    """What to evaluate: ``Model.teacher(spec, steps, solver)`` or ``Model.student(path, steps)``."""
+    """What to evaluate: ``Model.teacher(spec, steps, solver, guidance)`` or ``Model.student(path, steps)``.
+    ``guidance``: a text-to-image teacher's classifier-free guidance (1: none)."""
 
     kind: str  # teacher | student
     spec: Any  # teacher spec / student path
     steps: Optional[int] = 1  # a student's None: its trained steps
     solver: str = "heun"
+    guidance: float = 1.0
     label: str = ""
 
     @classmethod
-    def teacher(cls, spec="digits", steps: int = 18, solver: str = "heun", label: str = "") -> "Model":
+    def teacher(cls, spec="digits", steps: int = 18, solver: str = "heun", guidance: float = 1.0,
+                label: str = "") -> "Model":
         if solver not in ("heun", "euler"):
             raise EvalError(f"solver must be heun or euler, got {solver!r}")
         if int(steps) < 1:
             raise EvalError(f"teacher steps must be >= 1, got {steps}")
-        return cls("teacher", spec, int(steps), solver, label)
+        return cls("teacher", spec, int(steps), solver, float(guidance), label)
 
     @classmethod
     def student(cls, path, steps: Optional[int] = None, label: str = "") -> "Model":
-        return cls("student", path, None if steps is None else int(steps), "", label)
+        return cls("student", path, None if steps is None else int(steps), "", 1.0, label)
+
+
+@dataclass
+class EvalRow:
+    """One model's line: what it is, its cost per sample (network evaluations, network passes, wall
+    time) and its ``metrics`` (FID, KID, precision, recall; or SW2, MMD; CLIP score)."""
+
+    model: str  # teacher | student
+    source: str
+    label: str
+    steps: int
+    nfe: int
+    passes: int
+    ms_per_sample: float
+    metrics: dict
+    solver: Optional[str] = None  # teachers
+    guidance: Optional[float] = None  # text-to-image teachers
+    method: Optional[str] = None  # students
+    train_step: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        """The row as one flat JSON object (metrics beside the rest; absent fields left out)."""
+        d = {k: v for k, v in asdict(self).items() if k != "metrics" and v is not None}
+        return {**d, **self.metrics}
 
 
 @dataclass
@@ -76,17 +105,56 @@ class EvalResult:
     metric_space: str
     baseline: dict
     reference_n: int = 0
-    rows: list = field(default_factory=list)
+    rows: list = field(default_factory=list)  # EvalRow
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "rows": [r.to_dict() for r in self.rows]}
 
     def save(self, path) -> str:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2))
         return str(path)
+
+
+def load_models(models: Sequence[Model], device) -> dict:
+    """Every model loaded before any is sampled (a missing checkpoint fails fast), by ``id(model)``."""
+    if not models:
+        raise EvalError("nothing to evaluate: give at least one teacher or student")
+    loaded = {}
+    for m in models:
+        if m.kind == "teacher":
+            loaded[id(m)] = m.spec if not isinstance(m.spec, (str, os.PathLike)) else load_teacher(m.spec, device=device)
+        else:
+            loaded[id(m)] = load_student(m.spec, device=device)
+    return loaded
+
+
+def score_models(models: Sequence[Model], loaded: dict, samples: Callable, measure: Callable,
+                 progress: Optional[Callable] = None) -> list:
+    """The rows of ``models``: ``samples(model, obj) -> (x, seconds per sample)``, ``measure(x) ->
+    metrics``; ``progress(row)`` after each."""
+    rows = []
+    for m in models:
+        obj = loaded[id(m)]
+        x, sec = samples(m, obj)
+        if m.kind == "teacher":
+            nfe = teacher_nfe(m.steps, m.solver)
+            guided = m.guidance != 1
+            label = m.label or (f"teacher {m.solver.capitalize()} {m.steps} step{'s' if m.steps > 1 else ''}"
+                                + (f", guidance {m.guidance:g}" if guided or traits(obj).text else ""))
+            row = EvalRow("teacher", str(m.spec) if isinstance(m.spec, (str, os.PathLike)) else type(obj).__name__,
+                          label, m.steps, nfe, nfe * (2 if guided else 1), 1000.0 * sec, measure(x),
+                          solver=m.solver, guidance=m.guidance if traits(obj).text else None)
+        else:
+            k = obj.info.steps if m.steps is None else m.steps
+            row = EvalRow("student", str(m.spec), m.label or f"student {obj.info.method} {k} step{'s' if k > 1 else ''}",
+                          k, k, k, 1000.0 * sec, measure(x), method=obj.info.method, train_step=obj.info.step)
+        rows.append(row)
+        if progress:
+            progress(row)
+    return rows
 
 
 def _toy_data(name: str, teacher) -> ToyDataset:
@@ -117,14 +185,7 @@ def evaluate_models(models: Sequence[Model], data=None, n: Optional[int] = None,
     size for finite data, 898 on digits; 4096 for toys).
     """
     t_start = time.perf_counter()
-    if not models:
-        raise EvalError("nothing to evaluate: give at least one teacher or student")
-    loaded: dict = {}
-    for m in models:  # load everything first: fail fast on a missing checkpoint
-        if m.kind == "teacher":
-            loaded[id(m)] = m.spec if not isinstance(m.spec, (str, os.PathLike)) else load_teacher(m.spec, device=device)
-        else:
-            loaded[id(m)] = load_student(m.spec, device=device)
+    loaded = load_models(models, device)
     if data is None:
         data = _default_data_for(models, loaded)
         if data is None:
@@ -141,6 +202,9 @@ def evaluate_models(models: Sequence[Model], data=None, n: Optional[int] = None,
         raise EvalError(f"n must be >= 2, got {n}")
     for m in models:
         obj = loaded[id(m)]
+        if m.guidance != 1:
+            raise EvalError(f"teacher {m.spec!s}: guidance is for text-to-image teachers "
+                            f"(fastdistill.evaluation_t2i.evaluate_text_to_image)")
         shape = obj.info.data_shape if m.kind == "student" else data_shape_of(obj)
         if tuple(shape) != ref.data_shape:
             raise EvalError(f"{m.kind} {m.spec!s} makes samples of shape {tuple(shape)} but the data {ref.name!r} "
@@ -151,32 +215,21 @@ def evaluate_models(models: Sequence[Model], data=None, n: Optional[int] = None,
         space = f"{extractor} features (FID/KID/precision/recall)"
     base = quality(ref.baseline_set(n), ref, full=full, extractor=extractor)
     res = EvalResult(data=ref.name, n=n, metric_space=space, baseline=base, reference_n=int(ref.reference.shape[0]))
-    for m in models:
-        obj = loaded[id(m)]
+
+    def samples(m: Model, obj):
         if m.kind == "teacher":
-            x, sec = teacher_samples(obj, n, steps=m.steps, solver=m.solver, seed=seed)
-            nfe = teacher_nfe(m.steps, m.solver)
-            label = m.label or f"teacher {m.solver.capitalize()} {m.steps} step{'s' if m.steps > 1 else ''}"
-            row = dict(model="teacher", source=str(m.spec) if isinstance(m.spec, (str, os.PathLike)) else type(obj).__name__,
-                       solver=m.solver, steps=m.steps, nfe=nfe)
-        else:
-            try:
-                x, sec = student_samples(obj, n, steps=m.steps, seed=seed)
-            except ValueError as exc:
-                raise EvalError(str(exc)) from exc
-            k = obj.info.steps if m.steps is None else m.steps
-            label = m.label or f"student {obj.info.method} {k} step{'s' if k > 1 else ''}"
-            row = dict(model="student", source=str(m.spec), method=obj.info.method, train_step=obj.info.step,
-                       steps=k, nfe=k)
-        row.update(label=label, ms_per_sample=1000.0 * sec, **quality(x, ref, full=full, extractor=extractor))
-        res.rows.append(row)
-        if progress:
-            progress(row)
+            return teacher_samples(obj, n, steps=m.steps, solver=m.solver, seed=seed)
+        try:
+            return student_samples(obj, n, steps=m.steps, seed=seed)
+        except ValueError as exc:
+            raise EvalError(str(exc)) from exc
+
+    res.rows = score_models(models, loaded, samples, lambda x: quality(x, ref, full=full, extractor=extractor), progress)
     res.elapsed_s = time.perf_counter() - t_start
     return res
 
 
-def _fmt(v, digits=3):
+def format_value(v, digits=3):
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -195,9 +248,9 @@ def format_table(res: EvalResult) -> str:
              f"metrics: {res.metric_space}; lower FID/KID/SW2/MMD and higher precision/recall are better"]
     head = f"{'model':<34} {'NFE':>4} " + " ".join(f"{heads[c]:>8}" for c in cols) + f" {'ms/sample':>10}"
     lines += [head, "-" * len(head)]
-    lines.append(f"{'data vs data (held-out, same n)':<34} {'-':>4} " + " ".join(f"{_fmt(res.baseline.get(c), 4 if c in ('kid_mean', 'mmd', 'sw') else 3):>8}" for c in cols) + f" {'-':>10}")
+    lines.append(f"{'data vs data (held-out, same n)':<34} {'-':>4} " + " ".join(f"{format_value(res.baseline.get(c), 4 if c in ('kid_mean', 'mmd', 'sw') else 3):>8}" for c in cols) + f" {'-':>10}")
     for r in res.rows:
-        lines.append(f"{r['label'][:34]:<34} {r['nfe']:>4} "
-                     + " ".join(f"{_fmt(r.get(c), 4 if c in ('kid_mean', 'mmd', 'sw') else 3):>8}" for c in cols)
-                     + f" {r['ms_per_sample']:>10.3f}")
+        lines.append(f"{r.label[:34]:<34} {r.nfe:>4} "
+                     + " ".join(f"{format_value(r.metrics.get(c), 4 if c in ('kid_mean', 'mmd', 'sw') else 3):>8}" for c in cols)
+                     + f" {r.ms_per_sample:>10.3f}")
     return "\n".join(lines)

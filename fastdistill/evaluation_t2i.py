@@ -1,8 +1,9 @@
 """``fastdistill eval --prompts``: text-to-image students and teachers on the same prompts and noise.
 
-    from fastdistill.evaluation_t2i import T2IModel, evaluate_text_to_image, format_t2i_table
-    res = evaluate_text_to_image([T2IModel.teacher("sd15/", steps=25, guidance=1.5),
-                                  T2IModel.student("runs/sd15")], prompts, clip="clip-vit-l14/")
+    from fastdistill.evaluation import Model
+    from fastdistill.evaluation_t2i import evaluate_text_to_image, format_t2i_table
+    res = evaluate_text_to_image([Model.teacher("sd15/", steps=25, guidance=1.5),
+                                  Model.student("runs/sd15")], prompts, clip="clip-vit-l14/")
 
 Per model: the CLIP score (image-prompt cosine in a local CLIP model, mean and standard error),
 FID against a folder of reference images when one is given (Inception features from a local
@@ -16,49 +17,24 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 
-from .engine.evaluator import TEACHER_SEED, teacher_nfe
-from .evaluation import EvalResult, _fmt
+from .engine.evaluator import TEACHER_SEED
+from .evaluation import EvalResult, Model, format_value, load_models, score_models
 from .metrics.clip_score import clip_score, load_clip
 from .metrics.quality import EvalError, quality, reference_data
 from .sampling import draw, edm_sampler
-from .student import Student, load_student
-from .teachers import GuidedDenoiser, load_teacher
+from .student import Student
+from .teachers import GuidedDenoiser
 from .teachers.traits import traits
 
-__all__ = ["T2IModel", "evaluate_text_to_image", "format_t2i_table"]
-
-
-@dataclass
-class T2IModel:
-    """``T2IModel.teacher(pipeline_dir, steps, guidance, solver)`` or ``T2IModel.student(run_dir)``."""
-
-    kind: str  # teacher | student
-    spec: str
-    steps: int = 1
-    guidance: float = 1.0
-    solver: str = "heun"
-    label: str = ""
-
-    @classmethod
-    def teacher(cls, spec, steps: int = 25, guidance: float = 1.0, solver: str = "heun", label: str = "") -> "T2IModel":
-        if solver not in ("heun", "euler"):
-            raise EvalError(f"solver must be heun or euler, got {solver!r}")
-        if int(steps) < 1:
-            raise EvalError(f"teacher steps must be >= 1, got {steps}")
-        return cls("teacher", str(spec), int(steps), float(guidance), solver, label)
-
-    @classmethod
-    def student(cls, path, label: str = "") -> "T2IModel":
-        return cls("student", str(path), label=label)
+__all__ = ["evaluate_text_to_image", "format_t2i_table"]
 
 
 @torch.no_grad()
-def _images(model: T2IModel, obj, prompts: list, n: int, seed: int, batch_size: int) -> tuple[torch.Tensor, float]:
+def _images(model: Model, obj, prompts: list, n: int, seed: int, batch_size: int) -> tuple[torch.Tensor, float]:
     """``n`` decoded images in [-1, 1] and the wall time per sample (after one warm-up batch)."""
     if model.kind == "student":
         def make(k):
@@ -96,26 +72,24 @@ def _check_measures(data, clip, extractor: str) -> None:
             resolve_inception_weights()
 
 
-def evaluate_text_to_image(models: Sequence[T2IModel], prompts: Sequence[str], *, data=None, clip=None,
+def evaluate_text_to_image(models: Sequence[Model], prompts: Sequence[str], *, data=None, clip=None,
                            n: Optional[int] = None, extractor: str = "inception", seed: int = TEACHER_SEED,
                            device="cpu", batch_size: int = 16, progress=None) -> EvalResult:
     """Sample every model on the same prompts and latents; CLIP score with ``clip`` (a local CLIP
     folder), FID against ``data`` (a folder of reference images, read at the models' resolution)."""
     t_start = time.perf_counter()
-    if not models:
-        raise EvalError("nothing to evaluate: give at least one teacher or student")
     if not prompts:
         raise EvalError("a text-to-image evaluation needs prompts (--prompts FILE)")
     if clip is None and data is None:
         raise EvalError("nothing to measure: give a local CLIP model folder (--clip) and/or reference images (--data)")
     _check_measures(data, clip, extractor)  # before any model is loaded or sampled
-    loaded = {}
-    for m in models:  # everything first: fail fast on a missing folder
-        obj = load_teacher(m.spec, device=device) if m.kind == "teacher" else load_student(m.spec, device=device)
-        if (m.kind == "teacher" and not traits(obj).text) or (
-                m.kind == "student" and obj.info.cond_kind != "text"):
+    loaded = load_models(models, device)
+    for m in models:
+        obj = loaded[id(m)]
+        if not (traits(obj).text if m.kind == "teacher" else obj.info.cond_kind == "text"):
             raise EvalError(f"{m.kind} {m.spec}: not a text-to-image model (evaluate it without --prompts)")
-        loaded[id(m)] = obj
+        if m.kind == "student" and m.steps not in (None, obj.info.steps):
+            raise EvalError(f"student {m.spec}: a text-to-image student samples in its trained {obj.info.steps} step(s)")
     n = int(n or len(prompts))
     if n < 2:
         raise EvalError(f"n must be >= 2, got {n}")
@@ -136,26 +110,15 @@ def evaluate_text_to_image(models: Sequence[T2IModel], prompts: Sequence[str], *
                                       ("CLIP score (image-prompt cosine)", clip is not None)) if on)
     res = EvalResult(data=str(data) if data is not None else "prompts only", n=n, metric_space=space,
                      baseline=base or {}, reference_n=int(ref.reference.shape[0]) if ref is not None else 0)
-    for m in models:
-        obj = loaded[id(m)]
-        x, sec = _images(m, obj, cycled, n, seed, batch_size)
-        if m.kind == "teacher":
-            nfe = teacher_nfe(m.steps, m.solver)
-            row = dict(model="teacher", source=m.spec, solver=m.solver, steps=m.steps, guidance=m.guidance, nfe=nfe,
-                       passes=nfe * (2 if m.guidance != 1 else 1),
-                       label=m.label or f"teacher {m.solver} {m.steps} steps, guidance {m.guidance:g}")
-        else:
-            k = obj.info.steps
-            row = dict(model="student", source=m.spec, method=obj.info.method, train_step=obj.info.step, nfe=k,
-                       passes=k, label=m.label or f"student {obj.info.method} {k} step{'s' if k > 1 else ''}")
-        row["ms_per_sample"] = 1000.0 * sec
-        if ref is not None:
-            row.update(quality(x, ref, full=False, extractor=extractor))
+
+    def measure(x: torch.Tensor) -> dict:
+        metrics = quality(x, ref, full=False, extractor=extractor) if ref is not None else {}
         if clip is not None:
-            row["clip"], row["clip_se"] = clip_score(x, cycled, clip)
-        res.rows.append(row)
-        if progress:
-            progress(row)
+            metrics["clip"], metrics["clip_se"] = clip_score(x, cycled, clip)
+        return metrics
+
+    res.rows = score_models(models, loaded, lambda m, obj: _images(m, obj, cycled, n, seed, batch_size), measure,
+                            progress)
     res.elapsed_s = time.perf_counter() - t_start
     return res
 
@@ -166,9 +129,10 @@ def format_t2i_table(res: EvalResult) -> str:
     head = f"{'model':<40} {'NFE':>4} {'passes':>6} {'FID':>8} {'CLIP':>7} {'+-':>6} {'ms/sample':>10}"
     lines += [head, "-" * len(head)]
     if res.baseline:
-        lines.append(f"{'data vs data (held-out, same n)':<40} {'-':>4} {'-':>6} {_fmt(res.baseline.get('fid')):>8} "
+        lines.append(f"{'data vs data (held-out, same n)':<40} {'-':>4} {'-':>6} {format_value(res.baseline.get('fid')):>8} "
                      f"{'-':>7} {'-':>6} {'-':>10}")
     for r in res.rows:
-        lines.append(f"{r['label'][:40]:<40} {r['nfe']:>4} {r['passes']:>6} {_fmt(r.get('fid')):>8} "
-                     f"{_fmt(r.get('clip'), 4):>7} {_fmt(r.get('clip_se'), 4):>6} {r['ms_per_sample']:>10.2f}")
+        m = r.metrics
+        lines.append(f"{r.label[:40]:<40} {r.nfe:>4} {r.passes:>6} {format_value(m.get('fid')):>8} "
+                     f"{format_value(m.get('clip'), 4):>7} {format_value(m.get('clip_se'), 4):>6} {r.ms_per_sample:>10.2f}")
     return "\n".join(lines)

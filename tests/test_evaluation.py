@@ -95,15 +95,15 @@ def test_eval_command_table_and_json(tiny_run, tmp_path, capsys):
 def test_eval_infers_digits_and_exported_student(tiny_run):
     _, res = tiny_run
     r = evaluate_models([Model.student(f"{res.out_dir}/student.safetensors")], data="digits", n=32, full=False)
-    assert r.rows[0]["method"] == "sid" and math.isfinite(r.rows[0]["fid"])
-    assert "kid_mean" not in r.rows[0]
+    assert r.rows[0].method == "sid" and math.isfinite(r.rows[0].metrics["fid"])
+    assert "kid_mean" not in r.rows[0].metrics
     assert "student sid" in format_table(r)
 
 
 def test_eval_on_2d_data_uses_sliced_wasserstein():
     r = evaluate_models([Model.teacher("analytic:8gaussians", steps=4, solver="euler")], n=256)
-    assert set(r.baseline) == {"sw", "mmd"} and r.rows[0]["nfe"] == 4
-    assert r.rows[0]["sw"] > 0 and "SW2" in format_table(r)
+    assert set(r.baseline) == {"sw", "mmd"} and r.rows[0].nfe == 4
+    assert r.rows[0].metrics["sw"] > 0 and "SW2" in format_table(r)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):

@@ -25,7 +25,6 @@ LAYERS = {
     "fastdistill.ops": 0,
     "fastdistill.losses": 0,
     "fastdistill.conditioning": 1,
-    "fastdistill.hashing": 1,
     "fastdistill.plotting": 1,
     "fastdistill.data": 2,
     "fastdistill.metrics": 2,

@@ -620,13 +620,13 @@ def test_eval_command_on_text_to_image_models(tmp_path, sd_eps_folder, prompt_fi
     assert main(["eval", "--prompts", str(prompt_file), "--student", str(run)]) == 2  # no --clip, no --data
     assert "nothing to measure" in capsys.readouterr().err
     assert main(["eval", "--student", str(run), "--clip", str(clip)]) == 2  # --clip without --prompts
-    import fastdistill.evaluation_t2i as evaluation_t2i
+    import fastdistill.evaluation as evaluation
 
     def loaded(*args, **kwargs):
         raise AssertionError("a model was loaded before the measurements' inputs were checked")
 
     with monkeypatch.context() as m:  # a wrong --clip or --data fails before any model is loaded or sampled
-        m.setattr(evaluation_t2i, "load_student", loaded)
+        m.setattr(evaluation, "load_student", loaded)
         capsys.readouterr()
         assert main(["eval", "--prompts", str(prompt_file), "--student", str(run), "--clip", str(tmp_path)]) == 2
         assert "has no config.json" in capsys.readouterr().err

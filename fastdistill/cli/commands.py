@@ -257,11 +257,12 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def _eval_text_to_image(args: argparse.Namespace, solvers: list, out: Path) -> int:
     from ..data.prompts import read_prompts
-    from ..evaluation_t2i import T2IModel, evaluate_text_to_image, format_t2i_table
+    from ..evaluation import Model
+    from ..evaluation_t2i import evaluate_text_to_image, format_t2i_table
 
-    models = [T2IModel.teacher(t, k, w, solver) for t in args.teacher or [] for solver in solvers for k in args.steps
+    models = [Model.teacher(t, k, solver, w) for t in args.teacher or [] for solver in solvers for k in args.steps
               for w in args.guidance]
-    models += [T2IModel.student(s) for s in args.student or []]
+    models += [Model.student(s) for s in args.student or []]
     try:
         res = evaluate_text_to_image(models, read_prompts(args.prompts), data=args.data, clip=args.clip, n=args.n,
                                      extractor=args.extractor or "inception", device=args.device)

@@ -23,7 +23,7 @@ from ..metrics import sliced_wasserstein
 from ..metrics.quality import ReferenceData, quality, reference_data
 from ..sampling import draw, sample
 from ..teachers.traits import TeacherTraits, traits
-from ..hashing import weights_hash
+from ..teachers.hashing import weights_hash
 
 __all__ = ["Quality", "LoopEvaluator", "teacher_samples", "teacher_nfe", "read_jsonl", "plot_run_curve"]
 

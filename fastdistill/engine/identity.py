@@ -29,7 +29,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..hashing import weights_hash
+from ..teachers.hashing import weights_hash
 
 from ..methods import ConfigError
 

@@ -34,7 +34,7 @@ from .identity import architecture_of, check_resume, run_identity
 from .lora import trainable_parameters
 from .monitor import NVTX, MetricsLogger, progress_bar
 from .outputs import StudentOutputs
-from .parallel import parallelize, teacher_precision
+from .parallel import parallelize
 from .process import RESUME_HINT, RunFolder, RunProcess, Stop
 from .prompts import training_conditions
 from .run_checkpoints import RunCheckpoints, Trained
@@ -139,8 +139,7 @@ class Distiller:
         """How the networks are called (:func:`parallelize`), what is trained, the EMA, the updates,
         the method's context and the student's outputs."""
         cfg = self.cfg
-        self.par = parallelize(self.G, self.fake, self._ema_net, self.teacher, self.traits.network, cfg, self.device,
-                               teacher_precision(cfg, self.traits, self.device))
+        self.par = parallelize(self.G, self.fake, self._ema_net, self.teacher, self.traits, cfg, self.device)
         self.trainable = {"generator": trainable_parameters(self.G), "fake": trainable_parameters(self.fake)}
         self.ema = EMA(self.G, self._ema_net, self.trainable["generator"])
         del self._ema_net

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..plotting import image_grid, scatter_panels
-from ..sampling import DEFAULT_SIGMA_END, draw
+from ..sampling import draw
 from .evaluator import Quality
 from .monitor import progress_bar
 from .run_state import StudentInfo
@@ -37,7 +37,7 @@ class StudentOutputs:
         kind = "text" if self.conditions is not None else "labels" if self.label_dim else "none"
         few = self.method.steps > 1
         return StudentInfo(method=self.cfg.method.name, sigma_init=self.method.sigma_init,
-                           sigma_end=float(getattr(self.cfg.method, "sign_sigma_end", DEFAULT_SIGMA_END)),
+                           sigma_end=self.method.sigma_end,
                            step_sigmas=tuple(float(v) for v in self.method.step_sigmas) if few else (),
                            data_shape=self.shape, label_dim=self.label_dim,
                            cond_kind=kind, teacher=teacher, step=step)

@@ -21,7 +21,7 @@ from ..teachers.traits import TeacherTraits, traits
 from . import distributed as D
 from .build import bf16_is_fast, compile_network
 
-__all__ = ["Parallel", "parallelize", "teacher_precision"]
+__all__ = ["Parallel", "parallelize"]
 
 
 class _Checkpointed(torch.nn.Module):
@@ -95,12 +95,13 @@ def _same_start(nets) -> None:
 
 
 def parallelize(generator: torch.nn.Module, fake: torch.nn.Module, ema: torch.nn.Module, teacher,
-                teacher_network: Optional[torch.nn.Module], cfg, device: torch.device,
-                teacher_param_dtype: Optional[torch.dtype] = None) -> Parallel:
-    """Wrap the run's networks for ``cfg`` (in place where sharding; see the module docstring).
-    ``teacher_network``: the denoising network inside a pipeline teacher (its traits' ``network``),
-    the part that is sharded and checkpointed per block; the generator and the fake network,
-    copies of the teacher, hold theirs under the same name."""
+                teacher_traits: TeacherTraits, cfg, device: torch.device) -> Parallel:
+    """The teacher in its precision (:func:`teacher_precision`), then the run's networks wrapped for
+    ``cfg`` (in place where sharding; see the module docstring). The denoising network inside a
+    pipeline teacher (its traits' ``network``) is the part that is sharded and checkpointed per
+    block; the generator and the fake network, copies of the teacher, hold theirs under the same name."""
+    teacher_param_dtype = teacher_precision(cfg, teacher_traits, device)
+    teacher_network = teacher_traits.network
     distributed = D.is_dist()
     fsdp = distributed and cfg.distributed.strategy == "fsdp"
     frame, sharded = None, ()

@@ -1,15 +1,14 @@
-"""A text-to-image run's training prompts: read, checked against the run, and encoded once by the
-teacher (:mod:`fastdistill.teachers.prompt_cache`) into the bank the training batches draw from."""
+"""A text-to-image run's training prompts: read, checked against the run, and made by the teacher's side
+(:mod:`fastdistill.teachers.prompt_cache`) into the bank the training batches draw from."""
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
 
-from ..conditioning import ConditioningBank
 from ..data.prompts import read_prompts
-from ..methods import ConfigError
-from ..teachers.prompt_cache import encoded_prompts
+from ..methods import ConfigError, method_class
+from ..teachers.prompt_cache import prompt_bank
 from ..teachers.traits import TeacherTraits
 
 
@@ -29,10 +28,10 @@ def training_conditions(cfg, teacher, t: TeacherTraits, out_dir: Path, main: boo
     if not cfg.prompts:
         raise ConfigError("a text-to-image teacher needs training prompts: prompts=FILE (one prompt a line, "
                           "or CSV / JSONL with a prompt column)")
-    if cfg.method.name in ("sign", "ign"):
+    if not method_class(cfg.method.name).text_conditioning:
         raise ConfigError(f"method.name={cfg.method.name} is for pixel teachers; text-to-image teachers take "
                           f"sid, sim or dmd")
     cache = {"none": None, "auto": out_dir / "prompt_cache"}.get(cfg.prompt_cache, cfg.prompt_cache)
     prompts = read_prompts(cfg.prompts)
-    bank = ConditioningBank(encoded_prompts(teacher, prompts, cache, print if main else (lambda msg: None)))
+    bank = prompt_bank(teacher, prompts, cache, print if main else (lambda msg: None))
     return bank, prompts_sha256(prompts)

@@ -284,6 +284,8 @@ class DistillMethod:
     scores_need_grad: ClassVar[bool] = True
     #: False: the method does not use the fake-score network (the loop skips the DSM phase).
     uses_fake: ClassVar[bool] = True
+    #: False: a method for pixel teachers only, which a text-to-image teacher's prompts cannot condition
+    text_conditioning: ClassVar[bool] = True
 
     config_class: ClassVar[type] = MethodConfig
 
@@ -325,6 +327,11 @@ class DistillMethod:
     def sigma_init(self) -> float:
         """The generator's input noise level (``method.sigma_init``, or the teacher's at ``t_init``)."""
         return self.levels.sigma_init
+
+    @property
+    def sigma_end(self) -> float:
+        """The last re-noise level of the student's multi-step sampler (its record's ``sigma_end``)."""
+        return DEFAULT_SIGMA_END
 
     def bind(self, ctx: MethodContext) -> None:
         """Receive the loop's context (called once, before the first step, when ``needs`` is set)."""

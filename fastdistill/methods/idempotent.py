@@ -74,6 +74,7 @@ class IdempotentMethod:
     ctx: Optional[MethodContext]
     bank: Optional[dict] = None  # {"z", "y", "cond"} teacher ODE pairs, when the method built one
     default_distance: ClassVar[str] = "pseudo_huber"  # what idem_distance="auto" means for this method
+    text_conditioning: ClassVar[bool] = False
 
     def bind(self, ctx: MethodContext) -> None:
         super().bind(ctx)

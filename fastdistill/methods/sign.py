@@ -150,6 +150,10 @@ class SIGN(IdempotentMethod, DistillMethod):
     def scores_need_grad(self) -> bool:  # type: ignore[override]
         return self.cfg.sign_dist == "sid"
 
+    @property
+    def sigma_end(self) -> float:
+        return float(self.cfg.sign_sigma_end)
+
     def term(self, a: torch.Tensor, b: torch.Tensor, bad: Optional[torch.Tensor] = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """``mean_b d(a_b, b_b)`` with the samples that have a NaN or inf in ``a`` or ``b`` (or are flagged in

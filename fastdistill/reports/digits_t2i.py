@@ -39,9 +39,11 @@ import math
 import os
 import shutil
 import time
+import tomllib
 from contextlib import contextmanager
 from concurrent.futures import wait
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -51,7 +53,7 @@ from ..data.digit_prompts import DIGIT_NAMES, HELDOUT_TEMPLATES, TRAIN_TEMPLATES
 from ..engine import ConfigError, Distiller, preset_config
 from ..engine.presets import DIGITS_T2I_GUIDANCE
 from ..engine.evaluator import teacher_nfe
-from ..hashing import weights_hash
+from ..teachers.hashing import weights_hash
 from ..export import export_student
 from ..metrics.digits_classifier import DigitsClassifier, load_digits_classifier
 from ..metrics.quality import DIGITS_N, quality, reference_data
@@ -68,6 +70,8 @@ DEFAULT_STUDENTS = (("sid", DIGITS_T2I_GUIDANCE), ("sim", DIGITS_T2I_GUIDANCE), 
 SWEEP = (("sid", 1.0), ("sid", 1.5), ("sid", 3.0), ("sid", 4.5))
 GUIDANCES = (1.0, 1.5, 3.0, 4.5)
 TEACHER_STEPS = (4, 8, 18)  # Heun; 18 steps = 35 evaluations
+#: what the verdicts check, read from the package's assets/digits_t2i_targets.toml
+TARGETS = tomllib.loads(resources.files("fastdistill").joinpath("assets/digits_t2i_targets.toml").read_text())
 HEADLINE_STEPS = 18
 SPLITS = {"train": TRAIN_TEMPLATES, "heldout": HELDOUT_TEMPLATES}
 REPORT_SEED = 1
@@ -378,44 +382,54 @@ def _teacher_row(rep: T2IReport, guidance: float, steps: int = HEADLINE_STEPS, s
     return next((r for r in rep.teacher_rows if (r["guidance"], r["steps"], r["split"]) == (guidance, steps, split)), None)
 
 
+def _rise_target(tg: dict) -> str:
+    return f"target +{100 * tg['adherence_rise_min']:g} or {tg['adherence_saturated']:.2f}"
+
+
+def _rise_met(rise: float, adherence: float, tg: dict) -> bool:
+    return rise >= tg["adherence_rise_min"] or adherence >= tg["adherence_saturated"]
+
+
 def verdicts(rep: T2IReport) -> list:
-    """The issue's checks, each a sentence with its numbers (met or not)."""
+    """The checks of :data:`TARGETS`, each a sentence with its numbers (met or not)."""
     out, best = [], None
+    tt, tg, ts = TARGETS["teacher"], TARGETS["guidance"], TARGETS["student"]
     head = [r for r in rep.teacher_rows if r["steps"] == HEADLINE_STEPS and r["split"] == "train"]
     if head:
         best = min(head, key=lambda r: r["fid"])  # the best guidance: the teacher's lowest FID (SiD-LSG's sense)
         out.append(f"teacher, 35 evaluations: best guidance {best['guidance']:g} (lowest FID {best['fid']:.3f}; "
-                   f"target <= 0.160, twice the class-conditional teacher's 0.080: "
-                   f"{'met' if best['fid'] <= 0.16 else 'not met'}); adherence there {best['adherence']:.3f} "
-                   f"(target >= 0.90: {'met' if best['adherence'] >= 0.9 else 'not met'})")
+                   f"target <= {tt['fid_max']:.3f}: {'met' if best['fid'] <= tt['fid_max'] else 'not met'}); "
+                   f"adherence there {best['adherence']:.3f} (target >= {tt['adherence_min']:.2f}: "
+                   f"{'met' if best['adherence'] >= tt['adherence_min'] else 'not met'})")
         g1 = _teacher_row(rep, 1.0)
         if g1 is not None:
             rise = best["adherence"] - g1["adherence"]
             out.append(f"teacher guidance 1 -> {best['guidance']:g}: adherence {g1['adherence']:.3f} -> "
-                       f"{best['adherence']:.3f} ({100 * rise:+.1f} points; target +5 or 0.97: "
-                       f"{'met' if rise >= 0.05 or best['adherence'] >= 0.97 else 'not met'})")
+                       f"{best['adherence']:.3f} ({100 * rise:+.1f} points; {_rise_target(tg)}: "
+                       f"{'met' if _rise_met(rise, best['adherence'], tg) else 'not met'})")
     for r in rep.student_rows:
         name = r["label"].split(",")[0]
         t = _teacher_row(rep, r["guidance"])
         if t is None:
             continue
         se = math.sqrt(sum((_se(x, "adherence") or 0.0) ** 2 for x in (r, t)))
-        ok_adh = r["adherence"] >= t["adherence"] - 2 * se
-        ok_fid = r["fid"] <= 2 * t["fid"]
+        k, ratio = ts["adherence_se"], ts["fid_ratio_max"]
+        ok_adh = r["adherence"] >= t["adherence"] - k * se
+        ok_fid = r["fid"] <= ratio * t["fid"]
         gap = abs(r["adherence"] - r["heldout"]["adherence"])
         out.append(f"{name} at guidance {r['guidance']:g}: adherence {r['adherence']:.3f} vs teacher "
-                   f"{t['adherence']:.3f} (-2 SE = {t['adherence'] - 2 * se:.3f}: {'met' if ok_adh else 'not met'}); "
-                   f"FID {r['fid']:.3f} vs 2x teacher {2 * t['fid']:.3f} ({'met' if ok_fid else 'not met'}); "
+                   f"{t['adherence']:.3f} (-{k:g} SE = {t['adherence'] - k * se:.3f}: {'met' if ok_adh else 'not met'}); "
+                   f"FID {r['fid']:.3f} vs {ratio:g}x teacher {ratio * t['fid']:.3f} ({'met' if ok_fid else 'not met'}); "
                    f"held-out templates {r['heldout']['adherence']:.3f} ({100 * gap:.1f} points from training: "
-                   f"{'met' if gap <= 0.10 else 'not met'})"
+                   f"{'met' if gap <= ts['heldout_gap_max'] else 'not met'})"
                    + (f" [stopped by the time budget at step {r['train_steps']}]" if r.get("stopped_early") else ""))
     sid = {r["guidance"]: r for r in rep.student_rows if r["method"] == "sid"}
     if best is not None and best["guidance"] != 1.0 and {1.0, best["guidance"]} <= set(sid):
         lo, hi = sid[1.0], sid[best["guidance"]]
         rise = hi["adherence"] - lo["adherence"]
         out.append(f"SiD-LSG students guidance 1 -> {hi['guidance']:g} (the teacher's best): adherence "
-                   f"{lo['adherence']:.3f} -> {hi['adherence']:.3f} ({100 * rise:+.1f} points; target +5 or 0.97: "
-                   f"{'met' if rise >= 0.05 or hi['adherence'] >= 0.97 else 'not met'}); FID {lo['fid']:.3f} -> "
+                   f"{lo['adherence']:.3f} -> {hi['adherence']:.3f} ({100 * rise:+.1f} points; {_rise_target(tg)}: "
+                   f"{'met' if _rise_met(rise, hi['adherence'], tg) else 'not met'}); FID {lo['fid']:.3f} -> "
                    f"{hi['fid']:.3f}")
     return out
 

@@ -20,10 +20,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..conditioning import Conditioning
-from ..hashing import tensors_sha256, weights_hash
+from ..conditioning import Conditioning, ConditioningBank
+from .hashing import tensors_sha256, weights_hash
 
-__all__ = ["cache_key", "encoded_prompts"]
+__all__ = ["cache_key", "prompt_bank"]
 
 
 def cache_key(teacher, prompts: list) -> str:
@@ -59,10 +59,10 @@ def _read_cache(path: Path, key: str, width: int, n: int) -> Conditioning:
     return cond
 
 
-def encoded_prompts(teacher, prompts: list, cache_dir: Optional[Path],
-                    log: Callable[[str], None] = print) -> Conditioning:
-    """The conditioning of ``prompts``: from ``cache_dir`` when a verified entry for them exists,
-    else encoded (and cached there; a damaged or mismatched entry is said in one line and
+def prompt_bank(teacher, prompts: list, cache_dir: Optional[Path],
+                log: Callable[[str], None] = print) -> ConditioningBank:
+    """The bank of ``prompts``' conditionings: from ``cache_dir`` when a verified entry for them
+    exists, else encoded (and cached there; a damaged or mismatched entry is said in one line and
     replaced); then the teacher's text encoders are released."""
     key = cache_key(teacher, prompts)
     path = None if cache_dir is None else Path(cache_dir) / f"prompts-{key[:24]}.safetensors"
@@ -83,4 +83,4 @@ def encoded_prompts(teacher, prompts: list, cache_dir: Optional[Path],
             save_file(tensors, str(tmp), metadata={"key": key, "sha256": tensors_sha256(tensors)})
             os.replace(tmp, path)
     teacher.release_text_encoders()
-    return cond
+    return ConditioningBank(cond)

@@ -1,5 +1,6 @@
-"""Content hashes of tensors and modules: what a run's identity, the prompt cache and the
-evaluation caches key on (names, shapes, dtypes and bytes, so any change of weights is another hash)."""
+"""Content hashes of networks' weights (a teacher, its text encoders, its VAE) and of tensors: what a run's
+identity, the prompt cache and the evaluation caches key on (names, shapes, dtypes and bytes, so any
+change of weights is another hash)."""
 from __future__ import annotations
 
 import hashlib
