@@ -5,10 +5,11 @@ The folder is the teacher's pipeline with the student's denoising network (``une
 (``lora="merge"``), or the teacher's network untouched plus the adapters in diffusers' LoRA format
 (``lora="adapter"``, loaded with ``pipe.load_lora_weights(folder)``). Its
 ``fastdistill_student.json`` and ``README.md`` say how to generate in one step, or in the K steps
-of a few-step student (docs/algorithms.md sections 9 and 10). One-step Stable Diffusion
-1.x/2.x and SDXL students run with the pipeline's own call in diffusers alone: the export's
-scheduler is a DDPMScheduler, whose one step at ``timesteps=[t_init]`` ends at the sample, and the
-latents are ``sqrt(1 - abar[t_init]) z``; :data:`ONE_STEP_SNIPPET` is that code (the tests run it). Every family,
+of a few-step student (docs/algorithms.md sections 9 and 10). One-step students of every family
+run with the pipeline's own call in diffusers alone: the export's scheduler makes its one step the
+student (a DDPMScheduler whose step at ``timesteps=[t_init]`` ends at the sample, from the latents
+``sqrt(1 - abar[t_init]) z``; for flow teachers an unshifted flow-matching Euler scheduler at
+``sigmas=[t_init]``, from ``t_init z``); :func:`one_step_snippet` is that code (the tests run it). Every family,
 LoRA merged, loads back with ``fastdistill.load_student(folder)`` (so ``fastdistill sample``). The
 folder is written beside its destination and renamed into place, so an interrupted export leaves
 nothing half-written.
@@ -24,28 +25,16 @@ from pathlib import Path
 import torch
 
 from .engine.lora import has_lora
+from .teachers.families import PipelineFamily, family_for
 from .teachers.loading import teacher_location
 from .teachers.traits import traits
 
-__all__ = ["export_student", "ONE_STEP_SNIPPET", "FASTDISTILL_SNIPPET", "LORA_MODES", "STUDENT_FILE"]
+__all__ = ["export_student", "one_step_snippet", "FASTDISTILL_SNIPPET", "LORA_MODES", "STUDENT_FILE"]
 
 #: the file that marks an exported folder and holds its student record
 STUDENT_FILE = "fastdistill_student.json"
 
 LORA_MODES = ("merge", "adapter")
-
-#: one-step generation with an exported Stable Diffusion 1.x/2.x or SDXL folder through the
-#: pipeline's own call, in diffusers alone, run from inside the folder (``prompts``; ``z``: (B, 4,
-#: h, w) standard normal latents); ``images`` in [0, 1], (B, H, W, 3). The export's scheduler is a
-#: DDPMScheduler: its one step at the student's timestep ends at the predicted sample itself.
-ONE_STEP_SNIPPET = '''\
-import json
-from diffusers import DiffusionPipeline
-pipe = DiffusionPipeline.from_pretrained(".")
-student = json.load(open("fastdistill_student.json"))  # t_init and latent_scale = sqrt(1 - alphas_cumprod[t_init])
-images = pipe(prompts, timesteps=[student["t_init"]], guidance_scale=1.0, latents=student["latent_scale"] * z,
-              output_type="np").images
-'''
 
 #: generation (in the student's trained steps) with any exported folder (LoRA merged) through fastdistill; ``images`` in [-1, 1]
 FASTDISTILL_SNIPPET = '''\
@@ -55,19 +44,51 @@ images = student.decode(student.sample(len(prompts), seed=0, cond=prompts))
 '''
 
 
-def _write_one_step_scheduler(folder: Path) -> None:
-    """The export's scheduler: the teacher's schedule as a DDPMScheduler, which takes custom
-    timesteps and whose last step ends at the predicted sample (its variance there is 0), so
-    ``pipe(prompt, timesteps=[t_init], guidance_scale=1, latents=...)`` is the student, whatever
-    scheduler class the teacher's folder shipped (DDIM, PNDM, Euler, DPM-Solver, ...)."""
-    from diffusers import DDPMScheduler
+def one_step_snippet(family: PipelineFamily) -> str:
+    """One-step generation with an exported folder of ``family`` through the pipeline's own call, in
+    diffusers alone, run from inside the folder (``prompts``; ``z``: (B, C, h, w) standard normal
+    latents); ``images`` in [0, 1], (B, H, W, 3). The export's scheduler makes the one step the
+    student (:func:`_write_one_step_scheduler`); the rest of what the call needs is in the folder's
+    student record."""
+    p = family.patch
+    start = 'student["t_init"] * z' if family.flow else 'student["latent_scale"] * z'
+    lines = ["import json", "from diffusers import DiffusionPipeline", 'pipe = DiffusionPipeline.from_pretrained(".")',
+             'student = json.load(open("fastdistill_student.json"))  # t_init and the inputs the student was trained with']
+    if p > 1:
+        lines += [f"B, C, h, w = z.shape  # the pipeline takes its latents as {p} x {p} patch tokens",
+                  f"latents = ({start}).view(B, C, h // {p}, {p}, w // {p}, {p}).permute(0, 2, 4, 1, 3, 5)"
+                  f".reshape(B, h * w // {p * p}, C * {p * p})"]
+        start = "latents"
+    args = ['sigmas=[student["t_init"]]' if family.flow else 'timesteps=[student["t_init"]]',
+            'guidance_scale=student["guidance_scale"]', f"latents={start}"]
+    if family.t5_tokenizer is not None:
+        args.append('max_sequence_length=student["max_sequence_length"]')
+    args += ['height=student["height"]', 'width=student["width"]']
+    args += [f"{k}={v!r}" for k, v in family.one_step_call.items()] + ['output_type="np"']
+    lines.append(f"images = pipe(prompts, {', '.join(args[:3])},\n              {', '.join(args[3:])}).images")
+    return "\n".join(lines) + "\n"
+
+
+def _write_one_step_scheduler(folder: Path, flow: bool) -> None:
+    """The export's scheduler, whatever scheduler class the teacher's folder shipped (DDIM, PNDM, Euler,
+    DPM-Solver, ...; FlowMatchEuler with a shift): for a discrete teacher its schedule as a DDPMScheduler,
+    which takes custom timesteps and whose last step ends at the predicted sample (its variance there is
+    0), so ``timesteps=[t_init]`` is the student; for a flow teacher a FlowMatchEulerDiscreteScheduler
+    without any shift of the sigmas it is given, whose one step from ``t_init`` to 0 along the velocity
+    is the student's ``x_t - t v``."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
     source = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    scheduler = DDPMScheduler.from_config(source, clip_sample=False, thresholding=False)
+    if flow:
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+            source, shift=1.0, use_dynamic_shifting=False, shift_terminal=None, invert_sigmas=False,
+            use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False, stochastic_sampling=False)
+    else:
+        scheduler = DDPMScheduler.from_config(source, clip_sample=False, thresholding=False)
     shutil.rmtree(folder / "scheduler")
     scheduler.save_pretrained(str(folder / "scheduler"))
     index = json.loads((folder / "model_index.json").read_text())
-    index["scheduler"] = ["diffusers", "DDPMScheduler"]
+    index["scheduler"] = ["diffusers", type(scheduler).__name__]
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
@@ -106,7 +127,8 @@ def export_student(student, out, lora: str = "merge") -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(".*"))
-        component = "transformer" if "transformer" in json.loads((source / "model_index.json").read_text()) else "unet"
+        family = family_for(json.loads((source / "model_index.json").read_text()).get("_class_name", ""))
+        component = family.network
         pipe_cls = type(net.parts.pipe)
         adapters = has_lora(net)
         if adapters and lora == "adapter":
@@ -119,7 +141,8 @@ def export_student(student, out, lora: str = "merge") -> Path:
         else:
             shutil.rmtree(tmp / component)
             (_merged_unet(net.unet) if adapters else net.unet).save_pretrained(str(tmp / component))
-        flow = traits(net).flow
+        t = traits(net)
+        flow = t.flow
         sigma, k = student.info.sigma_init, student.info.steps
         sigmas = list(student.info.step_sigmas) or [sigma]
         info = {"sigma_init": sigma, "method": student.info.method, "step": student.info.step,
@@ -136,18 +159,23 @@ def export_student(student, out, lora: str = "merge") -> Path:
                         input="latents = latent_scale * z = sqrt(1 - alphas_cumprod[t_init]) * z, at the single "
                               "timestep t_init",
                         output="the scheduler's pred_original_sample (latents; decode with the VAE)")
+        info.update(guidance_scale=t.embedded_guidance if t.embedded_guidance is not None else 1.0,
+                    height=t.resolution, width=t.resolution)
+        if family.t5_tokenizer is not None:
+            info["max_sequence_length"] = t.text_length
         if k > 1:
             info["steps"] = ("each step after the first re-noises the previous step's sample x0 to its own timestep t "
                              "(diffusers' scheduler.add_noise(x0, fresh standard normal noise, t); flow: (1 - t) x0 + "
                              "t noise) and reads the sample as the first step does")
         (tmp / STUDENT_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        diffusers_alone = component == "unet" and k == 1
-        if diffusers_alone:
-            _write_one_step_scheduler(tmp)
-        how = (f"With the pipeline's own call, in diffusers alone, from inside this folder (`prompts` and `z`, "
-               f"standard normal latents, are yours; its DDPMScheduler takes the one step at t_init and ends at the "
-               f"sample):\n\n```python\n{ONE_STEP_SNIPPET}```\n" if diffusers_alone else
-               f"The network input and output are in {STUDENT_FILE}.\n")
+        if k == 1:
+            _write_one_step_scheduler(tmp, flow)
+            how = (f"With the pipeline's own call, in diffusers alone, from inside this folder (`prompts` and `z`, "
+                   f"standard normal latents of shape (B, {', '.join(str(d) for d in student.info.data_shape)}), are "
+                   f"yours; its scheduler takes the one step at t_init and ends at the sample):\n\n"
+                   f"```python\n{one_step_snippet(family)}```\n")
+        else:
+            how = f"The network input and output are in {STUDENT_FILE}.\n"
         if info["lora"] != "adapter":
             how += f"\nWith fastdistill, from inside this folder:\n\n```python\nfolder = \".\"\n{FASTDISTILL_SNIPPET}```\n"
         else:

@@ -8,14 +8,14 @@ import errno
 import os
 import re
 
-import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from tests.tiny_pipelines import PROMPTS, make_sd_pipeline, make_sdxl_pipeline, open_pipeline, write_prompt_file  # noqa: E402
+from tests.tiny_pipelines import (PROMPTS, make_sd_pipeline, make_sdxl_pipeline, open_pipeline, run_export_snippet,  # noqa: E402
+                                  write_prompt_file)
 
 from fastdistill.conditioning import Conditioning  # noqa: E402
 from fastdistill.engine import DistillConfig  # noqa: E402
@@ -449,46 +449,8 @@ def test_the_export_runs_with_the_pipelines_own_call_whatever_scheduler_the_teac
     assert main(["export", str(run), str(tmp_path / "exported")]) == 0
     student, prompts = load_student(run), ["a cat", "a dog"]
     (z,), _ = draw(2, student.info.data_shape, 4)
-    torch.testing.assert_close(run_one_step_snippet(tmp_path / "exported", prompts, z, tmp_path),
+    torch.testing.assert_close(run_export_snippet(tmp_path / "exported", prompts, z, tmp_path),
                                student.sample(2, seed=4, cond=prompts), rtol=1e-4, atol=1e-5)
-
-
-#: runs the export's one-step snippet from inside the folder in a process without fastdistill
-#: (argv: z.pt, prompts.json, images.npy, "adapter" to load the LoRA adapters first)
-_SNIPPET_RUNNER = """
-import json, sys
-import numpy as np, torch
-z, prompts = torch.load(sys.argv[1]), json.load(open(sys.argv[2]))
-CODE
-np.save(sys.argv[3], images)
-assert "fastdistill" not in sys.modules
-"""
-
-
-def run_one_step_snippet(folder, prompts, z, tmp_path, adapter=False, scale_latents=True, latents=True):
-    """What the export's README snippet makes, run as a user would, inside ``folder``: with
-    ``latents`` the sample before the VAE (``output_type="latent"``: a tiny random VAE hardly
-    depends on its input), else the images."""
-    import json
-    import subprocess
-    import sys
-
-    from fastdistill.export import ONE_STEP_SNIPPET
-
-    code = ONE_STEP_SNIPPET
-    if adapter:
-        code = code.replace('from_pretrained(".")\n', 'from_pretrained(".")\npipe.load_lora_weights(".")\n')
-    if not scale_latents:
-        code = code.replace('latents=student["latent_scale"] * z', "latents=z")
-    if latents:
-        code = code.replace('output_type="np"', 'output_type="latent"')
-    torch.save(z, tmp_path / "z.pt")
-    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
-    proc = subprocess.run([sys.executable, "-c", _SNIPPET_RUNNER.replace("CODE", code), str(tmp_path / "z.pt"),
-                           str(tmp_path / "prompts.json"), str(tmp_path / "images.npy")],
-                          cwd=folder, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.from_numpy(np.load(tmp_path / "images.npy"))
 
 
 def _student_images(student, prompts, seed):
@@ -519,11 +481,11 @@ def test_export_round_trip(tmp_path, sd_eps_folder, sdxl_folder, prompt_file, ki
     want = student.sample(2, seed=3, cond=prompts)
     (z,), _ = draw(2, student.info.data_shape, 3)
     adapter = mode == "adapter"
-    torch.testing.assert_close(run_one_step_snippet(out, prompts, z, tmp_path, adapter=adapter), want,
+    torch.testing.assert_close(run_export_snippet(out, prompts, z, tmp_path, adapter=adapter), want,
                                rtol=1e-4, atol=1e-5)
-    unscaled = run_one_step_snippet(out, prompts, z, tmp_path, adapter=adapter, scale_latents=False)
+    unscaled = run_export_snippet(out, prompts, z, tmp_path, adapter=adapter, scale_latents=False)
     assert (unscaled - want).abs().max() > 1e-3  # the comparison can fail: the latents' scale shows
-    images = run_one_step_snippet(out, prompts, z, tmp_path, adapter=adapter, latents=False)
+    images = run_export_snippet(out, prompts, z, tmp_path, adapter=adapter, latents=False)
     torch.testing.assert_close(images, _student_images(student, prompts, seed=3), rtol=1e-4, atol=1e-4)
     if mode == "merge":  # fastdistill loads the folder back as the same student
         torch.testing.assert_close(load_student(out).sample(2, seed=3, cond=prompts), student.sample(2, seed=3, cond=prompts),

@@ -30,6 +30,7 @@ __all__ = [
     "PROMPTS",
     "write_prompt_file",
     "open_pipeline",
+    "run_export_snippet",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -356,3 +357,52 @@ def make_flux_pipeline(folder: PathLike, guidance_embeds: bool = True, seed: int
     )
     pipe.save_pretrained(folder)
     return folder
+
+
+#: runs an export's one-step snippet from inside the folder in a process without fastdistill
+#: (argv: z.pt, prompts.json, images.npy)
+_SNIPPET_RUNNER = """
+import json, sys
+import numpy as np, torch
+z, prompts = torch.load(sys.argv[1]), json.load(open(sys.argv[2]))
+CODE
+np.save(sys.argv[3], images)
+assert "fastdistill" not in sys.modules
+"""
+
+
+def run_export_snippet(folder: PathLike, prompts: list, z: torch.Tensor, tmp_path: PathLike, adapter: bool = False,
+                       scale_latents: bool = True, latents: bool = True) -> torch.Tensor:
+    """What the one-step snippet of an exported folder's README.md makes, run as a user would, inside
+    ``folder``: with ``latents`` the sample before the VAE (``output_type="latent"``: a tiny random VAE
+    hardly depends on its input; unpacked from patch tokens where the pipeline packs them), else the
+    images. ``adapter``: the LoRA adapters loaded first; ``scale_latents=False``: ``z`` as the
+    latents, unscaled (a wrong input, to show the comparison can fail)."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    readme = (Path(folder) / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    if adapter:
+        code = code.replace('from_pretrained(".")\n', 'from_pretrained(".")\npipe.load_lora_weights(".")\n')
+    if not scale_latents:
+        code = re.sub(r'\(?student\["(latent_scale|t_init)"\] \* z\)?', "z", code, count=1)
+    if latents:
+        code = code.replace('output_type="np"', 'output_type="latent"')
+    tmp_path = Path(tmp_path)
+    torch.save(z, tmp_path / "z.pt")
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    proc = subprocess.run([sys.executable, "-c", _SNIPPET_RUNNER.replace("CODE", code), str(tmp_path / "z.pt"),
+                           str(tmp_path / "prompts.json"), str(tmp_path / "images.npy")],
+                          cwd=folder, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = torch.from_numpy(np.load(tmp_path / "images.npy"))
+    if latents and out.ndim == 3:  # patch tokens (B, h w / p^2, C p^2) back to (B, C, h, w)
+        B, C, h, w = z.shape
+        p = int(round((out.shape[-1] / C) ** 0.5))
+        out = out.view(B, h // p, w // p, C, p, p).permute(0, 3, 1, 4, 2, 5).reshape(B, C, h, w)
+    return out

@@ -36,6 +36,8 @@ class TeacherTraits:
     text: bool
     #: the width of the text embeddings the network reads (text teachers), else None
     text_width: Optional[int]
+    #: the prompt length in tokens a T5-reading pipeline teacher encodes to (its call's max_sequence_length), else None
+    text_length: Optional[int]
     #: decode(latents) -> images in [-1, 1]
     decodes: bool
     #: the pixel resolution of the decoded images (pipeline teachers), else None
@@ -73,11 +75,13 @@ def traits(teacher) -> TeacherTraits:
     guidance = getattr(teacher, "embedded_guidance", None)
     network = getattr(teacher, "unet", None)
     resolution = getattr(teacher, "resolution", None)
+    length = getattr(teacher, "max_sequence_length", None)
     round_sigma = getattr(teacher, "round_sigma", None)
     return TeacherTraits(
         data_shape=data_shape_of(teacher), sigma_data=float(getattr(teacher, "sigma_data", 0.5)),
         label_dim=int(getattr(teacher, "label_dim", 0) or 0), text=hasattr(teacher, "encode_prompt"),
         text_width=int(teacher.cond_dim) if getattr(teacher, "cond_dim", None) is not None else None,
+        text_length=int(length) if length is not None else None,
         decodes=hasattr(teacher, "decode"), resolution=int(resolution) if resolution is not None else None,
         latent=bool(getattr(teacher, "latent", False)), flow=flow,
         timestep_sigmas=sigmas if torch.is_tensor(sigmas) and sigmas.ndim == 1 else None,

@@ -46,6 +46,9 @@ class PipelineFamily:
     t5_tokenizer: Optional[str] = None
     #: latent patches packed into one token (Flux: 2 x 2); the latent side must be a multiple
     patch: int = 1
+    #: keyword arguments of the pipeline's call that an export's one-step snippet passes besides the
+    #: student's inputs (what keeps the call from changing them, e.g. PixArt's resolution binning)
+    one_step_call: dict = {}
 
     def __deepcopy__(self, memo):  # stateless: every copy of a teacher shares its family
         return self

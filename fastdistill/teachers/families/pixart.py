@@ -24,6 +24,8 @@ class PixArtAlpha(PipelineFamily):
     pipeline = "PixArtAlphaPipeline"
     network = "transformer"
     t5_tokenizer = "tokenizer"
+    # the call would generate at the nearest size of its aspect-ratio table and resize to the one asked for
+    one_step_call = {"use_resolution_binning": False}
 
     def cond_dim(self, network) -> int:
         return int(network.config.caption_channels)
