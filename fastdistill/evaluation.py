@@ -141,12 +141,12 @@ def score_models(models: Sequence[Model], loaded: dict, samples: Callable, measu
         x, sec = samples(m, obj)
         if m.kind == "teacher":
             nfe = teacher_nfe(m.steps, m.solver)
-            guided = m.guidance != 1
+            guided, text = m.guidance != 1, traits(obj).text
             label = m.label or (f"teacher {m.solver.capitalize()} {m.steps} step{'s' if m.steps > 1 else ''}"
-                                + (f", guidance {m.guidance:g}" if guided or traits(obj).text else ""))
+                                + (f", guidance {m.guidance:g}" if guided or text else ""))
             row = EvalRow("teacher", str(m.spec) if isinstance(m.spec, (str, os.PathLike)) else type(obj).__name__,
                           label, m.steps, nfe, nfe * (2 if guided else 1), 1000.0 * sec, measure(x),
-                          solver=m.solver, guidance=m.guidance if traits(obj).text else None)
+                          solver=m.solver, guidance=m.guidance if text else None)
         else:
             k = obj.info.steps if m.steps is None else m.steps
             row = EvalRow("student", str(m.spec), m.label or f"student {obj.info.method} {k} step{'s' if k > 1 else ''}",

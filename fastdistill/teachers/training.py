@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .toolkit import edm_loss, ema_beta, ema_update, lr_factor, sanitize_gradients
+from .traits import data_shape_of
 
 __all__ = ["edm_loss", "train_teacher", "TrainResult"]
 
@@ -105,10 +106,8 @@ def train_teacher(
         if source.label_dim != label_dim:
             raise ValueError(f"the network is conditional with label_dim {label_dim} but the data have "
                              f"label_dim {source.label_dim}")
-    shape = getattr(net, "data_shape", None)
-    if shape is None:
-        shape = (net.img_channels, net.img_resolution, net.img_resolution)
-    if tuple(shape) != tuple(source.data_shape):
+    shape = data_shape_of(net)
+    if shape != tuple(source.data_shape):
         raise ValueError(f"data samples have shape {tuple(source.data_shape)} but the network expects {tuple(shape)}")
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:
