@@ -10,11 +10,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -27,10 +28,19 @@ from ..teachers import MLPDenoiser, load_teacher
 from ..teachers.loading import ANALYTIC_PREFIX
 
 
-def build_teacher(cfg, teacher=None):
+def build_teacher(cfg, teacher, device: torch.device):
+    """The run's frozen teacher on ``device``: ``teacher`` when one is given, else the configured one."""
+    if teacher is None:
+        teacher = _configured_teacher(cfg)
+    if isinstance(teacher, torch.nn.Module):
+        teacher = teacher.to(device).eval().requires_grad_(False)
+        if cfg.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
+def _configured_teacher(cfg):
     t = cfg.teacher
-    if teacher is not None:
-        return teacher
     if t.kind == "network":
         raise ValueError("teacher.kind=network needs a Denoiser object passed to run_distillation(config, teacher=...)")
     if t.kind == "analytic":
@@ -47,6 +57,20 @@ def build_teacher(cfg, teacher=None):
 #: what the measurements say of compile=true on CPU (the run's log and `fastdistill doctor` say it)
 COMPILE_ON_CPU = ("compile=true on CPU: in the measurements of docs/performance.md compiled training ran slower "
                   "than eager on CPU (and compiling takes minutes at U-Net size); compile is meant for CUDA")
+
+
+def autocast_for(cfg, device: torch.device, say: Callable[[str], None]) -> Callable:
+    """The autocast context of ``precision`` on ``device`` (a no-op for fp32); says where bf16 would
+    be emulated and where compiling is known to be slower."""
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    if cfg.precision == "bf16" and not bf16_is_fast(device):
+        say(f"fastdistill: precision=bf16 on {device}, which has no native bf16 (emulated, usually slower than "
+            f"fp32): precision=fp32 is likely faster here")
+    if cfg.compile and device.type == "cpu":
+        say(f"fastdistill: {COMPILE_ON_CPU}")
+    if amp_dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=amp_dtype)
 
 
 def bf16_is_fast(device) -> bool:

@@ -1,4 +1,5 @@
-"""torch.distributed helpers: set-up under torchrun, rank queries, DDP / FSDP2 wrapping.
+"""torch.distributed helpers: set-up under torchrun, rank queries, collectives (the DDP / FSDP2
+wrapping of networks is :mod:`.parallel`'s).
 
 A run is distributed when ``WORLD_SIZE > 1`` (torchrun sets it) or a process group is already
 initialised. NCCL on GPU, gloo on CPU. Rank 0 alone writes files; every rank keeps its own RNG
@@ -6,12 +7,10 @@ states (gathered into the checkpoint).
 """
 from __future__ import annotations
 
-import copy
 import datetime
 import gc
 import os
 import socket
-from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -86,73 +85,14 @@ def local_device(requested: str) -> torch.device:
     return dev
 
 
-def wrap_ddp(module: torch.nn.Module, device: torch.device):
-    if not is_dist():
-        return module
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    ids = [device.index] if device.type == "cuda" else None
-    return DDP(module, device_ids=ids, broadcast_buffers=False)
 
 
-def shard(module: torch.nn.Module, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """FSDP2 (``fully_shard``) in place: each rank keeps 1/world of every parameter (a DTensor),
-    all-gathered around each forward and backward; gradients are reduce-scattered.
-
-    Groups: the big leaf blocks (>= 2**16 elements) each, then the root for the rest. With
-    ``param_dtype`` (a frozen bf16 teacher) the parameters are stored, gathered and computed in
-    that dtype and every leaf with parameters is its own group, so each casts its own inputs
-    (``MixedPrecisionPolicy``); outputs come back in fp32. Without it parameters, gathers and the
-    gradient reduce-scatter (``ReduceOp.AVG``, which gloo has on CPU: scripts/check_gloo_collectives.py)
-    stay in the parameters' dtype: fp32 masters for the trained networks.
-    """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    mp = MixedPrecisionPolicy() if param_dtype is None else MixedPrecisionPolicy(param_dtype=param_dtype,
-                                                                                  output_dtype=torch.float32)
-    leaves = [m for m in module.modules() if m is not module and len(list(m.children())) == 0
-              and any(True for _ in m.parameters(recurse=False))]
-    if param_dtype is not None:
-        for p in module.parameters():
-            p.data = p.data.to(param_dtype)
-    for m in leaves:
-        if param_dtype is not None or sum(p.numel() for p in m.parameters()) >= 1 << 16:
-            fully_shard(m, mp_policy=mp)
-    fully_shard(module, mp_policy=mp)
-    return module
 
 
-def reshard(module: torch.nn.Module) -> None:
-    """Free the gathered parameters of every FSDP2 unit of ``module`` (no communication). FSDP2
-    keeps a root unit gathered after a forward without backward; until resharded, the module's
-    parameters are those gathered copies, not the sharded ones that ``requires_grad_`` must
-    switch and the optimiser and EMA update."""
-    from torch.distributed.fsdp import FSDPModule
-
-    for m in module.modules():
-        if isinstance(m, FSDPModule):
-            m.reshard()
 
 
-def skeleton(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``module`` with its parameters on the meta device (no memory), buffers kept: the
-    frame :func:`gather_whole` fills with a sharded module's full weights."""
-    memo = {id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
-            for p in module.parameters()}
-    return copy.deepcopy(module, memo)
 
 
-def gather_whole(module: torch.nn.Module, frame: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
-    """The full weights of a sharded ``module`` in a copy of its :func:`skeleton` ``frame`` on
-    ``device``, on rank 0 (None on the others). Collective: every rank must call it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if not is_main():
-        return None
-    whole = copy.deepcopy(frame)
-    whole.load_state_dict(full, assign=True)
-    return whole.to(device)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -162,11 +102,6 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def no_sync(module, active: bool):
-    """DDP's no_sync (skip the gradient all-reduce) for all but the last micro-batch."""
-    if active and hasattr(module, "no_sync"):
-        return module.no_sync()
-    return nullcontext()
 
 
 def all_gather_object(obj) -> list:

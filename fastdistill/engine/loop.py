@@ -11,7 +11,6 @@ networks (:mod:`.build`, :func:`parallelize`), the updates (:mod:`.updates`), ch
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import time
@@ -23,10 +22,11 @@ import numpy as np
 import torch
 
 from ..methods import ConfigError, MethodContext, get_method, noise_levels
-from ..teachers.traits import traits
+from ..teachers.prompt_cache import prompt_bank
 from . import checkpoint as ckpt
 from . import distributed as D
-from .build import COMPILE_ON_CPU, bf16_is_fast, build_data, build_students, build_teacher
+from ..teachers.traits import traits
+from .build import autocast_for, bf16_is_fast, build_data, build_students, build_teacher
 from .config import DistillConfig, preset_config
 from .ema import EMA, ema_beta
 from .evaluator import LoopEvaluator, Quality, plot_run_curve
@@ -36,7 +36,7 @@ from .monitor import NVTX, MetricsLogger, progress_bar
 from .outputs import StudentOutputs
 from .parallel import parallelize
 from .process import RESUME_HINT, RunFolder, RunProcess, Stop
-from .prompts import training_conditions
+from .prompts import prompt_cache_dir, prompts_sha256, training_prompts
 from .run_checkpoints import RunCheckpoints, Trained
 from .run_state import RunState, StudentInfo
 from .throughput import StepRate, dense_yardstick
@@ -79,18 +79,17 @@ class Distiller:
             self.checkpoints = RunCheckpoints(self.out_dir, cfg.keep_last, sharded=cfg.distributed.strategy == "fsdp",
                                               main=self.main, rank=self.rank, world=self.world)
             self.resume_path = self.checkpoints.find(cfg.resume)
+            resumed = self.checkpoints.read(self.resume_path) if self.resume_path is not None else None
             self._seed_global_rngs()
-            self._build_networks(teacher, init_network)
-            self._build_method()
-            self._build_training()
-            self._announce()
             self.step = self.images_seen = self.nan_steps = self.consecutive_nan = 0
             self.stop = Stop()
             self.history: list[dict] = []
             self.initial_quality: Optional[float] = None
             self.config_changes: list[dict] = []
-            if self.resume_path is not None:
-                self.load(self.resume_path)
+            self._build(teacher, init_network, resumed)
+            self._announce()
+            if resumed is not None:
+                self._restore(*resumed)
         except BaseException:
             self.release()
             self.folder.remove_if_empty()
@@ -103,57 +102,45 @@ class Distiller:
         np.random.seed(seed % 2**32)
         random.seed(seed)
 
-    def _build_networks(self, teacher, init_network) -> None:
-        """The frozen teacher and its training prompts, then the generator, fake network and EMA copy."""
-        cfg = self.cfg
-        self.teacher = build_teacher(cfg, teacher)
-        if isinstance(self.teacher, torch.nn.Module):
-            self.teacher = self.teacher.to(self.device).eval().requires_grad_(False)
-            if cfg.channels_last:
-                self.teacher.to(memory_format=torch.channels_last)
-        self.traits = traits(self.teacher)
-        self.conditions, self.prompts_sha256 = training_conditions(cfg, self.teacher, self.traits, self.out_dir,
-                                                                       self.main)
-        self.shape, self.label_dim, self.sigma_data = self.traits.data_shape, self.traits.label_dim, self.traits.sigma_data
-        students = build_students(cfg, self.teacher, self.traits, init_network, self.device, fit=self.resume_path is None,
+    def _build(self, teacher, init_network, resumed) -> None:
+        """In this order: the frozen teacher and its prompt bank, the method, the generator, fake
+        network and EMA copy, the run's identity (checked against ``resumed``), how the networks are
+        called (:func:`parallelize`), the updates, the method's context and the student's outputs."""
+        cfg, say = self.cfg, ((lambda msg: print(msg, flush=True)) if self.main else (lambda msg: None))
+        prompts = training_prompts(cfg)  # read and checked before a teacher is loaded
+        autocast = autocast_for(cfg, self.device, say)
+        self.teacher = build_teacher(cfg, teacher, self.device)
+        self.traits = t = traits(self.teacher)
+        if bool(prompts) != t.text:
+            raise ConfigError(f"prompts={cfg.prompts} given, but the teacher is not a text-to-image pipeline" if prompts
+                              else "a text-to-image teacher needs training prompts: prompts=FILE (one prompt a line, "
+                                   "or CSV / JSONL with a prompt column)")
+        self.conditions = prompt_bank(self.teacher, prompts, prompt_cache_dir(cfg, self.out_dir), say) if prompts else None
+        self.shape, self.label_dim, self.sigma_data = t.data_shape, t.label_dim, t.sigma_data
+        self.method = get_method(cfg.method.name, cfg.method, backend=cfg.method.backend, sigma_data=t.sigma_data,
+                                 autocast=autocast, levels=noise_levels(cfg.method, t), conditions=self.conditions)
+        data = build_data(cfg, self.teacher, t) if "data" in self.method.needs else None
+        students = build_students(cfg, self.teacher, t, init_network, self.device, fit=resumed is None,
                                   progress=cfg.progress and self.main)
-        self.G, self.fake, self._ema_net = students.generator, students.fake, students.ema
+        self.G, self.fake = students.generator, students.fake
         self.init, self.arch, self.arch_config = students.init, students.arch, students.arch_config
         self.identity = run_identity(cfg, self.teacher, architecture_of(self.G, self.arch_config or self.arch),
-                                     self.prompts_sha256)
-
-    def _build_method(self) -> None:
-        cfg, dev_type = self.cfg, self.device.type
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-        if cfg.precision == "bf16" and self.main and not bf16_is_fast(self.device):
-            print(f"fastdistill: precision=bf16 on {self.device}, which has no native bf16 (emulated, usually "
-                  f"slower than fp32): precision=fp32 is likely faster here", flush=True)
-        if cfg.compile and dev_type == "cpu" and self.main:
-            print(f"fastdistill: {COMPILE_ON_CPU}", flush=True)
-        autocast = (lambda: torch.autocast(dev_type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-        self.method = get_method(cfg.method.name, cfg.method, backend=cfg.method.backend, sigma_data=self.sigma_data,
-                                 autocast=autocast, levels=noise_levels(cfg.method, self.traits),
-                                 conditions=self.conditions)
-
-    def _build_training(self) -> None:
-        """How the networks are called (:func:`parallelize`), what is trained, the EMA, the updates,
-        the method's context and the student's outputs."""
-        cfg = self.cfg
-        self.par = parallelize(self.G, self.fake, self._ema_net, self.teacher, self.traits, cfg, self.device)
+                                     prompts_sha256(prompts) if prompts else None)
+        if resumed is not None:
+            self.config_changes = check_resume(self.resume_path, resumed[1], cfg, self.identity, self.main)
+        self.par = parallelize(self.G, self.fake, students.ema, self.teacher, t, cfg, self.device)
         self.trainable = {"generator": trainable_parameters(self.G), "fake": trainable_parameters(self.fake)}
-        self.ema = EMA(self.G, self._ema_net, self.trainable["generator"])
-        del self._ema_net
+        self.ema = EMA(self.G, students.ema, self.trainable["generator"])
         self.nvtx = NVTX(cfg.nvtx)
         self.updates = Updates(cfg, self.method, self.par, {"generator": self.G, "fake": self.fake}, self.trainable,
                                self.shape, self.label_dim, self.process, self.nvtx)
         if self.method.needs:  # the methods that declare ``needs`` get their context (data, EMA, the raw generator)
             self.method.bind(MethodContext(
-                teacher=self.par.t_call, net=self.G, ema=self.ema.module,
-                data=build_data(cfg, self.teacher, self.traits) if "data" in self.method.needs else None,
+                teacher=self.par.t_call, net=self.G, ema=self.ema.module, data=data,
                 data_generator=self.updates.data_gen, shape=tuple(self.shape), label_dim=self.label_dim,
                 device=self.device, seed=cfg.seed, progress=cfg.progress and self.main))
-        evaluator = LoopEvaluator.for_run(cfg, self.teacher, self.traits) if self.main else None
-        self.outputs = StudentOutputs(cfg, self.method, self.teacher, self.traits, self.conditions, evaluator,
+        evaluator = LoopEvaluator.for_run(cfg, self.teacher, t) if self.main else None
+        self.outputs = StudentOutputs(cfg, self.method, self.teacher, t, self.conditions, evaluator,
                                       self.ema.module, self.arch_config, self.device, self.out_dir)
 
     @property
@@ -222,9 +209,9 @@ class Distiller:
         """What the trained student is now (``fastdistill.student``; checkpoints and exports carry it)."""
         return self.outputs.info(self.step)
 
-    def load(self, path: Path) -> None:
-        tensors, state = self.checkpoints.read(path)
-        self.config_changes = check_resume(path, state, self.cfg, self.identity, self.main)
+    def _restore(self, tensors: dict, state: RunState) -> None:
+        """Continue the run from its checkpoint (read and checked by :meth:`_build`)."""
+        path = self.resume_path
         self.checkpoints.restore(path, tensors, state, self.trained, self.updates.generators)
         self.step, self.images_seen = state.step, int(state.images_seen)
         self.nan_steps, self.consecutive_nan = int(state.nan_steps), int(state.consecutive_nan)

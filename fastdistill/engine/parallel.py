@@ -11,6 +11,8 @@ gradient sync to skip during accumulation, when to re-shard, how to get the whol
 """
 from __future__ import annotations
 
+import copy
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -57,18 +59,18 @@ class Parallel:
 
     def no_sync(self, phase: str, skip: bool):
         """Skip the gradient all-reduce of ``phase``'s network for an accumulation micro-batch."""
-        return D.no_sync(self.synced[phase], skip)
+        return _no_sync(self.synced[phase], skip)
 
     def reshard(self) -> None:
         """Every sharded network back to its shards, so that trainable flags, optimiser, EMA and
         state dicts act on them (a no-op without sharding)."""
         for net in self.sharded:
-            D.reshard(net)
+            _reshard(net)
 
     def whole(self, ema: torch.nn.Module) -> Optional[torch.nn.Module]:
         """The EMA generator as one plain module for rank 0's samples, pictures and export: gathered
         from its shards when sharded (collective: every rank calls it; None on the others)."""
-        return D.gather_whole(ema, self.frame, self.device) if self.frame is not None else ema
+        return _gather_whole(ema, self.frame, self.device) if self.frame is not None else ema
 
 
 def teacher_precision(cfg, teacher: TeacherTraits, device: torch.device) -> Optional[torch.dtype]:
@@ -108,15 +110,15 @@ def parallelize(generator: torch.nn.Module, fake: torch.nn.Module, ema: torch.nn
     if distributed:
         _same_start((generator, fake, ema))
     if fsdp:  # fp32 masters, gradients reduce-scattered; a parameter-free frame for gathering the EMA
-        frame = D.skeleton(generator)
+        frame = _skeleton(generator)
         for net in (generator, fake, ema):
-            D.shard(net)
+            _shard(net)
         g_sync, f_sync = generator, fake
         sharded = (generator, fake) + ((teacher,) if isinstance(teacher, torch.nn.Module) else ())
     else:
-        g_sync, f_sync = D.wrap_ddp(generator, device), D.wrap_ddp(fake, device)
+        g_sync, f_sync = _wrap_ddp(generator, device), _wrap_ddp(fake, device)
     if distributed and (cfg.distributed.fsdp_teacher or fsdp) and isinstance(teacher, torch.nn.Module):
-        D.shard(teacher_network if teacher_network is not None else teacher, teacher_param_dtype)  # in place
+        _shard(teacher_network if teacher_network is not None else teacher, teacher_param_dtype)  # in place
 
     # diffusers networks checkpoint block by block (their own implementation), all three networks,
     # since SiD's and SIM's gradients pass through the teacher too; other networks as a whole call
@@ -139,3 +141,75 @@ def parallelize(generator: torch.nn.Module, fake: torch.nn.Module, ema: torch.nn
                     f_train=f_train, f_frozen=prep(fake) if replicated else f_train,
                     t_call=prep(teacher) if isinstance(teacher, torch.nn.Module) else teacher,
                     synced={"generator": g_sync, "fake": f_sync}, sharded=sharded, frame=frame, device=device)
+
+
+# -- the wrappers --------------------------------------------------------------------------------
+def _wrap_ddp(module: torch.nn.Module, device: torch.device):
+    if not D.is_dist():
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(module, device_ids=ids, broadcast_buffers=False)
+
+def _shard(module: torch.nn.Module, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """FSDP2 (``fully_shard``) in place: each rank keeps 1/world of every parameter (a DTensor),
+    all-gathered around each forward and backward; gradients are reduce-scattered.
+
+    Groups: the big leaf blocks (>= 2**16 elements) each, then the root for the rest. With
+    ``param_dtype`` (a frozen bf16 teacher) the parameters are stored, gathered and computed in
+    that dtype and every leaf with parameters is its own group, so each casts its own inputs
+    (``MixedPrecisionPolicy``); outputs come back in fp32. Without it parameters, gathers and the
+    gradient reduce-scatter (``ReduceOp.AVG``, which gloo has on CPU: scripts/check_gloo_collectives.py)
+    stay in the parameters' dtype: fp32 masters for the trained networks.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy() if param_dtype is None else MixedPrecisionPolicy(param_dtype=param_dtype,
+                                                                                  output_dtype=torch.float32)
+    leaves = [m for m in module.modules() if m is not module and len(list(m.children())) == 0
+              and any(True for _ in m.parameters(recurse=False))]
+    if param_dtype is not None:
+        for p in module.parameters():
+            p.data = p.data.to(param_dtype)
+    for m in leaves:
+        if param_dtype is not None or sum(p.numel() for p in m.parameters()) >= 1 << 16:
+            fully_shard(m, mp_policy=mp)
+    fully_shard(module, mp_policy=mp)
+    return module
+
+def _reshard(module: torch.nn.Module) -> None:
+    """Free the gathered parameters of every FSDP2 unit of ``module`` (no communication). FSDP2
+    keeps a root unit gathered after a forward without backward; until resharded, the module's
+    parameters are those gathered copies, not the sharded ones that ``requires_grad_`` must
+    switch and the optimiser and EMA update."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+def _skeleton(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` with its parameters on the meta device (no memory), buffers kept: the
+    frame :func:`_gather_whole` fills with a sharded module's full weights."""
+    memo = {id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for p in module.parameters()}
+    return copy.deepcopy(module, memo)
+
+def _gather_whole(module: torch.nn.Module, frame: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
+    """The full weights of a sharded ``module`` in a copy of its :func:`_skeleton` ``frame`` on
+    ``device``, on rank 0 (None on the others). Collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not D.is_main():
+        return None
+    whole = copy.deepcopy(frame)
+    whole.load_state_dict(full, assign=True)
+    return whole.to(device)
+
+def _no_sync(module, active: bool):
+    """DDP's no_sync (skip the gradient all-reduce) for all but the last micro-batch."""
+    if active and hasattr(module, "no_sync"):
+        return module.no_sync()
+    return nullcontext()

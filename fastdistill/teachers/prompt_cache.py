@@ -37,8 +37,8 @@ def cache_key(teacher, prompts: list) -> str:
     return h.hexdigest()
 
 
-def _read_cache(path: Path, key: str, width: int, n: int) -> Conditioning:
-    """The cached conditioning, or ValueError saying what is wrong with the file."""
+def _read_cache(path: Path, key: str, n: int) -> Conditioning:
+    """The cached conditioning of ``n`` prompts, or ValueError saying what is wrong with the file."""
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
@@ -52,8 +52,6 @@ def _read_cache(path: Path, key: str, width: int, n: int) -> Conditioning:
     cond = Conditioning.from_tensors(tensors)
     if cond.batch_size != n:
         raise ValueError(f"holding {cond.batch_size} prompt embeddings, not {n}")
-    if cond.embeds is not None and cond.embeds.shape[-1] != width:
-        raise ValueError(f"holding embeddings of width {cond.embeds.shape[-1]}; this teacher reads {width}")
     if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
         raise ValueError("holding non-finite values")
     return cond
@@ -69,7 +67,11 @@ def prompt_bank(teacher, prompts: list, cache_dir: Optional[Path],
     cond = None
     if path is not None and path.is_file():
         try:
-            cond = _read_cache(path, key, int(teacher.cond_dim), len(prompts))
+            cached = _read_cache(path, key, len(prompts))
+            if cached.embeds is not None and cached.embeds.shape[-1] != int(teacher.cond_dim):
+                raise ValueError(f"holding embeddings of width {cached.embeds.shape[-1]}; this teacher reads "
+                                 f"{int(teacher.cond_dim)}")
+            cond = cached
             log(f"fastdistill: {len(prompts)} prompt embeddings from the cache {path}")
         except ValueError as exc:
             log(f"fastdistill: the prompt cache {path} is {exc}; encoding the prompts again")
