@@ -142,19 +142,22 @@ def export_student(student, out, lora: str = "merge") -> Path:
             shutil.rmtree(tmp / component)
             (_merged_unet(net.unet) if adapters else net.unet).save_pretrained(str(tmp / component))
         t = traits(net)
-        flow = t.flow
+        schedule = t.schedule
+        flow = schedule.kind == "flow"
         sigma, k = student.info.sigma_init, student.info.steps
         sigmas = list(student.info.step_sigmas) or [sigma]
         info = {"sigma_init": sigma, "method": student.info.method, "step": student.info.step,
                 "lora": ("adapter" if lora == "adapter" else "merged") if adapters else "none",
                 "student": student.info.to_dict()}
         if flow:
-            info.update(t_init=sigma / (1 + sigma), timesteps=[s / (1 + s) for s in sigmas],
+            T = schedule.num_timesteps  # the pipeline's flow time is t = timestep / T
+            info.update(t_init=float(schedule.timestep_at(sigma)) / T, timesteps=[float(schedule.timestep_at(s)) / T
+                                                                                 for s in sigmas],
                         input="latents = t_init * z (the flow x_t = (1 - t) x0 + t z with x0 = 0), at t_init",
                         output="the velocity v; the sample is latents - t_init * v (latents; decode with the VAE)")
         else:
-            info.update(t_init=int(round(float(net.timestep_for(torch.tensor(sigma))))),
-                        timesteps=[int(round(float(net.timestep_for(torch.tensor(s))))) for s in sigmas],
+            info.update(t_init=int(round(float(schedule.timestep_at(sigma)))),
+                        timesteps=[int(round(float(schedule.timestep_at(s)))) for s in sigmas],
                         latent_scale=sigma / (1 + sigma * sigma) ** 0.5,
                         input="latents = latent_scale * z = sqrt(1 - alphas_cumprod[t_init]) * z, at the single "
                               "timestep t_init",

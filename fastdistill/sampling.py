@@ -14,8 +14,8 @@ is integrated from `x = latents * sigma_0`:
 
 As in NVIDIA's EDM code, the state and the step arithmetic are float64; the network is called
 with float32 `x` and a float32 per-sample `sigma` of shape (B,), and its output is promoted back to
-float64. A teacher may expose `round_sigma(sigma)` (discrete-time teachers snap to their grid),
-and `sigma_min` / `sigma_max` (the schedule is clipped to them); all are optional.
+float64. The teacher's noise schedule (its traits' ``schedule``) snaps the levels to the ones the
+network takes (a discrete teacher's grid) and clips them to its range.
 
 Optional stochasticity (EDM's S_churn, default 0 = deterministic) draws from a
 `torch.Generator`, so results are reproducible for a seed.
@@ -137,11 +137,11 @@ def edm_sampler(
         if cond.batch_size != latents.shape[0]:
             raise ValueError(f"conditioning for {cond.batch_size} samples, latents for {latents.shape[0]}")
         cond = cond.to(latents.device, torch.float32)
-    sigma_min, sigma_max = max(float(sigma_min), t.sigma_range[0]), min(float(sigma_max), t.sigma_range[1])
-    round_sigma = t.round_sigma
+    schedule = t.schedule
+    sigma_min, sigma_max = max(float(sigma_min), schedule.sigma_min), min(float(sigma_max), schedule.sigma_max)
 
     def rnd(s: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(round_sigma(s), dtype=torch.float64, device=s.device) if round_sigma else s
+        return torch.as_tensor(schedule.round(s), dtype=torch.float64, device=s.device)
 
     t_steps = karras_sigmas(num_steps, sigma_min, sigma_max, rho, append_zero=False, device=latents.device)
     t_steps = torch.cat([rnd(t_steps), t_steps.new_zeros(1)])

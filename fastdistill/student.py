@@ -36,7 +36,7 @@ from .engine import checkpoint as ckpt
 from .engine.build import make_mlp
 from .engine.config import LoRAConfig
 from .engine.lora import add_lora
-from .engine.run_state import MULTISTEP_METHODS, RunState, StudentInfo
+from .engine.run_state import MULTISTEP_METHODS, PIXEL_STUDENT_FILE, RunState, StudentInfo, write_student_file
 from .engine.shards import read_shards
 from .export import STUDENT_FILE
 from .metrics import EvalError
@@ -59,6 +59,35 @@ class Student:
     def __init__(self, net: torch.nn.Module, info: StudentInfo):
         self.net = net
         self.info = info
+
+    def save_pretrained(self, path, lora: str = "merge") -> Path:
+        """Write the student in its kind's one format, which :meth:`from_pretrained` (and
+        :func:`load_student`) read back: a text-to-image student as a diffusers pipeline folder
+        (:func:`~fastdistill.export.export_student`; ``lora``: ``merge`` or ``adapter``), any other as
+        one safetensors file (``path`` when it ends in ``.safetensors``, else ``path/student.safetensors``).
+        Returns what was written."""
+        if self.info.cond_kind == "text":
+            from .export import export_student
+
+            return export_student(self, path, lora=lora)
+        file = _student_file(Path(path))
+        file.parent.mkdir(parents=True, exist_ok=True)
+        return write_student_file(self.net, self.info, file)
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu") -> "Student":
+        """The student :meth:`save_pretrained` wrote at ``path`` (frozen, in eval mode on ``device``)."""
+        p = Path(path)
+        if (p / STUDENT_FILE).is_file():
+            return _exported_folder(p, device)
+        file = _student_file(p)
+        if not file.is_file():
+            raise FileNotFoundError(f"no saved student at {str(path)!r}: expected a student .safetensors file, a folder "
+                                    f"holding {PIXEL_STUDENT_FILE}, or an exported pipeline folder ({STUDENT_FILE})")
+        record = read_teacher_extra(file).get("student")
+        if record is None:
+            raise EvalError(f"{file} is a teacher checkpoint, not an exported student (pass it as a teacher)")
+        return cls(load_teacher(file, device=device), StudentInfo.from_record(record))
 
     @classmethod
     def from_network(cls, net, sigma_init: Optional[float] = None, method: str = "sign",
@@ -210,6 +239,10 @@ def _checkpoint_dir(path: Path, log=None) -> Path:
                                 f"student.safetensors)") from None
 
 
+def _student_file(path: Path) -> Path:
+    return path if path.suffix == ".safetensors" else path / PIXEL_STUDENT_FILE
+
+
 def _exported_folder(folder: Path, device) -> Student:
     """A diffusers folder written by :func:`~fastdistill.export.export_student`: the pipeline is the
     student's network (the folder is its own teacher from here on)."""
@@ -266,13 +299,8 @@ def load_student(path, which: str = "ema", device="cpu", network: Optional[torch
     if not p.exists():
         raise FileNotFoundError(f"student {str(path)!r} not found (give a run directory, a checkpoint directory, "
                                 f"an exported student.safetensors or an exported pipeline folder)")
-    if p.is_file():
-        record = read_teacher_extra(p).get("student")
-        if record is None:
-            raise EvalError(f"{p} is a teacher checkpoint, not an exported student (pass it as a teacher)")
-        return Student(load_teacher(p, device=device), StudentInfo.from_record(record))  # frozen, eval mode
-    if (p / STUDENT_FILE).is_file():
-        return _exported_folder(p, device)
+    if p.is_file() or (p / STUDENT_FILE).is_file():
+        return Student.from_pretrained(p, device)
     where = _checkpoint_dir(p, log)
     try:
         tensors, state = ckpt.load_checkpoint(where, log=log)

@@ -60,7 +60,7 @@ def test_a_tiny_pipeline_of_each_family_loads_and_denoises(pipeline, tmp_path):
     assert teacher.spec is family_for(pipeline) and teacher.family == teacher.spec.name
     t = traits(teacher)  # what the engine and the methods may know of it
     assert t.text and t.decodes and t.latent and t.network is teacher.unet and t.text_width == teacher.cond_dim
-    assert t.flow == family_for(pipeline).flow and (t.timestep_sigmas is None) == t.flow
+    assert t.schedule.kind == ("flow" if family_for(pipeline).flow else "discrete") and t.schedule.num_timesteps == 1000
     assert t.family == teacher.family and t.data_shape == (teacher.img_channels,) + (teacher.img_resolution,) * 2
     cond = teacher.encode_prompt(["a cat", "a dog"])
     x = torch.randn(2, teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
@@ -75,5 +75,5 @@ def test_a_users_module_needs_only_the_required_part():
 
     t = traits(tiny_teacher(0))
     assert (t.data_shape, t.sigma_data, t.label_dim) == ((2,), 0.5, 0)
-    assert not (t.text or t.decodes or t.latent or t.flow or t.guidance_distilled or t.exact_samples)
-    assert t.timestep_sigmas is None and t.network is None and t.text_width is None and t.family == ""
+    assert not (t.text or t.decodes or t.latent or t.guidance_distilled or t.exact_samples)
+    assert t.schedule.kind == "edm" and t.schedule.num_timesteps is None and t.network is None and t.text_width is None and t.family == ""

@@ -12,7 +12,8 @@ from fastdistill.cli import main
 from fastdistill.engine import Distiller
 from fastdistill.methods import ConfigError, get_method, method_config
 from fastdistill.methods.base import MethodContext
-from fastdistill.methods.levels import FlowLevels, TimestepLevels, few_step_timesteps
+from fastdistill.methods.levels import TeacherLevels, few_step_timesteps
+from fastdistill.teachers.schedule import DiscreteSchedule, FlowSchedule
 from fastdistill.ops import reference as ref
 from fastdistill.sampling import multistep_schedule
 from fastdistill.teachers import GaussianMixtureTeacher
@@ -30,10 +31,10 @@ def test_levels_edm_teacher_and_flow():
     assert edm.step_sigmas == sorted(edm.step_sigmas, reverse=True) and edm.steps == 4
     sig = torch.linspace(0.01, 14.6, 1000)
     vp_cfg = method_config("sid", steps=4, t_init=999, noise_levels="teacher")
-    vp = get_method("sid", vp_cfg, levels=TimestepLevels(vp_cfg, sig))
+    vp = get_method("sid", vp_cfg, levels=TeacherLevels(vp_cfg, DiscreteSchedule(sig)))
     assert vp.step_sigmas == [float(sig[t]) for t in (999, 749, 499, 249)]
     flow_cfg = method_config("sim", steps=2, t_init=999)
-    flow = get_method("sim", flow_cfg, levels=FlowLevels(flow_cfg, 1000))
+    flow = get_method("sim", flow_cfg, levels=TeacherLevels(flow_cfg, FlowSchedule(1000)))
     assert flow.step_sigmas == pytest.approx([0.999 / 0.001, 0.499 / 0.501], rel=1e-5)
     assert get_method("sid").step_sigmas == [2.5] and not get_method("sid").needs  # one step: no chain, no context
     assert get_method("sid", method_config("sid", steps=2)).needs == {"net"}
@@ -47,7 +48,7 @@ def test_bad_levels_are_refused():
         method_config("dmd", steps=2, step_sigma_end=3.0).validate()
     with pytest.raises(ConfigError, match="does not fit below method.t_init=5"):
         bad = method_config("dmd", steps=4, t_init=5)
-        get_method("dmd", bad, levels=TimestepLevels(bad, torch.linspace(0.01, 14.6, 1000)))
+        get_method("dmd", bad, levels=TeacherLevels(bad, DiscreteSchedule(torch.linspace(0.01, 14.6, 1000))))
 
 
 # ---------------------------------------------------------------------- one step, by hand

@@ -49,6 +49,25 @@ def test_the_student_knows_what_it_is(run):
     assert exported.info == s.info
 
 
+def test_save_pretrained_and_from_pretrained_are_symmetric(run, tmp_path):
+    """A pixel student is one safetensors file: written by save_pretrained (a folder path gets
+    student.safetensors inside), read back by from_pretrained and load_student, the same samples."""
+    from fastdistill.student import Student
+
+    out, _, _ = run
+    s = load_student(out)
+    folder = s.save_pretrained(tmp_path / "saved")
+    assert folder == tmp_path / "saved" / "student.safetensors" and folder.is_file()
+    file = s.save_pretrained(tmp_path / "mine.safetensors")
+    for back in (Student.from_pretrained(tmp_path / "saved"), Student.from_pretrained(file), load_student(file)):
+        assert back.info == s.info
+        assert torch.equal(back.sample(N, steps=STEPS, seed=SEED), s.sample(N, steps=STEPS, seed=SEED))
+    assert main(["export", str(out), str(tmp_path / "cli.safetensors")]) == 0
+    assert Student.from_pretrained(tmp_path / "cli.safetensors").info == s.info
+    with pytest.raises(FileNotFoundError, match="no saved student"):
+        Student.from_pretrained(tmp_path / "nothing")
+
+
 def test_sample_eval_cli_and_project_agree_for_one_seed(run, tmp_path):
     out, _, _ = run
     student = load_student(out)

@@ -210,5 +210,5 @@ def test_diffusers_directory_is_delegated(tmp_path, monkeypatch):
     assert not sentinel.training
     # Without the adapter: a clear error, not an ImportError from deep inside.
     monkeypatch.setitem(sys.modules, "fastdistill.teachers.diffusers_adapter", None)
-    with pytest.raises(CheckpointError, match="diffusers adapter"):
+    with pytest.raises(CheckpointError, match="diffusers adapter or diffusers itself"):
         load_teacher(d)

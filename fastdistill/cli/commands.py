@@ -195,12 +195,13 @@ def sample(args: argparse.Namespace) -> int:
 
 @common.command("export")
 def export(args: argparse.Namespace) -> int:
-    """A text-to-image student as a diffusers pipeline folder."""
-    from ..export import export_student
+    """A student in its kind's format: a text-to-image student as a diffusers pipeline folder, any
+    other as one safetensors file (``Student.save_pretrained``)."""
     from ..student import load_student
 
-    out = export_student(load_student(args.checkpoint, which=args.which), args.out, lora=args.lora)
-    print(f"exported to {out} (one-step use: {out / 'README.md'})")
+    out = load_student(args.checkpoint, which=args.which).save_pretrained(args.out, lora=args.lora)
+    print(f"exported to {out} (" + (f"one-step use: {out / 'README.md'})" if out.is_dir() else
+                                    "fastdistill.load_student reads it)"))
     return 0
 
 

@@ -123,11 +123,14 @@ def add_sample_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("export", help="write a text-to-image student as a diffusers pipeline folder",
-                              description="The teacher's pipeline folder with the student's UNet, loadable with "
-                              "diffusers' from_pretrained; its README.md shows one-step generation.")
+    p = subparsers.add_parser("export", help="write a student in its format: a text-to-image one as a diffusers "
+                                             "pipeline folder, any other as one safetensors file",
+                              description="A text-to-image student: the teacher's pipeline folder with the student's "
+                              "network, loadable with diffusers' from_pretrained; its README.md shows one-step "
+                              "generation. Any other student: one safetensors file (OUT, or OUT/student.safetensors "
+                              "unless OUT ends in .safetensors). fastdistill.load_student reads both.")
     p.add_argument("checkpoint", help="run directory or checkpoint directory")
-    p.add_argument("out", help="the new folder")
+    p.add_argument("out", help="the new folder (text-to-image) or file")
     p.add_argument("--lora", choices=("merge", "adapter"), default="merge",
                    help="LoRA students: adapters merged into the UNet (default) or kept as pytorch_lora_weights.safetensors")
     p.add_argument("--which", choices=("ema", "generator"), default="ema", help="EMA or raw generator weights")

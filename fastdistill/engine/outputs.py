@@ -13,7 +13,7 @@ from ..plotting import image_grid, scatter_panels
 from ..sampling import draw
 from .evaluator import Quality
 from .monitor import progress_bar
-from .run_state import StudentInfo
+from .run_state import PIXEL_STUDENT_FILE, StudentInfo, write_student_file
 
 SAMPLE_CHUNK = 1024  # samples generated per call: bounds the memory of thousands of final samples
 
@@ -108,7 +108,7 @@ class StudentOutputs:
 
     def write_final(self, step: int, net) -> Optional[str]:
         """student.safetensors and, where asked for, samples.npz of the finished run (the samples' path)."""
-        self.export(self.out_dir / "student.safetensors", step, net)
+        self.export(self.out_dir / PIXEL_STUDENT_FILE, step, net)
         n = self.final_sample_count()
         if not n:
             return None
@@ -123,7 +123,4 @@ class StudentOutputs:
         student record. Skipped for unregistered classes."""
         if self.arch_config is None:
             return None
-        from ..teachers.checkpoint import save_teacher
-
-        save_teacher(self.ema if net is None else net, path, extra={"student": self.info(step).to_dict()})
-        return path
+        return write_student_file(self.ema if net is None else net, self.info(step), path)

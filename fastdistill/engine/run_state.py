@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from ..sampling import DEFAULT_SIGMA_END
-from ..teachers.checkpoint import CheckpointError
+from ..teachers.checkpoint import CheckpointError, save_teacher
 
-__all__ = ["FORMAT", "RunState", "StudentInfo", "MULTISTEP_METHODS"]
+__all__ = ["FORMAT", "RunState", "StudentInfo", "MULTISTEP_METHODS", "PIXEL_STUDENT_FILE", "write_student_file"]
 
 #: the ``format`` of a distillation checkpoint's state.json
 FORMAT = "fastdistill-distill/1"
+
+#: the file a run writes its finished student to (a pixel student's one format)
+PIXEL_STUDENT_FILE = "student.safetensors"
 
 #: methods whose students are time-free maps trained for multi-step sampling and projection
 MULTISTEP_METHODS = ("sign", "ign")
@@ -109,3 +113,9 @@ class RunState:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in d.items() if k in known}
         return cls(**{**values, "step": int(d["step"]), "student": StudentInfo.from_record(d["student"])})
+
+
+def write_student_file(net, info: StudentInfo, path) -> Path:
+    """A student whose network is a registered class, as one safetensors file: the teacher checkpoint
+    format (``load_teacher`` reads the network) with the student record in it."""
+    return Path(save_teacher(net, path, extra={"student": info.to_dict()}))

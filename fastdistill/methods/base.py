@@ -36,7 +36,7 @@ from ..sampling import DEFAULT_SIGMA_END
 from ..teachers.base import guided
 from ..teachers.traits import TeacherTraits
 from .checks import ConfigError, check, check_choice, check_positive
-from .levels import EDMLevels, FlowLevels, NoiseLevels, TimestepLevels
+from .levels import EDMLevels, NoiseLevels, TeacherLevels
 
 BACKENDS = ("auto", "reference", "cpp", "triton", "cuda")
 NOISE_LEVELS = ("auto", "edm", "teacher")
@@ -122,8 +122,8 @@ def _check_guidance_input(cfg: MethodConfig, teacher: TeacherTraits) -> None:
 
 def noise_levels(cfg: MethodConfig, teacher: TeacherTraits) -> NoiseLevels:
     """The levels both steps draw from (``method.noise_levels``; ``auto``: the teacher's own for
-    latent pipeline teachers, else EDM's): :class:`TimestepLevels` for a discrete teacher,
-    :class:`FlowLevels` for a flow-matching one. Also refuses guidance scales a guidance-distilled
+    latent pipeline teachers, else EDM's): :class:`TeacherLevels` on the teacher's schedule,
+    discrete or flow matching. Also refuses guidance scales a guidance-distilled
     teacher cannot take."""
     _check_guidance_input(cfg, teacher)
     mode = cfg.noise_levels
@@ -131,8 +131,12 @@ def noise_levels(cfg: MethodConfig, teacher: TeacherTraits) -> NoiseLevels:
         mode = "teacher" if teacher.latent else "edm"
     if mode == "edm":
         return EDMLevels(cfg)
-    if teacher.flow:
-        T = int(teacher.num_train_timesteps)
+    schedule = teacher.schedule
+    check(schedule.num_timesteps is not None,
+          "method.noise_levels=teacher needs a teacher with timesteps (a diffusers teacher); this one has none: "
+          "use method.noise_levels=edm")
+    T = schedule.num_timesteps
+    if schedule.kind == "flow":
         check(1 <= cfg.t_lo and cfg.t_hi <= T,
               f"method.t_lo ({cfg.t_lo}) and method.t_hi ({cfg.t_hi}) must lie in [1, {T}] for a flow-matching "
               f"teacher (t = 0 is the clean sample)")
@@ -140,18 +144,13 @@ def noise_levels(cfg: MethodConfig, teacher: TeacherTraits) -> NoiseLevels:
               f"method.t_init={cfg.t_init}: a flow-matching teacher's generator input is at t = t_init / {T}, which "
               f"must be in (0, 1); t = 1 (pure noise) has sigma = inf, which the generator input sigma_init * z "
               f"cannot carry: use t_init < {T} (e.g. {T - 1})")
-        return FlowLevels(cfg, T)
-    sig = teacher.timestep_sigmas
-    check(sig is not None,
-          "method.noise_levels=teacher needs a teacher with a discrete timestep schedule (a diffusers teacher); "
-          "this one has none: use method.noise_levels=edm")
-    T = sig.numel()
-    check(cfg.t_hi <= T and cfg.t_init < T,
-          f"method.t_hi ({cfg.t_hi}) and method.t_init ({cfg.t_init}) must lie in the teacher's {T} timesteps")
-    sig = sig.float().cpu()
-    check(bool(torch.isfinite(sig[cfg.t_lo:cfg.t_hi]).all()) and bool(torch.isfinite(sig[cfg.t_init])),
-          f"the teacher's schedule has non-finite noise levels in [{cfg.t_lo}, {cfg.t_hi}) or at t_init {cfg.t_init}")
-    return TimestepLevels(cfg, sig)
+    else:
+        check(cfg.t_hi <= T and cfg.t_init < T,
+              f"method.t_hi ({cfg.t_hi}) and method.t_init ({cfg.t_init}) must lie in the teacher's {T} timesteps")
+        sig = schedule.sigmas
+        check(bool(torch.isfinite(sig[cfg.t_lo:cfg.t_hi]).all()) and bool(torch.isfinite(sig[cfg.t_init])),
+              f"the teacher's schedule has non-finite noise levels in [{cfg.t_lo}, {cfg.t_hi}) or at t_init {cfg.t_init}")
+    return TeacherLevels(cfg, schedule)
 
 
 _REGISTRY: dict[str, type["DistillMethod"]] = {}

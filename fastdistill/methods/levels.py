@@ -7,10 +7,9 @@ DSM weighting that makes the fake step the teacher's own objective:
 
 - :class:`EDMLevels`: EDM's schedules (SiD's Karras-``u`` generator levels, the log-normal fake
   levels), for pixel teachers;
-- :class:`TimestepLevels`: a discrete (VP) teacher's own ``sigma_t``, timesteps drawn uniformly
-  from ``[t_lo, t_hi)``, the generator at ``t_init``;
-- :class:`FlowLevels`: a flow-matching teacher's continuous ``t`` in ``[t_lo, t_hi) / T``,
-  ``sigma = t / (1 - t)``.
+- :class:`TeacherLevels`: the teacher's own schedule (:mod:`fastdistill.teachers.schedule`: a
+  discrete VP teacher's ``sigma_t``, a flow-matching teacher's ``sigma = t / (1 - t)``), timesteps
+  drawn uniformly from ``[t_lo, t_hi)``, the generator at ``t_init``.
 """
 from __future__ import annotations
 
@@ -19,9 +18,10 @@ import math
 import torch
 
 from ..sampling import multistep_schedule
+from ..teachers.schedule import NoiseSchedule
 from .checks import check
 
-__all__ = ["NoiseLevels", "EDMLevels", "TimestepLevels", "FlowLevels", "few_step_timesteps", "karras_sigma"]
+__all__ = ["NoiseLevels", "EDMLevels", "TeacherLevels", "few_step_timesteps", "karras_sigma"]
 
 
 def karras_sigma(u: torch.Tensor, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
@@ -83,65 +83,31 @@ class EDMLevels(NoiseLevels):
         return (torch.randn((n,), generator=gen, device=device) * c.fake_p_std + c.fake_p_mean).exp()
 
 
-class _TeacherTimesteps(NoiseLevels):
-    """Both steps at the teacher's own timesteps ``[t_lo, t_hi)``; the generator at ``t_init``."""
+class TeacherLevels(NoiseLevels):
+    """Both steps at the teacher's own timesteps ``[t_lo, t_hi)`` of its schedule (a discrete
+    teacher's integer timesteps, a flow teacher's continuous ``t``); the generator at ``t_init``;
+    the fake step weighted as the teacher's own objective."""
 
-    def sigma_at(self, timestep) -> torch.Tensor:
-        raise NotImplementedError
+    def __init__(self, cfg, schedule: NoiseSchedule):
+        super().__init__(cfg)
+        self.schedule = schedule
+        self.weighting = schedule.weighting
 
     @property
     def sigma_init(self) -> float:
-        return float(self.sigma_at(self.cfg.t_init))
+        return float(self.schedule.sigma_at(self.cfg.t_init))
 
     def few_step(self, steps: int) -> list[float]:
         ts = few_step_timesteps(self.cfg.t_init, steps)
         check(ts[-1] >= 1, f"method.steps={steps} does not fit below method.t_init={self.cfg.t_init}: the last "
                            f"application would be at timestep {ts[-1]}; need t_init + 1 >= 2 K")
-        return [float(self.sigma_at(t)) for t in ts]
-
-    def fake(self, n, gen, device):
-        return self.generator(n, gen, device)
-
-
-class TimestepLevels(_TeacherTimesteps):
-    """A discrete teacher's ``sigma_t`` per timestep (float32, (T,)); timesteps drawn as integers."""
-
-    weighting = "eps"
-
-    def __init__(self, cfg, sigmas: torch.Tensor):
-        super().__init__(cfg)
-        self.sigmas = sigmas
-
-    def sigma_at(self, timestep) -> torch.Tensor:
-        return self.sigmas[timestep]
-
-    def few_step(self, steps: int) -> list[float]:
-        sig = super().few_step(steps)
+        sig = [float(self.schedule.sigma_at(t)) for t in ts]
         check(all(math.isfinite(v) and v > 0 for v in sig),
-              f"the teacher's noise levels at the few-step timesteps {few_step_timesteps(self.cfg.t_init, steps)} "
-              f"are not all finite and positive: {sig}")
+              f"the teacher's noise levels at the few-step timesteps {ts} are not all finite and positive: {sig}")
         return sig
 
     def generator(self, n, gen, device):
-        t = torch.randint(self.cfg.t_lo, self.cfg.t_hi, (n,), generator=gen, device=device)
-        return self.sigmas.to(device)[t]
+        return self.schedule.draw(self.cfg.t_lo, self.cfg.t_hi, n, gen, device)
 
-
-class FlowLevels(_TeacherTimesteps):
-    """A flow-matching teacher's ``T`` training timesteps: continuous ``t``, ``sigma = t / (1 - t)``."""
-
-    weighting = "flow"
-
-    def __init__(self, cfg, num_train_timesteps: int = 1000):
-        super().__init__(cfg)
-        self.num_train_timesteps = int(num_train_timesteps)
-
-    def sigma_at(self, timestep) -> torch.Tensor:
-        """``sigma = t / (1 - t)`` at ``t = timestep / T`` (float64 in, float32 out)."""
-        t = torch.as_tensor(timestep, dtype=torch.float64) / self.num_train_timesteps
-        return (t / (1 - t)).to(torch.float32)
-
-    def generator(self, n, gen, device):  # continuous t, in float64 so that t stays below 1
-        lo, hi = self.cfg.t_lo, self.cfg.t_hi
-        u = torch.rand((n,), generator=gen, device=device, dtype=torch.float64)
-        return self.sigma_at(lo + u * (hi - lo))
+    def fake(self, n, gen, device):
+        return self.generator(n, gen, device)

@@ -26,7 +26,7 @@ against FID across guidance scales: the SiD-LSG trade-off curve). Teacher rows a
 ``<out_dir>/cache`` by teacher weights and protocol, so a rerun samples only the students.
 
 Each student is exported as a diffusers pipeline folder, ``<out_dir>/<run>/diffusers``
-(:func:`fastdistill.export.export_student`), that ``StableDiffusionPipeline.from_pretrained`` loads.
+(``Student.save_pretrained``), that ``StableDiffusionPipeline.from_pretrained`` loads.
 
 ``digits_t2i_report(..., students=SWEEP)`` is the guidance sweep (``--preset digits-t2i-sweep``):
 SiD-LSG students trained at guidance 1, 1.5, 3 and 4.5.
@@ -54,7 +54,6 @@ from ..engine import ConfigError, Distiller, preset_config
 from ..engine.presets import DIGITS_T2I_GUIDANCE
 from ..engine.evaluator import teacher_nfe
 from ..teachers.hashing import weights_hash
-from ..export import export_student
 from ..metrics.digits_classifier import DigitsClassifier, load_digits_classifier
 from ..metrics.quality import DIGITS_N, quality, reference_data
 from ..plotting import labelled_rows, tradeoff_plot
@@ -234,7 +233,7 @@ def _student_task(method: str, guidance: float, run_dir: str, n: int, draws: int
         res = Distiller(cfg, callback=cb).run()
         train_s = time.time() - t0
         rows = student_rows(run_dir, n, draws)
-        exported = export_student(load_student(run_dir), Path(run_dir) / EXPORT_DIR)
+        exported = load_student(run_dir).save_pretrained(Path(run_dir) / EXPORT_DIR)
     return dict(model="student", method=method, guidance=guidance, nfe=1, passes=1,
                 label=f"{METHOD_NAMES[method]} student, guidance {guidance:g}, 1 step", train_steps=res.step,
                 train_s=train_s, stopped_early=stopped["early"], run_dir=run_dir, exported=str(exported),

@@ -22,20 +22,19 @@ The result is an ``nn.Module`` satisfying the Denoiser protocol, in eval mode wi
 """
 from __future__ import annotations
 
-import importlib
 import os
 import struct
+from typing import Callable
 
 from torch import nn
 
-from .analytic import analytic_teacher
-from .checkpoint import (CheckpointError, is_fastdistill_checkpoint_dir, load_safetensors_teacher,
-                         load_teacher_checkpoint)
-from .digits import load_digits_teacher
+from .checkpoint import CheckpointError, is_fastdistill_checkpoint_dir
 from .digits_t2i import digits_t2i_path
-from .edm_pickle import load_edm_pickle
+from .families import checkpoint_family, named_family
+from .families.analytic import ANALYTIC_PREFIX
+from .pipelines import is_pipeline_folder, load_pipeline_teacher
 
-__all__ = ["load_teacher", "sniff_format"]
+__all__ = ["load_teacher", "sniff_format", "ANALYTIC_PREFIX"]
 
 
 def _looks_like_safetensors(head: bytes, file_size: int) -> bool:
@@ -46,7 +45,7 @@ def _looks_like_safetensors(head: bytes, file_size: int) -> bool:
 
 
 def sniff_format(path: "str | os.PathLike") -> str:
-    """``'edm_pickle' | 'safetensors' | 'fastdistill_dir' | 'diffusers_dir'``; raises
+    """``'edm_pickle' | 'safetensors' | 'fastdistill_dir' | 'diffusers_pipeline' | 'diffusers_model'``; raises
     :class:`CheckpointError` for anything else (with what the file appears to be)."""
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -55,8 +54,10 @@ def sniff_format(path: "str | os.PathLike") -> str:
         if is_fastdistill_checkpoint_dir(path):
             return "fastdistill_dir"
         names = set(os.listdir(path))
+        if is_pipeline_folder(path):
+            return "diffusers_pipeline"
         if names & {"model_index.json", "config.json"} or os.path.isdir(os.path.join(path, "unet")):
-            return "diffusers_dir"
+            return "diffusers_model"
         raise CheckpointError(f"{path}: directory is neither a fastdistill teacher "
                               f"(fastdistill_teacher.json) nor a diffusers model (config.json / "
                               f"model_index.json)")
@@ -114,28 +115,20 @@ def _innermost_message(exc: BaseException) -> str:
     return text
 
 
-def _load_diffusers(path: str, device, resolution) -> nn.Module:
-    """Through the adapter module as installed (it imports diffusers only when a model is loaded).
-    What the libraries raise for a broken folder becomes one :class:`CheckpointError` naming it."""
+def _load_diffusers(load: Callable[[], nn.Module], path: str) -> nn.Module:
+    """``load()`` of a diffusers folder; what the libraries raise for a broken one becomes one
+    :class:`CheckpointError` naming it."""
     try:
-        adapter = importlib.import_module("fastdistill.teachers.diffusers_adapter")
-    except ImportError as e:
-        raise CheckpointError(f"{path}: looks like a diffusers model, but the diffusers adapter "
-                              f"(fastdistill.teachers.diffusers_adapter) is not available") from e
-    pipelines = importlib.import_module("fastdistill.teachers.pipelines")
-    try:
-        if pipelines.is_pipeline_folder(path):
-            return pipelines.load_pipeline_teacher(path, device=device, resolution=resolution)
-        if resolution is not None:
-            raise ValueError(f"{path}: a resolution is chosen only for text-to-image pipelines")
-        return adapter.load_diffusers_teacher(path).to(device).eval().requires_grad_(False)
+        return load()
     except (FileNotFoundError, PermissionError):
         raise  # our own checks, and the OS's, already name the file
+    except ImportError as e:
+        raise CheckpointError(f"{path}: looks like a diffusers model, but the diffusers adapter or diffusers itself "
+                              f"is not available ({_innermost_message(e)})") from e
     except _library_errors() as exc:
         raise CheckpointError(f"teacher {path} could not be loaded: {_innermost_message(exc)}") from exc
 
 
-ANALYTIC_PREFIX = "analytic:"
 DIGITS_T2I = "digits-t2i"
 
 
@@ -154,18 +147,18 @@ def load_teacher(spec: "str | os.PathLike", device="cpu", resolution: "int | Non
     path = teacher_location(spec)
     if resolution is not None and not os.path.isdir(path):
         raise ValueError(f"teacher {path!r}: a resolution is chosen only for text-to-image pipeline folders")
-    if path.startswith(ANALYTIC_PREFIX):
-        return analytic_teacher(path[len(ANALYTIC_PREFIX):]).to(device)
-    if path == "digits" and not os.path.exists(path):
-        return load_digits_teacher(device=device)
+    family = named_family(path)
+    if family is not None:
+        return family.load(path, device)
     if not os.path.exists(path):
         raise FileNotFoundError(f"teacher {path!r}: no such file or directory (use 'digits' for the shipped digits "
                                 f"teacher, 'digits-t2i' for the shipped text-to-image one, analytic:NAME for an exact toy teacher, or a checkpoint path)")
     kind = sniff_format(path)
-    if kind == "edm_pickle":
-        return load_edm_pickle(path, device=device)
-    if kind == "safetensors":
-        return load_safetensors_teacher(path, device=device)
-    if kind == "fastdistill_dir":
-        return load_teacher_checkpoint(path, device=device)
-    return _load_diffusers(path, device, resolution)
+    if kind == "diffusers_pipeline":  # a text-to-image family, found by its pipeline class
+        return _load_diffusers(lambda: load_pipeline_teacher(path, device=device, resolution=resolution), path)
+    if resolution is not None:
+        raise ValueError(f"{path}: a resolution is chosen only for text-to-image pipelines")
+    family = checkpoint_family(kind)
+    if kind.startswith("diffusers"):
+        return _load_diffusers(lambda: family.load(path, device), path)
+    return family.load(path, device)

@@ -11,9 +11,11 @@ probing a teacher's attributes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
+
+from .schedule import NoiseSchedule, schedule_of
 
 __all__ = ["TeacherTraits", "traits", "data_shape_of"]
 
@@ -44,11 +46,8 @@ class TeacherTraits:
     resolution: Optional[int]
     #: a latent teacher: the methods use section 9's recipe (its own timesteps and objective)
     latent: bool
-    #: a flow-matching teacher (``num_train_timesteps`` set)
-    flow: bool
-    #: a discrete teacher's ``sigma_t`` per training timestep, else None
-    timestep_sigmas: Optional[torch.Tensor]
-    num_train_timesteps: Optional[int]
+    #: its noise schedule: continuous EDM sigma, a discrete VP schedule's timesteps, or flow matching's
+    schedule: NoiseSchedule
     #: guidance is an input of the network (FLUX.1-dev), not a two-pass combination
     guidance_distilled: bool
     #: that input's value, when the teacher has one
@@ -62,34 +61,24 @@ class TeacherTraits:
     exact_samples: bool
     #: the denoising network inside an adapter (a pipeline's UNet or transformer), else None
     network: Optional[torch.nn.Module]
-    #: the noise levels the network was trained on, (sigma_min, sigma_max): a sampler clips to them
-    sigma_range: tuple[float, float]
-    #: snaps a noise level to the ones the network takes (a discrete teacher's grid), else None
-    round_sigma: Optional[Callable]
 
 
 def traits(teacher) -> TeacherTraits:
     """The traits of ``teacher``, a :class:`~.base.Denoiser`."""
-    sigmas = getattr(teacher, "sigmas", None)
-    flow = bool(getattr(teacher, "flow", False))
+    schedule = schedule_of(teacher)
     guidance = getattr(teacher, "embedded_guidance", None)
     network = getattr(teacher, "unet", None)
     resolution = getattr(teacher, "resolution", None)
     length = getattr(teacher, "max_sequence_length", None)
-    round_sigma = getattr(teacher, "round_sigma", None)
     return TeacherTraits(
         data_shape=data_shape_of(teacher), sigma_data=float(getattr(teacher, "sigma_data", 0.5)),
         label_dim=int(getattr(teacher, "label_dim", 0) or 0), text=hasattr(teacher, "encode_prompt"),
         text_width=int(teacher.cond_dim) if getattr(teacher, "cond_dim", None) is not None else None,
         text_length=int(length) if length is not None else None,
         decodes=hasattr(teacher, "decode"), resolution=int(resolution) if resolution is not None else None,
-        latent=bool(getattr(teacher, "latent", False)), flow=flow,
-        timestep_sigmas=sigmas if torch.is_tensor(sigmas) and sigmas.ndim == 1 else None,
-        num_train_timesteps=int(teacher.num_train_timesteps) if flow else None,
+        latent=bool(getattr(teacher, "latent", False)), schedule=schedule,
         guidance_distilled=bool(getattr(teacher, "guidance_distilled", False)),
         embedded_guidance=None if guidance is None else float(guidance), family=str(getattr(teacher, "family", "")),
-        objective="flow" if flow else str(getattr(teacher, "prediction_type", "denoiser")),
+        objective="flow" if schedule.kind == "flow" else str(getattr(teacher, "prediction_type", "denoiser")),
         exact_samples=callable(getattr(teacher, "sample", None)),
-        network=network if isinstance(network, torch.nn.Module) else None,
-        sigma_range=(float(getattr(teacher, "sigma_min", 0.0) or 0.0), float(getattr(teacher, "sigma_max", float("inf")))),
-        round_sigma=round_sigma if callable(round_sigma) else None)
+        network=network if isinstance(network, torch.nn.Module) else None)

@@ -1,4 +1,9 @@
-"""What one family of diffusers pipeline teachers knows, and the registry that finds it.
+"""What one family of teachers knows, and the registries that find it.
+
+Two kinds of family. A :class:`PipelineFamily` is a diffusers text-to-image pipeline class; the
+rest are :class:`CheckpointFamily`: a built-in name (the shipped digits teacher, the analytic
+mixtures) or one format of a checkpoint file or folder (EDM pickles, fastdistill's safetensors,
+a diffusers ``UNet2DModel`` folder), found by what ``sniff_format`` says the path is.
 
 A family is registered under the pipeline class that a folder's ``model_index.json`` names
 (``_class_name``). It says which components the folder must hold, which one is the denoising
@@ -16,10 +21,13 @@ import torch
 
 from ...conditioning import Conditioning
 
-__all__ = ["PipelineFamily", "register", "family_for", "registered", "call_default"]
+__all__ = ["PipelineFamily", "register", "family_for", "registered", "call_default", "CheckpointFamily",
+           "register_checkpoint_family", "checkpoint_family", "named_family", "checkpoint_families"]
 
 #: pipeline class name -> its family, in registration order
 _REGISTRY: dict[str, "PipelineFamily"] = {}
+#: format or built-in name -> its checkpoint family, in registration order
+_CHECKPOINT_REGISTRY: dict[str, "CheckpointFamily"] = {}
 
 
 def call_default(pipe, name: str):
@@ -112,3 +120,46 @@ def family_for(pipeline: str) -> Optional[PipelineFamily]:
 def registered() -> dict[str, PipelineFamily]:
     """Every registered family by pipeline class name, in registration order."""
     return dict(_REGISTRY)
+
+
+class CheckpointFamily:
+    """Teachers that are not diffusers pipelines. Subclasses set ``name`` and ``format`` and
+    implement :meth:`load`; a family of a built-in name also implements :meth:`claims`."""
+
+    #: display name (messages, the listing)
+    name: str = ""
+    #: the key: the format ``sniff_format`` reports for such a path, or the built-in name itself
+    format: str = ""
+
+    def claims(self, spec: str) -> bool:
+        """Whether ``spec`` is this family's built-in name (asked before ``spec`` is read as a path)."""
+        return False
+
+    def load(self, spec: str, device) -> torch.nn.Module:
+        """The frozen teacher (eval mode, ``requires_grad=False``) that ``spec`` names, on ``device``."""
+        raise NotImplementedError
+
+
+def register_checkpoint_family(cls: type[CheckpointFamily]) -> type[CheckpointFamily]:
+    """Class decorator: make ``cls`` the family of its ``format``."""
+    if not cls.format or not cls.name:
+        raise TypeError(f"{cls.__name__} needs a format and a name")
+    if cls.format in _CHECKPOINT_REGISTRY:
+        raise ValueError(f"{cls.format} already has a family ({type(_CHECKPOINT_REGISTRY[cls.format]).__name__})")
+    _CHECKPOINT_REGISTRY[cls.format] = cls()
+    return cls
+
+
+def named_family(spec: str) -> Optional[CheckpointFamily]:
+    """The family whose built-in name ``spec`` is, or None."""
+    return next((f for f in _CHECKPOINT_REGISTRY.values() if f.claims(spec)), None)
+
+
+def checkpoint_family(fmt: str) -> Optional[CheckpointFamily]:
+    """The family registered for a format, or None."""
+    return _CHECKPOINT_REGISTRY.get(fmt)
+
+
+def checkpoint_families() -> dict[str, CheckpointFamily]:
+    """Every registered checkpoint family by format, in registration order."""
+    return dict(_CHECKPOINT_REGISTRY)
