@@ -30,12 +30,14 @@ from .student import Student
 from .teachers import GuidedDenoiser
 from .teachers.traits import traits
 
-__all__ = ["evaluate_text_to_image", "format_t2i_table"]
+__all__ = ["evaluate_text_to_image", "format_t2i_table", "images_of"]
 
 
 @torch.no_grad()
-def _images(model: Model, obj, prompts: list, n: int, seed: int, batch_size: int) -> tuple[torch.Tensor, float]:
-    """``n`` decoded images in [-1, 1] and the wall time per sample (after one warm-up batch)."""
+def images_of(model: Model, obj, prompts: list, n: int, seed: int, batch_size: int) -> tuple[torch.Tensor, float]:
+    """``n`` decoded images in [-1, 1] of a loaded teacher or student for ``prompts`` (one a sample),
+    from the latents of ``seed``, and the wall time per sample, decoding included (after one
+    warm-up batch)."""
     if model.kind == "student":
         def make(k):
             return obj.decode(obj.sample(k, seed=seed, cond=prompts[:k], batch_size=batch_size))
@@ -117,7 +119,7 @@ def evaluate_text_to_image(models: Sequence[Model], prompts: Sequence[str], *, d
             metrics["clip"], metrics["clip_se"] = clip_score(x, cycled, clip)
         return metrics
 
-    res.rows = score_models(models, loaded, lambda m, obj: _images(m, obj, cycled, n, seed, batch_size), measure,
+    res.rows = score_models(models, loaded, lambda m, obj: images_of(m, obj, cycled, n, seed, batch_size), measure,
                             progress)
     res.elapsed_s = time.perf_counter() - t_start
     return res

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from .engine.lora import has_lora
-from .teachers.families import PipelineFamily, family_for
+from .teachers.families import PipelineFamily
+from .teachers.pipelines import folder_family
 from .teachers.loading import teacher_location
 from .teachers.traits import traits
 
@@ -127,7 +128,7 @@ def export_student(student, out, lora: str = "merge") -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(".*"))
-        family = family_for(json.loads((source / "model_index.json").read_text()).get("_class_name", ""))
+        family = folder_family(source)
         component = family.network
         pipe_cls = type(net.parts.pipe)
         adapters = has_lora(net)

@@ -138,6 +138,10 @@ def test_small_report_end_to_end(tmp_path):
     (s,) = d["student_rows"]
     assert s["method"] == "dmd" and s["train_steps"] == 4 and len(s["fid_draws"]) == 2 and s["ms_per_sample"] > 0
     assert isinstance(s["meets_target"], bool) and len(d["verdicts"]) == 1
+    # every row is the evaluation core's (fastdistill eval's): what was scored and what one sample costs
+    assert s["source"] == s["run_dir"] and (s["steps"], s["nfe"], s["passes"]) == (1, 1, 1)
+    assert head["source"] == "digits"
+    assert (head["nfe"], head["passes"]) == (35, 35)
     text = format_report(rep)
     assert "DMD student" in text and "teacher Heun 18 steps" in text and "(2)" in text
     assert any("distilling dmd" in line for line in lines)

@@ -132,6 +132,8 @@ def test_report_plumbing_and_teacher_cache(tmp_path):
     rep = report.digits_t2i_report(tmp_path, None, **kw)
     sid = rep.student_rows[0]
     assert sid["train_steps"] == 3 and len(sid["adherence_draws"]) == 2 and "adherence" in sid["heldout"]
+    assert sid["source"] == sid["run_dir"] and (sid["nfe"], sid["passes"]) == (1, 1)  # the evaluation core's rows
+    assert all(r["source"] == "digits-t2i" and r["passes"] == 2 * r["nfe"] for r in rep.teacher_rows)
     assert {(r["steps"], r["split"]) for r in rep.teacher_rows} == {(18, "train"), (4, "train"), (18, "heldout")}
     assert any(v.startswith("SiD-LSG student at guidance 2") for v in rep.verdicts)
     for name in ("samples", "tradeoff", "prompts_sid-g2"):

@@ -93,7 +93,7 @@ def test_adam_variants_agree(impl):
     results = {}
     for name in ("plain", impl):
         ps = [t.clone().requires_grad_(True) for t in p0]
-        opt = make_adam(ps, 1e-2, (0.0, 0.999), 1e-8, name, torch.device("cpu"))
+        opt = make_adam([{"params": ps, "lr": 1e-2}], (0.0, 0.999), 1e-8, name, torch.device("cpu"))
         for _ in range(3):
             for p, gg in zip(ps, g):
                 p.grad = gg.clone()

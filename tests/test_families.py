@@ -46,6 +46,29 @@ def test_family_declares_what_its_kind_needs(pipeline):
     assert Path(inspect.getfile(type(family))).parent.name == "families"
 
 
+@pytest.mark.parametrize("pipeline", list(registered()))
+def test_a_familys_preset_is_a_registered_recipe_for_it(pipeline):
+    from fastdistill.engine import preset_config
+
+    family = family_for(pipeline)
+    if family.preset is not None:
+        assert preset_config(family.preset).teacher.family == family.name
+
+
+def test_distill_with_prompts_starts_from_the_folders_family_preset(tmp_path, monkeypatch):
+    from fastdistill.cli.common import TEXT_TO_IMAGE_PRESET, text_to_image_preset
+
+    sd, sdxl = (tmp_path / name for name in ("sd", "sdxl"))
+    for folder, cls in ((sd, "StableDiffusionPipeline"), (sdxl, "StableDiffusionXLPipeline")):
+        folder.mkdir()
+        (folder / "model_index.json").write_text(f'{{"_class_name": "{cls}"}}')
+    assert text_to_image_preset(str(sd)) == family_for("StableDiffusionPipeline").preset == "sid-lsg-sd15"
+    assert text_to_image_preset(str(sdxl)) == TEXT_TO_IMAGE_PRESET  # no recipe of its own yet
+    monkeypatch.setattr(family_for("StableDiffusionXLPipeline"), "preset", "digits-t2i-sid")
+    assert text_to_image_preset(str(sdxl)) == "digits-t2i-sid"
+    assert text_to_image_preset(None) == TEXT_TO_IMAGE_PRESET
+
+
 def test_each_family_lives_in_its_own_file():
     files: dict[str, set] = {}
     for family in registered().values():

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import common
-from .common import BAD_INPUT, REPORT_PRESETS, TEXT_TO_IMAGE_PRESET, check_device, debug, fail, labels_of, prompt_list
+from .common import BAD_INPUT, REPORT_PRESETS, check_device, debug, fail, labels_of, prompt_list, text_to_image_preset
 
 
 @common.command("doctor")
@@ -111,7 +111,7 @@ def distill(args: argparse.Namespace) -> int:
 
     report_only = {"--methods": args.methods, "--budget": args.budget, "--workers": args.workers, "--draws": args.draws}
     if not args.config and not args.preset and args.prompts:
-        args.preset = TEXT_TO_IMAGE_PRESET
+        args.preset = text_to_image_preset(args.teacher)
     if not args.config and not args.preset:
         return _digits_report(args)
     if args.preset in REPORT_PRESETS:

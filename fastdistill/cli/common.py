@@ -8,10 +8,21 @@ import sys
 
 #: exit code for bad input (configuration, paths, shapes)
 BAD_INPUT = 2
-#: the preset ``distill --teacher PIPELINE --prompts FILE`` uses without --preset / --config
+#: the preset ``distill --teacher PIPELINE --prompts FILE`` uses without --preset / --config when
+#: the pipeline's family has none of its own
 TEXT_TO_IMAGE_PRESET = "sid-lsg-sd15"
 #: presets that run a report (several students and a table) rather than one run
 REPORT_PRESETS = ("digits-t2i", "digits-t2i-sweep")
+
+
+def text_to_image_preset(teacher) -> str:
+    """The preset of ``distill --teacher FOLDER --prompts FILE`` with no --preset / --config: the
+    folder's family's own, else :data:`TEXT_TO_IMAGE_PRESET`."""
+    from ..teachers.loading import teacher_location
+    from ..teachers.pipelines import folder_family
+
+    family = folder_family(teacher_location(teacher)) if teacher else None
+    return family.preset if family is not None and family.preset else TEXT_TO_IMAGE_PRESET
 
 
 def debug(args=None) -> bool:

@@ -161,7 +161,7 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
                               "default); digits-t2i-sweep: SiD-LSG students at guidance 1, 1.5, 3 and 4.5")
     distill.add_argument("--teacher", help="teacher: 'digits', analytic:NAME, an EDM/SiD pickle, a fastdistill safetensors file or a diffusers folder")
     distill.add_argument("--prompts", help=f"text-to-image teachers: the training prompts (one a line, CSV or JSONL); "
-                                          f"without --preset / --config the {TEXT_TO_IMAGE_PRESET} preset is used")
+                                          f"without --preset / --config the teacher family's preset is used (else {TEXT_TO_IMAGE_PRESET})")
     distill.add_argument("--force", action="store_true", help="take over a run directory locked from another host (force=true)")
     report = distill.add_argument_group("reports only (the digits default, --preset digits-t2i / digits-t2i-sweep)")
     report.add_argument("--methods", help="comma-separated subset of sid,sim,dmd (default: all three)")

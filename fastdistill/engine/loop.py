@@ -128,7 +128,8 @@ class Distiller:
                                      prompts_sha256(prompts) if prompts else None)
         if resumed is not None:
             self.config_changes = check_resume(self.resume_path, resumed[1], cfg, self.identity, self.main)
-        self.par = parallelize(self.G, self.fake, students.ema, self.teacher, t, cfg, self.device)
+        self.method_modules = _method_modules(self.method, self.fake)
+        self.par = parallelize(self.G, self.fake, students.ema, self.teacher, t, cfg, self.device, self.method_modules)
         self.trainable = {"generator": trainable_parameters(self.G), "fake": trainable_parameters(self.fake)}
         self.ema = EMA(self.G, students.ema, self.trainable["generator"])
         self.nvtx = NVTX(cfg.nvtx)
@@ -172,6 +173,8 @@ class Distiller:
             return f"{name} {_count(sum(p.numel() for p in self.trainable[name]))} of {_count(total)} parameters trained"
 
         lora = f", LoRA rank {cfg.lora.rank} ({cfg.lora.networks})" if cfg.lora.rank else ""
+        lora += "".join(f", {name} {_count(sum(p.numel() for p in m.parameters()))} parameters"
+                        for name, m in self.method_modules.items())
         procs = f"{self.world} ranks, {cfg.distributed.strategy}" if self.world > 1 else "1 process"
         return (f"{cfg.method.name} ({_steps(self.method.steps)}) of a {t.family or type(self.teacher).__name__} "
                 f"teacher ({t.objective}, {str(dtype).removeprefix('torch.')}), data {tuple(self.shape)}; "
@@ -189,7 +192,8 @@ class Distiller:
     # ------------------------------------------------------------------ checkpoints
     @property
     def trained(self) -> Trained:
-        return Trained({"generator": self.G, "fake": self.fake, "ema": self.ema.module}, self.updates.optimizers)
+        return Trained({"generator": self.G, "fake": self.fake, "ema": self.ema.module, **self.method_modules},
+                       self.updates.optimizers)
 
     def _record(self) -> RunState:
         """The run's state for a checkpoint, less what :class:`RunCheckpoints` fills in."""
@@ -365,6 +369,16 @@ class Distiller:
             print(f"fastdistill: pictures skipped: {exc}")
             picture = None
         return picture, samples
+
+
+def _method_modules(method, fake: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The method's own trained modules (:meth:`~fastdistill.methods.DistillMethod.modules`), under
+    names that are not the run's other checkpoint entries."""
+    modules = method.modules(fake)
+    taken = sorted(set(modules) & {"generator", "fake", "ema", "optim"})
+    if taken:
+        raise ConfigError(f"method {method.name} names its own modules {taken}, which the run's networks use")
+    return modules
 
 
 def _steps(k: int) -> str:

@@ -8,13 +8,14 @@ from ..teachers.toolkit import sanitize_gradients
 from .distributed import local
 
 
-def make_adam(params, lr: float, betas, eps: float, impl: str, device: torch.device,
+def make_adam(groups: list[dict], betas, eps: float, impl: str, device: torch.device,
               weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam, or AdamW when ``weight_decay`` > 0. ``impl``: fused (one kernel; CUDA and recent CPU
-    builds), foreach (multi-tensor), plain, or auto."""
-    params = [p for p in params if p.requires_grad]
+    """Adam, or AdamW when ``weight_decay`` > 0, over parameter ``groups`` (``{"params": [...],
+    "lr": ...}`` each; frozen parameters left out). ``impl``: fused (one kernel; CUDA and recent
+    CPU builds), foreach (multi-tensor), plain, or auto."""
+    params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
     cls = torch.optim.AdamW if weight_decay > 0 else torch.optim.Adam
-    kw = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=float(weight_decay))
+    kw = dict(betas=tuple(betas), eps=eps, weight_decay=float(weight_decay))
     if impl == "auto":
         impl = "fused" if _fused_supported(device) else "foreach"
     if impl == "fused":

@@ -56,6 +56,16 @@ class Parallel:
     sharded: tuple = ()
     frame: Optional[torch.nn.Module] = None
     device: Optional[torch.device] = None
+    replicated: tuple = ()  # the method's own modules: whole on every rank
+
+    def average_gradients(self) -> None:
+        """The method's own modules' gradients averaged over the ranks before a step (what DDP does
+        for the generator and fake network; a no-op on one process)."""
+        if not D.is_dist():
+            return
+        for p in (p for m in self.replicated for p in m.parameters()):
+            if p.grad is not None:
+                D.all_reduce_sum(p.grad).div_(D.world_size())
 
     def no_sync(self, phase: str, skip: bool):
         """Skip the gradient all-reduce of ``phase``'s network for an accumulation micro-batch."""
@@ -97,18 +107,24 @@ def _same_start(nets) -> None:
 
 
 def parallelize(generator: torch.nn.Module, fake: torch.nn.Module, ema: torch.nn.Module, teacher,
-                teacher_traits: TeacherTraits, cfg, device: torch.device) -> Parallel:
+                teacher_traits: TeacherTraits, cfg, device: torch.device, method_modules: dict) -> Parallel:
     """The teacher in its precision (:func:`teacher_precision`), then the run's networks wrapped for
     ``cfg`` (in place where sharding; see the module docstring). The denoising network inside a
     pipeline teacher (its traits' ``network``) is the part that is sharded and checkpointed per
-    block; the generator and the fake network, copies of the teacher, hold theirs under the same name."""
+    block; the generator and the fake network, copies of the teacher, hold theirs under the same name.
+    ``method_modules`` (a method's own trained modules) move to ``device`` and stay whole on every rank."""
     teacher_param_dtype = teacher_precision(cfg, teacher_traits, device)
     teacher_network = teacher_traits.network
     distributed = D.is_dist()
     fsdp = distributed and cfg.distributed.strategy == "fsdp"
+    if method_modules and cfg.distributed.strategy == "fsdp":
+        raise ConfigError(f"method {cfg.method.name} trains modules of its own ({', '.join(method_modules)}), which "
+                          f"distributed.strategy=fsdp does not shard yet: use distributed.strategy=ddp")
+    for module in method_modules.values():
+        module.to(device)
     frame, sharded = None, ()
     if distributed:
-        _same_start((generator, fake, ema))
+        _same_start((generator, fake, ema, *method_modules.values()))
     if fsdp:  # fp32 masters, gradients reduce-scattered; a parameter-free frame for gathering the EMA
         frame = _skeleton(generator)
         for net in (generator, fake, ema):
@@ -140,7 +156,8 @@ def parallelize(generator: torch.nn.Module, fake: torch.nn.Module, ema: torch.nn
     return Parallel(g_train=g_train, g_eval=prep(generator, grad_path=False) if replicated else g_train,
                     f_train=f_train, f_frozen=prep(fake) if replicated else f_train,
                     t_call=prep(teacher) if isinstance(teacher, torch.nn.Module) else teacher,
-                    synced={"generator": g_sync, "fake": f_sync}, sharded=sharded, frame=frame, device=device)
+                    synced={"generator": g_sync, "fake": f_sync}, sharded=sharded, frame=frame, device=device,
+                    replicated=tuple(method_modules.values()))
 
 
 # -- the wrappers --------------------------------------------------------------------------------

@@ -41,9 +41,8 @@ class Updates:
         self.shape, self.label_dim, self.process, self.nvtx = tuple(shape), label_dim, process, nvtx
         o, device = cfg.optim, process.device
         eps = o.eps or (1e-6 if cfg.precision == "fp16" else 1e-8)
-        self.opt_g = make_adam(trainable["generator"], o.lr, (o.beta1, o.beta2), eps, o.impl, device, o.weight_decay)
-        self.opt_f = make_adam(trainable["fake"], o.fake_lr or o.lr, (o.beta1, o.beta2), eps, o.impl, device,
-                               o.weight_decay)
+        self.opt_g, self.opt_f = (make_adam(method.param_groups(name, trainable[name], o), (o.beta1, o.beta2), eps,
+                                            o.impl, device, o.weight_decay) for name in ("generator", "fake"))
         self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
         # noise generators (per rank, or shared for rng=global); real-data batches have their own CPU stream
         noise_seed = cfg.seed * 7919 + 17 + (0 if cfg.distributed.rng == "global" else 104729 * process.rank)
@@ -122,14 +121,16 @@ class Updates:
         return Phase(loss_mean, nan_samples, ok, kept)
 
     def _select(self, kind: str):
-        """Train mode and gradients for the updated network only; its optimiser and parameters."""
+        """Train mode and gradients for the updated network only; its optimiser and the parameters it
+        steps (the network's trained ones and any of the method's own modules it trains)."""
         self.par.reshard()
         other = "generator" if kind == "fake" else "fake"
         self.nets[kind].train()
         self.nets[other].eval()
         set_trainable(self.nets[other], None)
         set_trainable(self.nets[kind], self.trainable[kind])
-        return self.optimizers[kind], self.trainable[kind]
+        opt = self.optimizers[kind]
+        return opt, [p for group in opt.param_groups for p in group["params"]]
 
     def _loss(self, kind: str, noise, given: Optional[tuple], kept: Optional[list]):
         par, m = self.par, self.method
@@ -145,6 +146,7 @@ class Updates:
         return m.generator_loss(par.g_train, par.t_call, par.f_frozen, noise)
 
     def _step(self, opt, params) -> None:
+        self.par.average_gradients()
         if self.scaler is not None:
             self.scaler.unscale_(opt)
         sanitize_grads(params)

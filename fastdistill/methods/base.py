@@ -18,6 +18,9 @@ method's own options, a subclass of :class:`DistillMethod` implementing :meth:`l
 ``@register_method("name", config=ThatConfig)``. Methods that need more than (G, teacher, fake
 network, noise) -- real data, the generator's EMA, the raw generator module -- declare it in
 :attr:`DistillMethod.needs` and get a :class:`MethodContext` through :meth:`DistillMethod.bind`.
+A method that trains a module of its own (a discriminator head) returns it from
+:meth:`DistillMethod.modules` and puts its parameters in an update's :meth:`DistillMethod.param_groups`;
+the loop moves, replicates, checkpoints and resumes it.
 """
 from __future__ import annotations
 
@@ -335,6 +338,20 @@ class DistillMethod:
     def bind(self, ctx: MethodContext) -> None:
         """Receive the loop's context (called once, before the first step, when ``needs`` is set)."""
         self.ctx = ctx
+
+    def modules(self, fake: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """Trained modules the method adds to the run besides the generator and the fake network (a
+        discriminator head reading ``fake``'s features, say), by name. Asked once, with the unwrapped
+        fake network, before anything is wrapped: the loop moves them to the run's device, keeps them
+        whole and in step on every rank, checkpoints and resumes them under these names, and the
+        update whose :meth:`param_groups` holds their parameters trains them."""
+        return {}
+
+    def param_groups(self, update: str, params: list, optim) -> list[dict]:
+        """The optimiser's parameter groups of one update (``"generator"`` or ``"fake"``): ``params``,
+        the network's trained parameters, at ``optim.lr`` (the fake update: ``optim.fake_lr`` when set).
+        A method with :meth:`modules` adds their parameters to the update that trains them."""
+        return [{"params": list(params), "lr": optim.lr if update == "generator" else (optim.fake_lr or optim.lr)}]
 
     def log_terms(self) -> dict:
         """Extra scalars for the metrics log (e.g. the value of each loss term of the last step)."""

@@ -44,7 +44,7 @@ import torch
 
 from ..engine import ConfigError, Distiller, preset_config
 from ..engine.evaluator import read_jsonl, teacher_nfe, teacher_samples
-from ..evaluation import student_samples
+from ..evaluation import Model, score_models, student_samples
 from ..metrics.quality import DIGITS_N, quality, reference_data
 from ..plotting import labelled_rows, line_plot
 from ..student import load_student
@@ -79,18 +79,27 @@ class DigitsReport:
 
 
 # ----------------------------------------------------------------------------- worker tasks
+def _scored(model: Model, loaded, samples, draw: int, ref) -> dict:
+    """One draw's row of a loaded teacher or student as the evaluation core labels and times it
+    (:func:`~fastdistill.evaluation.score_models`); ``samples(obj, seed) -> (x, seconds per sample)``.
+    Draw 0 gets every metric, further draws FID only."""
+    (row,) = score_models([model], {id(model): loaded}, lambda m, obj: samples(obj, REPORT_SEED + draw),
+                          lambda x: quality(x, ref, full=draw == 0))
+    return dict(row.to_dict(), draw=draw)
+
+
 def _teacher_task(teacher_spec, solver: str, steps: int, n: int, draw: int, cache_dir: str) -> dict:
-    """One teacher draw; draw 0 gets every metric and the timing, further draws FID only."""
-    t = load_teacher(teacher_spec)
-    ref = reference_data("digits")
-    x, sec = teacher_samples(t, n, steps=steps, solver=solver, seed=REPORT_SEED + draw, cache_dir=cache_dir)
-    return dict(model="teacher", solver=solver, steps=steps, nfe=teacher_nfe(steps, solver), draw=draw,
-                label=f"teacher {solver.capitalize()} {steps} step{'s' if steps > 1 else ''}",
-                ms_per_sample=1000 * sec, **quality(x, ref, full=draw == 0))
+    """One teacher draw (its samples cached in ``cache_dir``)."""
+    return _scored(Model.teacher(teacher_spec, steps, solver), load_teacher(teacher_spec),
+                   lambda t, seed: teacher_samples(t, n, steps=steps, solver=solver, seed=seed, cache_dir=cache_dir),
+                   draw, reference_data("digits"))
 
 
-def _student_quality(sample_fn, n: int, draws: int, ref) -> dict:
-    return merge_draws([dict(draw=k, **quality(sample_fn(n, REPORT_SEED + k), ref, full=k == 0)) for k in range(draws)])
+def _student_quality(run_dir: str, n: int, draws: int, ref) -> dict:
+    """The student (EMA) of a finished or stopped run, over ``draws`` draws."""
+    student = load_student(run_dir)
+    return merge_draws([_scored(Model.student(run_dir), student, lambda s, seed: student_samples(s, n, seed=seed), k,
+                                ref) for k in range(draws)])
 
 
 def _student_config(method: str, run_dir: str, teacher_spec: str, n: int, cache_dir: str, overrides: Sequence[str]):
@@ -121,9 +130,8 @@ def _student_task(method: str, run_dir: str, teacher_spec: str, n: int, draws: i
     train_s = time.time() - t0
     k = d.method.steps
     name = method.upper() if method != "sid" else "SiD"
-    row = dict(model="student", method=method, steps=k, nfe=k, label=f"{name} student, {k} step{'s' if k > 1 else ''}",
-               train_steps=res.step, train_s=train_s, stopped_early=stopped["early"], run_dir=run_dir,
-               **_student_quality(lambda n_, seed: d.student_samples(n_, seed=seed), n, draws, d.evaluator.ref))  # EMA
+    row = dict(_student_quality(run_dir, n, draws, d.evaluator.ref), label=f"{name} student, {k} step{'s' if k > 1 else ''}",
+               train_steps=res.step, train_s=train_s, stopped_early=stopped["early"], run_dir=run_dir)
     row["fid_initial"] = d.initial_quality
     return row
 

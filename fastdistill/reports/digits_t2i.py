@@ -53,13 +53,14 @@ from ..data.digit_prompts import DIGIT_NAMES, HELDOUT_TEMPLATES, TRAIN_TEMPLATES
 from ..engine import ConfigError, Distiller, preset_config
 from ..engine.presets import DIGITS_T2I_GUIDANCE
 from ..engine.evaluator import teacher_nfe
+from ..evaluation import Model, score_models
+from ..evaluation_t2i import images_of
 from ..teachers.hashing import weights_hash
 from ..metrics.digits_classifier import DigitsClassifier, load_digits_classifier
 from ..metrics.quality import DIGITS_N, quality, reference_data
 from ..plotting import labelled_rows, tradeoff_plot
-from ..sampling import draw, edm_sampler
 from ..student import load_student
-from ..teachers import GuidedDenoiser, load_teacher
+from ..teachers import load_teacher
 from .common import merge_draws, pool, report_footer, run_progress
 
 METHOD_PRESETS = {"sid": "digits-t2i-sid", "sim": "digits-t2i-sim", "dmd": "digits-t2i-dmd"}
@@ -74,13 +75,14 @@ TARGETS = tomllib.loads(resources.files("fastdistill").joinpath("assets/digits_t
 HEADLINE_STEPS = 18
 SPLITS = {"train": TRAIN_TEMPLATES, "heldout": HELDOUT_TEMPLATES}
 REPORT_SEED = 1
+SAMPLE_BATCH = 256  # samples per network call; the students' timing set
 DEFAULT_OUT = "runs/digits-t2i"
 SWEEP_OUT = "runs/digits-t2i-sweep"
 EXPORT_DIR = "diffusers"  # each student's pipeline folder, inside its run directory
 #: overrides the report sets itself or that would change what its table compares
 REFUSED_OVERRIDES = ("method.name", "teacher.kind", "teacher.path", "prompts", "resume", "out_dir",
                      "method.guidance_teacher", "method.guidance_fake", "method.guidance_fake_train")
-_PROTOCOL = 1  # bump when the teacher rows' protocol changes: old cache entries are then ignored
+_PROTOCOL = 2  # bump when the teacher rows' protocol changes: old cache entries are then ignored
 
 
 @dataclass
@@ -121,11 +123,6 @@ def score(images: torch.Tensor, digits: torch.Tensor, ref, classifier, full: boo
     return dict(adherence=float((read == digits).float().mean()), **quality(x8, ref, full=full))
 
 
-def _latents(n: int, shape, draw_k: int) -> torch.Tensor:
-    (z,), _ = draw(n, shape, REPORT_SEED + draw_k)
-    return z
-
-
 # ----------------------------------------------------------------------------- worker tasks
 @contextmanager
 def _quiet_loading():
@@ -163,22 +160,8 @@ def _teacher_task(spec: str, weights: list, guidance: float, steps: int, n: int,
         return json.loads(path.read_text())
     with _quiet_loading():
         t = load_teacher(spec)
-    prompts, digits = eval_prompts(n, split)
-    cond = t.encode_prompt(prompts)
-    z = _latents(n, (t.img_channels, t.img_resolution, t.img_resolution), draw_k)
-    net = GuidedDenoiser(t, guidance)
-    with torch.no_grad():
-        edm_sampler(net, z[:2], cond[:2], num_steps=steps)  # warm-up, outside the timing
-        t0 = time.perf_counter()
-        x = torch.cat([edm_sampler(net, z[i:i + 256], cond[i:i + 256], num_steps=steps).float()
-                       for i in range(0, n, 256)])
-        sec = (time.perf_counter() - t0) / n
-        images = t.decode(x)
-    nfe = teacher_nfe(steps, "heun")
-    row = dict(model="teacher", guidance=guidance, steps=steps, nfe=nfe, passes=nfe * (2 if guidance != 1 else 1),
-               split=split, draw=draw_k, ms_per_sample=1000 * sec,
-               label=f"teacher Heun {steps} steps, guidance {guidance:g}",
-               **score(images, digits, reference_data("digits"), load_digits_classifier(), full=draw_k == 0))
+    row = dict(_scored(Model.teacher(spec, steps, "heun", guidance), t, split, n, draw_k, full=draw_k == 0),
+               split=split)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     tmp.write_text(json.dumps(row))
@@ -202,20 +185,23 @@ def _student_config(method: str, guidance: float, run_dir: str, overrides: Seque
     return cfg.validate()
 
 
+def _scored(model: Model, loaded, split: str, n: int, draw_k: int, full: bool) -> dict:
+    """One draw of a loaded teacher or student on the split's prompts, as the evaluation core
+    samples, times and labels it (:func:`~fastdistill.evaluation.score_models`), scored by :func:`score`."""
+    prompts, digits = eval_prompts(n, split)
+    ref, classifier = reference_data("digits"), load_digits_classifier()
+    (row,) = score_models([model], {id(model): loaded},
+                          lambda m, obj: images_of(m, obj, prompts, n, REPORT_SEED + draw_k, SAMPLE_BATCH),
+                          lambda images: score(images, digits, ref, classifier, full))
+    return dict(row.to_dict(), draw=draw_k)
+
+
 def student_rows(path, n: int, draws: int) -> dict:
     """A student's rows: training templates (``draws`` draws) and held-out templates (as many)."""
-    student = load_student(path)
-    ref, classifier = reference_data("digits"), load_digits_classifier()
-    rows = {}
-    for split in SPLITS:
-        prompts, digits = eval_prompts(n, split)
-        cond = student.conditioning(prompts, n)
-        draws_ = []
-        for k in range(draws):
-            x = student.decode(student.sample(n, seed=REPORT_SEED + k, cond=cond))
-            draws_.append(dict(draw=k, **score(x, digits, ref, classifier, full=k == 0 and split == "train")))
-        rows[split] = merge_draws(draws_, ("fid", "adherence"))
-    return rows
+    student, model = load_student(path), Model.student(path)
+    return {split: merge_draws([_scored(model, student, split, n, k, full=k == 0 and split == "train")
+                                for k in range(draws)], ("fid", "adherence"))
+            for split in SPLITS}
 
 
 def _student_task(method: str, guidance: float, run_dir: str, n: int, draws: int, deadline: float,
@@ -234,10 +220,10 @@ def _student_task(method: str, guidance: float, run_dir: str, n: int, draws: int
         train_s = time.time() - t0
         rows = student_rows(run_dir, n, draws)
         exported = load_student(run_dir).save_pretrained(Path(run_dir) / EXPORT_DIR)
-    return dict(model="student", method=method, guidance=guidance, nfe=1, passes=1,
+    return dict(rows["train"], method=method, guidance=guidance,
                 label=f"{METHOD_NAMES[method]} student, guidance {guidance:g}, 1 step", train_steps=res.step,
                 train_s=train_s, stopped_early=stopped["early"], run_dir=run_dir, exported=str(exported),
-                **rows["train"], heldout=rows["heldout"])
+                heldout=rows["heldout"])
 
 
 # ----------------------------------------------------------------------------- the report
@@ -359,14 +345,11 @@ def _time_students(rep: T2IReport) -> None:
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        prompts, _ = eval_prompts(256, "train")
+        prompts, _ = eval_prompts(SAMPLE_BATCH, "train")
         for r in rep.student_rows:
-            s = load_student(r["run_dir"])
-            cond = s.conditioning(prompts, 256)
-            s.decode(s.sample(2, seed=0, cond=cond[:2]))
-            t0 = time.perf_counter()
-            s.decode(s.sample(256, seed=0, cond=cond))
-            r["ms_per_sample"] = 1000 * (time.perf_counter() - t0) / 256
+            _, sec = images_of(Model.student(r["run_dir"]), load_student(r["run_dir"]), prompts, SAMPLE_BATCH, 0,
+                               SAMPLE_BATCH)
+            r["ms_per_sample"] = 1000 * sec
     finally:
         torch.set_num_threads(prev)
 
@@ -441,16 +424,14 @@ def _pictures(rep: T2IReport, teacher_spec: str, out: Path) -> None:
     prompts, digits = eval_prompts(k, "train")
     images, labels = digits_t2i_images()
     data = torch.stack([images[torch.nonzero(labels == d)[j // 10, 0]] for j, d in enumerate(digits.tolist())])
-    t = load_teacher(teacher_spec)
-    zk = _latents(k, (t.img_channels, t.img_resolution, t.img_resolution), 7)
     g = rep.student_rows[0]["guidance"] if rep.student_rows else DIGITS_T2I_GUIDANCE
-    cond = t.encode_prompt(prompts)
-    with torch.no_grad():
-        tx = t.decode(edm_sampler(GuidedDenoiser(t, g), zk, cond, num_steps=HEADLINE_STEPS).float())
+    teacher = Model.teacher(teacher_spec, HEADLINE_STEPS, "heun", g)
+    tx, _ = images_of(teacher, load_teacher(teacher_spec), prompts, k, REPORT_SEED + 7, SAMPLE_BATCH)
     rows = [("data", data), (f"teacher, guidance {g:g}, 35 evaluations", tx)]
     for r in rep.student_rows:
         s = load_student(r["run_dir"])
-        rows.append((r["label"].replace(" student", ""), s.decode(s.sample(k, seed=REPORT_SEED + 7, cond=prompts))))
+        rows.append((r["label"].replace(" student", ""),
+                     images_of(Model.student(r["run_dir"]), s, prompts, k, REPORT_SEED + 7, SAMPLE_BATCH)[0]))
         grid = _prompt_grid(s)
         rep.pictures[f"prompts_{Path(r['run_dir']).name}"] = str(labelled_rows(grid, out / f"prompts_{Path(r['run_dir']).name}.png"))
     rep.pictures["samples"] = str(labelled_rows(rows, out / "samples.png"))

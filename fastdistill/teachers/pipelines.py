@@ -90,6 +90,16 @@ def is_pipeline_folder(path) -> bool:
     return isinstance(name, str) and name.endswith("Pipeline") and name not in ("DDPMPipeline", "DDIMPipeline")
 
 
+def folder_family(path) -> Optional[PipelineFamily]:
+    """The family registered for the pipeline class that a folder's ``model_index.json`` names
+    (None: no such file, or no family takes that class)."""
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        return None
+    name = read_config(index).get("_class_name")
+    return family_for(name) if isinstance(name, str) else None
+
+
 def supported_pipelines() -> str:
     """The registered pipeline classes and their families, for messages."""
     return ", ".join(f"{k} ({v.name})" for k, v in registered().items())
@@ -339,7 +349,7 @@ def load_pipeline_teacher(path, *, resolution: Optional[int] = None, device="cpu
         raise FileNotFoundError(f"{root}: not a diffusers pipeline folder (no model_index.json)")
     index = read_config(root / "model_index.json")
     name = index.get("_class_name", "?")
-    spec = family_for(name) if isinstance(name, str) else None
+    spec = folder_family(root)
     if spec is None:
         raise ValueError(f"{root}: a {name} is not supported as a teacher; supported pipelines: {supported_pipelines()}")
     _check_components(root, spec, index)

@@ -57,6 +57,9 @@ class PipelineFamily:
     #: keyword arguments of the pipeline's call that an export's one-step snippet passes besides the
     #: student's inputs (what keeps the call from changing them, e.g. PixArt's resolution binning)
     one_step_call: dict = {}
+    #: the preset ``distill --teacher FOLDER --prompts FILE`` starts from without --preset / --config
+    #: (None: the SD 1.x recipe, which warns that it was made for another family)
+    preset: Optional[str] = None
 
     def __deepcopy__(self, memo):  # stateless: every copy of a teacher shares its family
         return self
@@ -102,14 +105,19 @@ class PipelineFamily:
         return None
 
 
+def _register(registry: dict, key: str, cls: type):
+    """Put one instance of ``cls`` in ``registry`` under its attribute ``key`` (unique, non-empty)."""
+    if not getattr(cls, key) or not cls.name:
+        raise TypeError(f"{cls.__name__} needs a {key} and a name")
+    if getattr(cls, key) in registry:
+        raise ValueError(f"{getattr(cls, key)} already has a family ({type(registry[getattr(cls, key)]).__name__})")
+    registry[getattr(cls, key)] = cls()
+    return cls
+
+
 def register(cls: type[PipelineFamily]) -> type[PipelineFamily]:
     """Class decorator: make ``cls`` the family of its ``pipeline``."""
-    if not cls.pipeline or not cls.name:
-        raise TypeError(f"{cls.__name__} needs a pipeline and a name")
-    if cls.pipeline in _REGISTRY:
-        raise ValueError(f"{cls.pipeline} already has a family ({type(_REGISTRY[cls.pipeline]).__name__})")
-    _REGISTRY[cls.pipeline] = cls()
-    return cls
+    return _register(_REGISTRY, "pipeline", cls)
 
 
 def family_for(pipeline: str) -> Optional[PipelineFamily]:
@@ -142,12 +150,7 @@ class CheckpointFamily:
 
 def register_checkpoint_family(cls: type[CheckpointFamily]) -> type[CheckpointFamily]:
     """Class decorator: make ``cls`` the family of its ``format``."""
-    if not cls.format or not cls.name:
-        raise TypeError(f"{cls.__name__} needs a format and a name")
-    if cls.format in _CHECKPOINT_REGISTRY:
-        raise ValueError(f"{cls.format} already has a family ({type(_CHECKPOINT_REGISTRY[cls.format]).__name__})")
-    _CHECKPOINT_REGISTRY[cls.format] = cls()
-    return cls
+    return _register(_CHECKPOINT_REGISTRY, "format", cls)
 
 
 def named_family(spec: str) -> Optional[CheckpointFamily]:

@@ -9,6 +9,7 @@ from .base import PipelineFamily, register
 class StableDiffusion(PipelineFamily):
     name = "Stable Diffusion 1.x/2.x"
     pipeline = "StableDiffusionPipeline"
+    preset = "sid-lsg-sd15"
 
     def load_kwargs(self) -> dict:
         return {"safety_checker": None, "requires_safety_checker": False}
