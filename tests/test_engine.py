@@ -14,7 +14,7 @@ from fastdistill.engine import (ConfigError, DistillConfig, Distiller, TrainingD
                                 run_distillation, valid_keys)
 from fastdistill.engine.config import PRESETS
 from fastdistill.engine.ema import EMA, ema_beta
-from fastdistill.engine.optim import make_adam, sanitize_grads
+from fastdistill.engine.updates import make_adam, sanitize_grads
 from fastdistill.engine.updates import Updates
 
 from tests._engine_helpers import TinyDenoiser, params_of, tiny_config, tiny_teacher

@@ -77,7 +77,7 @@ def test_a_run_with_the_methods_module_resumes_exactly(sid_with_head, tmp_path):
 
 def test_a_methods_module_may_not_take_a_networks_name(sid_with_head, tmp_path, monkeypatch):
     monkeypatch.setattr(SiDWithHead, "head_name", "fake")
-    with pytest.raises(ConfigError, match=r"names its own modules \['fake'\]"):
+    with pytest.raises(ConfigError, match=r"names its own modules \['fake'\]: generator, fake"):
         Distiller(tiny_config(tmp_path, **{"method.name": "sid-with-head"}), teacher=tiny_teacher(0))
 
 

@@ -166,3 +166,20 @@ def test_channels_last_training_and_resume(tmp_path):
     assert moments and all(v.is_contiguous(memory_format=torch.channels_last) for v in moments)
     resumed.run()
     assert_bitwise_equal(state_of(full), state_of(resumed))
+
+
+def test_fp16_loss_scale_is_checkpointed_and_resumed(tmp_path):
+    """fp16's GradScaler state travels with the checkpoint: a resumed run continues from the scale
+    (and growth count) the interrupted one reached, not from the initial 65536."""
+    over = dict(OVER, steps=4, precision="fp16", ckpt_every=2, **{"optim.lr": 1e-2})
+    full = Distiller(tiny_config(tmp_path / "full", **over), teacher=tiny_teacher(0))
+    full.run()
+    half = Distiller(tiny_config(tmp_path / "half", **dict(over, steps=2)), teacher=tiny_teacher(0))
+    half.run()
+    reached = half.updates.scaler.state_dict()
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "half"))[1]["scaler"] == reached
+    resumed = Distiller(tiny_config(tmp_path / "half", resume="auto", **over), teacher=tiny_teacher(0))
+    assert resumed.updates.scaler.state_dict() == reached
+    resumed.run()
+    assert resumed.updates.scaler.state_dict() == full.updates.scaler.state_dict()
+    assert_bitwise_equal(state_of(full), state_of(resumed))

@@ -24,7 +24,6 @@ import torch
 from ..methods import ConfigError, MethodContext, get_method, noise_levels
 from ..teachers.prompt_cache import prompt_bank
 from . import checkpoint as ckpt
-from . import distributed as D
 from ..teachers.traits import traits
 from .build import autocast_for, bf16_is_fast, build_data, build_students, build_teacher
 from .config import DistillConfig, preset_config
@@ -34,7 +33,7 @@ from .identity import architecture_of, check_resume, run_identity
 from .lora import trainable_parameters
 from .monitor import NVTX, MetricsLogger, progress_bar
 from .outputs import StudentOutputs
-from .parallel import parallelize
+from .parallel import parallelize, shards_networks
 from .process import RESUME_HINT, RunFolder, RunProcess, Stop
 from .prompts import prompt_cache_dir, prompts_sha256, training_prompts
 from .run_checkpoints import RunCheckpoints, Trained
@@ -76,7 +75,7 @@ class Distiller:
         self.out_dir = Path(cfg.out_dir)
         self.folder = RunFolder(self.out_dir, cfg.force, self.main)
         try:
-            self.checkpoints = RunCheckpoints(self.out_dir, cfg.keep_last, sharded=cfg.distributed.strategy == "fsdp",
+            self.checkpoints = RunCheckpoints(self.out_dir, cfg.keep_last, sharded=shards_networks(cfg),
                                               main=self.main, rank=self.rank, world=self.world)
             self.resume_path = self.checkpoints.find(cfg.resume)
             resumed = self.checkpoints.read(self.resume_path) if self.resume_path is not None else None
@@ -87,9 +86,17 @@ class Distiller:
             self.initial_quality: Optional[float] = None
             self.config_changes: list[dict] = []
             self._build(teacher, init_network, resumed)
-            self._announce()
-            if resumed is not None:
-                self._restore(*resumed)
+            if self.main:
+                print(f"fastdistill: {self.describe()}", flush=True)
+            if resumed is not None:  # continue the run from its checkpoint (read and checked by _build)
+                tensors, state = resumed
+                self.checkpoints.restore(self.resume_path, tensors, state, self.trained, self.updates.generators)
+                self.step, self.images_seen = state.step, int(state.images_seen)
+                self.nan_steps, self.consecutive_nan = int(state.nan_steps), int(state.consecutive_nan)
+                self.initial_quality = state.initial_quality  # the generator before distillation, for the summary
+                self.resumed_from = str(self.resume_path)
+                if self.main:
+                    print(f"fastdistill: resuming from step {self.step} of {self.resume_path.parent.parent}", flush=True)
         except BaseException:
             self.release()
             self.folder.remove_if_empty()
@@ -111,6 +118,10 @@ class Distiller:
         autocast = autocast_for(cfg, self.device, say)
         self.teacher = build_teacher(cfg, teacher, self.device)
         self.traits = t = traits(self.teacher)
+        if cfg.teacher.family and t.family != cfg.teacher.family:
+            say(f"fastdistill: warning: this recipe was made for {cfg.teacher.family} teachers (its timesteps, guidance "
+                f"and learning rates), the teacher is {t.family or 'not a pipeline'}: check them (teacher.family= "
+                f"silences this)")
         if bool(prompts) != t.text:
             raise ConfigError(f"prompts={cfg.prompts} given, but the teacher is not a text-to-image pipeline" if prompts
                               else "a text-to-image teacher needs training prompts: prompts=FILE (one prompt a line, "
@@ -128,7 +139,10 @@ class Distiller:
                                      prompts_sha256(prompts) if prompts else None)
         if resumed is not None:
             self.config_changes = check_resume(self.resume_path, resumed[1], cfg, self.identity, self.main)
-        self.method_modules = _method_modules(self.method, self.fake)
+        self.method_modules = self.method.modules(self.fake)
+        if set(self.method_modules) & {"generator", "fake", "ema", "optim"}:
+            raise ConfigError(f"method {cfg.method.name} names its own modules {sorted(self.method_modules)}: "
+                              f"generator, fake, ema and optim are the run's")
         self.par = parallelize(self.G, self.fake, students.ema, self.teacher, t, cfg, self.device, self.method_modules)
         self.trainable = {"generator": trainable_parameters(self.G), "fake": trainable_parameters(self.fake)}
         self.ema = EMA(self.G, students.ema, self.trainable["generator"])
@@ -141,26 +155,13 @@ class Distiller:
                 data_generator=self.updates.data_gen, shape=tuple(self.shape), label_dim=self.label_dim,
                 device=self.device, seed=cfg.seed, progress=cfg.progress and self.main))
         evaluator = LoopEvaluator.for_run(cfg, self.teacher, t) if self.main else None
+        self.par.check_evaluation(evaluator is not None)
         self.outputs = StudentOutputs(cfg, self.method, self.teacher, t, self.conditions, evaluator,
                                       self.ema.module, self.arch_config, self.device, self.out_dir)
 
     @property
     def evaluator(self) -> Optional[LoopEvaluator]:
         return self.outputs.evaluator
-
-    def _announce(self) -> None:
-        """The start-of-run line and the family warning; a sharded run that would evaluate is refused."""
-        cfg = self.cfg
-        if self.main:
-            print(f"fastdistill: {self.describe()}", flush=True)
-            if cfg.teacher.family and self.traits.family != cfg.teacher.family:
-                print(f"fastdistill: warning: this recipe was made for {cfg.teacher.family} teachers (its timesteps, "
-                      f"guidance and learning rates), the teacher is {self.traits.family or 'not a pipeline'}: check "
-                      f"them (teacher.family= silences this)", flush=True)
-        if self.par.sharded and D.broadcast_object(self.evaluator is not None):
-            raise ConfigError("distributed.strategy=fsdp does not evaluate during training yet (rank 0 alone "
-                              "would need the whole teacher and generator): set eval_data=none and score the "
-                              "run afterwards with `fastdistill eval`")
 
     def describe(self) -> str:
         """One line of what the run detected and set up: the teacher's family and objective, the data
@@ -193,16 +194,15 @@ class Distiller:
     @property
     def trained(self) -> Trained:
         return Trained({"generator": self.G, "fake": self.fake, "ema": self.ema.module, **self.method_modules},
-                       self.updates.optimizers)
+                       self.updates.optimizers, self.updates.scaler)
 
     def _record(self) -> RunState:
         """The run's state for a checkpoint, less what :class:`RunCheckpoints` fills in."""
-        scaler = self.updates.scaler
         return RunState(step=self.step, config=self.cfg.to_dict(), student=self.student_info(),
                         images_seen=self.images_seen, nan_steps=self.nan_steps, consecutive_nan=self.consecutive_nan,
                         sigma_data=self.sigma_data, init=self.init, arch=self.arch, arch_config=self.arch_config,
                         identity=self.identity, config_changes=self.config_changes,
-                        initial_quality=self.initial_quality, scaler=scaler.state_dict() if scaler is not None else None)
+                        initial_quality=self.initial_quality)
 
     def save(self) -> Optional[Path]:
         """Checkpoint (collective; the path on rank 0)."""
@@ -212,19 +212,6 @@ class Distiller:
     def student_info(self) -> StudentInfo:
         """What the trained student is now (``fastdistill.student``; checkpoints and exports carry it)."""
         return self.outputs.info(self.step)
-
-    def _restore(self, tensors: dict, state: RunState) -> None:
-        """Continue the run from its checkpoint (read and checked by :meth:`_build`)."""
-        path = self.resume_path
-        self.checkpoints.restore(path, tensors, state, self.trained, self.updates.generators)
-        self.step, self.images_seen = state.step, int(state.images_seen)
-        self.nan_steps, self.consecutive_nan = int(state.nan_steps), int(state.consecutive_nan)
-        self.initial_quality = state.initial_quality  # the generator before distillation, for the summary
-        if self.updates.scaler is not None and state.scaler:
-            self.updates.scaler.load_state_dict(state.scaler)
-        self.resumed_from = str(path)
-        if self.main:
-            print(f"fastdistill: resuming from step {self.step} of {path.parent.parent}", flush=True)
 
     # ------------------------------------------------------------------ one iteration
     def train_step(self) -> dict:
@@ -369,16 +356,6 @@ class Distiller:
             print(f"fastdistill: pictures skipped: {exc}")
             picture = None
         return picture, samples
-
-
-def _method_modules(method, fake: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """The method's own trained modules (:meth:`~fastdistill.methods.DistillMethod.modules`), under
-    names that are not the run's other checkpoint entries."""
-    modules = method.modules(fake)
-    taken = sorted(set(modules) & {"generator", "fake", "ema", "optim"})
-    if taken:
-        raise ConfigError(f"method {method.name} names its own modules {taken}, which the run's networks use")
-    return modules
 
 
 def _steps(k: int) -> str:

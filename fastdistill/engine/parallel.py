@@ -67,6 +67,13 @@ class Parallel:
             if p.grad is not None:
                 D.all_reduce_sum(p.grad).div_(D.world_size())
 
+    def check_evaluation(self, evaluating: bool) -> None:
+        """Refuse evaluation during a sharded run (collective: rank 0 says whether it evaluates)."""
+        if self.sharded and D.broadcast_object(evaluating):
+            raise ConfigError("distributed.strategy=fsdp does not evaluate during training yet (rank 0 alone "
+                              "would need the whole teacher and generator): set eval_data=none and score the "
+                              "run afterwards with `fastdistill eval`")
+
     def no_sync(self, phase: str, skip: bool):
         """Skip the gradient all-reduce of ``phase``'s network for an accumulation micro-batch."""
         return _no_sync(self.synced[phase], skip)
@@ -106,6 +113,11 @@ def _same_start(nets) -> None:
             torch.distributed.broadcast(t.data, src=0)
 
 
+def shards_networks(cfg) -> bool:
+    """Whether the run keeps its networks (and so its checkpoints) in shards."""
+    return cfg.distributed.strategy == "fsdp"
+
+
 def parallelize(generator: torch.nn.Module, fake: torch.nn.Module, ema: torch.nn.Module, teacher,
                 teacher_traits: TeacherTraits, cfg, device: torch.device, method_modules: dict) -> Parallel:
     """The teacher in its precision (:func:`teacher_precision`), then the run's networks wrapped for
@@ -116,8 +128,8 @@ def parallelize(generator: torch.nn.Module, fake: torch.nn.Module, ema: torch.nn
     teacher_param_dtype = teacher_precision(cfg, teacher_traits, device)
     teacher_network = teacher_traits.network
     distributed = D.is_dist()
-    fsdp = distributed and cfg.distributed.strategy == "fsdp"
-    if method_modules and cfg.distributed.strategy == "fsdp":
+    fsdp = distributed and shards_networks(cfg)
+    if method_modules and shards_networks(cfg):
         raise ConfigError(f"method {cfg.method.name} trains modules of its own ({', '.join(method_modules)}), which "
                           f"distributed.strategy=fsdp does not shard yet: use distributed.strategy=ddp")
     for module in method_modules.values():

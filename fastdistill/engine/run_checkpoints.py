@@ -30,6 +30,7 @@ class Trained:
 
     networks: dict[str, torch.nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
+    scaler: Optional[torch.amp.GradScaler] = None  # fp16's loss scale
 
     def whole_tensors(self) -> tuple[dict, dict]:
         """The whole layout: file stem -> tensors, and the optimisers' JSON-able param groups."""
@@ -112,15 +113,16 @@ class RunCheckpoints:
              generators: dict[str, torch.Generator]) -> Optional[Path]:
         """Checkpoint ``step`` (collective: every rank gives its RNG states, and its shards when
         sharded; rank 0 writes the rest, the checksums, and renames it into place). ``record()``:
-        the run's state, asked on rank 0 only; the optimisers' groups, the layout, the world size and
-        the RNG states are filled in here. Returns the path on rank 0; a failed write raises on every rank."""
+        the run's state, asked on rank 0 only; the optimisers' groups, the loss scale, the layout, the
+        world size and the RNG states are filled in here. Returns the path on rank 0; a failed write raises on every rank."""
         rngs = D.all_gather_object(rng_state(generators))
         path = err = None
         tmp = self._write_shards(step, trained) if self.sharded else None
         if self.main:
             tensors, groups = ({}, None) if self.sharded else trained.whole_tensors()
+            scaler = trained.scaler.state_dict() if trained.scaler is not None else None
             state = dataclasses.replace(record(), step=step, param_groups=groups, layout=self.layout,
-                                        world_size=self.world, rng=rngs).to_dict()
+                                        world_size=self.world, rng=rngs, scaler=scaler).to_dict()
             try:
                 path = ckpt.save_checkpoint(self.out_dir, step, tensors, state, self.keep_last, tmp=tmp)
             except ckpt.CheckpointWriteError as exc:
@@ -161,6 +163,8 @@ class RunCheckpoints:
                 net.load_state_dict(tensors[name])
             for name, opt in trained.optimizers.items():
                 load_optimizer(opt, tensors["optim"], state.param_groups[name], name)
+        if trained.scaler is not None and state.scaler:
+            trained.scaler.load_state_dict(state.scaler)
         rngs = state.rng
         if len(rngs) == self.world:
             set_rng_state(rngs[self.rank], generators)

@@ -65,13 +65,14 @@ class TeacherTraits:
 
 def traits(teacher) -> TeacherTraits:
     """The traits of ``teacher``, a :class:`~.base.Denoiser`."""
+    shape = data_shape_of(teacher)
     schedule = schedule_of(teacher)
     guidance = getattr(teacher, "embedded_guidance", None)
     network = getattr(teacher, "unet", None)
     resolution = getattr(teacher, "resolution", None)
     length = getattr(teacher, "max_sequence_length", None)
     return TeacherTraits(
-        data_shape=data_shape_of(teacher), sigma_data=float(getattr(teacher, "sigma_data", 0.5)),
+        data_shape=shape, sigma_data=float(getattr(teacher, "sigma_data", 0.5)),
         label_dim=int(getattr(teacher, "label_dim", 0) or 0), text=hasattr(teacher, "encode_prompt"),
         text_width=int(teacher.cond_dim) if getattr(teacher, "cond_dim", None) is not None else None,
         text_length=int(length) if length is not None else None,
