@@ -36,6 +36,7 @@ from .engine import checkpoint as ckpt
 from .engine.build import make_mlp
 from .engine.config import LoRAConfig
 from .engine.lora import add_lora
+from .engine.run_checkpoints import load_network
 from .engine.run_state import MULTISTEP_METHODS, PIXEL_STUDENT_FILE, RunState, StudentInfo, write_student_file
 from .engine.shards import read_shards
 from .export import STUDENT_FILE
@@ -44,6 +45,7 @@ from .plotting import save_samples_picture
 from .sampling import DEFAULT_SIGMA_END, draw, multistep_schedule
 from .teachers import CheckpointError, load_teacher
 from .teachers.checkpoint import build_teacher, decode_init_kwargs, read_teacher_extra
+from .teachers.hashing import weights_hash
 from .teachers.loading import teacher_location
 from .teachers.traits import traits
 
@@ -257,13 +259,15 @@ def _exported_folder(folder: Path, device) -> Student:
     return Student(load_teacher(folder, device=device), StudentInfo.from_record({**info["student"], "teacher": str(folder)}))
 
 
-def _rebuild(state: RunState, network: Optional[torch.nn.Module]) -> torch.nn.Module:
+def _rebuild(state: RunState, network: Optional[torch.nn.Module], on_teacher: bool, where) -> torch.nn.Module:
     """The generator's architecture, from the checkpoint's record (or ``network``, for a teacher that
     was a Python object): a registered class, the fitted MLP, or the teacher checkpoint itself;
-    with the run's LoRA adapters when it trained them."""
+    with the run's LoRA adapters when it trained them. ``on_teacher``: the checkpoint holds the
+    adapters only (LoRA on the teacher's own weights), so the network is the run's teacher, checked
+    against the hash the run recorded."""
     if network is not None:
         net = copy.deepcopy(network)
-    elif state.arch_config:
+    elif state.arch_config and not on_teacher:
         arch = state.arch_config
         net = build_teacher(arch["class_name"], decode_init_kwargs(arch["init_kwargs"]))
     elif state.arch:
@@ -279,6 +283,11 @@ def _rebuild(state: RunState, network: Optional[torch.nn.Module]) -> torch.nn.Mo
                                     f"its student is built on it; put it back at that path") from exc
     else:
         raise ValueError("the generator's architecture came from a Python object; pass network=<module>")
+    recorded = (state.identity or {}).get("teacher_sha256")
+    if on_teacher and weights_hash(net) != recorded:
+        raise CheckpointError(f"{where} holds the student's LoRA adapters only; their base is the run's teacher, "
+                              f"whose weights have changed since (their hash is not the one the run recorded): "
+                              f"load it with the teacher the run was trained on")
     lora = LoRAConfig(**state.config.get("lora", {}))
     if lora.rank and lora.networks in ("both", "generator"):
         add_lora(net, lora)
@@ -310,8 +319,12 @@ def load_student(path, which: str = "ema", device="cpu", network: Optional[torch
         where = _checkpoint_dir(p, log)  # pruned by a live run since it was verified: its newest again
         tensors, state = ckpt.load_checkpoint(where, log=log)
     state = RunState.from_dict(state, p)
-    net = _rebuild(state, network)
-    net.load_state_dict(read_shards(where, which) if state.sharded else tensors[which])
+    from_teacher = state.from_teacher.get(which, ())
+    net = _rebuild(state, network, bool(from_teacher), where)
+    if state.sharded:
+        net.load_state_dict(read_shards(where, which))
+    else:
+        load_network(net, tensors[which], from_teacher, f"{where}: its {which}")
     return Student(net.to(device).eval().requires_grad_(False), state.student)
 
 

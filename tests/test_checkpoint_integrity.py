@@ -346,11 +346,12 @@ def test_diverged_run_names_the_newest_intact_checkpoint(tmp_path, monkeypatch, 
 def test_disk_full_during_a_checkpoint_is_one_clear_line_and_leaves_nothing(tmp_path, monkeypatch, reference):
     real_write = getattr(ckpt, "_write_file", None)
 
-    def full_disk(path, data, *args, **kw):
+    def full_disk(path, chunks, size, *args, **kw):
         if path.parent.name.startswith(".tmp-step-00000005") and path.name == "optim.safetensors":
-            path.write_bytes(data[:len(data) // 3])  # a partial file, then the disk is full
+            data = b"".join(bytes(memoryview(c).cast("B")) for c in chunks)
+            path.write_bytes(data[:size // 3])  # a partial file, then the disk is full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return real_write(path, data, *args, **kw)
+        return real_write(path, chunks, size, *args, **kw)
 
     monkeypatch.setattr(ckpt, "_write_file", full_disk, raising=False)
     threads = torch.get_num_threads()
@@ -440,3 +441,30 @@ def test_fastdistill_sample_falls_back_from_a_truncated_newest_checkpoint(toy_ru
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     assert "step-00000003" in r.stderr and "truncated" in r.stderr and str(step_dir(run_dir, 2)) in r.stderr
+
+
+# ----------------------------------------------------------------------------- streamed tensor files
+def test_tensor_files_are_streamed_tensor_by_tensor_and_read_by_safetensors(tmp_path):
+    """A checkpoint's safetensors file is written from views of the tensors themselves (a copy only
+    of one that is not contiguous), so writing never holds the whole file; safetensors reads every
+    dtype and shape back exactly, and the returned checksum is the file's."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    tensors = {"w": torch.randn(3, 4), "conv": torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
+               "step": torch.tensor(3.0), "empty": torch.zeros(0), "half": torch.randn(5).bfloat16(),
+               "mask": torch.tensor([True, False]), "index": torch.arange(5)}
+    chunks, size = ckpt.safetensors_chunks(tensors)
+    header = next(chunks)
+    assert np.shares_memory(next(chunks), tensors["w"].numpy())  # a view, not a copy
+    rest = list(chunks)
+    written = ckpt._write_file(tmp_path / "t.safetensors", [header, tensors["w"].numpy().view(np.uint8), *rest], size)
+    data = (tmp_path / "t.safetensors").read_bytes()
+    assert written == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} and len(data) == size
+    back = load_file(str(tmp_path / "t.safetensors"))
+    assert back.keys() == tensors.keys()
+    for name, t in tensors.items():
+        assert back[name].dtype == t.dtype and torch.equal(back[name], t), name
+    with pytest.raises(TypeError, match="safetensors has no torch.complex64"):
+        ckpt.safetensors_chunks({"z": torch.zeros(2, dtype=torch.complex64)})

@@ -56,3 +56,16 @@ def test_ddp_with_fsdp2_teacher_and_accumulation(tmp_path):
     ddp, _ = _run_ddp(tmp_path / "ddp", **{"distributed.fsdp_teacher": True, "optim.grad_accum": 2})
     single, _ = _single(tmp_path / "single")
     _assert_close(ddp, single)
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+def test_ddp_with_lora_on_the_teachers_shared_weights(tmp_path):
+    """LoRA on the shared base under DDP (the adapters synchronised, the base the teacher's own on
+    every rank) equals one process; the checkpoints hold the adapters only."""
+    pytest.importorskip("peft")
+    over = {"lora.rank": 2, "lora.targets": "net.0,net.3", "activation_checkpointing": True}
+    ddp, state = _run_ddp(tmp_path / "ddp", **over)
+    single, _ = _single(tmp_path / "single", **over)
+    assert set(state["from_teacher"]) == {"generator", "fake", "ema"}
+    assert all("lora_" in k for k in ddp["generator"])
+    _assert_close(ddp, single)

@@ -14,7 +14,7 @@ import contextlib
 import copy
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -205,8 +205,22 @@ def fit_denoiser(net: torch.nn.Module, teacher, t: TeacherTraits, steps: int, ba
     return losses
 
 
-def copy_net(net: torch.nn.Module) -> torch.nn.Module:
-    return copy.deepcopy(net)
+def copy_net(net: torch.nn.Module, shared: Optional[torch.nn.Module] = None) -> torch.nn.Module:
+    """A deep copy of ``net`` that holds the very parameters of ``shared`` (a part of ``net``, or
+    ``net``) instead of copies of them: one storage for both."""
+    memo = {} if shared is None else {id(p): p for p in shared.parameters()}
+    return copy.deepcopy(net, memo)
+
+
+def shared_base(cfg, teacher, t: TeacherTraits, init: str) -> Optional[torch.nn.Module]:
+    """The module whose frozen parameters the LoRA networks hold instead of copies of them
+    (``lora.share_base``): the teacher's denoising network, when the students start from the
+    teacher's weights and those are fp32 here (the bf16 cast of ``teacher.dtype`` comes later and
+    then applies to the shared base too). None: every network has its own copy."""
+    if not (cfg.lora.rank and cfg.lora.share_base and init == "teacher"):
+        return None
+    base = t.network if t.network is not None else teacher
+    return base if all(p.dtype == torch.float32 for p in base.parameters()) else None
 
 
 @dataclass
@@ -220,22 +234,27 @@ class Students:
     init: str
     arch: Optional[dict]
     arch_config: Optional[dict]
+    #: per network, the parameters that are the teacher's own (LoRA on a shared base), by name
+    from_teacher: dict = field(default_factory=dict)
 
 
 def build_students(cfg, teacher, t: TeacherTraits, init_network: Optional[torch.nn.Module], device: torch.device, fit: bool,
                    progress: bool) -> Students:
     """Generator, fake network and EMA copy, in fp32 on ``device``: copies of ``init_network``, of
     the teacher's weights, or of an MLP fitted to the teacher (``fit``: not when resuming, where the
-    checkpoint holds the weights); LoRA factors added where ``lora`` says; channels_last weights."""
+    checkpoint holds the weights); LoRA factors added where ``lora`` says, each LoRA network on the
+    teacher's own frozen weights where :func:`shared_base` gives them; channels_last weights."""
     from ..teachers.checkpoint import teacher_config
     from .lora import add_lora
 
     init = resolve_init(cfg, teacher, t) if init_network is None else "given"
-    arch = None
+    lo, arch = cfg.lora, None
+    lora_g, lora_f = lo.rank and lo.networks in ("both", "generator"), lo.rank and lo.networks in ("both", "fake")
+    shared = shared_base(cfg, teacher, t, init)
     if init_network is not None:
         base = copy_net(init_network)
     elif init == "teacher":
-        base = copy_net(teacher)
+        base = copy_net(teacher, shared if lora_g else None)
     else:
         arch = mlp_arch(cfg, t)
         base = make_mlp(arch)
@@ -247,13 +266,17 @@ def build_students(cfg, teacher, t: TeacherTraits, init_network: Optional[torch.
         arch_config = teacher_config(base)
     except TypeError:
         arch_config = None
-    fake = copy_net(base)
-    lo = cfg.lora
-    if lo.rank and lo.networks in ("both", "generator"):
+    fake = (copy_net(teacher, shared).to(device).requires_grad_(True) if lora_f and shared is not None
+            else copy_net(base))
+    if lora_g:
         add_lora(base, lo)
-    if lo.rank and lo.networks in ("both", "fake"):
+    if lora_f:
         add_lora(fake, lo)
-    students = Students(base, fake, copy_net(base), init, arch, arch_config)
+    ema = copy_net(base, shared if lora_g else None)
+    teachers = set() if shared is None else {id(p) for p in shared.parameters()}
+    from_teacher = {name: names for name, net in (("generator", base), ("fake", fake), ("ema", ema))
+                    if (names := [n for n, p in net.named_parameters() if id(p) in teachers])}
+    students = Students(base, fake, ema, init, arch, arch_config, from_teacher)
     if cfg.channels_last:  # 4-D weights only; activations follow the weights' layout
         for net in (students.generator, students.fake, students.ema):
             net.to(memory_format=torch.channels_last)

@@ -49,12 +49,13 @@ import json
 import os
 import re
 import shutil
+import struct
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
+import torch
 from safetensors.torch import load as _st_load
-from safetensors.torch import save as _st_save
 
 from ..teachers.checkpoint import CheckpointError
 
@@ -182,22 +183,56 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_file(path: Path, data: bytes, phase: str = "write") -> None:
-    """Write ``data`` to a new file and fsync it (the fault point ``phase`` is halfway through)."""
-    half = len(data) // 2
+def _write_file(path: Path, chunks: Iterable, size: int, phase: str = "write") -> dict:
+    """Write the byte chunks (``size`` bytes in all) to a new file one after the other, fsync it, and
+    return its size and sha256 (the fault point ``phase`` is halfway through)."""
+    h, written, half, faulted = hashlib.sha256(), 0, size // 2, False
     with open(path, "xb") as f:
-        f.write(data[:half])
-        f.flush()
-        _fault_point(phase, path.name)
-        f.write(data[half:])
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            if not faulted and written + len(view) >= half:
+                head, view = view[:half - written], view[half - written:]
+                f.write(head)
+                h.update(head)
+                f.flush()
+                _fault_point(phase, path.name)
+                faulted, written = True, half
+            f.write(view)
+            h.update(view)
+            written += len(view)
         f.flush()
         os.fsync(f.fileno())
     if _after_file_written is not None:
         _after_file_written(path)
+    return {"size": written, "sha256": h.hexdigest()}
 
 
-def _contiguous(sd: dict) -> dict:
-    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+#: torch dtype -> safetensors' name for it
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+
+
+def safetensors_chunks(tensors: dict) -> tuple[Iterator, int]:
+    """The safetensors file of ``tensors`` as byte chunks (the header, then each tensor's bytes as a
+    view of it, or of its one contiguous CPU copy) and its size: a file written from them never
+    holds more than one tensor beyond ``tensors`` themselves."""
+    header, offset = {}, 0
+    for name, t in tensors.items():
+        if t.dtype not in _ST_DTYPES:
+            raise TypeError(f"{name}: safetensors has no {t.dtype}")
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the tensors start 8-byte aligned
+
+    def chunks():
+        yield struct.pack("<Q", len(raw)) + raw
+        for t in tensors.values():
+            yield t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+    return chunks(), 8 + len(raw) + offset
 
 
 def _step_of(p: Path) -> int:
@@ -256,18 +291,21 @@ def save_checkpoint(out_dir, step: int, tensors: dict[str, dict], state: dict, k
             tmp = begin_checkpoint(out_dir, step)
         sums = {p.relative_to(tmp).as_posix(): _file_sum(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
 
-        def put(name: str, data: bytes, phase: str = "write") -> None:
+        def put(name: str, chunks: Iterable, size: int, phase: str = "write") -> None:
             nonlocal current
             current = name
-            _write_file(tmp / name, data, phase)
+            written = _write_file(tmp / name, chunks, size, phase)
             if phase == "write":
-                sums[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                sums[name] = written
 
-        for stem, sd in tensors.items():
-            put(f"{stem}.safetensors", _st_save(_contiguous(sd)))
-        put(STATE_FILE, json.dumps({**state, CHECKSUMS_KEY: CHECKSUMS_FORMAT}).encode("utf-8"))
-        put(CHECKSUMS_FILE, json.dumps({"format": CHECKSUMS_FORMAT, "files": sums}, indent=1).encode("utf-8"),
-            "checksums")
+        def put_bytes(name: str, data: bytes, phase: str = "write") -> None:
+            put(name, [data], len(data), phase)
+
+        for stem, sd in tensors.items():  # streamed: one tensor at a time, never a whole file in memory
+            put(f"{stem}.safetensors", *safetensors_chunks(sd))
+        put_bytes(STATE_FILE, json.dumps({**state, CHECKSUMS_KEY: CHECKSUMS_FORMAT}).encode("utf-8"))
+        put_bytes(CHECKSUMS_FILE, json.dumps({"format": CHECKSUMS_FORMAT, "files": sums}, indent=1).encode("utf-8"),
+                  "checksums")
         current = None
         _fsync_dir(tmp)
         _fault_point("before-rename", final.name)

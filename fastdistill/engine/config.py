@@ -91,6 +91,7 @@ class LoRAConfig:
     targets: str = "to_q,to_k,to_v,to_out.0"  # comma-separated module names (name endings) that get adapters: diffusers' attention projections
     networks: str = "both"  # both | generator | fake: which trained networks get adapters (the other is fully fine-tuned)
     dropout: float = 0.0  # LoRA dropout
+    share_base: bool = True  # the LoRA networks hold the teacher's frozen weights themselves (one copy, in the teacher's dtype), not copies
 
 
 @dataclass

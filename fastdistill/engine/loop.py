@@ -135,6 +135,7 @@ class Distiller:
                                   progress=cfg.progress and self.main)
         self.G, self.fake = students.generator, students.fake
         self.init, self.arch, self.arch_config = students.init, students.arch, students.arch_config
+        self.from_teacher = students.from_teacher
         self.identity = run_identity(cfg, self.teacher, architecture_of(self.G, self.arch_config or self.arch),
                                      prompts_sha256(prompts) if prompts else None)
         if resumed is not None:
@@ -173,7 +174,8 @@ class Distiller:
             total = sum(p.numel() for p in net.parameters())
             return f"{name} {_count(sum(p.numel() for p in self.trainable[name]))} of {_count(total)} parameters trained"
 
-        lora = f", LoRA rank {cfg.lora.rank} ({cfg.lora.networks})" if cfg.lora.rank else ""
+        shared = ", on the teacher's weights" if self.from_teacher else ""
+        lora = f", LoRA rank {cfg.lora.rank} ({cfg.lora.networks}){shared}" if cfg.lora.rank else ""
         lora += "".join(f", {name} {_count(sum(p.numel() for p in m.parameters()))} parameters"
                         for name, m in self.method_modules.items())
         procs = f"{self.world} ranks, {cfg.distributed.strategy}" if self.world > 1 else "1 process"
@@ -194,7 +196,7 @@ class Distiller:
     @property
     def trained(self) -> Trained:
         return Trained({"generator": self.G, "fake": self.fake, "ema": self.ema.module, **self.method_modules},
-                       self.updates.optimizers, self.updates.scaler)
+                       self.updates.optimizers, self.updates.scaler, self.from_teacher)
 
     def _record(self) -> RunState:
         """The run's state for a checkpoint, less what :class:`RunCheckpoints` fills in."""

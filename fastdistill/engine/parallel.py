@@ -93,7 +93,8 @@ class Parallel:
 def teacher_precision(cfg, teacher: TeacherTraits, device: torch.device) -> Optional[torch.dtype]:
     """``teacher.dtype``: a diffusers teacher's network is cast to bf16 here (its schedule stays in
     float64); any other teacher runs in bf16 only as FSDP2's mixed precision when sharded, whose
-    parameter dtype is returned (else None). Call after the generator copied the fp32 teacher."""
+    parameter dtype is returned (else None). Called once the students are built: their own copies
+    stay fp32, a base they share with the teacher (``lora.share_base``) is cast with it."""
     bf16 = cfg.teacher.dtype == "bf16" or (cfg.teacher.dtype == "auto" and teacher.latent and bf16_is_fast(device))
     if bf16 and teacher.network is not None:
         teacher.network.to(torch.bfloat16)

@@ -31,10 +31,13 @@ class Trained:
     networks: dict[str, torch.nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
     scaler: Optional[torch.amp.GradScaler] = None  # fp16's loss scale
+    #: per network, the entries that are the teacher's own frozen weights (``lora.share_base``): not
+    #: written, since the teacher whose hash the run's identity records holds them
+    teachers: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     def whole_tensors(self) -> tuple[dict, dict]:
         """The whole layout: file stem -> tensors, and the optimisers' JSON-able param groups."""
-        tensors = {name: net.state_dict() for name, net in self.networks.items()}
+        tensors = {name: _without(net.state_dict(), self.teachers.get(name, ())) for name, net in self.networks.items()}
         flat, groups = {}, {}
         for name, opt in self.optimizers.items():
             moments, groups[name] = optimizer_tensors(opt, name)
@@ -49,6 +52,23 @@ class Trained:
         return {**{name: get_model_state_dict(net) for name, net in self.networks.items()},
                 "optim": {name: get_optimizer_state_dict(self.networks[name], opt)
                           for name, opt in self.optimizers.items()}}
+
+
+def _without(state: dict, names) -> dict:
+    names = set(names)
+    return {k: v for k, v in state.items() if k not in names}
+
+
+def load_network(net: torch.nn.Module, tensors: dict, from_teacher, what: str) -> None:
+    """``tensors`` into ``net``, which must already hold the entries ``from_teacher`` (the teacher's
+    own weights, not in a checkpoint of a shared-base run); anything else missing or extra is an
+    error naming ``what``."""
+    missing, unexpected = net.load_state_dict(tensors, strict=False)
+    absent = sorted(set(missing) - set(from_teacher))
+    if absent or unexpected:
+        raise ckpt.CheckpointError(f"{what} does not fit the network: " + "; ".join(
+            part for part in (f"missing {', '.join(absent[:5])}" if absent else "",
+                              f"unexpected {', '.join(unexpected[:5])}" if unexpected else "") if part))
 
 
 class RunCheckpoints:
@@ -113,8 +133,8 @@ class RunCheckpoints:
              generators: dict[str, torch.Generator]) -> Optional[Path]:
         """Checkpoint ``step`` (collective: every rank gives its RNG states, and its shards when
         sharded; rank 0 writes the rest, the checksums, and renames it into place). ``record()``:
-        the run's state, asked on rank 0 only; the optimisers' groups, the loss scale, the layout, the
-        world size and the RNG states are filled in here. Returns the path on rank 0; a failed write raises on every rank."""
+        the run's state, asked on rank 0 only; the optimisers' groups, the loss scale, the entries
+        left to the teacher, the layout, the world size and the RNG states are filled in here. Returns the path on rank 0; a failed write raises on every rank."""
         rngs = D.all_gather_object(rng_state(generators))
         path = err = None
         tmp = self._write_shards(step, trained) if self.sharded else None
@@ -122,7 +142,8 @@ class RunCheckpoints:
             tensors, groups = ({}, None) if self.sharded else trained.whole_tensors()
             scaler = trained.scaler.state_dict() if trained.scaler is not None else None
             state = dataclasses.replace(record(), step=step, param_groups=groups, layout=self.layout,
-                                        world_size=self.world, rng=rngs, scaler=scaler).to_dict()
+                                        world_size=self.world, rng=rngs, scaler=scaler,
+                                        from_teacher=trained.teachers).to_dict()
             try:
                 path = ckpt.save_checkpoint(self.out_dir, step, tensors, state, self.keep_last, tmp=tmp)
             except ckpt.CheckpointWriteError as exc:
@@ -160,7 +181,7 @@ class RunCheckpoints:
                 set_optimizer_state_dict(trained.networks[name], opt, sd["optim"][name])
         else:
             for name, net in trained.networks.items():
-                net.load_state_dict(tensors[name])
+                load_network(net, tensors[name], state.from_teacher.get(name, ()), f"{path}: its {name}")
             for name, opt in trained.optimizers.items():
                 load_optimizer(opt, tensors["optim"], state.param_groups[name], name)
         if trained.scaler is not None and state.scaler:

@@ -87,6 +87,9 @@ class RunState:
     #: the generator's quality before distillation (for the summary of a resumed run)
     initial_quality: Any = None
     scaler: Optional[dict] = None
+    #: per network, the entries not written because they are the teacher's own weights (LoRA on a
+    #: shared base): a reader takes them from the teacher that ``identity["teacher_sha256"]`` names
+    from_teacher: dict = field(default_factory=dict)
     param_groups: Optional[dict] = None
     layout: str = "whole"
     world_size: int = 1
