@@ -528,7 +528,9 @@ def test_checkpointing_and_bf16_teacher(tmp_path, sd_eps_folder, prompt_file):
     fast = bf16_is_fast("cpu")  # auto: bf16 where the CPU computes it natively (AVX512-BF16 / AMX)
     assert next(auto.teacher.unet.parameters()).dtype == (torch.bfloat16 if fast else torch.float32)
     auto.release()
-    d = Distiller(_lora_config(tmp_path / "bf16", sd_eps_folder, prompt_file, **{"teacher.dtype": "bf16"}))
+    # untied LoRA copies (a shared base takes the teacher's dtype: tests/test_shared_base.py)
+    d = Distiller(_lora_config(tmp_path / "bf16", sd_eps_folder, prompt_file,
+                               **{"teacher.dtype": "bf16", "lora.share_base": False}))
     assert next(d.teacher.unet.parameters()).dtype == torch.bfloat16
     assert next(d.G.unet.parameters()).dtype == torch.float32
     fp32 = load_teacher(str(sd_eps_folder))

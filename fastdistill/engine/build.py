@@ -216,8 +216,9 @@ def shared_base(cfg, teacher, t: TeacherTraits, init: str) -> Optional[torch.nn.
     """The module whose frozen parameters the LoRA networks hold instead of copies of them
     (``lora.share_base``): the teacher's denoising network, when the students start from the
     teacher's weights and those are fp32 here (the bf16 cast of ``teacher.dtype`` comes later and
-    then applies to the shared base too). None: every network has its own copy."""
-    if not (cfg.lora.rank and cfg.lora.share_base and init == "teacher"):
+    then applies to the shared base too). None: every network has its own copy (also when
+    ``distributed.fsdp_teacher`` shards the teacher, which gives it new parameters)."""
+    if not (cfg.lora.rank and cfg.lora.share_base and init == "teacher") or cfg.distributed.fsdp_teacher:
         return None
     base = t.network if t.network is not None else teacher
     return base if all(p.dtype == torch.float32 for p in base.parameters()) else None
@@ -245,7 +246,7 @@ def build_students(cfg, teacher, t: TeacherTraits, init_network: Optional[torch.
     checkpoint holds the weights); LoRA factors added where ``lora`` says, each LoRA network on the
     teacher's own frozen weights where :func:`shared_base` gives them; channels_last weights."""
     from ..teachers.checkpoint import teacher_config
-    from .lora import add_lora
+    from .lora import LORA_MARK, add_lora
 
     init = resolve_init(cfg, teacher, t) if init_network is None else "given"
     lo, arch = cfg.lora, None
@@ -262,17 +263,23 @@ def build_students(cfg, teacher, t: TeacherTraits, init_network: Optional[torch.
             fit_denoiser(base, teacher, t, cfg.teacher.fit_steps, cfg.teacher.fit_batch, cfg.teacher.fit_lr,
                          cfg.seed, device, progress=progress)
     base = base.to(device).float().requires_grad_(True)
-    try:  # class + init kwargs that rebuild the generator (registered teacher classes)
-        arch_config = teacher_config(base)
-    except TypeError:
-        arch_config = None
     fake = (copy_net(teacher, shared).to(device).requires_grad_(True) if lora_f and shared is not None
             else copy_net(base))
+    ema = copy_net(base, shared if lora_g else None)
     if lora_g:
         add_lora(base, lo)
     if lora_f:
         add_lora(fake, lo)
-    ema = copy_net(base, shared if lora_g else None)
+    if lora_g:  # the EMA starts as the generator: its adapters take the generator's first values
+        add_lora(ema, lo)
+        with torch.no_grad():
+            for (name, e), g in zip(ema.named_parameters(), base.parameters()):
+                if LORA_MARK in name:
+                    e.copy_(g)
+    try:  # class + init kwargs that rebuild the generator (registered teacher classes)
+        arch_config = teacher_config(base)
+    except TypeError:
+        arch_config = None
     teachers = set() if shared is None else {id(p) for p in shared.parameters()}
     from_teacher = {name: names for name, net in (("generator", base), ("fake", fake), ("ema", ema))
                     if (names := [n for n, p in net.named_parameters() if id(p) in teachers])}

@@ -3,11 +3,16 @@ atomically and checksummed (what goes into them: :mod:`.run_checkpoints`).
 
 Layout of one checkpoint (a directory ``<out_dir>/checkpoints/step-00001234``):
 
-    generator.safetensors  ema.safetensors  fake.safetensors   network weights (fp32 masters)
+    generator.safetensors  ema.safetensors  fake.safetensors   network weights (fp32 masters; for
+                           LoRA on the teacher's shared base, the adapters: state.json's
+                           ``from_teacher`` names what the teacher holds)
     optim.safetensors      Adam states, keys ``<net>.<param index>.<exp_avg|exp_avg_sq|step>``
     state.json             config, step, images seen, counters, Adam param groups and the
                            RNG states of every rank (torch CPU/CUDA, numpy, python, noise generators)
     checksums.json         size and sha256 of every other file, written last
+
+Tensor files are streamed tensor by tensor (:func:`safetensors_chunks`), so a write holds no
+copy of a whole file.
 
 A sharded checkpoint (``distributed.strategy=fsdp``, ``"layout": "sharded"`` in state.json) has
 no ``.safetensors``: networks, EMA and Adam states are a torch.distributed.checkpoint (DCP)
