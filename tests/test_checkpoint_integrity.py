@@ -452,10 +452,12 @@ def test_tensor_files_are_streamed_tensor_by_tensor_and_read_by_safetensors(tmp_
 
     from safetensors.torch import load_file
 
+    from fastdistill.engine.tensor_files import safetensors_chunks
+
     tensors = {"w": torch.randn(3, 4), "conv": torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
                "step": torch.tensor(3.0), "empty": torch.zeros(0), "half": torch.randn(5).bfloat16(),
                "mask": torch.tensor([True, False]), "index": torch.arange(5)}
-    chunks, size = ckpt.safetensors_chunks(tensors)
+    chunks, size = safetensors_chunks(tensors)
     header = next(chunks)
     assert np.shares_memory(next(chunks), tensors["w"].numpy())  # a view, not a copy
     rest = list(chunks)
@@ -467,4 +469,4 @@ def test_tensor_files_are_streamed_tensor_by_tensor_and_read_by_safetensors(tmp_
     for name, t in tensors.items():
         assert back[name].dtype == t.dtype and torch.equal(back[name], t), name
     with pytest.raises(TypeError, match="safetensors has no torch.complex64"):
-        ckpt.safetensors_chunks({"z": torch.zeros(2, dtype=torch.complex64)})
+        safetensors_chunks({"z": torch.zeros(2, dtype=torch.complex64)})

@@ -11,8 +11,8 @@ Layout of one checkpoint (a directory ``<out_dir>/checkpoints/step-00001234``):
                            RNG states of every rank (torch CPU/CUDA, numpy, python, noise generators)
     checksums.json         size and sha256 of every other file, written last
 
-Tensor files are streamed tensor by tensor (:func:`safetensors_chunks`), so a write holds no
-copy of a whole file.
+Tensor files are streamed tensor by tensor (:func:`.tensor_files.safetensors_chunks`), so a write
+holds no copy of a whole file.
 
 A sharded checkpoint (``distributed.strategy=fsdp``, ``"layout": "sharded"`` in state.json) has
 no ``.safetensors``: networks, EMA and Adam states are a torch.distributed.checkpoint (DCP)
@@ -54,15 +54,14 @@ import json
 import os
 import re
 import shutil
-import struct
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Optional
 
-import torch
 from safetensors.torch import load as _st_load
 
 from ..teachers.checkpoint import CheckpointError
+from .tensor_files import safetensors_chunks
 
 __all__ = ["CheckpointCorruptError", "CheckpointWriteError", "CKPT_RE", "STATE_FILE", "CHECKSUMS_FILE",
            "WRITE_PHASES", "ckpt_root", "check_writable", "list_checkpoints", "latest_checkpoint",
@@ -210,34 +209,6 @@ def _write_file(path: Path, chunks: Iterable, size: int, phase: str = "write") -
     if _after_file_written is not None:
         _after_file_written(path)
     return {"size": written, "sha256": h.hexdigest()}
-
-
-#: torch dtype -> safetensors' name for it
-_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-              torch.bool: "BOOL"}
-
-
-def safetensors_chunks(tensors: dict) -> tuple[Iterator, int]:
-    """The safetensors file of ``tensors`` as byte chunks (the header, then each tensor's bytes as a
-    view of it, or of its one contiguous CPU copy) and its size: a file written from them never
-    holds more than one tensor beyond ``tensors`` themselves."""
-    header, offset = {}, 0
-    for name, t in tensors.items():
-        if t.dtype not in _ST_DTYPES:
-            raise TypeError(f"{name}: safetensors has no {t.dtype}")
-        n = t.numel() * t.element_size()
-        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # the tensors start 8-byte aligned
-
-    def chunks():
-        yield struct.pack("<Q", len(raw)) + raw
-        for t in tensors.values():
-            yield t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-
-    return chunks(), 8 + len(raw) + offset
 
 
 def _step_of(p: Path) -> int:
