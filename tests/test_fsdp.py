@@ -264,3 +264,25 @@ def test_sharded_text_to_image_run_exports_the_gathered_student(tmp_path):
     assert all(torch.equal(got[k], want[k]) for k in got)
     before = load_file(tmp_path / "sd" / "unet" / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(got[k], before[k]) for k in got)  # trained, not the teacher's copy
+
+
+@pytest.mark.parametrize("init", ["fit", "teacher"])
+def test_sharded_lora_with_checkpointing_equals_one_process(tmp_path, init):
+    """LoRA adapters (frozen base, trained factors in the same shards) and activation checkpointing
+    under FSDP2, on the MLP or on copies of the teacher (each its own base: a sharded teacher is not
+    shared): the run equals one process, only the adapters moved, and the student loads."""
+    pytest.importorskip("peft")
+    over = {"lora.rank": 2, "lora.targets": "fc1,fc2" if init == "fit" else "net.0,net.3", "teacher.init": init,
+            "activation_checkpointing": True, "steps": 3, "ckpt_every": 3}
+    seen = _sharded_run(tmp_path / "two", **over)
+    assert seen["dtensor"]
+    single = _single(tmp_path / "single", **{**over, "distributed.strategy": "ddp", "lora.share_base": False})
+    two, one = _whole(tmp_path / "two"), _whole(single.out_dir)
+    for name in NETS:
+        assert two[name].keys() == one[name].keys() and any("lora_" in k for k in two[name])
+        for k in two[name]:
+            torch.testing.assert_close(two[name][k], one[name][k], rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
+    start = {k: v for k, v in single.G.state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(two["generator"][k], start[k]) for k in start)  # the base did not move
+    x = load_student(tmp_path / "two", network=tiny_teacher(0) if init == "teacher" else None).sample(4, seed=0)
+    assert x.shape == (4, 2) and torch.isfinite(x).all()

@@ -216,9 +216,11 @@ def shared_base(cfg, teacher, t: TeacherTraits, init: str) -> Optional[torch.nn.
     """The module whose frozen parameters the LoRA networks hold instead of copies of them
     (``lora.share_base``): the teacher's denoising network, when the students start from the
     teacher's weights and those are fp32 here (the bf16 cast of ``teacher.dtype`` comes later and
-    then applies to the shared base too). None: every network has its own copy (also when
-    ``distributed.fsdp_teacher`` shards the teacher, which gives it new parameters)."""
-    if not (cfg.lora.rank and cfg.lora.share_base and init == "teacher") or cfg.distributed.fsdp_teacher:
+    then applies to the shared base too). None: every network has its own copy (also when the
+    teacher is sharded, ``distributed.strategy=fsdp`` or ``fsdp_teacher``: sharding gives it new
+    parameters)."""
+    sharded = cfg.distributed.strategy == "fsdp" or cfg.distributed.fsdp_teacher
+    if not (cfg.lora.rank and cfg.lora.share_base and init == "teacher") or sharded:
         return None
     base = t.network if t.network is not None else teacher
     return base if all(p.dtype == torch.float32 for p in base.parameters()) else None

@@ -270,8 +270,7 @@ class DistillConfig:
         choice("distributed.strategy", dd.strategy, ("ddp", "fsdp"))
         if dd.strategy == "fsdp":  # what the sharded path does not handle (yet): refused before any work
             for bad, what in ((self.precision == "fp16", "precision=fp16 (its GradScaler is not shard-aware; use precision=bf16)"),
-                              (self.compile, "compile=true"), (self.activation_checkpointing, "activation_checkpointing=true"),
-                              (self.channels_last, "channels_last=true"), (lo.rank > 0, "lora.rank > 0")):
+                              (self.compile, "compile=true"), (self.channels_last, "channels_last=true")):
                 need(not bad, f"distributed.strategy=fsdp does not support {what} yet: use distributed.strategy=ddp")
         choice("log.tensorboard", self.log.tensorboard, ("auto", "true", "false"))
         for wanted, package in ((self.log.tensorboard == "true", "tensorboard"), (self.log.wandb, "wandb")):

@@ -176,12 +176,12 @@ class Distiller:
 
         shared = ", on the teacher's weights" if self.from_teacher else ""
         lora = f", LoRA rank {cfg.lora.rank} ({cfg.lora.networks}){shared}" if cfg.lora.rank else ""
-        lora += "".join(f", {name} {_count(sum(p.numel() for p in m.parameters()))} parameters"
-                        for name, m in self.method_modules.items())
+        own = "".join(f", {name} {_count(sum(p.numel() for p in m.parameters()))} parameters"
+                      for name, m in self.method_modules.items())
         procs = f"{self.world} ranks, {cfg.distributed.strategy}" if self.world > 1 else "1 process"
         return (f"{cfg.method.name} ({_steps(self.method.steps)}) of a {t.family or type(self.teacher).__name__} "
                 f"teacher ({t.objective}, {str(dtype).removeprefix('torch.')}), data {tuple(self.shape)}; "
-                f"{trained(self.G, 'generator')}, {trained(self.fake, 'fake')}{lora}; {procs} on {self.device}, "
+                f"{trained(self.G, 'generator')}, {trained(self.fake, 'fake')}{lora}{own}; {procs} on {self.device}, "
                 f"precision {cfg.precision}")
 
     def release(self) -> None:
