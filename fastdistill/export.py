@@ -9,7 +9,8 @@ of a few-step student (docs/algorithms.md sections 9 and 10). One-step students 
 run with the pipeline's own call in diffusers alone: the export's scheduler makes its one step the
 student (a DDPMScheduler whose step at ``timesteps=[t_init]`` ends at the sample, from the latents
 ``sqrt(1 - abar[t_init]) z``; for flow teachers an unshifted flow-matching Euler scheduler at
-``sigmas=[t_init]``, from ``t_init z``); :func:`one_step_snippet` is that code (the tests run it). Every family,
+``sigmas=[t_init]``, from ``t_init z``; K-step students through an LCM or a stochastic flow-matching
+scheduler at their timesteps); :func:`pipeline_snippet` is that code (the tests run it). Every family,
 LoRA merged, loads back with ``fastdistill.load_student(folder)`` (so ``fastdistill sample``). The
 folder is written beside its destination and renamed into place, so an interrupted export leaves
 nothing half-written.
@@ -30,7 +31,7 @@ from .teachers.pipelines import folder_family
 from .teachers.loading import teacher_location
 from .teachers.traits import traits
 
-__all__ = ["export_student", "one_step_snippet", "FASTDISTILL_SNIPPET", "LORA_MODES", "STUDENT_FILE"]
+__all__ = ["export_student", "pipeline_snippet", "FASTDISTILL_SNIPPET", "LORA_MODES", "STUDENT_FILE"]
 
 #: the file that marks an exported folder and holds its student record
 STUDENT_FILE = "fastdistill_student.json"
@@ -45,23 +46,36 @@ images = student.decode(student.sample(len(prompts), seed=0, cond=prompts))
 '''
 
 
-def one_step_snippet(family: PipelineFamily) -> str:
-    """One-step generation with an exported folder of ``family`` through the pipeline's own call, in
-    diffusers alone, run from inside the folder (``prompts``; ``z``: (B, C, h, w) standard normal
-    latents); ``images`` in [0, 1], (B, H, W, 3). The export's scheduler makes the one step the
-    student (:func:`_write_one_step_scheduler`); the rest of what the call needs is in the folder's
-    student record."""
+def pipeline_snippet(family: PipelineFamily, steps: int = 1) -> str:
+    """Generation with an exported folder of ``family`` through the pipeline's own call, in diffusers
+    alone, run from inside the folder (``prompts``; ``z``: (B, C, h, w) standard normal latents; a
+    few-step student: ``seed`` instead, from which ``z`` and the re-noising are drawn); ``images`` in
+    [0, 1], (B, H, W, 3). The export's scheduler (:func:`_write_student_scheduler`) makes the call's
+    steps the student's; the rest of what the call needs is in the folder's student record.
+
+    A few-step student of a discrete family draws ``z`` and then each step's re-noising from one
+    generator, as ``fastdistill sample --seed`` does, so the two give the same images; the flow
+    pipelines pass no generator to their scheduler, which re-noises from torch's global one."""
     p = family.patch
     start = 'student["t_init"] * z' if family.flow else 'student["latent_scale"] * z'
     lines = ["import json", "from diffusers import DiffusionPipeline", 'pipe = DiffusionPipeline.from_pretrained(".")',
              'student = json.load(open("fastdistill_student.json"))  # t_init and the inputs the student was trained with']
+    if steps > 1:
+        lines = ["import torch"] + lines + [
+            "generator = torch.Generator().manual_seed(seed)  # z first, then the re-noising of each later step",
+            'z = torch.randn((len(prompts), *student["student"]["data_shape"]), generator=generator)']
+        if family.flow:
+            lines.append("torch.manual_seed(seed + 1)  # the pipeline's scheduler re-noises from torch's global generator")
     if p > 1:
         lines += [f"B, C, h, w = z.shape  # the pipeline takes its latents as {p} x {p} patch tokens",
                   f"latents = ({start}).view(B, C, h // {p}, {p}, w // {p}, {p}).permute(0, 2, 4, 1, 3, 5)"
                   f".reshape(B, h * w // {p * p}, C * {p * p})"]
         start = "latents"
-    args = ['sigmas=[student["t_init"]]' if family.flow else 'timesteps=[student["t_init"]]',
-            'guidance_scale=student["guidance_scale"]', f"latents={start}"]
+    levels = '[student["t_init"]]' if steps == 1 else 'student["timesteps"]'
+    args = [f"sigmas={levels}" if family.flow else f"timesteps={levels}", 'guidance_scale=student["guidance_scale"]',
+            f"latents={start}"]
+    if steps > 1 and not family.flow:
+        args.append("generator=generator")
     if family.t5_tokenizer is not None:
         args.append('max_sequence_length=student["max_sequence_length"]')
     args += ['height=student["height"]', 'width=student["width"]']
@@ -70,20 +84,34 @@ def one_step_snippet(family: PipelineFamily) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_one_step_scheduler(folder: Path, flow: bool) -> None:
+#: the LCM scheduler's boundary-condition scale for a few-step export: c_skip = 1 / (1 + (4 t s)^2)
+#: is below 1e-12 for every timestep t >= 1, so its step reads the network's sample as it is
+_NO_SKIP = 1e6
+
+
+def _write_student_scheduler(folder: Path, flow: bool, steps: int) -> None:
     """The export's scheduler, whatever scheduler class the teacher's folder shipped (DDIM, PNDM, Euler,
-    DPM-Solver, ...; FlowMatchEuler with a shift): for a discrete teacher its schedule as a DDPMScheduler,
-    which takes custom timesteps and whose last step ends at the predicted sample (its variance there is
-    0), so ``timesteps=[t_init]`` is the student; for a flow teacher a FlowMatchEulerDiscreteScheduler
-    without any shift of the sigmas it is given, whose one step from ``t_init`` to 0 along the velocity
-    is the student's ``x_t - t v``."""
-    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+    DPM-Solver, ...; FlowMatchEuler with a shift), on the teacher's own training schedule.
+
+    One step, discrete: a DDPMScheduler, which takes custom timesteps and whose last step ends at
+    the predicted sample (its variance there is 0), so ``timesteps=[t_init]`` is the student. K
+    steps, discrete: an LCMScheduler at ``timesteps=[t_1, ..., t_K]``: each step predicts the sample
+    and re-noises it to the next timestep with fresh noise, ``sqrt(abar) x0 + sqrt(1 - abar) eps``,
+    the student's chain, its boundary condition switched off (:data:`_NO_SKIP`). Flow: a
+    FlowMatchEulerDiscreteScheduler without any shift of the sigmas it is given; one step from
+    ``t_init`` to 0 along the velocity is the student's ``x_t - t v``, and K steps sample
+    stochastically, ``(1 - t') x0 + t' eps``, the student's re-noising."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, LCMScheduler
 
     source = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     if flow:
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(
             source, shift=1.0, use_dynamic_shifting=False, shift_terminal=None, invert_sigmas=False,
-            use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False, stochastic_sampling=False)
+            use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False,
+            stochastic_sampling=steps > 1)
+    elif steps > 1:
+        scheduler = LCMScheduler.from_config(source, clip_sample=False, thresholding=False, timestep_scaling=_NO_SKIP,
+                                             original_inference_steps=source.get("num_train_timesteps", 1000))
     else:
         scheduler = DDPMScheduler.from_config(source, clip_sample=False, thresholding=False)
     shutil.rmtree(folder / "scheduler")
@@ -172,14 +200,17 @@ def export_student(student, out, lora: str = "merge") -> Path:
                              "(diffusers' scheduler.add_noise(x0, fresh standard normal noise, t); flow: (1 - t) x0 + "
                              "t noise) and reads the sample as the first step does")
         (tmp / STUDENT_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        _write_student_scheduler(tmp, flow, k)
+        shape = ", ".join(str(d) for d in student.info.data_shape)
         if k == 1:
-            _write_one_step_scheduler(tmp, flow)
-            how = (f"With the pipeline's own call, in diffusers alone, from inside this folder (`prompts` and `z`, "
-                   f"standard normal latents of shape (B, {', '.join(str(d) for d in student.info.data_shape)}), are "
-                   f"yours; its scheduler takes the one step at t_init and ends at the sample):\n\n"
-                   f"```python\n{one_step_snippet(family)}```\n")
+            yours = (f"`prompts` and `z`, standard normal latents of shape (B, {shape}), are yours; its scheduler "
+                     f"takes the one step at t_init and ends at the sample")
         else:
-            how = f"The network input and output are in {STUDENT_FILE}.\n"
+            yours = (f"`prompts` and `seed` are yours; its scheduler takes the student's {k} steps, re-noising the "
+                     f"sample to each next timestep" + ("" if flow else "; the images are `fastdistill sample "
+                                                                         "--seed`'s"))
+        how = (f"With the pipeline's own call, in diffusers alone, from inside this folder ({yours}):\n\n"
+               f"```python\n{pipeline_snippet(family, k)}```\n")
         if info["lora"] != "adapter":
             how += f"\nWith fastdistill, from inside this folder:\n\n```python\nfolder = \".\"\n{FASTDISTILL_SNIPPET}```\n"
         else:

@@ -483,6 +483,39 @@ def test_one_step_export_runs_with_the_pipelines_own_call(tmp_path, folders, pro
     assert (unscaled - want).abs().max() > 1e-3  # the comparison can fail: the latents' scale shows
 
 
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_few_step_flow_export_runs_with_the_pipelines_own_call(tmp_path, folders, prompt_file, kind):
+    """A 2-step flow student's export generates with the pipeline's own call, in diffusers alone:
+    an unshifted flow-matching Euler scheduler sampling stochastically at the student's timesteps,
+    ``(1 - t') x0 + t' eps`` between the steps. The pipeline re-noises from torch's global
+    generator, so the student's own chain is fed those draws here (Flux's in its patch-token layout)."""
+    from fastdistill.cli import main
+    from fastdistill.student import load_student
+
+    run = tmp_path / "run"
+    args = ["distill", "--teacher", str(folders[kind]), "--prompts", str(prompt_file), "batch_size=2", "steps=1",
+            f"out_dir={run}", "progress=false", "teacher.dtype=fp32", "optim.lr=1e-2", "method.name=dmd",
+            "method.steps=2"]
+    if kind == "flux":
+        args += ["method.guidance_teacher=1", "method.guidance_fake=1", "method.guidance_fake_train=1"]
+    assert main(args) == 0
+    assert main(["export", str(run), str(tmp_path / "exported")]) == 0
+    student, prompts, seed = load_student(run), ["a cat", "a dog"], 7
+    B, (C, h, w) = 2, student.info.data_shape
+    z = torch.randn((B, C, h, w), generator=torch.Generator().manual_seed(seed))  # what the snippet draws
+    got = run_export_snippet(tmp_path / "exported", prompts, z, tmp_path, seed=seed)
+    renoise = torch.Generator().manual_seed(seed + 1)
+    if kind == "flux":  # drawn as the pipeline's 2 x 2 patch tokens
+        eps = torch.randn((B, h * w // 4, C * 4), generator=renoise)
+        eps = eps.view(B, h // 2, w // 2, C, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(B, C, h, w)
+    else:
+        eps = torch.randn((B, C, h, w), generator=renoise)
+    sig = list(student.info.step_sigmas)
+    want = student._chain(sig[0] * z, student.conditioning(prompts, B), [sig[1] * eps], 1024, sig)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert (got - student._chain(sig[0] * z, student.conditioning(prompts, B), [], 1024, sig)).abs().max() > 1e-3
+
+
 def test_bad_conditioning(folders):
     pixart, sd3, flux = (load_teacher(str(folders[k])) for k in ("pixart", "sd3", "flux"))
     x4, x16 = torch.zeros(2, 4, 8, 8), torch.zeros(2, 16, 8, 8)

@@ -364,7 +364,7 @@ def make_flux_pipeline(folder: PathLike, guidance_embeds: bool = True, seed: int
 _SNIPPET_RUNNER = """
 import json, sys
 import numpy as np, torch
-z, prompts = torch.load(sys.argv[1]), json.load(open(sys.argv[2]))
+z, prompts, seed = torch.load(sys.argv[1]), json.load(open(sys.argv[2])), int(sys.argv[4])
 CODE
 np.save(sys.argv[3], images)
 assert "fastdistill" not in sys.modules
@@ -372,8 +372,9 @@ assert "fastdistill" not in sys.modules
 
 
 def run_export_snippet(folder: PathLike, prompts: list, z: torch.Tensor, tmp_path: PathLike, adapter: bool = False,
-                       scale_latents: bool = True, latents: bool = True) -> torch.Tensor:
-    """What the one-step snippet of an exported folder's README.md makes, run as a user would, inside
+                       scale_latents: bool = True, latents: bool = True, seed: int = 0) -> torch.Tensor:
+    """What the snippet of an exported folder's README.md makes (``z``, or for a few-step student
+    ``seed``), run as a user would, inside
     ``folder``: with ``latents`` the sample before the VAE (``output_type="latent"``: a tiny random VAE
     hardly depends on its input; unpacked from patch tokens where the pipeline packs them), else the
     images. ``adapter``: the LoRA adapters loaded first; ``scale_latents=False``: ``z`` as the
@@ -397,7 +398,7 @@ def run_export_snippet(folder: PathLike, prompts: list, z: torch.Tensor, tmp_pat
     torch.save(z, tmp_path / "z.pt")
     (tmp_path / "prompts.json").write_text(json.dumps(prompts))
     proc = subprocess.run([sys.executable, "-c", _SNIPPET_RUNNER.replace("CODE", code), str(tmp_path / "z.pt"),
-                           str(tmp_path / "prompts.json"), str(tmp_path / "images.npy")],
+                           str(tmp_path / "prompts.json"), str(tmp_path / "images.npy"), str(seed)],
                           cwd=folder, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = torch.from_numpy(np.load(tmp_path / "images.npy"))

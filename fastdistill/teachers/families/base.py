@@ -54,7 +54,7 @@ class PipelineFamily:
     t5_tokenizer: Optional[str] = None
     #: latent patches packed into one token (Flux: 2 x 2); the latent side must be a multiple
     patch: int = 1
-    #: keyword arguments of the pipeline's call that an export's one-step snippet passes besides the
+    #: keyword arguments of the pipeline's call that an export's snippet passes besides the
     #: student's inputs (what keeps the call from changing them, e.g. PixArt's resolution binning)
     one_step_call: dict = {}
     #: the preset ``distill --teacher FOLDER --prompts FILE`` starts from without --preset / --config
