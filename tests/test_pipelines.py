@@ -453,8 +453,9 @@ def test_the_export_runs_with_the_pipelines_own_call_whatever_scheduler_the_teac
                                student.sample(2, seed=4, cond=prompts), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
-def test_few_step_export_runs_with_the_pipelines_own_call(tmp_path, prompt_file, prediction):
+@pytest.mark.parametrize("scheduler,prediction", [("pndm", "epsilon"), ("euler_ancestral", "epsilon"),
+                                                  ("dpm", "v_prediction")])
+def test_few_step_export_runs_with_the_pipelines_own_call(tmp_path, prompt_file, scheduler, prediction):
     """A 2-step student's export generates with the pipeline's own call, in diffusers alone, through
     its LCM scheduler at the student's timesteps: the images ``fastdistill sample --seed`` gives
     (the latents and the re-noising drawn in the same order from the same seed), whatever scheduler
@@ -462,7 +463,7 @@ def test_few_step_export_runs_with_the_pipelines_own_call(tmp_path, prompt_file,
     from fastdistill.cli import main
     from fastdistill.student import load_student
 
-    teacher = make_sd_pipeline(tmp_path / "teacher", prediction_type=prediction, scheduler="pndm")
+    teacher = make_sd_pipeline(tmp_path / "teacher", prediction_type=prediction, scheduler=scheduler)
     run = tmp_path / "run"
     Distiller(_lora_config(run, teacher, prompt_file, **{"lora.rank": 0, "steps": 1, "method.name": "dmd",
                                                           "method.steps": 2, "optim.lr": 1e-2})).run()
