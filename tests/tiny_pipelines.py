@@ -100,14 +100,18 @@ def _vae(seed: int, sample_size: int):
     ).eval()
 
 
-#: UNet shapes: "tiny" (212k parameters, the tests) and "mid" (SD 1.5's block layout at a fifth of
-#: its width: 4 levels, 2 layers a level, cross-attention in the first 3; about 36M parameters)
+#: UNet shapes: "tiny" (212k parameters, the tests), "mid" (SD 1.5's block layout at a fifth of
+#: its width: 4 levels, 2 layers a level, cross-attention in the first 3; about 36M parameters) and
+#: "large" (the same at a fifth less than SD 1.5's 320-1280 widths; about 140M parameters)
 UNET_SIZES = {
     "tiny": dict(layers_per_block=1, block_out_channels=(16, 32), attention_head_dim=2,
                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
     "mid": dict(layers_per_block=2, block_out_channels=(64, 128, 256, 256), attention_head_dim=8,
                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
+    "large": dict(layers_per_block=2, block_out_channels=(128, 256, 512, 512), attention_head_dim=8,
+                  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
 }
 
 

@@ -33,11 +33,11 @@ class Trained:
     scaler: Optional[torch.amp.GradScaler] = None  # fp16's loss scale
     #: per network, the entries that are the teacher's own frozen weights (``lora.share_base``): not
     #: written, since the teacher whose hash the run's identity records holds them
-    teachers: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    from_teacher: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     def whole_tensors(self) -> tuple[dict, dict]:
         """The whole layout: file stem -> tensors, and the optimisers' JSON-able param groups."""
-        tensors = {name: _without(net.state_dict(), self.teachers.get(name, ())) for name, net in self.networks.items()}
+        tensors = {name: _without(net.state_dict(), self.from_teacher.get(name, ())) for name, net in self.networks.items()}
         flat, groups = {}, {}
         for name, opt in self.optimizers.items():
             moments, groups[name] = optimizer_tensors(opt, name)
@@ -134,7 +134,8 @@ class RunCheckpoints:
         """Checkpoint ``step`` (collective: every rank gives its RNG states, and its shards when
         sharded; rank 0 writes the rest, the checksums, and renames it into place). ``record()``:
         the run's state, asked on rank 0 only; the optimisers' groups, the loss scale, the entries
-        left to the teacher, the layout, the world size and the RNG states are filled in here. Returns the path on rank 0; a failed write raises on every rank."""
+        left to the teacher, the layout, the world size and the RNG states are filled in here.
+        Returns the path on rank 0; a failed write raises on every rank."""
         rngs = D.all_gather_object(rng_state(generators))
         path = err = None
         tmp = self._write_shards(step, trained) if self.sharded else None
@@ -143,7 +144,7 @@ class RunCheckpoints:
             scaler = trained.scaler.state_dict() if trained.scaler is not None else None
             state = dataclasses.replace(record(), step=step, param_groups=groups, layout=self.layout,
                                         world_size=self.world, rng=rngs, scaler=scaler,
-                                        from_teacher=trained.teachers).to_dict()
+                                        from_teacher=trained.from_teacher).to_dict()
             try:
                 path = ckpt.save_checkpoint(self.out_dir, step, tensors, state, self.keep_last, tmp=tmp)
             except ckpt.CheckpointWriteError as exc:
