@@ -135,3 +135,29 @@ def test_a_shared_base_checkpoint_holds_the_adapters_and_loads_on_the_teacher(tm
     with pytest.raises(CheckpointError, match="LoRA adapters only.*weights have changed"):
         load_student(tmp_path / "shared", network=changed)
     load_student(tmp_path / "shared", network=load_teacher(str(folder)))  # the run's own teacher: loads
+
+
+def test_a_checkpoint_from_before_the_shared_base_resumes_untied_and_exactly(tmp_path, folder, prompts, monkeypatch):
+    """A checkpoint whose config has no ``lora.share_base`` (written before the setting existed, its
+    LoRA networks each on their own base) resumes untied, bit for bit, even with a bf16 teacher,
+    where the two forms differ; the config check does not take the missing key for a change."""
+    over = {"lora.share_base": False, "teacher.dtype": "bf16", "ckpt_every": 2, "steps": 4}
+    full = Distiller(_config(tmp_path / "full", folder, prompts, **over))
+    full.run()
+    half = _config(tmp_path / "half", folder, prompts, **dict(over, steps=2))
+    current = DistillConfig.to_dict
+
+    def older(self):
+        d = current(self)
+        d["lora"].pop("share_base")
+        return d
+
+    monkeypatch.setattr(DistillConfig, "to_dict", older)
+    Distiller(half).run()
+    monkeypatch.setattr(DistillConfig, "to_dict", current)
+    resumed = Distiller(_config(tmp_path / "half", folder, prompts, resume="auto",
+                                **{k: v for k, v in over.items() if k != "lora.share_base"}))
+    assert resumed.cfg.lora.share_base is False and not resumed.from_teacher and resumed.config_changes == []
+    resumed.run()
+    a, b = _state(full), _state(resumed)
+    assert not [k for k in a if not torch.equal(a[k], b[k])]

@@ -96,6 +96,16 @@ def architecture_of(net: torch.nn.Module, record=None) -> dict:
 
 #: identity keys added after checkpoints first recorded an identity: compared only when recorded
 LATER_KEYS = ("prompts_sha256",)
+#: settings added since some checkpoints were written, with the value that reproduces their runs: a
+#: run resumed from a checkpoint whose config lacks one continues with that value
+ADDED_SETTINGS = {"lora.share_base": False}
+
+
+def as_recorded(cfg, recorded_config: dict):
+    """``cfg`` with each of :data:`ADDED_SETTINGS` that the checkpoint's config lacks set as its run had it."""
+    flat = _flat(recorded_config)
+    older = [f"{k}={v}" for k, v in ADDED_SETTINGS.items() if k not in flat]
+    return cfg.with_overrides(older).validate() if older else cfg
 
 
 def run_identity(cfg, teacher, architecture: dict, prompts_sha256: Optional[str] = None) -> dict:
@@ -141,7 +151,8 @@ def check_resume(path: Path, state, cfg, identity: dict, main: bool) -> list[dic
         if diffs:
             raise ConfigError(f"{path.parent.parent} holds a different run ({describe(diffs)}): start this one in "
                               f"another out_dir, or resume with that run's settings")
-    defaults = DistillConfig().with_overrides([f"method.name={cfg.method.name}"]).to_dict()
+    defaults = DistillConfig().with_overrides([f"method.name={cfg.method.name}"]
+                                              + [f"{k}={v}" for k, v in ADDED_SETTINGS.items()]).to_dict()
     changed = changed_settings(state.config, cfg.to_dict(), defaults)
     changes = list(state.config_changes)
     if changed:

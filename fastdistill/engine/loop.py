@@ -29,7 +29,7 @@ from .build import autocast_for, bf16_is_fast, build_data, build_students, build
 from .config import DistillConfig, preset_config
 from .ema import EMA, ema_beta
 from .evaluator import LoopEvaluator, Quality, plot_run_curve
-from .identity import architecture_of, check_resume, run_identity
+from .identity import architecture_of, as_recorded, check_resume, run_identity
 from .lora import trainable_parameters
 from .monitor import NVTX, MetricsLogger, progress_bar
 from .outputs import StudentOutputs
@@ -79,6 +79,8 @@ class Distiller:
                                               main=self.main, rank=self.rank, world=self.world)
             self.resume_path = self.checkpoints.find(cfg.resume)
             resumed = self.checkpoints.read(self.resume_path) if self.resume_path is not None else None
+            if resumed is not None:  # settings added since the checkpoint was written: as its run had them
+                self.cfg = cfg = as_recorded(cfg, resumed[1].config)
             self._seed_global_rngs()
             self.step = self.images_seen = self.nan_steps = self.consecutive_nan = 0
             self.stop = Stop()
