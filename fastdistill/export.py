@@ -84,7 +84,7 @@ def pipeline_snippet(family: PipelineFamily, steps: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: the LCM scheduler's boundary-condition scale for a few-step export: c_skip = 1 / (1 + (4 t s)^2)
+#: the LCM scheduler's boundary-condition scale for a few-step export: c_skip = 1 / (1 + 4 (t s)^2)
 #: is below 1e-12 for every timestep t >= 1, so its step reads the network's sample as it is
 _NO_SKIP = 1e6
 
