@@ -79,6 +79,9 @@ class Updates:
         eps = o.eps or (1e-6 if cfg.precision == "fp16" else 1e-8)
         self.opt_g, self.opt_f = (make_adam(method.param_groups(name, trainable[name], o), (o.beta1, o.beta2), eps,
                                             o.impl, device, o.weight_decay) for name in ("generator", "fake"))
+        #: what each update steps: the network's trained parameters and the method's modules it trains
+        self.stepped = {name: [p for group in opt.param_groups for p in group["params"]]
+                        for name, opt in self.optimizers.items()}
         self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
         # noise generators (per rank, or shared for rng=global); real-data batches have their own CPU stream
         noise_seed = cfg.seed * 7919 + 17 + (0 if cfg.distributed.rng == "global" else 104729 * process.rank)
@@ -165,8 +168,7 @@ class Updates:
         self.nets[other].eval()
         set_trainable(self.nets[other], None)
         set_trainable(self.nets[kind], self.trainable[kind])
-        opt = self.optimizers[kind]
-        return opt, [p for group in opt.param_groups for p in group["params"]]
+        return self.optimizers[kind], self.stepped[kind]
 
     def _loss(self, kind: str, noise, given: Optional[tuple], kept: Optional[list]):
         par, m = self.par, self.method

@@ -160,8 +160,8 @@ def _teacher_task(spec: str, weights: list, guidance: float, steps: int, n: int,
         return json.loads(path.read_text())
     with _quiet_loading():
         t = load_teacher(spec)
-    row = dict(_scored(Model.teacher(spec, steps, "heun", guidance), t, split, n, draw_k, full=draw_k == 0),
-               split=split)
+    row = dict(_scored(Model.teacher(spec, steps, "heun", guidance), t, split, n, draw_k, draw_k == 0,
+                       load_digits_classifier()), split=split)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     tmp.write_text(json.dumps(row))
@@ -185,11 +185,11 @@ def _student_config(method: str, guidance: float, run_dir: str, overrides: Seque
     return cfg.validate()
 
 
-def _scored(model: Model, loaded, split: str, n: int, draw_k: int, full: bool) -> dict:
+def _scored(model: Model, loaded, split: str, n: int, draw_k: int, full: bool, classifier) -> dict:
     """One draw of a loaded teacher or student on the split's prompts, as the evaluation core
     samples, times and labels it (:func:`~fastdistill.evaluation.score_models`), scored by :func:`score`."""
     prompts, digits = eval_prompts(n, split)
-    ref, classifier = reference_data("digits"), load_digits_classifier()
+    ref = reference_data("digits")
     (row,) = score_models([model], {id(model): loaded},
                           lambda m, obj: images_of(m, obj, prompts, n, REPORT_SEED + draw_k, SAMPLE_BATCH),
                           lambda images: score(images, digits, ref, classifier, full))
@@ -198,8 +198,8 @@ def _scored(model: Model, loaded, split: str, n: int, draw_k: int, full: bool) -
 
 def student_rows(path, n: int, draws: int) -> dict:
     """A student's rows: training templates (``draws`` draws) and held-out templates (as many)."""
-    student, model = load_student(path), Model.student(path)
-    return {split: merge_draws([_scored(model, student, split, n, k, full=k == 0 and split == "train")
+    student, model, classifier = load_student(path), Model.student(path), load_digits_classifier()
+    return {split: merge_draws([_scored(model, student, split, n, k, k == 0 and split == "train", classifier)
                                 for k in range(draws)], ("fid", "adherence"))
             for split in SPLITS}
 

@@ -349,7 +349,7 @@ def load_pipeline_teacher(path, *, resolution: Optional[int] = None, device="cpu
         raise FileNotFoundError(f"{root}: not a diffusers pipeline folder (no model_index.json)")
     index = read_config(root / "model_index.json")
     name = index.get("_class_name", "?")
-    spec = folder_family(root)
+    spec = family_for(name) if isinstance(name, str) else None  # folder_family, on the index read above
     if spec is None:
         raise ValueError(f"{root}: a {name} is not supported as a teacher; supported pipelines: {supported_pipelines()}")
     _check_components(root, spec, index)
